@@ -1,0 +1,87 @@
+"""Configs as code: frozen dataclasses, overridden from ``--config.a.b=value`` strings.
+
+A config is a tree of frozen dataclasses returned by an experiment's ``get_config()``.
+``apply_overrides(cfg, ["--config.train.lr=0.01"])`` returns a new tree; values are parsed
+as Python literals when they parse, else kept as strings, then checked against the type
+of the field they replace. ``--data.root=X`` is accepted as shorthand for
+``--config.data.root=X``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from typing import Any, Iterable
+
+
+class ConfigError(ValueError):
+    """An override names a field that does not exist or has the wrong type."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(old: Any, new: Any, path: str) -> Any:
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+        if isinstance(new, str) and new.lower() in ("true", "false"):
+            return new.lower() == "true"
+        raise ConfigError(f"{path}: expected a bool, got {new!r}")
+    if isinstance(old, int) and not isinstance(old, bool):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+        raise ConfigError(f"{path}: expected an int, got {new!r}")
+    if isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+        raise ConfigError(f"{path}: expected a float, got {new!r}")
+    if isinstance(old, str):
+        return str(new)
+    if isinstance(old, tuple):
+        if isinstance(new, (list, tuple)):
+            return tuple(new)
+        if isinstance(new, str):
+            return tuple(s for s in new.split(",") if s)
+        return (new,)
+    if dataclasses.is_dataclass(old):
+        raise ConfigError(f"{path}: is a group of settings; set one of its fields")
+    return new
+
+
+def replace_path(cfg: Any, dotted: str, value: Any) -> Any:
+    """Return ``cfg`` with the field at ``dotted`` ("a.b.c") set to ``value``."""
+    head, _, rest = dotted.partition(".")
+    if not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"cannot set {dotted!r} inside a non-config value")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if head not in names:
+        raise ConfigError(
+            f"unknown config key {head!r} in {type(cfg).__name__}; known: {sorted(names)}")
+    old = getattr(cfg, head)
+    new = replace_path(old, rest, value) if rest else _coerce(old, value, dotted)
+    return dataclasses.replace(cfg, **{head: new})
+
+
+def apply_overrides(cfg: Any, args: Iterable[str]) -> Any:
+    """Apply ``--config.a.b=value`` (or ``--a.b=value``) arguments to ``cfg``."""
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"override {arg!r} must look like --config.key=value")
+        key, _, raw = arg[2:].partition("=")
+        if key.startswith("config."):
+            key = key[len("config."):]
+        cfg = replace_path(cfg, key, _parse_value(raw))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a config tree."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

@@ -1,0 +1,53 @@
+"""Results tables: ``results.json`` and ``results.md`` from ``{split: {method: {metric: x}}}``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+SPLITS = ("test", "val", "train")
+
+
+def _is_table(value) -> bool:
+    return isinstance(value, dict) and value and all(
+        isinstance(row, dict) and all(isinstance(x, (int, float)) for x in row.values())
+        for row in value.values())
+
+
+def markdown_table(table: dict, metrics: list[str] | None = None) -> str:
+    """A Markdown table with one row per method and one column per metric."""
+    if metrics is None:
+        metrics = []
+        for row in table.values():
+            metrics += [m for m in row if m not in metrics]
+    lines = ["| method | " + " | ".join(metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for method, row in table.items():
+        cells = []
+        for m in metrics:
+            x = row.get(m)
+            cells.append("" if x is None else (f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(results: dict, title: str = "results") -> str:
+    """Every split's table, then any other top-level entry that is a table."""
+    parts = [f"# {title}", ""]
+    keys = [k for k in SPLITS if k in results] + [k for k in results if k not in SPLITS]
+    for key in keys:
+        value = results[key]
+        if _is_table(value):
+            parts += [f"## {key}", "", markdown_table(value), ""]
+    notes = results.get("notes")
+    if isinstance(notes, (list, tuple)):
+        parts += ["## notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
+
+
+def write(results: dict, run_dir: str | Path, title: str = "results") -> None:
+    """Write ``results.json`` and ``results.md`` into ``run_dir``."""
+    run_dir = Path(run_dir)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    (run_dir / "results.md").write_text(to_markdown(results, title))

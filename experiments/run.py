@@ -1,0 +1,85 @@
+"""The one experiment runner: ``python -m experiments.run NAME [--config.key=value ...]``.
+
+Each experiment is a module in ``experiments/`` with ``get_config(quick: bool)`` returning a
+frozen config and ``run(config, workdir) -> dict`` returning results shaped
+``{split: {method: {metric: number}}, ...}``. The runner parses overrides, makes the run
+folder (``config.json``, ``results.json``, ``results.md``, ``plots/``, checkpoints) and
+writes the tables; it holds no experiment logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from ahjax import config as config_lib
+from ahjax import results as results_lib
+
+# Experiment name -> module path. A plain dict, no import side effects.
+EXPERIMENTS = {
+    "two_level": "experiments.two_level",
+    "concat_tcn": "experiments.concat_tcn",
+    "text_video_level": "experiments.text_video_level",
+}
+
+
+def load(name: str):
+    """The experiment module registered under ``name``."""
+    if name not in EXPERIMENTS:
+        raise SystemExit(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+def build_config(name: str, overrides: list[str]):
+    """The experiment's config with ``overrides`` applied (``--config.quick=True`` first)."""
+    module = load(name)
+    quick = any(o.replace("--config.", "--").lower() in ("--quick=true", "--quick=1")
+                for o in overrides)
+    return config_lib.apply_overrides(module.get_config(quick=quick), overrides)
+
+
+def run(name: str, config, workdir: str | Path) -> tuple[dict, Path]:
+    """Run experiment ``name`` with ``config`` in a new folder under ``workdir``."""
+    module = load(name)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(workdir) / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(workdir) / f"{name}-{stamp}-{suffix}"
+    (run_dir / "plots").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
+    results = module.run(config, run_dir)
+    results_lib.write(results, run_dir, title=name)
+    return results, run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0])
+    parser.add_argument("name", nargs="?", help="experiment to run (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--workdir", default="runs", help="where run folders go (default runs/)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.list or not args.name:
+        for name in sorted(EXPERIMENTS):
+            doc = (load(name).__doc__ or "").strip().split("\n")[0]
+            print(f"{name:20s} {doc}")
+        return 0
+    try:
+        config = build_config(args.name, overrides)
+    except config_lib.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results, run_dir = run(args.name, config, args.workdir)
+    print((run_dir / "results.md").read_text())
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
