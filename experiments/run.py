@@ -19,11 +19,15 @@ from pathlib import Path
 from ahjax import config as config_lib
 from ahjax import results as results_lib
 
-# Experiment name -> module path. A plain dict, no import side effects.
+# Experiment name -> (module path, one line on what it reproduces). A plain dict: nothing is
+# imported until an experiment is asked for.
 EXPERIMENTS = {
-    "two_level": "experiments.two_level",
-    "concat_tcn": "experiments.concat_tcn",
-    "text_video_level": "experiments.text_video_level",
+    "two_level": ("experiments.two_level",
+                  "the interpretable two-level conflict model, its ablations and baselines"),
+    "concat_tcn": ("experiments.concat_tcn",
+                   "per-modality TCN with concatenation fusion (frame level)"),
+    "text_video_level": ("experiments.text_video_level",
+                         "video-level A/H from transcripts on BAH's real split files"),
 }
 
 
@@ -31,7 +35,7 @@ def load(name: str):
     """The experiment module registered under ``name``."""
     if name not in EXPERIMENTS:
         raise SystemExit(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
-    return importlib.import_module(EXPERIMENTS[name])
+    return importlib.import_module(EXPERIMENTS[name][0])
 
 
 def build_config(name: str, overrides: list[str]):
@@ -67,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if args.list or not args.name:
         for name in sorted(EXPERIMENTS):
-            doc = (load(name).__doc__ or "").strip().split("\n")[0]
-            print(f"{name:20s} {doc}")
+            print(f"{name:20s} {EXPERIMENTS[name][1]}")
         return 0
     try:
         config = build_config(args.name, overrides)
