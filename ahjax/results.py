@@ -9,9 +9,14 @@ from pathlib import Path
 SPLITS = ("test", "val", "train")
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _is_table(value) -> bool:
-    return isinstance(value, dict) and value and all(
-        isinstance(row, dict) and all(isinstance(x, (int, float)) for x in row.values())
+    """A ``{method: {metric: number, ...}}`` mapping (non-numeric cells such as ``CONF`` allowed)."""
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(row, dict) and any(_is_number(x) for x in row.values())
         for row in value.values())
 
 
@@ -20,7 +25,7 @@ def markdown_table(table: dict, metrics: list[str] | None = None) -> str:
     if metrics is None:
         metrics = []
         for row in table.values():
-            metrics += [m for m in row if m not in metrics]
+            metrics += [m for m, x in row.items() if _is_number(x) and m not in metrics]
     lines = ["| method | " + " | ".join(metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for method, row in table.items():

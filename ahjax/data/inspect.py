@@ -1,0 +1,56 @@
+"""Summarise a BAH tree: ``python -m ahjax.data.inspect ROOT [--json]``.
+
+Prints videos, participants, labelled frames and A/H frames per split, as an aligned
+table or (``--json``) exactly one JSON object ``{"splits": {split: {videos, participants,
+frames, ah_frames}}}``. A malformed tree exits with status 2 and the error on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ahjax.data.bah import SPLITS, load_bah
+from ahjax.data.errors import BahFormatError
+
+COLUMNS = ("videos", "participants", "frames", "ah_frames")
+
+
+def format_table(summary: dict) -> str:
+    """An aligned plain-text table of ``summary["splits"]`` with an A/H share column."""
+    rows = [("split",) + COLUMNS + ("ah_share",)]
+    for split, c in summary["splits"].items():
+        share = f"{c['ah_frames'] / c['frames']:.1%}" if c["frames"] else "-"
+        rows.append((split,) + tuple(f"{c[k]:,}" for k in COLUMNS) + (share,))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 on a malformed tree)."""
+    parser = argparse.ArgumentParser(prog="python -m ahjax.data.inspect",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="the BAH dataset root (holding split/)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--splits", default=",".join(SPLITS),
+                        help="comma-separated splits to read (default train,val,test)")
+    args = parser.parse_args(argv)
+    try:
+        index = load_bah(args.root, tuple(s for s in args.splits.split(",") if s))
+    except (BahFormatError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = index.summary()
+    print(json.dumps(summary) if args.json else format_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
