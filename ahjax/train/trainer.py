@@ -1,0 +1,442 @@
+"""The one trainer: frame-level A/H models on windows of a feature store, data-parallel.
+
+A model is any ``nnx.Module`` built by ``model_fn(dims, rngs)`` (``dims``: modality -> input
+width) whose ``__call__(inputs, *, train)`` maps ``{modality: (B, W, d)}`` to
+``(logits (B, W, 2), aux)``; ``aux["aux_loss"]``, when present, is added to the loss. A
+model that needs more of the batch than its modalities (e.g. ``valid``, the real-frame
+mask) names those keys in an ``extra_inputs`` attribute.
+
+The train step is ``(state, batch, rng) -> (state, metrics)``: one ``jax.jit`` over the
+split NNX state (``nnx.split`` -> ``jit`` -> ``nnx.merge``, the functional form the NNX
+performance guide recommends for small models). Batches are sharded over a 1-D ``data``
+mesh axis and the state is replicated, so the same code runs on 1 or N devices and
+BatchNorm statistics are those of the global batch. The loss is cross-entropy averaged
+over the frames with ``mask`` 1 (never padding or unlabelled frames).
+
+Every epoch ends with validation (windows stitched back into whole videos ->
+``bah_metrics``), a JSON line in ``<workdir>/metrics.jsonl`` and an orbax checkpoint; the
+best epoch is the one with the highest validation AP. A run started again in the same
+workdir resumes from its latest checkpoint and, since data order and dropout keys are
+functions of ``(seed, epoch)`` and the step, ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from ahjax import metrics as metrics_lib
+from ahjax.data import windows as win
+from ahjax.data.store import FeatureStore
+from ahjax.train.checkpoint import Checkpointer
+
+ModelFn = Callable[[Mapping[str, int], nnx.Rngs], nnx.Module]
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, evaluation and bookkeeping; defaults are the paper's recipe.
+
+    SGD lr 0.008, momentum 0.9, Nesterov, weight decay 1e-4 (added to the gradient before
+    momentum, as torch's SGD does), 60 epochs, best epoch by validation AP.
+    """
+    optimizer: str = "sgd"           # sgd | adam | adamw
+    lr: float = 0.008
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    schedule: str = "constant"       # constant | cosine (over all epochs)
+    clip_norm: float = 0.0           # global gradient-norm clip; 0 = off
+    aux_loss_weight: float = 1.0     # weight of aux["aux_loss"] from the model
+    epochs: int = 60
+    seed: int = 0                    # parameters, dropout (data order: WindowConfig.seed)
+    eval_hop: int = 0                # hop of validation windows; 0 = window (no overlap)
+    num_devices: int = 0             # data-parallel devices; 0 = all
+    log_every: int = 10              # steps per train line in metrics.jsonl
+    checkpoint_every: int = 0        # extra mid-epoch checkpoints every N steps; 0 = off
+    keep_checkpoints: int = 2
+    progress: bool = True            # tqdm bar
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns; ``model`` holds the parameters of ``best_epoch``."""
+    best_epoch: int
+    best_val: dict
+    model: nnx.Module
+    history: list[dict]
+    stats: dict | None
+    workdir: Path
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+# ----------------------------------------------------------------------------------------
+# Pieces: mesh, optimiser, loss, steps.
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0)."""
+    devices = jax.devices()
+    n = len(devices) if num_devices <= 0 else num_devices
+    if n > len(devices):
+        raise ValueError(f"asked for {n} devices, only {len(devices)} available")
+    return Mesh(np.asarray(devices[:n]), ("data",))
+
+
+@functools.lru_cache(maxsize=16)
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax transformation of ``cfg`` (weight decay, optional clip and cosine schedule).
+
+    Cached: the same transformation object makes equal graph definitions, which lets a
+    restarted run in the same process reuse the compiled steps (see :func:`_cached`).
+    """
+    lr = cfg.lr
+    if cfg.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
+    elif cfg.schedule != "constant":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; use constant or cosine")
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    if cfg.optimizer == "sgd":
+        parts += [optax.add_decayed_weights(cfg.weight_decay),
+                  optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)]
+    elif cfg.optimizer == "adam":
+        parts += [optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr)]
+    elif cfg.optimizer == "adamw":
+        parts += [optax.adamw(lr, weight_decay=cfg.weight_decay)]
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd, adam or adamw")
+    return optax.chain(*parts)
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy over frames with mask 1, number of such frames).
+
+    Labels of masked frames may be -1; they are clipped to a valid class and weighted 0.
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.clip(labels, 0, 1))
+    n = mask.sum()
+    return (ce * mask).sum() / jnp.maximum(n, 1.0), n
+
+
+def _inputs(batch: Mapping[str, jax.Array], modalities: Sequence[str]) -> dict:
+    return {m: batch[m] for m in modalities}
+
+
+def input_keys(model: nnx.Module, modalities: Sequence[str]) -> tuple[str, ...]:
+    """The batch keys a model reads: its modalities plus its ``extra_inputs``."""
+    return tuple(modalities) + tuple(k for k in getattr(model, "extra_inputs", ())
+                                     if k not in modalities)
+
+
+def make_train_step(graphdef: nnx.GraphDef, modalities: Sequence[str], cfg: TrainConfig,
+                    mesh: Mesh) -> Callable:
+    """The jitted ``(state, batch, rng) -> (state, metrics)`` for models split to ``graphdef``.
+
+    ``state`` is ``nnx.split((model, optimizer))[1]``; ``batch`` holds the modalities,
+    ``labels`` and ``mask``; dropout keys are ``rng`` folded with the optimiser's step, so
+    they do not depend on how the run was interrupted.
+    """
+    modalities = tuple(modalities)
+
+    def step(state, batch, rng):
+        model, opt = nnx.merge(graphdef, state)
+        nnx.reseed(model, dropout=jax.random.fold_in(rng, opt.step[...]))
+
+        def loss_fn(model):
+            logits, aux = model(_inputs(batch, modalities), train=True)
+            ce, n = masked_cross_entropy(logits, batch["labels"], batch["mask"])
+            aux_loss = jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
+            return ce + cfg.aux_loss_weight * aux_loss, (ce, aux_loss, n)
+
+        (loss, (ce, aux_loss, n)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        opt.update(model, grads)
+        metrics = {"loss": loss, "ce": ce, "aux_loss": aux_loss, "frames": n,
+                   "grad_norm": optax.global_norm(grads)}
+        return nnx.state((model, opt)), metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, modalities: Sequence[str]) -> Callable:
+    """The jitted ``(state, batch) -> logits (B, W, 2)`` in eval mode.
+
+    ``graphdef``/``state`` come from ``nnx.split(model)`` or from the trainer's
+    ``nnx.split((model, optimizer))``; built once and reused, so evaluating every epoch
+    compiles once.
+    """
+    modalities = tuple(modalities)
+
+    @jax.jit
+    def eval_step(state, batch):
+        model = nnx.merge(graphdef, state)
+        if isinstance(model, tuple):  # (model, optimizer) from the trainer
+            model = model[0]
+        logits, _ = model(_inputs(batch, modalities), train=False)
+        return logits.astype(jnp.float32)
+
+    return eval_step
+
+
+_COMPILED: dict = {}
+
+
+def _cached(builder: Callable, *key) -> Callable:
+    """``builder(*key)``, memoised when ``key`` is hashable (graph definitions of models with
+    unhashable static attributes are not; those just build afresh)."""
+    try:
+        hash(key)
+    except TypeError:
+        return builder(*key)
+    if key not in _COMPILED:
+        if len(_COMPILED) > 32:
+            _COMPILED.clear()
+        _COMPILED[key] = builder(*key)
+    return _COMPILED[key]
+
+
+def _put(batch: Mapping[str, np.ndarray], keys: Sequence[str], mesh: Mesh) -> dict:
+    sharding = NamedSharding(mesh, P("data"))
+    return {k: jax.device_put(batch[k], sharding) for k in keys}
+
+
+# ----------------------------------------------------------------------------------------
+# Prediction and evaluation on whole videos.
+
+def predict_windows(model: nnx.Module, windows: win.Windows, *, batch_size: int = 4,
+                    mesh: Mesh | None = None,
+                    step: tuple[Callable, Any] | None = None) -> dict[str, np.ndarray]:
+    """Frame logits of every video of ``windows``: video id -> (n_frames, 2) float32.
+
+    Windows are run in eval mode and stitched back by their start frames; padding is
+    dropped and a frame covered by several windows (hop < window) gets their mean.
+    ``step`` = ``(eval_step, state[, input keys])`` from :func:`make_eval_step` replaces ``model`` (the
+    trainer passes its own to avoid recompiling each epoch).
+    """
+    mesh = mesh or make_mesh(1)
+    n_dev = mesh.devices.size
+    batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
+    loader = win.WindowLoader(windows, win.WindowConfig(
+        window=windows.window, hop=windows.hop, batch_size=batch_size, shuffle=False,
+        standardize=False))
+    if step is None:
+        graphdef, state = nnx.split(model)
+        step = (make_eval_step(graphdef, input_keys(model, windows.spec)), state)
+        modalities = input_keys(model, windows.spec)
+    else:
+        modalities = step[2] if len(step) > 2 else tuple(windows.spec)
+    eval_step, state = step[:2]
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    sums = [np.zeros((n, 2), np.float64) for n in windows.n_frames]
+    counts = [np.zeros(n, np.int32) for n in windows.n_frames]
+    for batch in loader.iterator():
+        logits = np.asarray(eval_step(state, _put(batch, modalities, mesh)))
+        for row, vi, start in zip(logits, batch["video_index"], batch["start"]):
+            if vi < 0:
+                continue
+            real = min(windows.window, windows.n_frames[vi] - int(start))
+            sums[vi][start:start + real] += row[:real]
+            counts[vi][start:start + real] += 1
+    out = {}
+    for vi, vid in enumerate(windows.video_ids):
+        assert counts[vi].min() > 0, f"{vid}: some frames were in no window"
+        out[vid] = (sums[vi] / counts[vi][:, None]).astype(np.float32)
+    return out
+
+
+def predict_videos(model: nnx.Module, store: FeatureStore, video_ids: Sequence[str],
+                   spec: win.Spec, window: int, *, hop: int | None = None,
+                   stats: Mapping | None = None, batch_size: int = 4,
+                   mesh: Mesh | None = None) -> dict[str, np.ndarray]:
+    """Frame logits of ``video_ids`` from ``store``: video id -> (n_frames, 2) float32.
+
+    ``stats`` are the standardisation statistics the model was trained with (None: raw
+    features); ``hop`` defaults to ``window`` (each frame predicted once).
+    """
+    windows = win.Windows(store, spec, None, window=window, hop=hop or window,
+                          video_ids=video_ids, stats=stats)
+    return predict_windows(model, windows, batch_size=batch_size, mesh=mesh)
+
+
+def evaluate(model: nnx.Module | None, windows: win.Windows, *, batch_size: int = 4,
+             mesh: Mesh | None = None, step: tuple[Callable, Any] | None = None
+             ) -> tuple[dict, dict[str, np.ndarray]]:
+    """(``bah_metrics`` over all labelled frames of ``windows``' videos, per-video logits).
+
+    ``model`` or ``step`` as in :func:`predict_windows`.
+    """
+    logits = predict_windows(model, windows, batch_size=batch_size, mesh=mesh, step=step)
+    labels = [windows.labels(vi) for vi in range(len(windows.video_ids))]
+    scores = np.concatenate([logits[v] for v in windows.video_ids])
+    return metrics_lib.bah_metrics(np.concatenate(labels), scores), logits
+
+
+# ----------------------------------------------------------------------------------------
+# The training loop.
+
+class _Log:
+    """Appends JSON lines to ``metrics.jsonl``; on resume drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.is_file():
+            # Lines written after the checkpoint describe steps that will be redone.
+            keep = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: Mapping) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+def _model_of(graphdef, state):
+    model, _ = nnx.merge(graphdef, state)
+    return model
+
+
+def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowConfig,
+          cfg: TrainConfig, workdir: str | Path, *, train_split: str = "train",
+          val_split: str | None = "val",
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``model_fn``'s model on ``train_split`` windows; return the best epoch's model.
+
+    ``spec`` maps modality -> store arrays; ``windows_cfg`` sets window, hop, batch size,
+    data order and undersampling. Writes ``metrics.jsonl`` and ``checkpoints/`` into
+    ``workdir`` and resumes from the latest checkpoint found there. With no ``val_split``
+    the last epoch counts as best. ``on_step(step)`` is called after every step (tests use
+    it to interrupt a run). Raises :class:`NonFiniteLossError` naming the step and epoch
+    when the loss stops being finite.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(cfg.num_devices)
+    n_dev = mesh.devices.size
+    if windows_cfg.batch_size % n_dev:
+        raise ValueError(f"batch size {windows_cfg.batch_size} is not divisible by the "
+                         f"{n_dev} devices of the mesh")
+    train_ws = win.make_windows(store, spec, train_split, windows_cfg)
+    val_ws = None
+    if val_split is not None:
+        val_ws = win.Windows(store, spec, val_split, window=windows_cfg.window,
+                             hop=cfg.eval_hop or windows_cfg.window, stats=train_ws.stats)
+    loader = win.WindowLoader(train_ws, windows_cfg)
+    model = model_fn(dict(train_ws.dims), nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+    modalities = input_keys(model, spec)
+    tx = make_optimizer(cfg, loader.num_batches(0) * cfg.epochs)
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+    # RNG streams are reseeded every step, so only the rest is checkpointed (typed PRNG keys
+    # would also need special handling in orbax).
+    rng_state, saved = state.split(nnx.RngState, ...)
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+    meta = {"epoch": 0, "position": 0, "step": 0, "best_val": None, "best_epoch": -1,
+            "best_step": None, "history": [], "loss_sum": 0.0, "loss_n": 0}
+    resume_step = ckpt.latest_step()
+    if resume_step is not None:
+        restored, meta = ckpt.restore(resume_step, nnx.to_pure_dict(saved))
+        nnx.replace_by_pure_dict(saved, restored)
+    log = _Log(workdir / METRICS_FILE, resume_step)
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(nnx.merge_state(saved, rng_state), replicated)
+    step_fn = _cached(make_train_step, graphdef, modalities, cfg, mesh)
+    eval_step = _cached(make_eval_step, graphdef, modalities)
+    base_rng = jax.random.key(cfg.seed + 2)
+    batch_keys = (*modalities, "labels", "mask")
+
+    def checkpoint(metrics=None):
+        # Drop the RNG streams again: they are reseeded from (seed, step) anyway.
+        pure = nnx.to_pure_dict(state.split(nnx.RngState, ...)[1])
+        ckpt.save(meta["step"], pure, meta, metrics)
+
+    pending: list[tuple[int, int, dict]] = []
+
+    def flush():
+        # Losses stay on device between flushes so the host does not wait on every step.
+        if not pending:
+            return
+        got = jax.device_get([m for _, _, m in pending])
+        for (s, e, _), m in zip(pending, got):
+            if not math.isfinite(float(m["loss"])):
+                raise NonFiniteLossError(
+                    f"loss is {float(m['loss'])} at step {s} (epoch {e}); last checkpoint: "
+                    f"step {ckpt.latest_step()} in {ckpt.directory}")
+            meta["loss_sum"] += float(m["loss"])
+            meta["loss_n"] += 1
+        means = {k: float(np.mean([m[k] for m in got])) for k in got[0]}
+        log.write({"kind": "train", "epoch": pending[-1][1], "step": pending[-1][0], **means})
+        pending.clear()
+
+    try:
+        for epoch in range(meta["epoch"], cfg.epochs):
+            it = loader.iterator({"epoch": epoch, "position": meta["position"]})
+            bar = tqdm(total=it.length, initial=it.position, desc=f"epoch {epoch}",
+                       disable=not cfg.progress, leave=False)
+            t0 = time.time()
+            for batch in it:
+                state, m = step_fn(state, _put(batch, batch_keys, mesh), base_rng)
+                meta["step"] += 1
+                meta["position"] = it.position
+                pending.append((meta["step"], epoch, m))
+                bar.update(1)
+                if meta["step"] % cfg.log_every == 0:
+                    flush()
+                    bar.set_postfix(loss=f"{meta['loss_sum'] / max(meta['loss_n'], 1):.4f}")
+                if cfg.checkpoint_every and meta["step"] % cfg.checkpoint_every == 0 \
+                        and it.position < it.length:
+                    flush()
+                    checkpoint()
+                if on_step is not None:
+                    on_step(meta["step"])
+            bar.close()
+            flush()
+            record = {"kind": "epoch", "epoch": epoch, "step": meta["step"],
+                      "train_loss": meta["loss_sum"] / max(meta["loss_n"], 1),
+                      "seconds": time.time() - t0}
+            val_metrics = None
+            if val_ws is not None:
+                val_metrics, _ = evaluate(None, val_ws, batch_size=windows_cfg.batch_size,
+                                          mesh=mesh, step=(eval_step, state, modalities))
+                record["val"] = val_metrics
+                ap = val_metrics["AP"]
+                # ">=": on a tie the later epoch wins, as orbax's BestN keeps the later step.
+                if meta["best_val"] is None or ap >= meta["best_val"]["AP"]:
+                    meta.update(best_val=val_metrics, best_epoch=epoch, best_step=meta["step"])
+            else:
+                meta.update(best_val={}, best_epoch=epoch, best_step=meta["step"])
+            meta["history"].append(record)
+            meta.update(epoch=epoch + 1, position=0, loss_sum=0.0, loss_n=0)
+            checkpoint({"val_AP": val_metrics["AP"]} if val_metrics else None)
+            log.write(record)
+
+        if meta["best_step"] is None:
+            raise RuntimeError(f"no epoch was trained (epochs={cfg.epochs})")
+        restored, _ = ckpt.restore(meta["best_step"], nnx.to_pure_dict(saved))
+        nnx.replace_by_pure_dict(saved, restored)
+        best_model = _model_of(graphdef, nnx.merge_state(saved, rng_state))
+    finally:
+        ckpt.close()
+    return TrainResult(best_epoch=meta["best_epoch"], best_val=meta["best_val"],
+                       model=best_model, history=meta["history"], stats=train_ws.stats or None,
+                       workdir=workdir)

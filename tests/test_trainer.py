@@ -1,0 +1,254 @@
+"""The trainer on tiny stores: a real step, learning, padding, resumption, devices, NaN."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ahjax import metrics as metrics_lib
+from ahjax.data import windows as win
+from ahjax.train import trainer as T
+from baselines.tcn import ConcatTCN, TCNConfig
+from test_windows import SPEC, make_store
+
+ROOT = Path(__file__).resolve().parents[1]
+WCFG = win.WindowConfig(window=16, hop=8, batch_size=4, seed=0)
+TCFG = T.TrainConfig(epochs=3, lr=0.05, progress=False, log_every=3)
+RESUME_CFG = dataclasses.replace(TCFG, checkpoint_every=4)
+
+
+def tiny_model(dims, rngs):
+    return ConcatTCN(dims, TCNConfig(video=(8, 8), text=(4,), dropout=0.1), rngs=rngs)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    make_store(root, lengths=(50, 40, 60, 30), learnable=True)
+    return make_store(root, lengths=(45, 35), split="val", seed=3, learnable=True)
+
+
+@pytest.fixture(scope="module")
+def full_run(store, tmp_path_factory):
+    """One uninterrupted 3-epoch run (with mid-epoch checkpoints), shared by two tests."""
+    workdir = tmp_path_factory.mktemp("full")
+    return T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, workdir), workdir
+
+
+def test_masked_cross_entropy_ignores_masked_frames():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 6, 2)), jnp.float32)
+    labels = jnp.asarray([[0, 1, 1, -1, -1, -1], [1, 0, -1, 0, -1, -1]])
+    mask = (labels >= 0).astype(jnp.float32)
+    loss, n = T.masked_cross_entropy(logits, labels, mask)
+    keep = np.asarray(mask) > 0
+    ref = optax.softmax_cross_entropy_with_integer_labels(logits[keep], labels[keep]).mean()
+    assert int(n) == 6
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    garbage = logits.at[~keep].set(1e4)
+    np.testing.assert_allclose(T.masked_cross_entropy(garbage, labels, mask)[0], loss, rtol=1e-6)
+
+
+def test_one_train_step_updates_state(store):
+    ws = win.make_windows(store, SPEC, "train", WCFG)
+    batch = next(win.WindowLoader(ws, WCFG).iterator())
+    model = tiny_model(ws.dims, nnx.Rngs(params=0, dropout=1))
+    opt = nnx.Optimizer(model, T.make_optimizer(TCFG, 10), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+    mesh = T.make_mesh(1)
+    step = T.make_train_step(graphdef, tuple(SPEC), TCFG, mesh)
+    before = jax.tree.map(np.array, nnx.to_pure_dict(state.split(nnx.Param, ...)[0]))
+    new, m = step(state, T._put(batch, (*SPEC, "labels", "mask"), mesh), jax.random.key(0))
+    after = nnx.to_pure_dict(new.split(nnx.Param, ...)[0])
+    assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
+    assert int(m["frames"]) == int(batch["mask"].sum())
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(a, b), before, after))
+    assert all(changed)
+    _, opt2 = nnx.merge(graphdef, new)
+    assert int(opt2.step[...]) == 1
+
+
+def test_training_learns_and_writes_metrics(store, full_run):
+    res, workdir = full_run
+    losses = [h["train_loss"] for h in res.history]
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
+    assert res.best_val["AP"] > 0.8 and res.best_epoch in (0, 1, 2)
+    assert res.best_val["AP"] == max(h["val"]["AP"] for h in res.history)
+    lines = [json.loads(ln) for ln in (workdir / T.METRICS_FILE).read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines if ln["kind"] == "epoch"] == [0, 1, 2]
+    assert any(ln["kind"] == "train" for ln in lines)
+    # The returned model is the best epoch's: it reproduces the best validation metrics.
+    val = win.Windows(store, SPEC, "val", window=16, hop=16, stats=res.stats)
+    again, _ = T.evaluate(res.model, val)
+    assert again["AP"] == pytest.approx(res.best_val["AP"], abs=1e-9)
+
+
+def test_padding_is_never_counted(store, tmp_path):
+    model = tiny_model({"video": 5, "text": 4}, nnx.Rngs(params=3, dropout=4))
+    vids = store.video_ids("val")
+    logits = T.predict_videos(model, store, vids, SPEC, 16)
+    ws = win.Windows(store, SPEC, "val", window=16, hop=16)
+    labels, scores = [], []
+    for vi, vid in enumerate(vids):
+        n = ws.n_frames[vi]
+        assert logits[vid].shape == (n, 2)
+        feats = {m: np.concatenate([np.asarray(store.read(vid, a)) for a in names], axis=1)
+                 for m, names in SPEC.items()}
+        for s in range(0, n, 16):  # the same windows, cut to their real frames, no padding
+            out, _ = model({m: jnp.asarray(x[None, s:s + 16]) for m, x in feats.items()},
+                           train=False)
+            np.testing.assert_allclose(logits[vid][s:s + 16], out[0], atol=1e-5)
+            scores.append(np.asarray(out[0]))
+        labels.append(ws.labels(vi))
+    direct = metrics_lib.bah_metrics(np.concatenate(labels), np.concatenate(scores))
+    got, _ = T.evaluate(model, ws)
+    assert got["N"] == direct["N"] == sum(int((ws.labels(i) >= 0).sum()) for i in range(2))
+    for k in ("AP", "AVGF1", "WAR"):
+        assert got[k] == pytest.approx(direct[k], abs=1e-9)
+    # Overlapping windows are averaged back to one row per frame.
+    over = T.predict_videos(model, store, vids, SPEC, 16, hop=4)
+    assert all(over[v].shape == logits[v].shape for v in vids)
+
+
+def _latest(workdir):
+    from ahjax.train.checkpoint import Checkpointer
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        return ckpt.latest_step()
+
+
+def _lines(path):
+    out = []
+    for ln in path.read_text().splitlines():
+        rec = json.loads(ln)
+        rec.pop("seconds", None)
+        out.append(rec)
+    return out
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _kill_at(k):
+    def hook(step):
+        if step == k:
+            raise Killed(f"simulated kill after step {k}")
+    return hook
+
+
+def test_killed_run_resumes_to_the_same_result(store, full_run, tmp_path):
+    full, full_dir = full_run
+    # 5 steps an epoch, checkpoints at the end of each epoch and every 4 steps. A kill
+    # after step 7 resumes from the epoch-end checkpoint (step 5); a kill after step 9
+    # from the mid-epoch one (step 8, batch 3 of epoch 1).
+    with pytest.raises(Killed):
+        T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path, on_step=_kill_at(7))
+    assert _latest(tmp_path) == 5
+    with pytest.raises(Killed):
+        T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path, on_step=_kill_at(9))
+    assert _latest(tmp_path) == 8
+    resumed = T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path)
+    assert resumed.best_epoch == full.best_epoch
+    for a, b in zip(resumed.history, full.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val"]["AP"] == pytest.approx(b["val"]["AP"], abs=1e-6)
+    pa = nnx.to_pure_dict(nnx.state(resumed.model, nnx.Not(nnx.RngState)))
+    pb = nnx.to_pure_dict(nnx.state(full.model, nnx.Not(nnx.RngState)))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), pa, pb)
+    la, lb = _lines(tmp_path / T.METRICS_FILE), _lines(full_dir / T.METRICS_FILE)
+    assert [(r["kind"], r["step"]) for r in la] == [(r["kind"], r["step"]) for r in lb]
+    for a, b in zip(la, lb):
+        assert a["loss" if a["kind"] == "train" else "train_loss"] == pytest.approx(
+            b["loss" if b["kind"] == "train" else "train_loss"], abs=1e-6)
+    # Running again after completion trains nothing and returns the same best model.
+    again = T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path)
+    assert again.best_val["AP"] == resumed.best_val["AP"]
+    assert len(_lines(tmp_path / T.METRICS_FILE)) == len(la)
+
+
+class NaNModel(nnx.Module):
+    def __init__(self, dims, rngs):
+        self.head = nnx.Linear(sum(dims.values()), 2, rngs=rngs)
+
+    def __call__(self, inputs, *, train):
+        x = jnp.concatenate([inputs[m] for m in sorted(inputs)], axis=-1)
+        return self.head(x), {"aux_loss": jnp.log(-jnp.ones(()))}
+
+
+def test_non_finite_loss_names_step_and_epoch(store, tmp_path):
+    with pytest.raises(T.NonFiniteLossError, match=r"step 1 \(epoch 0\)"):
+        T.train(NaNModel, store, SPEC, WCFG, TCFG, tmp_path)
+
+
+MULTI = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    from flax import nnx
+    from ahjax.data import windows as win
+    from ahjax.train import trainer as T
+    from test_windows import SPEC, make_store
+    from test_trainer import tiny_model
+    assert jax.device_count() == 4, jax.devices()
+    root = {root!r}
+    make_store(root + "/s", lengths=(50, 40, 60, 30), learnable=True)
+    store = make_store(root + "/s", lengths=(45, 35), split="val", seed=3, learnable=True)
+    out = {{}}
+    for n in (1, 4):
+        cfg = T.TrainConfig(epochs=1, lr=0.05, progress=False, num_devices=n)
+        res = T.train(tiny_model, store, SPEC, win.WindowConfig(window=16, hop=8, batch_size=4),
+                      cfg, root + f"/w{{n}}")
+        out[n] = (res, nnx.to_pure_dict(nnx.state(res.model, nnx.Param)))
+    diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                                            out[1][1], out[4][1])))
+    print(json.dumps({{"param_diff": diff,
+                      "loss": [[h["train_loss"] for h in out[n][0].history] for n in (1, 4)],
+                      "ap": [out[n][0].best_val["AP"] for n in (1, 4)]}}))
+""")
+
+
+def test_four_devices_match_one(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    code = MULTI.format(tests=str(ROOT / "tests"), root=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["param_diff"] < 1e-4
+    np.testing.assert_allclose(got["loss"][0], got["loss"][1], atol=1e-5)
+    assert got["ap"][0] == pytest.approx(got["ap"][1], abs=1e-4)
+
+
+def test_concat_tcn_experiment_end_to_end(tmp_path):
+    from experiments import concat_tcn
+    root = tmp_path / "store"
+    make_store(root, lengths=(50, 40, 60, 30), learnable=True)
+    make_store(root, lengths=(45, 35), split="val", seed=3, learnable=True)
+    make_store(root, lengths=(38,), split="test", seed=4, learnable=True)
+    cfg = concat_tcn.get_config(quick=True)
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, store=str(root)), modalities=("video", "text"),
+        video_arrays=SPEC["video"], text_arrays=SPEC["text"],
+        model=dataclasses.replace(cfg.model, video=(8,), text=(4,)),
+        windows=dataclasses.replace(cfg.windows, window=16, hop=8),
+        train=dataclasses.replace(cfg.train, epochs=1, lr=0.05))
+    out = concat_tcn.run(cfg, tmp_path / "run")
+    for split in ("val", "test"):
+        row = out[split]["concat_tcn"]
+        assert 0.0 <= row["AP"] <= 1.0 and row["N"] > 0
+        assert all(isinstance(v, (int, float)) for v in row.values())
+    assert out["test"]["concat_tcn"]["N"] == 37  # 38 frames, one unlabelled
+    assert (tmp_path / "run" / T.METRICS_FILE).is_file()
