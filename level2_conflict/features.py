@@ -1,0 +1,295 @@
+"""Interpretable conflict features from level-1 affect tracks, in JAX.
+
+Input: a dict of level-1 arrays (names and columns from ``level1_affect.schema``) for one
+video, ``(n, d)``, or a batch, ``(..., n, d)``: frames on axis -2. An optional ``mask``
+``(..., n)`` marks real frames (1) vs padding (0). Everything is vectorised over frames and
+batch and jit-able; ``fps`` may be a Python number or an array of the batch shape, because
+windows are built from cumulative sums indexed per frame, not from fixed-width kernels.
+
+Step 1, :func:`affect_tracks`: per modality a ``(..., n, 3)`` track of
+``(valence, arousal, confidence)``:
+
+- face: ``face_desc`` valence/arousal (or, without ``face_desc``, expression probabilities
+  mapped to circumplex coordinates, :data:`EXPR_CIRCUMPLEX`); confidence = ``face_present``.
+- voice: arousal = tanh(0.7 energy_z + 0.3 pitch_z), valence proxy = tanh(0.7 pitch_z),
+  with energy z-scored over the sequence's active frames (level 1 gives energy in its own
+  units). The voice valence proxy is weak (raised pitch reads as brighter, lowered as
+  subdued); it is there so every pair has a valence term. Confidence = ``voice_active``.
+- text: valence = ``sentiment`` (VADER compound, [-1, 1]); arousal = tanh of the summed
+  high-arousal NRC emotions (anger, anticipation, fear, joy, surprise); confidence =
+  ``word_present``.
+Arousal is centred per sequence (confidence-weighted mean removed) because the three
+modalities put arousal on different scales; valence keeps its sign, which the
+opposite-sign features need.
+
+Step 2, :func:`conflict_features`: six separable groups, each ``(..., n, k)``, columns
+from :func:`feature_columns`. ``@S`` is the time scale (default 0.5 s, 2 s, 4 s); windows
+are centred on the frame (offline analysis; the past/future halves give flips). All window
+statistics are confidence-weighted, so absent faces, silence, frames without words and
+padding drop out of the means instead of pulling them to zero.
+
+Cross-modal groups ``face_voice``, ``face_text``, ``voice_text`` (per scale):
+  ``dval@S``  |mean valence a - mean valence b| x conf
+  ``daro@S``  |mean arousal a - mean arousal b| x conf
+  ``opp@S``   relu(-mean valence a x mean valence b) x conf (valences of opposite sign)
+  ``conf@S``  coverage a x coverage b (fraction of frames each modality is confident)
+Within-modality groups ``within_face``, ``within_voice``, ``within_text`` (per scale):
+  ``vflip@S`` |mean valence of the next S/2 - of the previous S/2| x min coverage
+  ``vsign@S`` relu(-past mean x future mean) x min coverage (valence changes sign)
+  ``vstd@S``  weighted standard deviation of valence over the window
+  face/voice: ``aflip@S``, ``astd@S``: the same for arousal
+  voice: ``pause@S``: fraction of the window's frames that are pauses
+  text: ``cochange@S``: sqrt(change-talk density x sustain-talk density) over word frames,
+        non-zero only when both are present in the window
+  text: ``hes@S``: fraction of the window's frames with a hedge or hesitation marker
+  all: ``cov@S``: the modality's coverage in the window
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from level1_affect.schema import FACE_DESC, FACE_EXPR, TEXT_AFFECT, VOICE_PROSODY
+
+Array = jax.Array
+
+SCALES_S = (0.5, 2.0, 4.0)
+MODALITIES = ("face", "voice", "text")
+AFFECT_COLUMNS = ("valence", "arousal", "confidence")
+CROSS_GROUPS = ("face_voice", "face_text", "voice_text")
+WITHIN_GROUPS = ("within_face", "within_voice", "within_text")
+GROUPS = CROSS_GROUPS + WITHIN_GROUPS
+
+# (valence, arousal) per FER class, rounded from Russell's circumplex placements.
+EXPR_CIRCUMPLEX = {
+    "angry": (-0.6, 0.7), "disgust": (-0.7, 0.3), "fear": (-0.6, 0.7), "happy": (0.8, 0.5),
+    "sad": (-0.7, -0.4), "surprise": (0.3, 0.8), "neutral": (0.0, 0.0),
+}
+_TEXT_AROUSAL = ("nrc_anger", "nrc_anticipation", "nrc_fear", "nrc_joy", "nrc_surprise")
+_EPS = 1e-6
+
+
+def scale_name(seconds: float) -> str:
+    """'0.5s', '2s', ... as used in column names."""
+    return f"{seconds:g}s"
+
+
+def feature_columns(scales: Sequence[float] = SCALES_S) -> dict[str, tuple[str, ...]]:
+    """Group name -> its column names, in the order :func:`conflict_features` returns them."""
+    per = {
+        "cross": ("dval", "daro", "opp", "conf"),
+        "within_face": ("vflip", "vsign", "vstd", "aflip", "astd", "cov"),
+        "within_voice": ("vflip", "vsign", "vstd", "aflip", "astd", "pause", "cov"),
+        "within_text": ("vflip", "vsign", "vstd", "cochange", "hes", "cov"),
+    }
+    out = {}
+    for group in GROUPS:
+        names = per["cross"] if group in CROSS_GROUPS else per[group]
+        out[group] = tuple(f"{c}@{scale_name(s)}" for s in scales for c in names)
+    return out
+
+
+def _col(arr: Array, names: Sequence[str], name: str) -> Array:
+    return arr[..., names.index(name)]
+
+
+def _reference(tracks: Mapping[str, Array]) -> Array:
+    for name in ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect"):
+        if name in tracks:
+            return jnp.asarray(tracks[name])
+    raise ValueError(
+        "conflict features need at least one of face_present, face_desc, face_expr, "
+        f"voice_prosody, text_affect; got {sorted(tracks)}")
+
+
+def _weighted_centre(x: Array, w: Array) -> Array:
+    mean = jnp.sum(x * w, -1, keepdims=True) / (jnp.sum(w, -1, keepdims=True) + _EPS)
+    return x - mean
+
+
+def _weighted_z(x: Array, w: Array) -> Array:
+    centred = _weighted_centre(x, w)
+    var = jnp.sum(centred ** 2 * w, -1, keepdims=True) / (jnp.sum(w, -1, keepdims=True) + _EPS)
+    return centred / jnp.sqrt(var + 1e-4)
+
+
+def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None) -> dict[str, Array]:
+    """Per-modality ``(..., n, 3)`` tracks of (valence, arousal, confidence).
+
+    A modality whose arrays are missing gets zeros with confidence 0, so a face-only or
+    text-only input still works (its pairs simply never fire). Confidence is multiplied by
+    ``mask`` (``(..., n)``, default all ones).
+    """
+    ref = _reference(tracks)
+    shape = ref.shape[:-1]
+    zeros = jnp.zeros(shape, jnp.float32)
+    mask = jnp.ones(shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+    out = {}
+
+    if "face_desc" in tracks:
+        desc = jnp.asarray(tracks["face_desc"], jnp.float32)
+        fv, fa = _col(desc, FACE_DESC, "valence"), _col(desc, FACE_DESC, "arousal")
+        fc = jnp.ones(shape, jnp.float32)
+    elif "face_expr" in tracks:
+        probs = jnp.asarray(tracks["face_expr"], jnp.float32)
+        coords = jnp.asarray([EXPR_CIRCUMPLEX[c] for c in FACE_EXPR], jnp.float32)
+        fv, fa = (probs @ coords)[..., 0], (probs @ coords)[..., 1]
+        fc = jnp.ones(shape, jnp.float32)
+    else:
+        fv, fa, fc = zeros, zeros, zeros
+    if "face_present" in tracks:
+        fc = fc * jnp.asarray(tracks["face_present"], jnp.float32)[..., 0]
+    fc = fc * mask
+    out["face"] = (fv, _weighted_centre(fa, fc), fc)
+
+    if "voice_prosody" in tracks:
+        pros = jnp.asarray(tracks["voice_prosody"], jnp.float32)
+        vc = _col(pros, VOICE_PROSODY, "voice_active") * mask
+        pitch_z = _col(pros, VOICE_PROSODY, "pitch_z")
+        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy"), vc)
+        vv = jnp.tanh(0.7 * pitch_z)
+        va = jnp.tanh(0.7 * energy_z + 0.3 * pitch_z)
+        out["voice"] = (vv, _weighted_centre(va, vc), vc)
+    else:
+        out["voice"] = (zeros, zeros, zeros)
+
+    if "text_affect" in tracks:
+        text = jnp.asarray(tracks["text_affect"], jnp.float32)
+        tc = _col(text, TEXT_AFFECT, "word_present") * mask
+        tv = jnp.clip(_col(text, TEXT_AFFECT, "sentiment"), -1.0, 1.0)
+        ta = jnp.tanh(sum(_col(text, TEXT_AFFECT, c) for c in _TEXT_AROUSAL))
+        out["text"] = (tv, _weighted_centre(ta, tc), tc)
+    else:
+        out["text"] = (zeros, zeros, zeros)
+    return {m: jnp.stack(v, -1) for m, v in out.items()}
+
+
+def _window_sums(cum: Array, half: Array, n: int) -> dict[str, Array]:
+    """Sums over centred, past and future windows from a cumulative sum.
+
+    ``cum`` (..., n + 1, K) is the cumulative sum (with a leading zero row) of K per-frame
+    quantities and ``half`` (..., S, 1) the half-widths of S scales; window
+    ``[t + lo, t + hi)`` clipped to the sequence is ``cum[hi] - cum[lo]``, so the cost is
+    O(n) whatever the width, and widths may differ per batch element (they are index
+    offsets, not kernel shapes). Returns window -> (..., S, n, K). Float32 cumulative sums
+    lose about 1e-7 x n absolutely: negligible for windows and videos of thousands of frames.
+    """
+    t = jnp.arange(n)
+    cum = jnp.broadcast_to(cum[..., None, :, :],
+                           half.shape[:-1] + cum.shape[-2:])            # (..., S, n+1, K)
+    full = half.shape[:-1] + (n, 1)
+
+    def total(lo, hi):
+        lo = jnp.broadcast_to(jnp.clip(lo, 0, n)[..., None], full)
+        hi = jnp.broadcast_to(jnp.clip(hi, 0, n)[..., None], full)
+        return jnp.take_along_axis(cum, hi, -2) - jnp.take_along_axis(cum, lo, -2)
+
+    return {"centre": total(t - half, t + half + 1), "past": total(t - half, t + 0 * half),
+            "future": total(t + 0 * half, t + half)}
+
+
+def _stats(sums: Array, count: Array, w: int, wx: int, wxx: int | None = None):
+    """Weighted mean, weighted std and coverage from window sums of w, w x, w x^2."""
+    sw = sums[..., w]
+    ok = sw > _EPS
+    safe = jnp.where(ok, sw, 1.0)
+    mean = jnp.where(ok, sums[..., wx] / safe, 0.0)
+    cov = jnp.clip(sw / jnp.maximum(count, 1.0), 0.0, 1.0)
+    if wxx is None:
+        return mean, None, cov
+    sq = jnp.where(ok, sums[..., wxx] / safe, 0.0)
+    # sqrt(var + 1e-8) - 1e-4 keeps the gradient finite at zero variance.
+    std = jnp.maximum(jnp.sqrt(jnp.maximum(sq - mean ** 2, 0.0) + 1e-8) - 1e-4, 0.0)
+    return mean, std, cov
+
+
+def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
+                      mask: Array | None = None,
+                      scales: Sequence[float] = SCALES_S) -> dict[str, Array]:
+    """The six conflict feature groups, each ``(..., n, k_group)``.
+
+    ``tracks``: level-1 arrays with frames on axis -2 (see module docstring);
+    ``fps``: frames per second, a number or an array of the batch shape;
+    ``mask``: ``(..., n)`` real-frame mask. Padded frames get all-zero features.
+    Columns: :func:`feature_columns` (``scales`` must match).
+    """
+    affect = affect_tracks(tracks, mask)
+    ref = affect["face"]
+    batch_shape, n = ref.shape[:-2], ref.shape[-2]
+    count = jnp.ones(batch_shape + (n,), jnp.float32) if mask is None else \
+        jnp.asarray(mask, jnp.float32)
+    fps = jnp.asarray(fps, jnp.float32)
+    zero = jnp.zeros_like(count)
+    text = jnp.asarray(tracks["text_affect"], jnp.float32) if "text_affect" in tracks else None
+    pros = jnp.asarray(tracks["voice_prosody"], jnp.float32) if "voice_prosody" in tracks else None
+    tcol = (lambda c: _col(text, TEXT_AFFECT, c)) if text is not None else (lambda c: zero)
+
+    # Every per-frame quantity any window statistic needs, stacked so that one cumulative
+    # sum and six gathers per scale serve all of them (few ops: fast to compile and run).
+    q: dict[str, Array] = {"count": count}
+    for m in MODALITIES:
+        v, a, w = affect[m][..., 0], affect[m][..., 1], affect[m][..., 2]
+        q.update({f"{m}.w": w, f"{m}.wv": w * v, f"{m}.wvv": w * v * v,
+                  f"{m}.wa": w * a, f"{m}.waa": w * a * a})
+    q["pause"] = (_col(pros, VOICE_PROSODY, "pause") if pros is not None else zero) * count
+    q["change"] = tcol("change_talk") * affect["text"][..., 2]
+    q["sustain"] = tcol("sustain_talk") * affect["text"][..., 2]
+    q["marks"] = jnp.clip(tcol("hedge") + tcol("hesitation"), 0.0, 1.0) * count
+    index = {k: i for i, k in enumerate(q)}
+    stacked = jnp.stack(list(q.values()), -1)
+    cum = jnp.concatenate([jnp.zeros(batch_shape + (1, len(q))), jnp.cumsum(stacked, -2)], -2)
+
+    # All scales at once: a scale axis S instead of a Python loop keeps the graph small.
+    seconds = jnp.asarray(scales, jnp.float32)
+    half = jnp.maximum(1, jnp.round(seconds * fps[..., None] / 2)).astype(jnp.int32)
+    half = jnp.broadcast_to(half, batch_shape + (len(scales),))[..., None]  # (..., S, 1)
+    win = _window_sums(cum, half, n)
+    c_all = {k: v[..., index["count"]] for k, v in win.items()}
+
+    def stat(m, x, which="centre", second=True):
+        i = lambda k: index[f"{m}.{k}"]
+        return _stats(win[which], c_all[which], i("w"), i(f"w{x}"),
+                      i(f"w{x}{x}") if second else None)
+
+    groups: dict[str, list[Array]] = {g: [] for g in GROUPS}
+    vstat = {m: stat(m, "v") for m in MODALITIES}
+    astat = {m: stat(m, "a") for m in MODALITIES}
+    for group in CROSS_GROUPS:
+        a, b = group.split("_")
+        c = vstat[a][2] * vstat[b][2]
+        groups[group] += [jnp.abs(vstat[a][0] - vstat[b][0]) * c,
+                          jnp.abs(astat[a][0] - astat[b][0]) * c,
+                          jax.nn.relu(-vstat[a][0] * vstat[b][0]) * c,
+                          c]
+    centre, n_real = win["centre"], jnp.maximum(c_all["centre"], 1.0)
+    for m in MODALITIES:
+        cols = list(_flip(stat, m, "v")) + [vstat[m][1]]
+        if m in ("face", "voice"):
+            cols += [_flip(stat, m, "a")[0], astat[m][1]]
+        if m == "voice":
+            cols.append(centre[..., index["pause"]] / n_real)
+        if m == "text":
+            sw = jnp.maximum(centre[..., index["text.w"]], _EPS)
+            change = centre[..., index["change"]] / sw
+            sustain = centre[..., index["sustain"]] / sw
+            co = jnp.sqrt(jnp.clip(change, 0, None) * jnp.clip(sustain, 0, None) + 1e-8)
+            cols += [co - 1e-4, centre[..., index["marks"]] / n_real]
+        cols.append(vstat[m][2])
+        groups[f"within_{m}"] = cols
+    out = {}
+    for g, cols in groups.items():
+        x = jnp.maximum(jnp.stack(cols, -1), 0.0)                       # (..., S, n, k)
+        x = jnp.moveaxis(x, -3, -2)                                     # (..., n, S, k)
+        out[g] = x.reshape(x.shape[:-2] + (-1,)) * count[..., None]     # scale-major cols
+    return out
+
+
+def _flip(stat, m: str, x: str):
+    """|future mean - past mean| and sign change, both x the smaller side's coverage."""
+    mp, _, cp = stat(m, x, "past", second=False)
+    mf, _, cf = stat(m, x, "future", second=False)
+    c = jnp.minimum(cp, cf)
+    return jnp.abs(mf - mp) * c, jax.nn.relu(-mp * mf) * c

@@ -1,0 +1,159 @@
+"""Duration prior for A/H segments: duration fitting, semi-Markov Viterbi, median filter.
+
+State 0 = not A/H, state 1 = A/H. A labelling is a sequence of segments whose states
+alternate (two segments of the same state in a row are one segment). The score of a
+segmentation of frames ``0..n-1`` into segments ``(s_j, start_j, d_j)`` is
+
+    log_init[s_0] + sum_j log_dur[s_j, d_j - 1] + sum_j sum_{t in segment j} e[t, s_j]
+
+with two edge rules: the first segment is a complete segment that starts with the video
+(its duration takes the pmf), and the last one is right-censored, cut by the end of the
+video, so it takes the survival ``log P(D >= d)`` instead of ``log P(D = d)``. Durations
+are 1..max_d; ``max_d`` must exceed the longest segment that should be allowed.
+
+Emissions are scaled likelihoods: a classifier gives posteriors ``p(s | x_t)``, and
+``p(x_t | s) ∝ p(s | x_t) / p(s)``, so ``e[t, s] = emission_weight * (log_post[t, s] -
+log_prior[s])``. ``emission_weight`` < 1 tempers frame evidence, which is worth doing
+because neighbouring frames' posteriors are strongly correlated, not independent.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+Array = jax.Array
+
+
+def segment_lengths(labels: Sequence[int] | np.ndarray) -> dict[int, list[int]]:
+    """Run lengths per state, ``{0: [...], 1: [...]}``, of one label sequence.
+
+    Runs of any other value (``-1``: unlabelled) are skipped.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    out: dict[int, list[int]] = {0: [], 1: []}
+    if labels.size == 0:
+        return out
+    change = np.flatnonzero(np.diff(labels)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [labels.size]])
+    for a, b in zip(starts, ends):
+        value = int(labels[a])
+        if value in out:
+            out[value].append(int(b - a))
+    return out
+
+
+def _discretised_gamma(lengths: Sequence[int], max_d: int, floor: float, name: str) -> np.ndarray:
+    lengths = np.asarray(lengths, np.float64)
+    if lengths.size == 0:
+        raise ValueError(f"fit_durations: no {name} segments to fit a duration prior on")
+    if np.any(lengths < 1):
+        raise ValueError(f"fit_durations: {name} segment lengths must be >= 1")
+    mean = lengths.mean()
+    # Variance floor: one or a few equal lengths would give a spike that forbids any
+    # other duration; a coefficient of variation of at least ~0.3 keeps it plausible.
+    var = max(lengths.var(), 0.09 * mean ** 2, 1.0)
+    shape, scale = mean ** 2 / var, var / mean
+    edges = np.arange(max_d + 1, dtype=np.float64)
+    cdf = special.gammainc(shape, edges / scale)
+    pmf = np.maximum(np.diff(cdf), 0.0)
+    pmf = pmf / pmf.sum() if pmf.sum() > 0 else np.full(max_d, 1.0 / max_d)
+    pmf = (1.0 - floor) * pmf + floor / max_d
+    return np.log(pmf)
+
+
+def fit_durations(segment_lengths_pos: Sequence[int], segment_lengths_neg: Sequence[int],
+                  max_d: int, floor: float = 1e-3) -> np.ndarray:
+    """Duration log-pmfs ``(2, max_d)``: row 0 for state 0 (negative), row 1 for A/H.
+
+    Each class: a gamma distribution fitted by moments (mean, variance with a floor of
+    (0.3 mean)^2), discretised as ``P(D = d) = F(d) - F(d - 1)`` for d = 1..max_d,
+    renormalised over that range (longer training segments count towards the moments but
+    their mass moves into the range), then mixed with a uniform of weight ``floor`` so
+    no duration is impossible. Raises ValueError when a class has no segments.
+    """
+    if max_d < 1:
+        raise ValueError(f"fit_durations: max_d must be >= 1, got {max_d}")
+    return np.stack([_discretised_gamma(segment_lengths_neg, max_d, floor, "negative"),
+                     _discretised_gamma(segment_lengths_pos, max_d, floor, "positive")]
+                    ).astype(np.float32)
+
+
+def log_post_from_prob(prob: Array, eps: float = 1e-6) -> Array:
+    """``(n,)`` A/H probabilities -> ``(n, 2)`` clipped log posteriors."""
+    p = jnp.clip(jnp.asarray(prob, jnp.float32), eps, 1.0 - eps)
+    return jnp.stack([jnp.log1p(-p), jnp.log(p)], -1)
+
+
+def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
+                log_init: Array | None = None, emission_weight: float = 1.0) -> Array:
+    """Most probable alternating segmentation under the module's model -> labels ``(n,)``.
+
+    ``log_post`` (n, 2) frame log posteriors; ``log_dur`` (2, max_d) duration log-pmfs
+    (:func:`fit_durations`); ``log_prior`` (2,) log class priors (the divisor that turns
+    posteriors into scaled likelihoods, and the initial-state distribution unless
+    ``log_init`` is given). Explicit-duration Viterbi in one ``lax.scan`` over frames with
+    a ring buffer of the last ``max_d`` segment-end scores: O(n max_d) time, O(max_d)
+    carry; a second reverse scan backtracks in O(n). Jit-able (shapes static).
+    """
+    log_post = jnp.asarray(log_post, jnp.float32)
+    log_dur = jnp.asarray(log_dur, jnp.float32)
+    log_prior = jnp.asarray(log_prior, jnp.float32)
+    log_init = log_prior if log_init is None else jnp.asarray(log_init, jnp.float32)
+    n, max_d = log_post.shape[0], log_dur.shape[1]
+    emis = emission_weight * (log_post - log_prior)
+    cum = jnp.concatenate([jnp.zeros((1, 2)), jnp.cumsum(emis, 0)], 0)       # (n+1, 2)
+    log_surv = jax.lax.cumlogsumexp(log_dur, axis=1, reverse=True)
+    durs = jnp.arange(1, max_d + 1)
+
+    def forward(buf, t):
+        # buf[i, s]: best score of frames 0..t-1-i ending with a complete s segment.
+        start = t + 1 - durs                                              # (max_d,)
+        seg = cum[t + 1][None, :] - cum[jnp.clip(start, 0, n)]            # (max_d, 2)
+        prev = jnp.where((start == 0)[:, None], log_init[None, :], buf[:, ::-1])
+        dur = jnp.where(t == n - 1, log_surv, log_dur).T                  # censor the last
+        cand = jnp.where((start >= 0)[:, None], prev + dur + seg, -jnp.inf)
+        best = jnp.max(cand, 0)
+        arg = jnp.argmax(cand, 0).astype(jnp.int32) + 1
+        return jnp.concatenate([best[None], buf[:-1]], 0), (best, arg)
+
+    buf0 = jnp.full((max_d, 2), -jnp.inf)
+    _, (delta, back) = jax.lax.scan(forward, buf0, jnp.arange(n))
+    last = jnp.argmax(delta[n - 1]).astype(jnp.int32)
+
+    def backward(carry, t):
+        state, left = carry
+        switch = left == 0
+        state = jnp.where(switch, 1 - state, state)
+        left = jnp.where(switch, back[t, state], left)
+        return (state, left - 1), state
+
+    _, labels = jax.lax.scan(backward, (1 - last, jnp.int32(0)), jnp.arange(n), reverse=True)
+    return labels
+
+
+def median_filter(x: Array, k: int, axis: int = 0) -> Array:
+    """Running median of width ``k`` (odd) along ``axis``, edges replicated.
+
+    Works for labels (result cast back to their integer dtype: with odd ``k`` the median
+    is one of the window's values) and for probabilities.
+    """
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"median_filter: k must be a positive odd number, got {k}")
+    x = jnp.asarray(x)
+    if k == 1:
+        return x
+    x_moved = jnp.moveaxis(x, axis, 0)
+    n, r = x_moved.shape[0], k // 2
+    padded = jnp.concatenate([jnp.repeat(x_moved[:1], r, 0), x_moved,
+                              jnp.repeat(x_moved[-1:], r, 0)], 0)
+    stack = jnp.stack([padded[i:i + n] for i in range(k)], 0)
+    med = jnp.median(stack.astype(jnp.float32), axis=0)
+    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+        med = jnp.round(med).astype(x.dtype)
+    return jnp.moveaxis(med, 0, axis)

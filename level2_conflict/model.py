@@ -1,0 +1,225 @@
+"""The two-level A/H model: conflict features -> per-group temporal models -> additive score.
+
+Each frame's A/H score is, exactly,
+
+    score = sum over active groups g of contribution_g + remainder + bias
+
+where each named contribution comes from a small dilated TCN that sees only its own
+feature group (``face_voice``, ``face_text``, ``voice_text``, ``within_face``,
+``within_voice``, ``within_text``), the remainder is a TCN over all active features plus
+the affect tracks (and, with ``use_embeddings``, projected level-1 embeddings), and the
+bias is one scalar. Because a branch cannot see another group's features, its
+contribution can be attributed to that group; the remainder is what the named groups do
+not explain (``remainder_l2`` penalises it to keep it small, ``use_remainder=False``
+removes it). Logits are ``[-score/2, score/2]`` so ``softmax(logits)[..., 1] ==
+sigmoid(score)``.
+
+Cue supervision: with ``inputs["cues"]`` ``(B, W, 5)`` (columns :data:`CUES`, multi-hot,
+from BAH's ``all_cues``) the model adds ``aux["aux_loss"]``: for each cue, a logistic
+read-out ``softplus(a_k) * (sum of the cue's matching contributions) + b_k`` is trained
+towards the cue with binary cross-entropy, so where annotators saw e.g. a facial cue the
+face branches are pushed up. ``body`` has no matching branch (no body modality) and is
+ignored. ``inputs["cue_mask"]`` ``(B, W)`` or ``(B, W, 5)`` says where cues are known
+(default: ``inputs["mask"]`` or everywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from level1_affect.schema import ARRAYS
+from level2_conflict import features as feats
+
+Array = jax.Array
+
+CUES = ("audio", "body", "facial", "inconsistencies", "language")
+# Which named contributions each annotator cue should drive.
+CUE_GROUPS = {
+    "audio": ("within_voice", "face_voice", "voice_text"),
+    "body": (),
+    "facial": ("within_face", "face_voice", "face_text"),
+    "inconsistencies": feats.CROSS_GROUPS,
+    "language": ("within_text", "face_text", "voice_text"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoLevelConfig:
+    """Hyperparameters of :class:`TwoLevelModel` (all ablations are flags here)."""
+    fps: float = 30.0                 # used when inputs carry no per-window "fps"
+    scales: tuple = feats.SCALES_S    # conflict-feature time scales, seconds
+    hidden: int = 16                  # TCN channels per branch
+    n_blocks: int = 4                 # dilations 1, 2, 4, ... 2^(n_blocks-1)
+    kernel: int = 3
+    causal: bool = False              # False: centred convolutions (offline analysis)
+    dropout: float = 0.1
+    use_cross: bool = True            # face_voice, face_text, voice_text branches
+    use_within: bool = True           # within_face, within_voice, within_text branches
+    use_remainder: bool = True
+    use_embeddings: bool = False      # feed projected embeddings to the remainder
+    emb_keys: tuple = ("face_blend", "voice_emb", "text_emb")
+    emb_dim: int = 8                  # projection width per embedding
+    use_cues: bool = False            # ask the trainer for "cues"/"cue_mask" batch keys
+    cue_weight: float = 0.1           # weight of the cue auxiliary loss
+    remainder_l2: float = 0.0         # penalty on mean remainder^2 (added to aux_loss)
+
+
+class TCN(nnx.Module):
+    """Per-frame scalar from a ``(B, W, k)`` sequence: input projection, residual dilated
+    convolution blocks (conv -> GELU -> dropout -> 1x1), scalar read-out without bias (the
+    model's single bias carries the offset)."""
+
+    def __init__(self, in_features: int, cfg: TwoLevelConfig, *, rngs: nnx.Rngs):
+        h = cfg.hidden
+        self.inp = nnx.Linear(in_features, h, rngs=rngs)
+        padding = "CAUSAL" if cfg.causal else "SAME"
+        self.convs = nnx.List([
+            nnx.Conv(h, h, cfg.kernel, kernel_dilation=2 ** i, padding=padding, rngs=rngs)
+            for i in range(cfg.n_blocks)])
+        self.mixes = nnx.List([nnx.Linear(h, h, rngs=rngs) for _ in range(cfg.n_blocks)])
+        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.out = nnx.Linear(h, 1, use_bias=False, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
+        """``x`` (B, W, k), ``mask`` (B, W) -> (B, W)."""
+        m = mask[..., None]
+        # Re-mask after every block so padding never leaks into real frames through
+        # the convolutions' receptive field.
+        h = self.inp(x) * m
+        for conv, mix in zip(self.convs, self.mixes):
+            y = self.drop(nnx.gelu(conv(h)), deterministic=not train)
+            h = (h + mix(y)) * m
+        return self.out(h)[..., 0]
+
+
+def _emb_width(key: str, emb_dims: dict) -> int:
+    if key in emb_dims:
+        return int(emb_dims[key])
+    width = ARRAYS.get(key, (None,))[0]
+    if width is None:
+        raise ValueError(f"embedding {key!r}: width unknown; pass emb_dims={{{key!r}: d}}")
+    return width
+
+
+class TwoLevelModel(nnx.Module):
+    """Conflict features + additive per-group TCNs; see the module docstring.
+
+    ``__call__(inputs, *, train) -> (logits (B, W, 2), aux)``. ``inputs`` holds the
+    level-1 tracks ``(B, W, d)`` (``face_present``, ``face_desc``/``face_expr``,
+    ``voice_prosody``, ``text_affect``; in their level-1 units, not standardised, since
+    the features read valence signs and [0, 1] confidences), optionally the real-frame
+    mask ``valid`` (B, W) (else ``mask``; padding must be 0), ``fps`` (B,), the
+    embeddings named in ``cfg.emb_keys``, ``cues``/``cue_mask``, and optionally the
+    feature groups themselves (``inputs[group]``, ``(B, W, k)``) to skip recomputing them.
+    ``aux``: ``contributions`` (group -> (B, W)), ``remainder`` (B, W), ``bias`` (),
+    ``score`` (B, W), ``features`` (group -> (B, W, k)), ``affect`` (modality ->
+    (B, W, 3): valence, arousal, confidence), and ``aux_loss`` when there is one.
+    ``extra_inputs`` names the non-modality batch keys the trainer should pass.
+    """
+
+    def __init__(self, cfg: TwoLevelConfig = TwoLevelConfig(), *,
+                 emb_dims: dict | None = None, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.extra_inputs = ("valid",) + (("cues", "cue_mask") if cfg.use_cues else ())
+        columns = feats.feature_columns(cfg.scales)
+        self.groups = tuple(g for g in feats.GROUPS
+                            if (g in feats.CROSS_GROUPS and cfg.use_cross)
+                            or (g in feats.WITHIN_GROUPS and cfg.use_within))
+        self.branches = nnx.Dict({g: TCN(len(columns[g]), cfg, rngs=rngs) for g in self.groups})
+        self.emb_keys = tuple(cfg.emb_keys) if cfg.use_embeddings else ()
+        self.emb_proj = nnx.Dict({k: nnx.Linear(_emb_width(k, emb_dims or {}), cfg.emb_dim,
+                                                rngs=rngs) for k in self.emb_keys})
+        n_rem = (sum(len(columns[g]) for g in self.groups) + 3 * len(feats.MODALITIES)
+                 + cfg.emb_dim * len(self.emb_keys))
+        self.remainder = TCN(n_rem, cfg, rngs=rngs) if cfg.use_remainder else None
+        self.bias = nnx.Param(jnp.zeros(()))
+        self.cue_scale = nnx.Param(jnp.zeros((len(CUES),)))
+        self.cue_offset = nnx.Param(jnp.zeros((len(CUES),)))
+
+    def features(self, inputs: dict, mask: Array) -> tuple[dict, dict]:
+        """(active feature groups, affect tracks) for ``inputs``, using precomputed
+        groups where ``inputs`` has them."""
+        fps = inputs.get("fps", self.cfg.fps)
+        affect = feats.affect_tracks(inputs, mask)
+        if all(g in inputs for g in self.groups):
+            groups = {g: jnp.asarray(inputs[g], jnp.float32) * mask[..., None]
+                      for g in self.groups}
+        else:
+            groups = feats.conflict_features(inputs, fps, mask, self.cfg.scales)
+            groups = {g: groups[g] for g in self.groups}
+        return groups, affect
+
+    def __call__(self, inputs: dict, *, train: bool = False) -> tuple[Array, dict]:
+        """Frame logits ``(B, W, 2)`` and the ``aux`` dict (class docstring)."""
+        ref = feats._reference(inputs)
+        if ref.ndim != 3:
+            raise ValueError(f"TwoLevelModel expects (B, W, d) tracks, got shape {ref.shape}")
+        # "valid" (every real frame) beats "mask" (real and labelled): unlabelled frames
+        # still carry real evidence for the windows around them.
+        mask = inputs.get("valid", inputs.get("mask", jnp.ones(ref.shape[:2])))
+        mask = jnp.asarray(mask, jnp.float32)
+        groups, affect = self.features(inputs, mask)
+
+        contributions = {g: self.branches[g](groups[g], mask, train=train) for g in self.groups}
+        if self.remainder is not None:
+            parts = [groups[g] for g in self.groups] + [affect[m] for m in feats.MODALITIES]
+            for k in self.emb_keys:
+                if k not in inputs:
+                    raise KeyError(f"use_embeddings is on but inputs have no {k!r}")
+                parts.append(self.emb_proj[k](jnp.asarray(inputs[k], jnp.float32)))
+            remainder = self.remainder(jnp.concatenate(parts, -1), mask, train=train)
+        else:
+            remainder = jnp.zeros(mask.shape)
+        bias = self.bias[...]
+        score = sum(contributions.values(), remainder) + bias
+        logits = jnp.stack([-score / 2, score / 2], -1)
+
+        aux = {"contributions": contributions, "remainder": remainder, "bias": bias,
+               "score": score, "features": groups, "affect": affect}
+        losses = []
+        if "cues" in inputs:
+            losses.append(self.cfg.cue_weight * self.cue_loss(
+                contributions, inputs["cues"], inputs.get("cue_mask", mask)))
+        if self.cfg.remainder_l2 > 0 and self.remainder is not None:
+            losses.append(self.cfg.remainder_l2 * jnp.sum(remainder ** 2 * mask)
+                          / jnp.maximum(jnp.sum(mask), 1.0))
+        if losses:
+            aux["aux_loss"] = sum(losses)
+        return logits, aux
+
+    def cue_loss(self, contributions: dict, cues: Array, cue_mask: Array) -> Array:
+        """Masked mean binary cross-entropy of the per-cue read-outs (module docstring).
+
+        ``cues`` (B, W, 5) in :data:`CUES` order; ``cue_mask`` (B, W) or (B, W, 5).
+        Cues whose groups are all ablated away are skipped.
+        """
+        cues = jnp.asarray(cues, jnp.float32)
+        if cues.shape[-1] != len(CUES):
+            raise ValueError(f"cues must have {len(CUES)} columns {CUES}, got {cues.shape}")
+        cue_mask = jnp.asarray(cue_mask, jnp.float32)
+        if cue_mask.ndim == cues.ndim - 1:
+            cue_mask = cue_mask[..., None]
+        cue_mask = jnp.broadcast_to(cue_mask, cues.shape)
+        total, weight = jnp.zeros(()), jnp.zeros(())
+        for k, cue in enumerate(CUES):
+            matching = [contributions[g] for g in CUE_GROUPS[cue] if g in contributions]
+            if not matching:
+                continue
+            # Positive scale: a cue can only push its own branches up, never flip them.
+            logit = (jax.nn.softplus(self.cue_scale[k]) * sum(matching)
+                     + self.cue_offset[k])
+            target = cues[..., k]
+            bce = jax.nn.softplus(logit) - target * logit
+            total = total + jnp.sum(bce * cue_mask[..., k])
+            weight = weight + jnp.sum(cue_mask[..., k])
+        return total / jnp.maximum(weight, 1.0)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters."""
+    state = nnx.state(model, nnx.Param)
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(state))
