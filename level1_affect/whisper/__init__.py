@@ -1,0 +1,1 @@
+"""Whisper in JAX: CTranslate2 weights read natively, encoder embeddings, transcription."""
