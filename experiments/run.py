@@ -28,6 +28,7 @@ EXPERIMENTS = {
                    "per-modality TCN with concatenation fusion (frame level)"),
     "text_video_level": ("experiments.text_video_level",
                          "video-level A/H from transcripts on BAH's real split files"),
+    "table5": ("experiments.table5", "personalisation by domain adaptation, one target per test subject"),
 }
 
 
@@ -62,13 +63,29 @@ def run(name: str, config, workdir: str | Path) -> tuple[dict, Path]:
     return results, run_dir
 
 
+def _join_values(args: list[str]) -> list[str]:
+    """Accept ``--data.root PATH`` as well as ``--data.root=PATH``."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and "=" not in arg and i + 1 < len(args) \
+                and not args[i + 1].startswith("--"):
+            out.append(f"{arg}={args[i + 1]}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0])
     parser.add_argument("name", nargs="?", help="experiment to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--workdir", default="runs", help="where run folders go (default runs/)")
-    args, overrides = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    overrides = _join_values(rest)
     if args.list or not args.name:
         for name in sorted(EXPERIMENTS):
             print(f"{name:20s} {EXPERIMENTS[name][1]}")

@@ -1,0 +1,148 @@
+"""Pieces every frame-level experiment shares: where the data comes from, and scoring.
+
+``prepare_store(data, extract)`` turns a config's data section into an extracted feature
+store: the user's BAH tree (``--data.root``) or the embedded demo dataset, generated once
+and cached; extraction is cached per video. ``score_videos`` turns per-video frame
+probabilities (and optional decoded labels) into the paper's frame- and video-level
+metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ahjax import assets
+from ahjax import metrics as metrics_lib
+from ahjax.data.store import FeatureStore
+from level1_affect.extract import ExtractConfig, extract_dataset
+
+CUE_KEYS = ("audio", "body", "facial", "inconsistencies", "language")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the videos and their features are."""
+    root: str = ""             # a BAH tree; "" = the embedded demo dataset (synthetic)
+    store: str = ""            # feature store; "" = under $AHJAX_CACHE, keyed by root
+    demo_seed: int = 0
+    demo_participants: int = 8
+    demo_questions: tuple = (1, 2, 3, 4, 5, 6, 7)   # BAH question numbers to record
+    demo_min_duration: float = 8.0
+    demo_max_duration: float = 20.0
+
+
+def demo_root(data: DataConfig) -> Path:
+    """The cached demo tree for ``data`` (generated on first use)."""
+    from ahjax.data import demo
+    qs = data.demo_questions
+    qs = tuple(range(1, qs + 1)) if isinstance(qs, int) else tuple(int(q) for q in qs)
+    tag = (f"p{data.demo_participants}-q{''.join(map(str, qs))}-"
+           f"d{data.demo_min_duration:g}-{data.demo_max_duration:g}")
+    cache = demo.default_cache_dir(data.demo_seed)
+    target = cache.parent / f"{cache.name}-{tag}"
+    print(f"demo dataset: {target}", flush=True)
+    return demo.ensure_demo(target, seed=data.demo_seed, participants=data.demo_participants,
+                            questions=qs,
+                            min_duration=data.demo_min_duration,
+                            max_duration=data.demo_max_duration)
+
+
+def store_dir(root: Path, extract: ExtractConfig) -> Path:
+    """The default feature-store folder of ``root`` under one extraction config."""
+    key = json.dumps([str(Path(root).resolve()), dataclasses.asdict(extract)], sort_keys=True)
+    return assets.cache_dir() / "features" / f"{Path(root).name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def prepare_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),
+                  progress: bool = True) -> tuple[FeatureStore, Path, dict]:
+    """(feature store, dataset root, extraction summary) for ``data``.
+
+    Videos already extracted are skipped, so a second run costs only the index build.
+    Raises RuntimeError when no video could be extracted at all.
+    """
+    root = Path(data.root).expanduser() if data.root else demo_root(data)
+    out = Path(data.store).expanduser() if data.store else store_dir(root, extract)
+    summary = extract_dataset(root, out, extract, progress=progress)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} video(s) failed extraction; see {out}/failures.json",
+              flush=True)
+    store = FeatureStore(out)
+    if not store.video_ids():
+        raise RuntimeError(f"no video of {root} could be extracted; see {out}/failures.json")
+    add_cue_tracks(store)
+    return store, root, summary
+
+
+def add_cue_tracks(store: FeatureStore) -> None:
+    """Write a ``cues`` (n, 5) array per video from its annotated segments' ``all_cues``.
+
+    A frame inside the j-th A/H segment gets the j-th cue dict's non-empty keys as 1
+    (``CUE_KEYS`` order); frames outside segments are 0. Videos with no cue annotation
+    get no array, and models then train without the auxiliary cue loss.
+    """
+    for vid in store.video_ids():
+        path = store.path(vid) / "cues.npy"
+        if path.is_file():
+            continue
+        meta = store.meta(vid)
+        cues, segments = meta.get("cues") or [], meta.get("segments") or []
+        n = int(meta["n_frames"])
+        arr = np.zeros((n, len(CUE_KEYS)), np.float32)
+        for j, (start, end) in enumerate(segments):
+            cue = cues[j] if j < len(cues) and isinstance(cues[j], dict) else {}
+            for k, key in enumerate(CUE_KEYS):
+                if cue.get(key):
+                    arr[max(start, 0):min(end + 1, n), k] = 1.0
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+        meta.setdefault("shapes", {})["cues"] = list(arr.shape)
+        meta_path = store.path(vid) / "meta.json"
+        tmp_meta = meta_path.with_suffix(".tmp")
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        tmp_meta.replace(meta_path)
+
+
+def video_labels(store: FeatureStore, video_ids: Sequence[str]) -> np.ndarray:
+    """Video-level labels from the store's meta."""
+    return np.asarray([int(store.meta(v)["video_label"]) for v in video_ids])
+
+
+def frame_labels(store: FeatureStore, video_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Frame labels per video (int, -1 unlabelled)."""
+    return {v: np.asarray(store.read(v, "labels"), np.int64) for v in video_ids}
+
+
+def score_videos(labels: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray],
+                 vlabels: np.ndarray, decoded: Mapping[str, np.ndarray] | None = None) -> dict:
+    """Frame-level AVGF1/AP/WAR (+ F1s) and video-level AVGF1 for one method.
+
+    ``probs`` video id -> (n,) A/H probabilities. With ``decoded`` (video id -> (n,) 0/1
+    labels), hard-decision metrics (AVGF1, WAR, F1s) come from the decoded labels while AP
+    stays the probabilities' (a decoder changes decisions, not scores). Video level: the
+    mean frame probability, thresholded at 0.5 (``VIDEO_AVGF1``) and ranked (``VIDEO_AP``
+    when both classes are present).
+    """
+    ids = list(probs)
+    y = np.concatenate([labels[v] for v in ids])
+    p = np.concatenate([probs[v] for v in ids])
+    out = metrics_lib.bah_metrics(y, p)
+    if decoded is not None:
+        hard = metrics_lib.bah_metrics(y, np.concatenate([decoded[v] for v in ids]).astype(float))
+        for k in ("AVGF1", "WAR", "F1_POS", "F1_NEG", "W_F1", "CONF"):
+            out[k] = hard[k]
+        frame_votes = [np.asarray(decoded[v], float) for v in ids]
+    else:
+        frame_votes = [np.asarray(probs[v], float) for v in ids]
+    vprob = np.asarray([x.mean() for x in frame_votes])
+    if len(set(vlabels.tolist())) == 2:
+        vm = metrics_lib.bah_metrics(vlabels, vprob)
+        out["VIDEO_AVGF1"], out["VIDEO_AP"] = vm["AVGF1"], vm["AP"]
+    out.pop("CONF", None)
+    return out

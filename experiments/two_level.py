@@ -1,0 +1,332 @@
+"""The interpretable two-level conflict model against its ablations and fusion baselines.
+
+``python -m experiments.run two_level`` with no arguments makes the embedded demo dataset
+(cached), extracts level 1 (cached), then trains in one run, on the same features and
+splits: the two-level model; its ablations (no cross-modal features, no within-modality
+features); the concatenation TCN baseline; a text-only TCN; and the best fusion baseline
+(by validation AP among the configured ones). The two-level model's frame posteriors are
+read three ways: with the duration prior (semi-Markov decoding; the full model), with no
+decoding, and with a median filter. ``--data.root PATH`` does the same on a real BAH tree.
+
+Writes ``results.{json,md}``, one figure per test video and ``report.html`` into the run
+folder, and the trained models' checkpoints under ``models/<method>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ahjax.data.store import FeatureStore
+from ahjax.data.windows import WindowConfig
+from ahjax.train import trainer as trainer_lib
+from ahjax.train.trainer import TrainConfig
+from experiments.common import DataConfig, prepare_store, score_videos, video_labels, frame_labels
+from level1_affect.extract import ExtractConfig
+from level1_affect.schema import MODALITIES
+from level2_conflict import hsmm, plots
+from level2_conflict.model import TwoLevelConfig, TwoLevelModel
+
+# Level-1 tracks the two-level model reads (raw, not standardised: they are interpretable).
+TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Reading frame posteriors into segments."""
+    max_duration: int = 480        # frames; longer segments are chains of shorter ones
+    emission_weight: float = 0.3   # tempering of correlated frame evidence
+    median_k: int = 25             # median-filter width (frames), the simple alternative
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    quick: bool = False
+    data: DataConfig = DataConfig()
+    extract: ExtractConfig = ExtractConfig()
+    windows: WindowConfig = WindowConfig(window=240, hop=48, batch_size=8, standardize=False)
+    train: TrainConfig = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=25,
+                                     clip_norm=1.0)
+    model: TwoLevelConfig = TwoLevelConfig(fps=24.0)
+    # The paper's supervised recipe for the baselines (SGD, Nesterov), fewer epochs.
+    baseline_windows: WindowConfig = WindowConfig(window=240, hop=48, batch_size=8)
+    baseline_train: TrainConfig = TrainConfig(epochs=25)
+    fusions: tuple = ("can", "lfan")   # fusion baselines tried; the best by val AP is kept
+    decode: DecodeConfig = DecodeConfig()
+    max_figures: int = 12
+
+
+def get_config(quick: bool = False) -> Config:
+    """Default config; ``quick`` is a smoke-sized run for tests (tiny demo, few epochs)."""
+    cfg = Config()
+    if not quick:
+        return cfg
+    return dataclasses.replace(
+        cfg, quick=True,
+        data=dataclasses.replace(cfg.data, demo_participants=4, demo_questions=(4, 7),
+                                 demo_min_duration=6.0, demo_max_duration=8.0),
+        extract=dataclasses.replace(cfg.extract, voice_embeddings=False, detect_every=2),
+        windows=dataclasses.replace(cfg.windows, window=96, hop=48, batch_size=4),
+        train=dataclasses.replace(cfg.train, epochs=2, progress=False),
+        model=dataclasses.replace(cfg.model, hidden=8, n_blocks=2),
+        baseline_windows=dataclasses.replace(cfg.baseline_windows, window=96, hop=48,
+                                             batch_size=4),
+        baseline_train=dataclasses.replace(cfg.baseline_train, epochs=1, progress=False),
+        fusions=("can",), max_figures=2)
+
+
+def _two_level_spec(store: FeatureStore, use_cues: bool) -> dict:
+    spec = {k: (k,) for k in TRACKS}
+    if use_cues:
+        spec["cues"] = ("cues",)
+    return spec
+
+
+def _has_cues(store: FeatureStore) -> bool:
+    ids = store.video_ids("train")
+    return bool(ids) and all("cues" in store.meta(v).get("shapes", {}) for v in ids) and any(
+        float(np.asarray(store.read(v, "cues")).sum()) > 0 for v in ids)
+
+
+def _baseline_spec(store: FeatureStore, modalities=("video", "audio", "text")) -> dict:
+    shapes = store.meta(store.video_ids()[0])["shapes"]
+    spec = {m: tuple(a for a in MODALITIES[m] if a in shapes) for m in modalities}
+    return {m: names for m, names in spec.items() if names}
+
+
+def full_video_outputs(model: TwoLevelModel, store: FeatureStore, vid: str, spec: dict,
+                       pad_to: int = 128) -> tuple[np.ndarray, dict]:
+    """(A/H probability (n,), aux as numpy) of the two-level model over one whole video.
+
+    The model is convolutional, so a whole video is one window: padded to a multiple of
+    ``pad_to`` frames (fewer recompilations), with ``valid`` marking the real frames.
+    """
+    n = int(store.meta(vid)["n_frames"])
+    arrays = {k: np.asarray(store.read(vid, names[0]), np.float32).reshape(n, -1)
+              for k, names in spec.items() if k != "cues"}
+    size = -(-n // pad_to) * pad_to
+    inputs = {k: jnp.asarray(np.pad(a, ((0, size - n), (0, 0))))[None] for k, a in arrays.items()}
+    valid = np.zeros(size, np.float32)
+    valid[:n] = 1.0
+    inputs["valid"] = jnp.asarray(valid)[None]
+    logits, aux = _forward(model, inputs)
+    prob = np.asarray(jax.nn.softmax(logits[0], -1)[:n, 1])
+    out = {"contributions": {g: np.asarray(c[0, :n]) for g, c in aux["contributions"].items()},
+           "remainder": np.asarray(aux["remainder"][0, :n])}
+    return prob, out
+
+
+@nnx.jit
+def _forward(model, inputs):
+    logits, aux = model(inputs, train=False)
+    return logits, {"contributions": aux["contributions"], "remainder": aux["remainder"]}
+
+
+def _decode(probs: dict, log_dur: np.ndarray, prior: np.ndarray, cfg: DecodeConfig) -> dict:
+    log_prior = jnp.log(jnp.asarray(prior, jnp.float32))
+    decode = jax.jit(lambda lp: hsmm.hsmm_decode(lp, log_dur, log_prior,
+                                                 emission_weight=cfg.emission_weight))
+    return {v: np.asarray(decode(hsmm.log_post_from_prob(p))) for v, p in probs.items()}
+
+
+def _median(probs: dict, k: int) -> dict:
+    return {v: (np.asarray(hsmm.median_filter(jnp.asarray(p), k)) >= 0.5).astype(np.int64)
+            for v, p in probs.items()}
+
+
+def fit_duration_prior(store: FeatureStore, max_d: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(duration log-pmfs (2, max_d), class prior (2,), stats) from the train split's labels."""
+    pos, neg, counts = [], [], np.zeros(2)
+    for vid in store.video_ids("train"):
+        labels = np.asarray(store.read(vid, "labels"))
+        runs = hsmm.segment_lengths(labels)
+        pos += runs[1]
+        neg += runs[0]
+        counts += [np.sum(labels == 0), np.sum(labels == 1)]
+    log_dur = hsmm.fit_durations(pos, neg, max_d)
+    prior = counts / counts.sum()
+    stats = {"pos_segments": len(pos), "pos_mean_frames": float(np.mean(pos)) if pos else None,
+             "neg_mean_frames": float(np.mean(neg)) if neg else None,
+             "pos_frame_share": float(prior[1])}
+    return log_dur, prior, stats
+
+
+def run(config: Config, workdir: Path) -> dict:
+    """Train and compare everything; returns ``{split: {method: metrics}}`` and extras."""
+    t_start = time.time()
+    store, root, extraction = prepare_store(config.data, config.extract)
+    t_data = time.time() - t_start
+    test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
+    if not test_ids:
+        raise RuntimeError(f"{store.root}: no test videos")
+    labels = {s: frame_labels(store, ids) for s, ids in (("test", test_ids), ("val", val_ids))}
+    vlabels = {s: video_labels(store, ids) for s, ids in (("test", test_ids), ("val", val_ids))}
+    fps = float(store.meta(test_ids[0])["fps"])
+    models_dir = workdir / "models"
+    results: dict = {"test": {}, "val": {}}
+    timings: dict = {"data_seconds": t_data}
+
+    use_cues = _has_cues(store)
+    spec = _two_level_spec(store, use_cues)
+    log_dur, prior, dur_stats = fit_duration_prior(store, config.decode.max_duration)
+
+    variants = {"two_level": {}, "no_cross_modal": {"use_cross": False},
+                "no_within_modality": {"use_within": False}}
+    outputs = {}
+    for name, change in variants.items():
+        mcfg = dataclasses.replace(config.model, fps=fps, **change)
+        t0 = time.time()
+        res = trainer_lib.train(
+            lambda dims, rngs, mcfg=mcfg: TwoLevelModel(mcfg, rngs=rngs), store, spec,
+            config.windows, config.train, models_dir / name)
+        timings[f"{name}_train_seconds"] = time.time() - t0
+        if name == "two_level":
+            save_trained(res.model, mcfg, log_dur, prior, config.decode, workdir / "deploy")
+        for split, ids in (("test", test_ids), ("val", val_ids)):
+            probs, aux = {}, {}
+            for vid in ids:
+                probs[vid], aux[vid] = full_video_outputs(res.model, store, vid, spec)
+            outputs[(name, split)] = (probs, aux)
+            decoded = _decode(probs, log_dur, prior, config.decode)
+            if name == "two_level":
+                results[split]["two_level"] = score_videos(labels[split], probs, vlabels[split], decoded)
+                results[split]["two_level/no_duration_prior"] = score_videos(
+                    labels[split], probs, vlabels[split])
+                results[split]["two_level/median_filter"] = score_videos(
+                    labels[split], probs, vlabels[split], _median(probs, config.decode.median_k))
+            else:
+                results[split][name] = score_videos(labels[split], probs, vlabels[split], decoded)
+
+    baselines = {"concat_tcn": (_concat_builder, _baseline_spec(store)),
+                 "text_only": (_concat_builder, _baseline_spec(store, ("text",)))}
+    for fusion in config.fusions:
+        baselines[f"fusion_{fusion}"] = (_fusion_builder(fusion, config.quick), _baseline_spec(store))
+    fusion_val_ap = {}
+    for name, (builder, bspec) in baselines.items():
+        t0 = time.time()
+        res = trainer_lib.train(builder, store, bspec, config.baseline_windows,
+                                config.baseline_train, models_dir / name)
+        timings[f"{name}_train_seconds"] = time.time() - t0
+        for split, ids in (("test", test_ids), ("val", val_ids)):
+            logits = trainer_lib.predict_videos(res.model, store, ids, bspec,
+                                                config.baseline_windows.window, stats=res.stats)
+            probs = {v: np.asarray(jax.nn.softmax(jnp.asarray(l), -1)[:, 1]) for v, l in logits.items()}
+            results[split][name] = score_videos(labels[split], probs, vlabels[split])
+        if name.startswith("fusion_"):
+            fusion_val_ap[name] = results["val"][name]["AP"]
+    if fusion_val_ap:  # keep only the best fusion by validation AP, as the paper selects
+        best = max(fusion_val_ap, key=fusion_val_ap.get)
+        for split in ("test", "val"):
+            for name in fusion_val_ap:
+                row = results[split].pop(name)
+                if name == best:
+                    results[split][f"best_fusion ({name[7:]})"] = row
+
+    figures = _figures(store, test_ids, outputs[("two_level", "test")], log_dur, prior,
+                       config, workdir / "plots", fps)
+    results["duration_prior"] = dur_stats
+    results["cues_used"] = use_cues
+    results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
+    results["extraction"]["failed"] = len(extraction["failed"])
+    timings["total_seconds"] = time.time() - t_start
+    results["timing"] = timings
+    results["dataset"] = {"root": str(root), "store": str(store.root),
+                          "synthetic_demo": not bool(config.data.root)}
+    results["notes"] = [
+        "two_level = duration-prior (semi-Markov) decoding of the two-level posteriors; "
+        "AP is always from the undecoded probabilities.",
+        "VIDEO_AVGF1: a video is A/H when the mean frame decision/probability is >= 0.5 "
+        "(the paper's mean-probability rule).",
+    ]
+    from ahjax.results import to_markdown
+    plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
+                      title="ahjax two_level report")
+    return results
+
+
+def _concat_builder(dims, rngs):
+    from baselines.tcn import ConcatTCN
+    return ConcatTCN(dims, rngs=rngs)
+
+
+def _fusion_builder(name: str, quick: bool):
+    from baselines import fusion
+
+    def build(dims, rngs):
+        cfg = fusion.quick() if quick else fusion.FusionConfig()
+        return fusion.FUSION_MODELS[name](dict(dims), cfg, rngs)
+    return build
+
+
+def _figures(store, test_ids, outputs, log_dur, prior, config, folder: Path, fps) -> list[Path]:
+    probs, aux = outputs
+    decoded = _decode(probs, log_dur, prior, config.decode)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for vid in test_ids[: config.max_figures]:
+        tracks = {k: np.asarray(store.read(vid, k)) for k in TRACKS}
+        contributions = dict(aux[vid]["contributions"])
+        contributions["remainder"] = aux[vid]["remainder"]
+        path = folder / f"{Path(vid).stem[:80].replace(' ', '_')}.png"
+        plots.plot_video(tracks, contributions, probs[vid], np.asarray(store.read(vid, "labels")),
+                         decoded[vid], fps, Path(vid).name, path)
+        paths.append(path)
+    return paths
+
+
+class TrainedTwoLevel:
+    """A trained two-level model with its duration prior, ready for new videos."""
+
+    def __init__(self, model: TwoLevelModel, log_dur: np.ndarray, prior: np.ndarray,
+                 decode: DecodeConfig):
+        self.model, self.log_dur, self.prior, self.decode = model, log_dur, prior, decode
+
+    def predict(self, arrays: dict, fps: float) -> dict:
+        """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,))
+        for one video's level-1 ``arrays`` (schema names)."""
+        from ahjax.data.store import FeatureStore
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            store = FeatureStore(tmp)
+            store.write("video", {k: arrays[k] for k in TRACKS}, {"fps": fps})
+            prob, aux = full_video_outputs(self.model, store, "video", {k: (k,) for k in TRACKS})
+        decoded = _decode({"v": prob}, self.log_dur, self.prior, self.decode)["v"]
+        contributions = dict(aux["contributions"], remainder=aux["remainder"])
+        return {"prob": prob, "decoded": decoded, "contributions": contributions}
+
+
+def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, log_dur, prior,
+                 decode: DecodeConfig, folder: Path) -> Path:
+    """Save what :func:`load_trained` needs into ``folder`` (params via orbax)."""
+    from ahjax.train.checkpoint import save_params
+    folder.mkdir(parents=True, exist_ok=True)
+    save_params(model, folder / "params")
+    np.save(folder / "log_dur.npy", np.asarray(log_dur))
+    (folder / "level2.json").write_text(json.dumps({
+        "model": dataclasses.asdict(model_cfg), "prior": [float(x) for x in prior],
+        "decode": dataclasses.asdict(decode)}, indent=1))
+    return folder
+
+
+def load_trained(run_dir: str | Path) -> TrainedTwoLevel:
+    """The two-level model of a ``two_level`` run folder (or of its ``deploy`` folder)."""
+    from ahjax.train.checkpoint import load_params
+    run_dir = Path(run_dir)
+    folder = run_dir if (run_dir / "level2.json").is_file() else run_dir / "deploy"
+    if not (folder / "level2.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a two_level run folder (no deploy/level2.json)")
+    saved = json.loads((folder / "level2.json").read_text())
+    mcfg = saved["model"]
+    mcfg["scales"] = tuple(mcfg["scales"])
+    mcfg["emb_keys"] = tuple(mcfg["emb_keys"])
+    cfg = TwoLevelConfig(**mcfg)
+    model = load_params(lambda: TwoLevelModel(cfg, rngs=nnx.Rngs(0)), folder / "params")
+    return TrainedTwoLevel(model, np.load(folder / "log_dur.npy"), np.asarray(saved["prior"]),
+                           DecodeConfig(**saved["decode"]))
