@@ -33,7 +33,8 @@ METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1")
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The feature store and which of its arrays make up each modality."""
-    store: str = ""
+    store: str = ""            # "" = extract ``root`` (or the embedded demo dataset)
+    root: str = ""             # a BAH tree; "" = the embedded demo dataset (synthetic)
     video: tuple[str, ...] = ("face_expr", "face_blend", "face_desc")
     audio: tuple[str, ...] = ("voice_prosody",)
     text: tuple[str, ...] = ("text_affect",)
@@ -67,11 +68,15 @@ def get_config(quick: bool = False) -> Config:
         quick=True)
 
 
-def resolve_store(data: DataConfig) -> FeatureStore:
-    """The feature store named by ``data.store``; a clear error when none is."""
+def resolve_store(data: DataConfig, quick: bool = False) -> FeatureStore:
+    """The feature store named by ``data.store``, else ``data.root`` (or the demo dataset)
+    extracted through the shared, cached level-1 pipeline."""
     if not data.store:
-        raise ValueError("table5 needs a feature store: pass --config.data.store=PATH "
-                         "(a folder written by `python -m ahjax.extract`)")
+        from experiments import common, two_level
+        source = two_level.get_config(quick=quick)
+        store, _, _ = common.prepare_store(
+            dataclasses.replace(source.data, root=data.root), source.extract)
+        return store
     path = Path(data.store).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"feature store {path} does not exist")
@@ -100,7 +105,7 @@ def build_table(summary: dict, methods) -> tuple[dict, dict]:
 
 def run(config: Config, workdir) -> dict:
     """Run the protocol on ``config.data.store``; returns the results described above."""
-    store = resolve_store(config.data)
+    store = resolve_store(config.data, config.quick)
     out = personalise.run_personalisation(store, config.data.spec(), config.methods,
                                           config.adapt, config.protocol, workdir)
     test, table = build_table(out["summary"], config.methods)

@@ -1,0 +1,148 @@
+"""End to end on real media: demo tree -> level 1 extraction -> two-level run -> predict.
+
+One small demo tree (4 participants x questions 4 and 7, 6-8 s videos) is generated once
+into the ahjax cache and shared by these tests, exactly as the main job would.
+"""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ahjax.data.bah import load_bah
+from ahjax.data.store import FeatureStore
+from experiments import run as runner
+from experiments import two_level
+from level1_affect import schema
+from level1_affect.extract import ExtractConfig, LabelLengthError, extract_dataset, fit_labels
+from level1_affect.whisper.transcribe import wer
+
+QUICK = two_level.get_config(quick=True)
+
+
+@pytest.fixture(scope="module")
+def demo_root():
+    from experiments.common import demo_root as make
+    return make(QUICK.data)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, demo_root):
+    workdir = tmp_path_factory.mktemp("runs")
+    results, run_dir = runner.run("two_level", QUICK, workdir)
+    return results, run_dir
+
+
+def test_fit_labels_pads_within_slack_and_names_the_video():
+    out = fit_labels(np.array([0, 1, 1], np.int8), 5, slack=3, where="v.mp4")
+    np.testing.assert_array_equal(out, [0, 1, 1, -1, -1])
+    np.testing.assert_array_equal(fit_labels(None, 2, 3, "v"), [-1, -1])
+    with pytest.raises(LabelLengthError, match="v.mp4: 3 frame labels for a video of 10 frames"):
+        fit_labels(np.zeros(3, np.int8), 10, slack=3, where="v.mp4")
+
+
+def test_extraction_is_resumable_and_survives_a_corrupt_video(tmp_path, demo_root):
+    root = tmp_path / "bah"
+    shutil.copytree(demo_root, root)
+    index = load_bah(root)
+    val = [r for r in index.videos if r.split == "val"]
+    assert len(val) == 2
+    # Break one video: the other must still be extracted and the failure reported.
+    val[1].video_path.write_bytes(b"\x00not an mp4" * 100)
+    cfg = ExtractConfig(voice_embeddings=False, text_embeddings=False, detect_every=2)
+    out = tmp_path / "store"
+    summary = extract_dataset(root, out, cfg, splits=("val",), progress=False)
+    assert summary["done"] == 1 and list(summary["failed"]) == [val[1].video_id]
+    assert "MediaError" in summary["failed"][val[1].video_id]
+    assert json.loads((out / "failures.json").read_text()) == summary["failed"]
+
+    store = FeatureStore(out)
+    vid = val[0].video_id
+    meta = store.meta(vid)
+    n = meta["n_frames"]
+    assert meta["fps"] == 24.0 and meta["split"] == "val" and meta["transcript_source"] == "dataset"
+    for name in ("face_present", "face_expr", "face_blend", "face_desc", "voice_mel",
+                 "voice_prosody", "text_affect"):
+        width = schema.ARRAYS[name][0]
+        assert store.read(vid, name).shape == (n, width), name
+    labels = np.asarray(store.read(vid, "labels"))
+    np.testing.assert_array_equal(labels, val[0].frame_labels[:n])
+    # A real face, speech and words were found where the demo put them.
+    assert store.read(vid, "face_present").mean() > 0.9
+    assert np.asarray(store.read(vid, "voice_prosody"))[:, 4].mean() > 0.3
+    assert np.asarray(store.read(vid, "text_affect"))[:, -1].mean() > 0.3
+
+    again = extract_dataset(root, out, cfg, splits=("val",), progress=False)
+    assert again["skipped"] == 1 and again["done"] == 0 and len(again["failed"]) == 1
+
+
+def test_two_level_quick_run_writes_tables_figures_report(quick_run):
+    results, run_dir = quick_run
+    for split in ("test", "val"):
+        rows = results[split]
+        for method in ("two_level", "two_level/no_duration_prior", "two_level/median_filter",
+                       "no_cross_modal", "no_within_modality", "concat_tcn", "text_only"):
+            assert method in rows, (split, method)
+            for metric in ("AVGF1", "AP", "WAR"):
+                assert 0.0 <= rows[method][metric] <= 1.0
+        assert any(m.startswith("best_fusion") for m in rows)
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["test"]["two_level"]["AP"] == pytest.approx(results["test"]["two_level"]["AP"])
+    assert "| two_level |" in (run_dir / "results.md").read_text()
+    figures = sorted((run_dir / "plots").glob("*.png"))
+    assert 1 <= len(figures) <= QUICK.max_figures
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figures) and "http://" not in html
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["quick"] is True and config["decode"]["max_duration"] == QUICK.decode.max_duration
+    # The duration prior was fitted on real training segments.
+    assert results["duration_prior"]["pos_segments"] > 0
+
+
+def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo_root):
+    _, run_dir = quick_run
+    index = load_bah(demo_root)
+    rec = index.split("test")[0]
+    out = tmp_path / "pred"
+    proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(rec.video_path),
+                           "--out", str(out), "--checkpoint", str(run_dir)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "tracks.csv") as f:
+        rows = list(csv.DictReader(f))
+    n = len(rows)
+    assert n == len(rec.frame_labels)
+    for col in ("frame", "time_s", "face_present", "face_happy", "face_sad", "face_angry",
+                "face_surprise", "face_fear", "face_disgust", "face_neutral", "voice_active",
+                "voice_pitch_hz", "voice_energy", "text_sentiment", "ah_prob", "ah_decoded",
+                "contrib_face_text", "contrib_within_voice", "contrib_remainder"):
+        assert col in rows[0], col
+    face_rate = np.mean([float(r["face_present"]) for r in rows])
+    assert face_rate > 0.9
+    probs = np.array([float(r["ah_prob"]) for r in rows])
+    assert np.all((probs >= 0) & (probs <= 1))
+    transcript = json.loads((out / "transcript.json").read_text())
+    assert transcript["language"] == "en"
+    words = transcript["words"]
+    assert all(w["start"] <= w["end"] for w in words)
+    assert all(a["start"] <= b["start"] for a, b in zip(words, words[1:]))
+    # Whisper on espeak speech: close to what was synthesised.
+    assert wer(rec.transcript, transcript["text"]) < 0.35
+    segments = json.loads((out / "segments.json").read_text())
+    decoded = np.array([int(float(r["ah_decoded"])) for r in rows])
+    assert sum(s["end_frame"] - s["start_frame"] + 1 for s in segments) == decoded.sum()
+    assert (out / "ah.png").is_file()
+
+
+def test_predict_rejects_missing_and_corrupt_video(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"garbage" * 50)
+    for path, message in ((tmp_path / "missing.mp4", "no such video file"), (bad, "broken.mp4")):
+        proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(path), "--out",
+                               str(tmp_path / "o")], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
