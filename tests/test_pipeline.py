@@ -131,12 +131,27 @@ def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo
     words = transcript["words"]
     assert all(w["start"] <= w["end"] for w in words)
     assert all(a["start"] <= b["start"] for a, b in zip(words, words[1:]))
-    # Whisper on espeak speech: close to what was synthesised.
-    assert wer(rec.transcript, transcript["text"]) < 0.35
+    # The transcript is about what was said (one short sentence: WER is noisy; the
+    # corpus-level bound is in test_whisper_on_demo_speech).
+    assert wer(rec.transcript, transcript["text"]) < 0.85
     segments = json.loads((out / "segments.json").read_text())
     decoded = np.array([int(float(r["ah_decoded"])) for r in rows])
     assert sum(s["end_frame"] - s["start_frame"] + 1 for s in segments) == decoded.sum()
     assert (out / "ah.png").is_file()
+
+
+def test_whisper_on_demo_speech(demo_root):
+    """Corpus word error rate of our JAX Whisper over the held-out demo videos."""
+    from level1_affect.audio import load_audio
+    from level1_affect.whisper.transcribe import WhisperJax
+    index = load_bah(demo_root)
+    whisper = WhisperJax.load()
+    edits = words = 0
+    for rec in index.split("val") + index.split("test"):
+        n = len(rec.transcript.split())
+        edits += wer(rec.transcript, whisper.transcribe(load_audio(rec.video_path)).text) * n
+        words += n
+    assert words > 20 and edits / words < 0.3
 
 
 def test_predict_rejects_missing_and_corrupt_video(tmp_path):
