@@ -28,7 +28,12 @@ EXPERIMENTS = {
                    "per-modality TCN with concatenation fusion (frame level)"),
     "text_video_level": ("experiments.text_video_level",
                          "video-level A/H from transcripts on BAH's real split files"),
+    "table7": ("experiments.table7", "zero-shot (M)LLMs with the Table 6 prompts, video and frame level"),
     "table5": ("experiments.table5", "personalisation by domain adaptation, one target per test subject"),
+    "table3": ("experiments.table3", "visual backbones (ResNet18-152, APViT) at frame level"),
+    "table4": ("experiments.table4", "video level: Video-FocalNet T/S/B, CLIP-style, question-only, text-only"),
+    "table1": ("experiments.table1", "visual modality without vs with temporal context (frame level)"),
+    "table2": ("experiments.table2", "frame-level fusion: CAN/LFAN/MT/JMT x modality subsets"),
 }
 
 
