@@ -1,0 +1,127 @@
+"""Tables 1 and 2 end to end through the runner on the cached quick demo, and the bench.
+
+The quick configs reuse two_level's quick demo and extraction settings, so the feature
+store is the one other tests have already extracted; each row trains one epoch of a tiny
+model. No timing is asserted: the bench test checks the report's shape only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from baselines import fusion
+from baselines.tcn import ConcatTCN, TCNConfig
+from experiments import bench
+from experiments import frame_tables as ft
+from experiments import run as runner
+from experiments import table1, table2, two_level
+
+
+def _finite_row(row, metrics=ft.TABLE_METRICS):
+    return all(isinstance(row[m], float) and math.isfinite(row[m]) for m in metrics)
+
+
+def test_subset_codes_round_trip():
+    assert [ft.subset_code(ft.modalities_of(s)) for s in ft.SUBSETS] == list(ft.SUBSETS)
+    assert ft.modalities_of("t+v") == ("video", "text")
+    for bad in ("", "V+V", "X", "V+Q"):
+        with pytest.raises(ValueError):
+            ft.modalities_of(bad)
+
+
+def test_full_configs_follow_the_paper():
+    t2 = table2.get_config()
+    names = [r.name for r in table2.rows(t2)]
+    assert len(names) == 28 and names[0] == "CAN / V" and names[-1] == "JMT / V+A+T"
+    assert names[7] == "LFAN / V"  # method-major, the paper's subset order inside
+    for cfg in (t2, table1.get_config()):
+        assert (cfg.windows.window, cfg.windows.hop, cfg.windows.batch_size) == (696, 48, 4)
+        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.nesterov,
+                cfg.train.weight_decay) == ("sgd", 0.008, 0.9, True, 1e-4)
+        assert cfg.demo_window == two_level.get_config().baseline_windows.window
+    assert [r.name for r in table1.rows(table1.get_config())] == [
+        "V / no context (frame-wise)", "V / context (TCN)"]
+
+
+def test_quick_table1_end_to_end(tmp_path):
+    cfg = runner.build_config("table1", ["--config.quick=True"])
+    assert cfg.quick and cfg.data == two_level.get_config(quick=True).data
+    results, run_dir = runner.run("table1", cfg, tmp_path)
+    rows = ["V / no context (frame-wise)", "V / context (TCN)"]
+    assert list(results["table1"]) == rows
+    for name in rows:
+        assert list(results["table1"][name]) == list(ft.TABLE_METRICS)
+        assert _finite_row(results["table1"][name])
+        assert results["table1"][name]["AP"] == results["test"][name]["AP"]
+        assert _finite_row(results["val"][name])
+        assert results["training"][name]["epochs"] == 1
+    # Kernel 1 removes parameters from every conv: the frame-wise row is strictly smaller.
+    assert results["training"][rows[0]]["params"] < results["training"][rows[1]]["params"]
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert set(saved["val"]) == set(rows) and "## table1" in (run_dir / "results.md").read_text()
+
+
+def test_quick_table2_end_to_end(tmp_path):
+    cfg = runner.build_config("table2", ["--config.quick=True"])
+    results, run_dir = runner.run("table2", cfg, tmp_path)
+    rows = [f"{table2.LABELS[m]} / {s}" for m in cfg.methods for s in cfg.subsets]
+    assert 2 <= len(rows) <= 3
+    assert list(results["table2"]) == rows + [ft.PAPER_LABEL]
+    for name in rows:
+        assert list(results["table2"][name]) == list(ft.TABLE_METRICS)
+        assert _finite_row(results["table2"][name]) and _finite_row(results["val"][name])
+    # The reference row carries exactly the two published numbers, and nowhere else.
+    assert results["table2"][ft.PAPER_LABEL] == {"AVGF1": 0.5586, "AP": 0.2631}
+    assert ft.PAPER_LABEL not in results["test"] and ft.PAPER_LABEL not in results["val"]
+    assert any("MT/JMT" in n for n in results["notes"])
+    assert results["setup"]["window"] == cfg.windows.window
+    md = (run_dir / "results.md").read_text()
+    assert "## table2" in md and ft.PAPER_LABEL in md
+
+
+def test_bench_registry_builds_every_model():
+    assert {"concat_tcn", "can", "lfan", "mt", "jmt", "two_level"} <= set(bench.MODELS)
+    for name, entry in bench.MODELS.items():
+        model = nnx.eval_shape(lambda e=entry: e.build(dict(e.dims), nnx.Rngs(params=0, dropout=1)))
+        n = fusion.param_count(model)
+        assert n > 0, name
+        if entry.reference is not None:
+            # MT/JMT use text too (the reference drops it), so they are a little larger.
+            assert 0.95 <= n / entry.reference["params"] <= 1.15, (name, n)
+    assert set(bench.MODELS["two_level"].dims) == set(bench.TRACK_DIMS)
+    batch = bench._track_inputs(np.random.default_rng(0), bench.TRACK_DIMS, 2, 8)
+    assert batch["valid"].shape == (2, 8) and batch["face_desc"].shape == (2, 8, 9)
+
+
+def test_bench_compare_against_reference():
+    ref = bench.REFERENCE["jmt"]
+    ours = {"train_frames_per_s": 2 * ref["train_frames_per_s"], "params": ref["params"],
+            "peak_rss_delta_mb": 0.5 * ref["peak_gb"] * 1024}
+    got = bench.compare(ours, ref)
+    assert got["train_speed_ratio"] == pytest.approx(2.0)
+    assert got["peak_memory_ratio"] == pytest.approx(0.5) and got["target_met"]
+    ours["train_frames_per_s"] = 1.4 * ref["train_frames_per_s"]  # faster, but not 1.5x
+    assert not bench.compare(ours, ref)["target_met"]
+
+
+def test_bench_quick_reports_json(capsys, monkeypatch):
+    # A tiny model registered the way any family registers: paper-size models take tens of
+    # seconds to compile on two shared cores, and the report's shape does not depend on size.
+    tiny = bench.BenchModel(
+        lambda dims, rngs: ConcatTCN(dims, TCNConfig(video=(8,), audio=(4,), text=(8,)), rngs=rngs),
+        {"video": 6, "audio": 3, "text": 5})
+    monkeypatch.setitem(bench.MODELS, "tiny_tcn", tiny)
+    assert bench.main(["--quick", "--models", "tiny_tcn", "--frames", "24", "--steps", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    got = report["models"]["tiny_tcn"]
+    for key in ("params", "inputs", "batch", "train_frames_per_s", "infer_frames_per_s",
+                "train_first_call_s", "infer_first_call_s", "peak_rss_delta_mb"):
+        assert key in got, key
+    assert got["batch"] == [bench.BATCH, 24] and got["train_frames_per_s"] > 0
+    assert got["inputs"] == tiny.dims and "vs_reference" not in got
+    assert {"device", "load_average", "models"} <= set(report) and "extraction" not in report
