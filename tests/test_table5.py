@@ -84,6 +84,8 @@ def test_quick_table5_runs_end_to_end(tmp_path):
     assert "## table5" in md and "UDA: ACPL" in md and "## per_target" in md
 
 
-def test_missing_store_is_a_clear_error():
-    with pytest.raises(ValueError, match="feature store"):
-        table5.run(table5.get_config(quick=True), None)
+def test_missing_store_is_a_clear_error(tmp_path):
+    cfg = table5.get_config(quick=True)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, store=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match="feature store .*nope does not exist"):
+        table5.run(cfg, tmp_path)

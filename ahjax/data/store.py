@@ -20,12 +20,17 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
 META = "meta.json"
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11 before 3.11.8 can
+# fail with "AST constructor recursion depth mismatch" when several threads parse at once
+# (grain reads windows from a thread pool). Opening a memmap is cheap; serialise it.
+_OPEN_LOCK = threading.Lock()
 
 
 class StoreError(ValueError):
@@ -103,7 +108,8 @@ class FeatureStore:
         if not path.is_file():
             have = sorted(p.stem for p in self.path(video_id).glob("*.npy"))
             raise StoreError(f"{video_id}: no array {name!r} in {path.parent}; have {have}")
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with _OPEN_LOCK:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
     def read_many(self, video_id: str, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {n: self.read(video_id, n) for n in names}
