@@ -110,7 +110,7 @@ def run(config: Config, workdir) -> dict:
                                           config.adapt, config.protocol, workdir)
     test, table = build_table(out["summary"], config.methods)
     labels = dict(ROWS)
-    per_target = {f"{pid} | {labels.get(m, m)}": {k: v for k, v in row.items() if k != "CONF"}
+    per_target = {f"{pid} / {labels.get(m, m)}": {k: v for k, v in row.items() if k != "CONF"}
                   for pid, rows in out["per_target"].items() for m, row in rows.items()}
     notes = [f"{len(out['per_target'])} target subject(s); mean and population std over them",
              "not included (need CLIP weights): TPT, TDA, DPE, PromptAlign, ReTA, T3AL, "
