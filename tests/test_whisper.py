@@ -190,6 +190,20 @@ def test_embed_shape_and_content(whisper, speech):
     assert np.linalg.norm(talk - quiet) > 0.1 * np.linalg.norm(quiet)
 
 
+def test_speech_in_another_language_is_detected_and_transcribed_in_it(whisper):
+    """Documented outcome for non-English speech: the language is detected and reported
+    (``transcript.json`` carries it) and the words come out in that language; the English
+    text lexicons then simply find little, which the language field explains."""
+    import librosa
+    from ahjax.data.speech import synthesize
+    french = "Je voudrais faire plus de sport, mais je n'ai jamais le temps le soir."
+    sp = synthesize(french, voice="fr")
+    x = librosa.resample(sp.samples, orig_sr=sp.sample_rate, target_sr=SR).astype(np.float32)
+    tr = whisper.transcribe(x)
+    assert tr.language == "fr"
+    assert wer(french, tr.text) < 0.4, tr.text
+
+
 def test_transcribe_synthesised_sentence(whisper, speech):
     x, truth = speech
     clip = np.concatenate([x, np.zeros(10 * SR - len(x), np.float32)])  # a 10 s clip
