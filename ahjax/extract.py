@@ -13,19 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from ahjax import assets
-
-
-def default_out(root: str | Path) -> Path:
-    """The feature-store folder used for ``root`` when ``--out`` is not given."""
-    import hashlib
-    root = Path(root).resolve()
-    tag = hashlib.sha1(str(root).encode()).hexdigest()[:10]
-    return assets.cache_dir() / "features" / f"{root.name}-{tag}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from level1_affect.extract import ExtractConfig, extract_dataset
+    from level1_affect.extract import ExtractConfig, default_store_dir, extract_dataset
 
     parser = argparse.ArgumentParser(prog="python -m ahjax.extract", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="BAH dataset root")
@@ -34,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--detect-every", type=int, default=1)
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else default_out(args.root)
     cfg = ExtractConfig(asr=args.asr, detect_every=args.detect_every)
+    # Same default folder as the experiments use, so `--data.root` finds these features.
+    out = Path(args.out) if args.out else default_store_dir(args.root, cfg)
     summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")))
     secs = summary["seconds"]
     total = sum(secs.values())

@@ -10,17 +10,15 @@ metrics.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from ahjax import assets
 from ahjax import metrics as metrics_lib
 from ahjax.data.store import FeatureStore
-from level1_affect.extract import ExtractConfig, extract_dataset
+from level1_affect.extract import ExtractConfig, default_store_dir, extract_dataset
 
 CUE_KEYS = ("audio", "body", "facial", "inconsistencies", "language")
 
@@ -55,8 +53,7 @@ def demo_root(data: DataConfig) -> Path:
 
 def store_dir(root: Path, extract: ExtractConfig) -> Path:
     """The default feature-store folder of ``root`` under one extraction config."""
-    key = json.dumps([str(Path(root).resolve()), dataclasses.asdict(extract)], sort_keys=True)
-    return assets.cache_dir() / "features" / f"{Path(root).name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return default_store_dir(root, extract)
 
 
 def prepare_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),

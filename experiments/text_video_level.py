@@ -290,6 +290,6 @@ def run(config: Config, workdir) -> dict:
             best = max(base, key=base.get)
             notes.append(f"val AP: two_level_text {results['val']['two_level_text']['AP']:.4f} vs "
                          f"best baseline {best} {base[best]:.4f} (not tuned on val)")
-    notes.append(f"videos: " + ", ".join(f"{s} {len(r)}" for s, r in data.items()))
+    notes.append("videos: " + ", ".join(f"{s} {len(r)}" for s, r in data.items()))
     results["notes"] = notes
     return results

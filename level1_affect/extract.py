@@ -43,6 +43,17 @@ class ExtractConfig:
     label_slack: int = 3
 
 
+def default_store_dir(root: str | Path, config: ExtractConfig) -> Path:
+    """The feature store used for ``root`` under ``config`` when none is named: under
+    ``$AHJAX_CACHE/features``, keyed by the root's absolute path and the config, so that
+    ``python -m ahjax.extract`` and the experiments find the same cached features."""
+    import hashlib
+    from ahjax import assets
+    key = json.dumps([str(Path(root).resolve()), dataclasses.asdict(config)], sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return assets.cache_dir() / "features" / f"{Path(root).resolve().name}-{digest}"
+
+
 def fit_labels(labels: np.ndarray | None, n_frames: int, slack: int, where: str) -> np.ndarray:
     """Frame labels of length ``n_frames``: -1 fills missing frames, within ``slack``.
 

@@ -67,11 +67,11 @@ def test_quick_table5_runs_end_to_end(tmp_path):
     assert set(table["TTA: Tent"]) == {"AVGF1", "AVGF1_std", "WAR", "WAR_std"}
     assert {"AVGF1", "AP", "WAR"} <= set(table["Oracle"])
     assert len(results["per_target"]) == 2 * len(methods)
-    assert "p5 | Oracle" in results["per_target"]
+    assert "p5 / Oracle" in results["per_target"]
     assert any("skipped p7" in n for n in results["notes"])
 
     # The mean over targets is the mean of the per-target rows.
-    per = [results["per_target"][f"{p} | UDA: MMD"]["AVGF1"] for p in ("p5", "p6")]
+    per = [results["per_target"][f"{p} / UDA: MMD"]["AVGF1"] for p in ("p5", "p6")]
     assert results["test"]["mmd"]["AVGF1"] == pytest.approx(np.mean(per))
     assert results["test"]["mmd"]["AVGF1_std"] == pytest.approx(np.std(per))
 
