@@ -97,6 +97,16 @@ def effective_setup(windows: win.WindowConfig, train: TrainConfig, data: DataCon
     return windows, train
 
 
+def quick_settings() -> dict:
+    """The quick configs' shared fields: the two_level quick demo and extraction (whose
+    cache the tests share), windows of 96 frames, one epoch, no demo overrides."""
+    from experiments import two_level
+    source = two_level.get_config(quick=True)
+    return dict(quick=True, data=source.data, extract=source.extract,
+                windows=win.WindowConfig(window=96, hop=48, batch_size=4),
+                train=TrainConfig(epochs=1, progress=False), demo_window=0, demo_epochs=0)
+
+
 def open_store(data: DataConfig, extract: ExtractConfig) -> tuple[FeatureStore, Path, dict]:
     """The extracted, cached feature store of ``data`` (see ``common.prepare_store``)."""
     return prepare_store(data, extract, progress=False)

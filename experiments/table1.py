@@ -42,12 +42,7 @@ def get_config(quick: bool = False) -> Config:
     """The paper's setup; ``quick``: the tiny cached demo, one narrow block, one epoch."""
     if not quick:
         return Config()
-    from experiments import two_level  # its quick data/extraction: the cache tests share
-    source = two_level.get_config(quick=True)
-    return Config(quick=True, data=source.data, extract=source.extract,
-                  model=TCNConfig(video=(8,), audio=(4,), text=(8,)),
-                  windows=WindowConfig(window=96, hop=48, batch_size=4),
-                  train=TrainConfig(epochs=1, progress=False), demo_window=0, demo_epochs=0)
+    return Config(**ft.quick_settings(), model=TCNConfig(video=(8,), audio=(4,), text=(8,)))
 
 
 def rows(config: Config) -> list[ft.Row]:

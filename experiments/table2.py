@@ -44,12 +44,7 @@ def get_config(quick: bool = False) -> Config:
     """The paper's setup; ``quick``: the tiny cached demo, 2 rows, tiny models, one epoch."""
     if not quick:
         return Config()
-    from experiments import two_level  # its quick data/extraction: the cache tests share
-    source = two_level.get_config(quick=True)
-    return Config(quick=True, data=source.data, extract=source.extract,
-                  methods=("can", "lfan"), subsets=("V+T",), fusion=fusion.quick(),
-                  windows=WindowConfig(window=96, hop=48, batch_size=4),
-                  train=TrainConfig(epochs=1, progress=False), demo_window=0, demo_epochs=0)
+    return Config(**ft.quick_settings(), methods=("can", "lfan"), subsets=("V+T",), fusion=fusion.quick())
 
 
 def rows(config: Config) -> list[ft.Row]:

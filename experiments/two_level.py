@@ -15,6 +15,7 @@ folder, and the trained models' checkpoints under ``models/<method>/``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -131,11 +132,20 @@ def _forward(model, inputs):
     return logits, {"contributions": aux["contributions"], "remainder": aux["remainder"]}
 
 
+@functools.partial(jax.jit, static_argnames="emission_weight")
+def _decode_one(prob, log_dur, log_prior, emission_weight):
+    # One jitted function for every call (compiled once per video length), rather than a
+    # fresh jit of a closure per call, which recompiled for every split and variant.
+    return hsmm.hsmm_decode(hsmm.log_post_from_prob(prob), log_dur, log_prior,
+                            emission_weight=emission_weight)
+
+
 def _decode(probs: dict, log_dur: np.ndarray, prior: np.ndarray, cfg: DecodeConfig) -> dict:
+    log_dur = jnp.asarray(log_dur, jnp.float32)
     log_prior = jnp.log(jnp.asarray(prior, jnp.float32))
-    decode = jax.jit(lambda lp: hsmm.hsmm_decode(lp, log_dur, log_prior,
-                                                 emission_weight=cfg.emission_weight))
-    return {v: np.asarray(decode(hsmm.log_post_from_prob(p))) for v, p in probs.items()}
+    return {v: np.asarray(_decode_one(jnp.asarray(p, jnp.float32), log_dur, log_prior,
+                                      float(cfg.emission_weight)))
+            for v, p in probs.items()}
 
 
 def _median(probs: dict, k: int) -> dict:
@@ -195,8 +205,8 @@ def run(config: Config, workdir: Path) -> dict:
             probs, aux = {}, {}
             for vid in ids:
                 probs[vid], aux[vid] = full_video_outputs(res.model, store, vid, spec)
-            outputs[(name, split)] = (probs, aux)
             decoded = _decode(probs, log_dur, prior, config.decode)
+            outputs[(name, split)] = (probs, aux, decoded)
             if name == "two_level":
                 results[split]["two_level"] = score_videos(labels[split], probs, vlabels[split], decoded)
                 results[split]["two_level/no_duration_prior"] = score_videos(
@@ -231,8 +241,8 @@ def run(config: Config, workdir: Path) -> dict:
                 if name == best:
                     results[split][f"best_fusion ({name[7:]})"] = row
 
-    figures = _figures(store, test_ids, outputs[("two_level", "test")], log_dur, prior,
-                       config, workdir / "plots", fps)
+    figures = _figures(store, test_ids, outputs[("two_level", "test")], config,
+                       workdir / "plots", fps)
     results["duration_prior"] = dur_stats
     results["cues_used"] = use_cues
     results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
@@ -267,9 +277,8 @@ def _fusion_builder(name: str, quick: bool):
     return build
 
 
-def _figures(store, test_ids, outputs, log_dur, prior, config, folder: Path, fps) -> list[Path]:
-    probs, aux = outputs
-    decoded = _decode(probs, log_dur, prior, config.decode)
+def _figures(store, test_ids, outputs, config, folder: Path, fps) -> list[Path]:
+    probs, aux, decoded = outputs
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for vid in test_ids[: config.max_figures]:

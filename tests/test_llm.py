@@ -525,8 +525,8 @@ def test_http_backend_falls_back_when_echo_is_refused(stub):
 def tiny_videollava():
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e .[videollava])")
     transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "VideoLlavaForConditionalGeneration"):
-        pytest.skip("this transformers has no Video-LLaVA")
+    # The pinned transformers (4.57.6) has it; losing it on an upgrade must fail, not skip.
+    assert hasattr(transformers, "VideoLlavaForConditionalGeneration")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from baselines.llm.videollava import VideoLlavaBackend
     pre = pre_tokenizers.Whitespace()

@@ -132,18 +132,24 @@ def _split_attn(out: dict, dst: tuple, get, src: str, fused: str, d: int) -> Non
     out[dst + ("out_proj", "kernel")], out[dst + ("out_proj", "bias")] = ow, ob
 
 
+def _taker(tensors: dict, used: set, source: str):
+    """``get(name)``: the tensor as float32, recorded in ``used`` (so leftovers can be
+    reported), or a MediaError naming ``source`` when it is missing."""
+    def get(name):
+        if name not in tensors:
+            raise MediaError(f"{source}: tensor {name!r} is missing")
+        used.add(name)
+        return np.asarray(tensors[name], np.float32)
+    return get
+
+
 def params_from_ct2(variables: dict[str, np.ndarray], dims: WhisperDims | None = None,
                     source: str = "CTranslate2 model") -> Params:
     """Map CTranslate2 Whisper tensors (``ct2.read_ct2(...).variables``) onto the transformers
     Flax parameter tree. Every stored tensor must be used and every parameter filled."""
     dims = dims or dims_from_ct2(variables)
     used: set[str] = set()
-
-    def get(name):
-        if name not in variables:
-            raise MediaError(f"{source}: tensor {name!r} is missing")
-        used.add(name)
-        return np.asarray(variables[name], np.float32)
+    get = _taker(variables, used, source)
 
     out: dict = {}
     d = dims.n_audio_state
@@ -195,12 +201,7 @@ def params_from_openai(state: dict, dims: WhisperDims) -> Params:
     """Map an openai-whisper ``model_state_dict`` (name -> array, torch tensors converted to
     numpy by the caller) onto the transformers Flax tree for ``dims``; raises on leftovers."""
     used: set[str] = set()
-
-    def get(name):
-        if name not in state:
-            raise MediaError(f"openai-whisper checkpoint: tensor {name!r} is missing")
-        used.add(name)
-        return np.asarray(state[name], np.float32)
+    get = _taker(state, used, "openai-whisper checkpoint")
 
     out: dict = {}
     enc, dec = ("model", "encoder"), ("model", "decoder")
