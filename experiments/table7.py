@@ -203,8 +203,8 @@ def run_tree(cfg: Config, workdir: Path) -> dict:
         notes.append(f"{name}: {cache.calls} model calls, {cache.hits} answered from the cache")
     frame_n = min(len(items), cfg.frame_max_videos or len(items))
     notes.append(f"{len(items)} videos of split {split!r} at video level, the first {frame_n} at "
-                 "frame level; prompts as reconstructed in baselines/llm/prompts.py (check "
-                 "against the paper's Table 6)")
+                 "frame level; the five Table 6 prompts verbatim (baselines/llm/prompts.py), "
+                 "transcript_simple and evidence are ours")
     results["notes"] = notes
     return results
 

@@ -73,26 +73,42 @@ def test_positive_probability_from_label_logprobs():
 
 
 # ---- prompts ---------------------------------------------------------------------------
+def test_paper_prompts_are_verbatim():
+    """Golden strings: the five Table 6 prompts as the authors' reference script builds them."""
+    instr = ("Classify the emotion in the video as either 'Non-Ambivalent' or 'Ambivalent'."
+             "\nRespond with only one word: ")
+    d1 = ("Definition: Ambivalence is the state of having contradictory or conflicting feelings "
+          "or attitudes towards something or someone simultaneously.")
+    d2 = ("Definition: Ambivalence and Hesitancy is understood as the simultaneous experience "
+          "of desires for change and against change.")
+    t = f"Video transcript: {TRANSCRIPT}. "
+    assert prompts.PAPER_PROMPTS == ("simple", "def1", "def2", "transcript_def1", "transcript_def2")
+    golden = {"simple": instr, "def1": d1 + instr, "def2": d2 + instr,
+              "transcript_def1": t + d1 + instr, "transcript_def2": t + d2 + instr}
+    for name, text in golden.items():
+        assert prompts.build_prompt(name, TRANSCRIPT) == text, name
+
+
 def test_all_prompts_present_distinct_and_well_formed():
-    assert prompts.PAPER_PROMPTS == ("simple", "def1", "def2", "transcript_def1",
-                                     "transcript_def2", "transcript_simple")
+    assert prompts.ALL_PROMPTS == prompts.PAPER_PROMPTS + ("transcript_simple", "evidence")
     texts = {n: prompts.build_prompt(n, TRANSCRIPT, evidence="face: neutral")
              for n in prompts.ALL_PROMPTS}
     assert len(set(texts.values())) == 7
     for name, text in texts.items():
-        assert text.endswith(prompts.ANSWER_FORMAT)
-        assert "Ambivalent" in text and "Non-Ambivalent" in text
+        assert text.endswith(prompts.INSTRUCTION)
+        assert "'Ambivalent'" in text and "'Non-Ambivalent'" in text
         assert (TRANSCRIPT in text) == prompts.uses_transcript(name), name
+        assert text.startswith("Video transcript: ") == prompts.uses_transcript(name), name
     assert prompts.DEFINITION_1 in texts["def1"] and prompts.DEFINITION_1 in texts["transcript_def1"]
-    assert prompts.DEFINITION_2 in texts["def2"] and prompts.DEFINITION_2 in texts["transcript_def2"]
-    assert "Definition" not in texts["simple"] and prompts.DEFINITION_1 not in texts["transcript_simple"]
+    assert prompts.DEFINITION_2 in texts["def2"] and prompts.DEFINITION_2 in texts["evidence"]
+    assert texts["transcript_simple"] == f"Video transcript: {TRANSCRIPT}. " + prompts.INSTRUCTION
     assert "face: neutral" in texts["evidence"]
-    # an empty segment transcript is said, not left blank; quotes cannot break the prompt
+    # an empty segment transcript is said, not left blank; whitespace cannot break the line
     assert prompts.NO_SPEECH in prompts.build_prompt("transcript_simple", "  ")
-    assert '"no" she said' not in prompts.build_prompt("transcript_simple", '"no" she said')
-    with pytest.raises(KeyError):
+    assert "\n" not in prompts.build_prompt("transcript_def1", "one\ntwo").split("Definition")[0]
+    with pytest.raises(KeyError, match="unknown prompt 'definition_3'"):
         prompts.build_prompt("definition_3")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs the evidence text"):
         prompts.build_prompt("evidence", TRANSCRIPT)
 
 
@@ -140,9 +156,10 @@ def test_evidence_text_from_level1_arrays():
 
 # ---- sampling and windows ---------------------------------------------------------------
 def test_uniform_indices_match_the_reference():
-    assert zeroshot.uniform_indices(160).tolist() == [0, 20, 40, 60, 80, 100, 120, 140]
-    assert zeroshot.uniform_indices(163).tolist() == np.arange(0, 163, 163 / 8).astype(int).tolist()
-    assert zeroshot.uniform_indices(5).tolist() == [0, 0, 1, 1, 2, 3, 3, 4]
+    # np.linspace(0, total_frames - 1, 8, dtype=int), as the reference script
+    assert zeroshot.uniform_indices(160).tolist() == [0, 22, 45, 68, 90, 113, 136, 159]
+    assert zeroshot.uniform_indices(163).tolist() == np.linspace(0, 162, 8, dtype=int).tolist()
+    assert zeroshot.uniform_indices(5).tolist() == [0, 0, 1, 1, 2, 2, 3, 4]
     with pytest.raises(ValueError):
         zeroshot.uniform_indices(0)
 
@@ -258,11 +275,14 @@ def test_gguf_prompt_cache_reuse_is_exact(gguf, monkeypatch):
     """Scores do not depend on what was asked before: bit-identical after a prompt that
     shares a long prefix (whole cached blocks are reused, and only the rest is evaluated)
     and after one that shares nothing."""
-    long = " ".join([TRANSCRIPT] * 4)
+    long = " ".join([TRANSCRIPT] * 6)
     a = prompts.build_prompt("transcript_simple", long + " Yes.")
     b = prompts.build_prompt("transcript_simple", long + " No.")
-    n_a = len(gguf._tokens(gguf.template.format(prompt=a)))
-    assert n_a > gguf.BLOCK + 8
+    toks_a = gguf._tokens(gguf.template.format(prompt=a.rstrip()))
+    toks_b = gguf._tokens(gguf.template.format(prompt=b.rstrip()))
+    n_a = len(toks_a)
+    shared = next(i for i, (x, y) in enumerate(zip(toks_a, toks_b)) if x != y)
+    assert gguf.BLOCK < shared < 2 * gguf.BLOCK and n_a > shared + 8
     lp = gguf.score_labels(a)
     gguf.generate(b)
     evaluated = []
@@ -282,7 +302,7 @@ def test_gguf_label_score_is_the_token_chain(gguf):
     import llama_cpp
     prompt = prompts.build_prompt("simple")
     lp = gguf.score_labels(prompt)
-    text = gguf.template.format(prompt=prompt)
+    text = gguf.template.format(prompt=prompt.rstrip())
     toks = gguf._tokens(text)
     fresh = llama_cpp.Llama(model_path=str(gguf.model_path), n_ctx=256, n_batch=64,
                             logits_all=True, verbose=False)
@@ -386,7 +406,7 @@ def test_http_backend_against_a_real_server(gguf, llama_server):
     ref = llama_cpp.Llama(model_path=str(gguf.model_path), n_ctx=512, n_threads=1,
                           logits_all=True, verbose=False)
     prompt = prompts.build_prompt("simple")
-    text = gguf.template.format(prompt=prompt)
+    text = gguf.template.format(prompt=prompt.rstrip())
     remote = OpenAIBackend(llama_server, "gemma", max_tokens=gguf.max_tokens, timeout=60,
                            retries=1, scoring="none").generate(prompt)
     direct = ref.create_completion(text, max_tokens=gguf.max_tokens, temperature=0, stop=["\n"])
@@ -598,6 +618,24 @@ def test_clip_preprocessing_matches_transformers():
     ref = VideoLlavaImageProcessor()(images=[frame], return_tensors="np")["pixel_values_images"]
     assert ours.shape == ref.shape == (1, 3, 224, 224)
     assert np.abs(ours - ref).mean() < 0.01 and np.abs(ours - ref).max() < 0.1
+
+
+def test_reference_frame_squash_matches_pil_then_processor():
+    """The reference resizes each frame to 224 x 224 with PIL before the processor."""
+    pytest.importorskip("torch", reason="torch is not installed")
+    from PIL import Image
+    from transformers import VideoLlavaImageProcessor
+    from baselines.llm.videollava import TEMPLATE, clip_preprocess
+    yy, xx = np.mgrid[0:240, 0:320]
+    frame = np.stack([(xx * 255 / 319), (yy * 255 / 239), 128 + 60 * np.sin(xx / 15.0)], -1).astype(np.uint8)
+    ours = clip_preprocess([frame], 224, squash=224).numpy()
+    pil = np.asarray(Image.fromarray(frame).resize((224, 224), Image.BICUBIC))
+    ref = VideoLlavaImageProcessor()(images=[pil], return_tensors="np")["pixel_values_images"]
+    assert ours.shape == ref.shape == (1, 3, 224, 224)
+    assert np.abs(ours - ref).mean() < 0.01 and np.abs(ours - ref).max() < 0.15
+    # the chat wrapper is the reference's, with the prompt verbatim between its parts
+    assert TEMPLATE.format(prompt=prompts.build_prompt("simple")) == (
+        "USER: <video>\n" + prompts.INSTRUCTION + "ASSISTANT:")
 
 
 def test_lora_step_trains_only_the_adapters(tiny_videollava):

@@ -201,14 +201,14 @@ class LlamaCppBackend:
     def score_labels(self, prompt: str, images=None) -> dict:
         """{label: summed log-probability of the label after the prompt}."""
         _no_frames(self, images)
-        text = self.template.format(prompt=prompt)
+        text = self.template.format(prompt=prompt.rstrip())
         toks = self._tokens(text)
         return self._score(toks, self._prompt(toks), text)
 
     def generate(self, prompt: str, images=None) -> Answer:
         """Greedy answer (up to ``max_tokens``, stopping at a newline or end token)."""
         _no_frames(self, images)
-        text = self.template.format(prompt=prompt)
+        text = self.template.format(prompt=prompt.rstrip())
         toks = self._tokens(text)
         logits = self._prompt(toks)
         scores = self._score(toks, logits, text) if self.score else None
@@ -317,7 +317,7 @@ class OpenAIBackend:
             except (KeyError, IndexError, TypeError):
                 raise BackendError(f"{self.base_url}/chat/completions: unexpected answer {str(out)[:300]}") from None
             return Answer(text.strip(), None)
-        out = self._post("/completions", {"prompt": self.template.format(prompt=prompt),
+        out = self._post("/completions", {"prompt": self.template.format(prompt=prompt.rstrip()),
                                           "max_tokens": self.max_tokens, "temperature": 0,
                                           "stop": ["\n"]})
         text = _choice(out, self.base_url)["text"] or ""
@@ -327,7 +327,7 @@ class OpenAIBackend:
         """{label: log-prob} by ``scoring``; None for frames or ``scoring="none"``."""
         if self.scoring == "none" or (images is not None and len(images)):
             return None
-        text = self.template.format(prompt=prompt)
+        text = self.template.format(prompt=prompt.rstrip())
         if self.scoring in ("echo", "auto"):
             try:
                 return {label: self._echo_logprob(text, " " + label) for label in LABELS}

@@ -1,20 +1,24 @@
-"""The zero-shot prompts of the BAH paper (Table 6) in one place, and our evidence variant.
+"""The zero-shot prompts of the BAH paper (Table 6) in one place, and our two variants.
 
-RECONSTRUCTED WORDING. The paper's Table 6 was not available while this was written: the
-six prompts below follow what the paper describes (a simple question; two definitions of
-ambivalence/hesitancy; the same three with the video's transcript; the answer restricted to
-exactly ``Ambivalent`` or ``Non-Ambivalent``), but their exact words must be checked against
-Table 6 before numbers are compared with the paper's Table 7. Everything that uses them reads
-``PROMPTS``, so correcting the text here is the only change needed.
+The five paper prompts are verbatim: the words and their order are those the authors
+published with the paper (the reference zero-shot script of ``zero-shot-m-llm-bah-
+prediction``, the code behind Table 6): an optional ``Video transcript: ...`` first, then
+an optional ``Definition: ...``, then the instruction, which quotes both labels and ends in
+``Respond with only one word: ``. The published strings join the definition and the
+instruction with no space (``...simultaneously.Classify ...``); that is kept, since it is
+what the paper's numbers were measured with. The Video-LLaVA chat wrapper
+(``USER: <video>\n{prompt}ASSISTANT:``) belongs to the backend, not to the prompt.
 
-Prompt layout, for every prompt: ``[definition] question [transcript] answer-format``. The
-parts that do not depend on the video come first so that a backend with a prompt cache
-(llama.cpp) evaluates the shared prefix once per run rather than once per video or segment.
+Two prompts are ours, built the same way so that they differ from a paper prompt only in
+what they add:
+- ``transcript_simple``: the transcript and the Simple instruction (no definition);
+- ``evidence``: the transcript, a short textual summary of the level-1 affect tracks of the
+  same frames (face expression and smile, voice pitch and pauses, word sentiment and
+  hedges), and Definition 2, so that the model reasons over affect per modality, as the
+  paper suggests for future work.
 
-``evidence`` is ours, not the paper's: Definition 2, the transcript, and a short textual
-summary of the level-1 affect tracks of the same frames (face expression and smile, voice
-pitch and pauses, word sentiment and hedges), so that a text-only model sees what a
-multimodal one would have to perceive.
+An empty transcript (a segment with no speech) is written ``(no speech)``; the reference
+would leave the slot empty.
 """
 
 from __future__ import annotations
@@ -27,21 +31,16 @@ POSITIVE = "Ambivalent"
 NEGATIVE = "Non-Ambivalent"
 LABELS = (POSITIVE, NEGATIVE)
 
-DEFINITION_1 = (
-    "Ambivalence is the state of having simultaneous conflicting feelings toward a person or "
-    "thing. Hesitancy is the quality or state of being hesitant: slow or reluctant to act.")
-
-DEFINITION_2 = (
-    "Ambivalence/hesitancy (A/H) is a state of conflicting feelings about changing a health "
-    "behaviour: the person is willing and resistant at the same time. It shows as an "
-    "inconsistency between what the person says and how they say it (their words, facial "
-    "expression and voice), such as positive words with a tense face or a hesitant voice, or "
-    "a statement followed by its opposite (\"I want to ... but ...\").")
-
-QUESTION = "Does the person in the video show ambivalence/hesitancy?"
-ANSWER_FORMAT = f"Answer with exactly one word: {POSITIVE} or {NEGATIVE}."
-TRANSCRIPT = "Transcript of what the person says: \"{transcript}\""
-EVIDENCE = "Automatic measurements of the same moments: {evidence}."
+# ---- Table 6, verbatim --------------------------------------------------------------------
+INSTRUCTION = ("Classify the emotion in the video as either 'Non-Ambivalent' or 'Ambivalent'."
+               "\nRespond with only one word: ")
+DEFINITION_1 = ("Definition: Ambivalence is the state of having contradictory or conflicting "
+                "feelings or attitudes towards something or someone simultaneously.")
+DEFINITION_2 = ("Definition: Ambivalence and Hesitancy is understood as the simultaneous "
+                "experience of desires for change and against change.")
+TRANSCRIPT = "Video transcript: {transcript}. "
+# ---- ours ---------------------------------------------------------------------------------
+EVIDENCE = "Automatic measurements of the same moments: {evidence}. "
 NO_SPEECH = "(no speech)"
 
 # name -> (title as in Table 6, definition or "", uses the transcript)
@@ -51,17 +50,17 @@ _SPECS = {
     "def2": ("Definition 2", DEFINITION_2, False),
     "transcript_def1": ("Transcript + Definition 1", DEFINITION_1, True),
     "transcript_def2": ("Transcript + Definition 2", DEFINITION_2, True),
-    "transcript_simple": ("Transcript + Simple", "", True),
+    "transcript_simple": ("Transcript + Simple (ours)", "", True),
 }
-PAPER_PROMPTS = tuple(_SPECS)
+PAPER_PROMPTS = ("simple", "def1", "def2", "transcript_def1", "transcript_def2")
 TRANSCRIPT_PROMPTS = tuple(k for k, s in _SPECS.items() if s[2])
-ALL_PROMPTS = PAPER_PROMPTS + ("evidence",)
+ALL_PROMPTS = tuple(_SPECS) + ("evidence",)
 TITLES = {**{k: s[0] for k, s in _SPECS.items()},
-          "evidence": "Transcript + Definition 2 + level-1 evidence (ours)"}
+          "evidence": "Transcript + level-1 evidence + Definition 2 (ours)"}
 
 
 def uses_transcript(name: str) -> bool:
-    """Whether prompt ``name`` carries the transcript (the three ``transcript_*`` and ours)."""
+    """Whether prompt ``name`` carries the transcript (the ``transcript_*`` ones and ours)."""
     _check(name)
     return name == "evidence" or _SPECS[name][2]
 
@@ -72,30 +71,26 @@ def _check(name: str) -> None:
 
 
 def _clean(text: str | None) -> str:
-    """One line of transcript: whitespace collapsed, double quotes made single."""
-    text = " ".join(str(text or "").split()).replace('"', "'")
-    return text or NO_SPEECH
+    """One line of transcript: whitespace collapsed; empty becomes ``(no speech)``."""
+    return " ".join(str(text or "").split()) or NO_SPEECH
 
 
 def build_prompt(name: str, transcript: str | None = None, evidence: str | None = None) -> str:
     """The text of prompt ``name`` for one video or segment.
 
-    ``transcript`` is inserted by the transcript prompts (an empty one becomes
-    ``(no speech)``) and ignored by the others; ``evidence`` (see :func:`describe_evidence`)
-    is required by ``evidence``. Raises KeyError for an unknown name.
+    ``transcript`` is inserted by the transcript prompts and ignored by the others;
+    ``evidence`` (see :func:`describe_evidence`) is required by ``evidence``. Raises
+    KeyError for an unknown name.
     """
     _check(name)
     if name == "evidence":
         if not evidence:
             raise ValueError("the evidence prompt needs the evidence text (describe_evidence)")
-        parts = [DEFINITION_2, QUESTION, TRANSCRIPT.format(transcript=_clean(transcript)),
-                 EVIDENCE.format(evidence=evidence)]
-    else:
-        _, definition, with_text = _SPECS[name]
-        parts = ([definition] if definition else []) + [QUESTION]
-        if with_text:
-            parts.append(TRANSCRIPT.format(transcript=_clean(transcript)))
-    return "\n".join(parts + [ANSWER_FORMAT])
+        return (TRANSCRIPT.format(transcript=_clean(transcript))
+                + EVIDENCE.format(evidence=evidence) + DEFINITION_2 + INSTRUCTION)
+    _, definition, with_text = _SPECS[name]
+    head = TRANSCRIPT.format(transcript=_clean(transcript)) if with_text else ""
+    return head + definition + INSTRUCTION
 
 
 # ---- level-1 evidence as text ------------------------------------------------------------

@@ -6,11 +6,14 @@ bring; nothing here downloads. ``VideoLlavaBackend.from_pretrained(path)`` loads
 local folder.
 
 As the paper's reference does, a clip is 8 frames sampled uniformly
-(``numpy.arange(0, n, n / 8)``, see ``zeroshot.uniform_indices``), the prompt is
-``USER: <video>\\n{prompt} ASSISTANT:`` and decoding is greedy. Frames are preprocessed here
-as the checkpoint's processor does (shortest side resized to the vision tower's size with
-bicubic antialiasing, centre crop, OpenAI-CLIP mean and std), in torch, so neither
-torchvision nor the processor files are needed; the ``<video>`` placeholder is expanded to
+(``numpy.linspace(0, n - 1, 8)``, see ``zeroshot.uniform_indices``), the prompt is
+``USER: <video>\\n{prompt}ASSISTANT:`` with the prompt verbatim, and decoding is greedy.
+Frames are preprocessed as the reference does: each frame is first squashed to 224 x 224
+(``PIL.Image.resize``, bicubic; the aspect ratio is not kept), then goes through the
+checkpoint's processor (shortest side to the vision tower's size, bicubic antialiased,
+centre crop, OpenAI-CLIP mean and std), all here in torch, so neither torchvision nor the
+processor files are needed (``squash=0`` skips the squash and keeps the aspect ratio); the
+``<video>`` placeholder is expanded to
 ``frames x ((size / patch)^2 + 1)`` tokens, the count the model expects.
 
 LoRA (:func:`add_lora`, :func:`lora_step`): low-rank adapters ``W + (alpha / r) B A`` on
@@ -35,17 +38,23 @@ try:
 except ImportError as err:  # the module is optional; say what to install
     raise ImportError(f"the Video-LLaVA backend needs torch ({err}): pip install -e .[videollava]") from None
 
-TEMPLATE = "USER: <video>\n{prompt} ASSISTANT:"
+TEMPLATE = "USER: <video>\n{prompt}ASSISTANT:"  # as the reference script, prompt verbatim
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def clip_preprocess(frames: Sequence[np.ndarray], size: int = 224) -> "torch.Tensor":
+def clip_preprocess(frames: Sequence[np.ndarray], size: int = 224,
+                    squash: int = 0) -> "torch.Tensor":
     """(T, 3, size, size) float32 of RGB uint8 (h, w, 3) frames, as CLIP's processor does it:
-    shortest side to ``size`` (bicubic, antialiased), centre crop, /255, CLIP mean and std."""
+    shortest side to ``size`` (bicubic, antialiased), centre crop, /255, CLIP mean and std.
+    ``squash`` > 0 first resizes each whole frame to ``squash x squash`` (bicubic, rounded to
+    uint8, as the reference's ``PIL.Image.resize`` before the processor)."""
     if not len(frames):
         raise ValueError("Video-LLaVA needs at least one frame")
     x = torch.from_numpy(np.stack([np.asarray(f, np.uint8) for f in frames])).permute(0, 3, 1, 2).float()
+    if squash:
+        x = torch.nn.functional.interpolate(x, size=(squash, squash), mode="bicubic",
+                                            antialias=True, align_corners=False).clamp(0, 255).round()
     h, w = x.shape[-2:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -72,11 +81,12 @@ class VideoLlavaBackend:
     accepts_video = True
 
     def __init__(self, model, tokenizer, *, template: str = TEMPLATE, max_new_tokens: int = 10,
-                 video_token: str = "<video>"):
+                 video_token: str = "<video>", squash: int = 224):
         if "<video>" not in template:
             raise ValueError("the template must hold a <video> placeholder")
         self.model, self.tokenizer = model, tokenizer
         self.template, self.max_new_tokens, self.video_token = template, max_new_tokens, video_token
+        self.squash = int(squash)
         vision = model.config.vision_config
         self.image_size, patch = int(vision.image_size), int(vision.patch_size)
         # The video path keeps the CLS token ("full" features): one more than the patches.
@@ -107,7 +117,7 @@ class VideoLlavaBackend:
     def pixel_values(self, frames: Sequence[np.ndarray]) -> "torch.Tensor":
         """(1, T, 3, S, S) tensor of RGB uint8 frames on the model's device and dtype."""
         dtype = next(self.model.parameters()).dtype
-        return clip_preprocess(frames, self.image_size).unsqueeze(0).to(self.device, dtype)
+        return clip_preprocess(frames, self.image_size, self.squash).unsqueeze(0).to(self.device, dtype)
 
     def _text(self, prompt: str, n_frames: int) -> str:
         return self.template.format(prompt=prompt).replace(

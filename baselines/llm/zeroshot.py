@@ -38,10 +38,12 @@ CLIP_FRAMES = 8
 
 
 def uniform_indices(n_frames: int, k: int = CLIP_FRAMES) -> np.ndarray:
-    """``k`` frame indices spread over ``n_frames`` as the reference samples them."""
+    """``k`` frame indices spread over ``n_frames`` as the reference samples them:
+    ``numpy.linspace(0, n_frames - 1, k)`` truncated to integers (first and last frame
+    included; a video shorter than ``k`` frames repeats some)."""
     if n_frames < 1:
         raise ValueError(f"cannot sample frames from a video of {n_frames} frames")
-    return np.arange(0, n_frames, n_frames / k).astype(int)[:k]
+    return np.linspace(0, n_frames - 1, k).astype(int)
 
 
 def segments(n_frames: int, size: int = CLIP_FRAMES, stride: int | None = None) -> list[tuple[int, int]]:
