@@ -43,6 +43,9 @@ def test_strict_parse(text, label):
 def test_reference_rule_is_lenient():
     assert parse.parse_answer("Non-Ambivalent", "reference") == 0
     assert parse.parse_answer("  Non-Ambivalent \n", "reference") == 0
+    # the reference splits the decoded text on ":" and keeps the last part
+    assert parse.parse_answer("ASSISTANT: Non-Ambivalent", "reference") == 0
+    assert parse.parse_answer("Answer: non-ambivalent", "reference") == 1
     # anything else, even a clear negative in other words, is positive
     for text in ("non-ambivalent", "Non-Ambivalent.", "No", "", "I cannot tell"):
         assert parse.parse_answer(text, "reference") == 1

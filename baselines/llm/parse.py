@@ -7,8 +7,9 @@ Two rules:
   ``nonambivalent``. So ``Non-Ambivalent``, ``non ambivalent.``, ``**Ambivalent**`` and
   ``"NON-AMBIVALENT"`` are recognised; ``Ambivalent, because...``, ``Not ambivalent``,
   ``Yes`` and an empty answer are not, and are counted as unparseable rather than guessed.
-- ``reference``: the rule of the paper's code, where any answer other than exactly
-  ``Non-Ambivalent`` (surrounding whitespace aside) is positive. It never fails, so a model
+- ``reference``: the rule of the paper's code, where the text after the last ``:`` (the
+  reference decodes prompt and answer together and splits on ``:``) is negative when it is
+  exactly ``Non-Ambivalent`` (surrounding whitespace aside) and positive otherwise. It never fails, so a model
   that rambles scores as "always A/H"; report it only beside the strict rule.
 
 :class:`Tally` counts answers per outcome so the unparseable rate is reported beside the
@@ -35,7 +36,7 @@ def parse_answer(text: str | None, rule: str = "strict") -> int | None:
         raise ValueError(f"unknown parse rule {rule!r}; known: {', '.join(RULES)}")
     text = "" if text is None else str(text)
     if rule == "reference":
-        return 0 if text.strip() == NEGATIVE else 1
+        return 0 if text.split(":")[-1].strip() == NEGATIVE else 1
     first = next((line for line in text.splitlines() if line.strip()), "")
     key = _NOT_LETTERS.sub("", first.lower())
     if key == _POS_KEY:
