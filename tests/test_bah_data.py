@@ -1,5 +1,6 @@
 """BAH loader: every quirk of the real layout, the v1 splits, compacted features, the CLI."""
 
+import os
 import json
 import subprocess
 import sys
@@ -182,6 +183,27 @@ def test_yaml_safe_loader_and_errors(tmp_path):
         load_yaml(bad)
     with pytest.raises(BahFormatError, match="file not found"):
         load_yaml(tmp_path / "missing.yml")
+
+
+def test_large_yaml_parse_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    from ahjax.data import yamlio
+    monkeypatch.setenv("AHJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(yamlio, "CACHE_MIN_BYTES", 10)
+    path = tmp_path / "ann.yml"
+    path.write_text("v1: !!python/tuple [1, 2]\nv2: [3]\n")
+    first = yamlio.load_yaml_with_lines(path)
+    assert first == ({"v1": (1, 2), "v2": [3]}, {"v1": 1, "v2": 2})
+    assert len(list((tmp_path / "cache" / "yaml").glob("*.pkl"))) == 1
+    real_parse = yamlio._parse
+    monkeypatch.setattr(yamlio, "_parse", lambda p: pytest.fail("parsed again"))
+    assert yamlio.load_yaml_with_lines(path) == first          # from the cache
+    monkeypatch.setattr(yamlio, "_parse", real_parse)
+    path.write_text("v1: [9]\n")                                # an edit re-parses
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert yamlio.load_yaml(path) == {"v1": [9]}
+    monkeypatch.setenv("AHJAX_YAML_CACHE", "0")                   # off: always parsed
+    monkeypatch.setattr(yamlio, "_parse", lambda p: ({"off": 1}, {}))
+    assert yamlio.load_yaml(path) == {"off": 1}
 
 
 def test_split_file_parsing(tmp_path):

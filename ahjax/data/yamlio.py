@@ -5,11 +5,19 @@ not safe on downloaded data. Here only the tuple tag is added to the safe loader
 parse error becomes a :class:`BahFormatError` naming the file, the line and the problem.
 The C loader (libyaml) is used when PyYAML was built with it: the real
 ``video_annotation_transcript.yaml`` is about 91 MB, far too slow for the pure-Python parser.
+
+Even libyaml takes on the order of a minute for that file, so a parsed file of at least
+``CACHE_MIN_BYTES`` is kept as a pickle under ``$AHJAX_CACHE/yaml/``, keyed by the file's
+absolute path, size and modification time (any edit re-parses it). ``AHJAX_YAML_CACHE=0``
+turns the cache off. The pickles are written by this module only, atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,8 @@ import yaml
 from ahjax.data.errors import BahFormatError
 
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
+CACHE_MIN_BYTES = 4 << 20
+_CACHE_VERSION = 1
 
 
 def _construct_tuple(loader, node) -> tuple:
@@ -55,7 +65,48 @@ else:  # pragma: no cover - depends on how PyYAML was built
     _FAST_LOADER = BahSafeLoader
 
 
+def _cache_path(path: Path) -> Path | None:
+    """Where the parse of ``path`` is cached, or None (small file, cache off, no stat)."""
+    if os.environ.get("AHJAX_YAML_CACHE", "1").lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_size < CACHE_MIN_BYTES:
+        return None
+    from ahjax.assets import cache_dir
+    key = f"{_CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return cache_dir() / "yaml" / (hashlib.sha1(key.encode()).hexdigest() + ".pkl")
+
+
 def _load(path: Path, with_lines: bool):
+    cached = _cache_path(path)
+    if cached is not None and cached.is_file():
+        try:
+            with open(cached, "rb") as f:
+                data, lines = pickle.load(f)
+            return (data, lines) if with_lines else data
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+            pass  # unreadable cache entry: parse again and rewrite it
+    data, lines = _parse(path)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    pickle.dump((data, lines), f, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(tmp, cached)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError:
+            pass  # a read-only cache only costs the next parse
+    return (data, lines) if with_lines else data
+
+
+def _parse(path: Path):
     try:
         with open(path, "rb") as f:
             loader = _FAST_LOADER(f)
@@ -75,7 +126,7 @@ def _load(path: Path, with_lines: bool):
         raise BahFormatError(f"malformed YAML: {err}", path) from None
     except UnicodeDecodeError as err:
         raise BahFormatError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from None
-    return (data, lines) if with_lines else data
+    return data, lines
 
 
 def load_yaml(path: str | os.PathLike) -> Any:
