@@ -53,7 +53,7 @@ def test_quick_run_end_to_end(tmp_path):
     config = runner.build_config("text_video_level", ["--quick=True"])
     assert config.quick and config.data.max_train > 0
     results, run_dir = runner.run("text_video_level", config, tmp_path)
-    for method in ("question_only", "tfidf_logreg", "minilm_logreg", "two_level_text"):
+    for method in tvl.METHODS:
         row = results["val"][method]
         assert set(tvl.METRICS) <= set(row)
         assert all(0.0 <= row[m] <= 1.0 for m in tvl.METRICS), (method, row)
@@ -65,3 +65,84 @@ def test_quick_run_end_to_end(tmp_path):
     lines = (run_dir / "predictions_val.csv").read_text().splitlines()
     assert lines[0].startswith("video_id,label,question_only")
     assert len(lines) == 1 + config.data.max_eval
+    # The stacked model's per-video named contributions add up to its logit and probability.
+    import csv
+    with open(run_dir / "contributions_val.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == config.data.max_eval
+    named = [k for k in rows[0] if k.endswith("_logit") and k != "logit"]
+    assert named[:2] == ["question_prior_logit", "tfidf_logit"]
+    with open(run_dir / "predictions_val.csv") as f:
+        preds = {r["video_id"]: float(r["two_level_text"]) for r in csv.DictReader(f)}
+    for r in rows:
+        total = float(r["intercept"]) + sum(float(r[k]) for k in rows[0]
+                                            if k not in ("video_id", "label", "prob", "logit", "intercept"))
+        assert total == pytest.approx(float(r["logit"]), abs=1e-4)
+        assert float(r["prob"]) == pytest.approx(preds[r["video_id"]], abs=1e-5)
+    assert set(named) <= set(results["two_level_text_level2_val"])
+
+
+def _toy_views(n=120, seed=0):
+    """Synthetic videos: 30 participants, label-dependent words, descriptors and embedding."""
+    from level1_affect.text import VIDEO_FEATURES
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    words = np.array(["maybe", "but", "want", "cannot", "should", "fine", "good", "sure", "will"])
+    texts = [" ".join(rng.choice(words[:5] if lab else words[4:], 12)) for lab in y]
+    desc = rng.normal(size=(n, len(VIDEO_FEATURES))).astype(np.float32) + 0.5 * y[:, None]
+    emb = rng.normal(size=(n, 8)).astype(np.float32) + 0.3 * y[:, None]
+    q = rng.integers(1, 8, n)
+    groups = np.array([f"p{i % 30}" for i in range(n)])
+    return tvl.TextViews(texts, emb, desc, q, groups), y
+
+
+def test_level1_oof_never_uses_the_rows_own_participant():
+    v, y = _toy_views()
+    cfg = tvl.ModelConfig(cv_folds=3, logreg_c=(0.3,))      # one candidate: no selection effect
+    folds = tvl.grouped_folds(y, v.groups, 3, 0)
+    for tr, te in folds:
+        assert not set(v.groups[tr]) & set(v.groups[te])
+    z, models, chosen = tvl.fit_level1(v, y, folds, cfg)
+    assert z.shape == (len(y), len(tvl.LEVEL1_VIEWS)) and set(chosen) == set(tvl.LEVEL1_VIEWS)
+    # Flipping one participant's labels (same folds) leaves that participant's level-1
+    # scores unchanged on every view: they come from models fitted without it.
+    rows = np.flatnonzero(v.groups == "p7")
+    y2 = y.copy()
+    y2[rows] = 1 - y2[rows]
+    z2, _, _ = tvl.fit_level1(v, y2, folds, cfg)
+    np.testing.assert_allclose(z2[rows], z[rows])
+    others = np.setdiff1d(np.arange(len(y)), rows)
+    assert not np.allclose(z2[others], z[others])           # the flip is seen elsewhere
+
+
+@pytest.mark.parametrize("inputs", tvl.LEVEL2_INPUTS)
+def test_two_level_contributions_sum_to_the_logit(inputs):
+    v, y = _toy_views(seed=1)
+    cfg = tvl.ModelConfig(cv_folds=3, logreg_c=(0.3,))
+    model = tvl.TwoLevelText(cfg, inputs=inputs, c=1.0).fit(v, y)
+    names, parts, b = model.contributions(v[:20])
+    assert parts.shape == (20, len(names)) and len(set(names)) == len(names)
+    assert names[:4] == ["question_prior_logit", "tfidf_logit", "minilm_logit", "affect_logit"]
+    logit = model.decision_function(v[:20])
+    np.testing.assert_allclose(b + parts.sum(1), logit, atol=1e-9)
+    p = model.predict_proba(v[:20])[:, 1]
+    np.testing.assert_allclose(np.log(p / (1 - p)), logit, atol=1e-6)
+    # ... and agree with the underlying sklearn model on the standardised inputs.
+    x, _ = tvl.level2_matrix(tvl.predict_level1(model.models_, v[:20]), v[:20], inputs)
+    lr = model.level2_.lr_
+    np.testing.assert_allclose(lr.decision_function((x - model.level2_.mean_) / model.level2_.scale_),
+                               logit, atol=1e-9)
+
+
+def test_stack_cv_scores_every_design_out_of_fold():
+    v, y = _toy_views(seed=2)
+    cfg = tvl.ModelConfig(cv_folds=3, logreg_c=(0.3,), level2_c=(0.1, 1.0))
+    oof, outer = tvl.stack_cv(v, y, cfg)
+    assert set(oof) == {(i, c) for i in tvl.LEVEL2_INPUTS for c in (0.1, 1.0)}
+    assert sorted(np.concatenate([te for _, te in outer]).tolist()) == list(range(len(y)))
+    for tr, te in outer:
+        assert not set(v.groups[tr]) & set(v.groups[te])
+    model, key, t, metrics, probs, table = tvl.fit_two_level(
+        v, y, {"val": v[:10]}, cfg, ("views",), (oof, outer))
+    assert key[0] == "views" and set(table) == {"views C=0.1", "views C=1.0"}
+    assert probs["val"].shape == (10,) and 0.05 <= t <= 0.95 and metrics["AP"] > 0.7
