@@ -2,8 +2,15 @@
 
 Every method works on the same network, :class:`AdaptNet` (a backbone that maps one frame,
 optionally with its causal context, to a feature vector ending in BatchNorm, then a linear
-classifier to 2 logits), and starts from the same source-trained weights. A method is a
-small frozen dataclass with two entry points:
+classifier to 2 logits), and starts from the same source-trained weights. Any other network
+with the same interface works too (``level2_conflict.adapt.TwoLevelAdaptNet``, the two-level
+model, does): ``model(inputs, train=...) -> (logits (B, 2), {"features": (B, f)})``, a
+``classifier`` with ``kernel`` (f, 2) and ``bias`` (2,) such that ``logits = features @ kernel
++ bias`` (T3A reads it), and optionally ``param_groups``, a dict naming which parameters a
+method trains where the defaults do not fit the network: ``"backbone"`` (SHOT: everything
+but the classifier; default :data:`BACKBONE_PARAMS`) and ``"norm"`` (Tent; default
+:data:`NORM_PARAMS`, the BatchNorm scales and biases). A method is a small frozen dataclass
+with two entry points:
 
 - ``adapt(model, source, target, val, key) -> model`` before testing (UDA, SFDA, Oracle);
   ``target`` is the target's adapt part, *unlabelled* except for the Oracle.
@@ -26,7 +33,8 @@ Methods (``METHODS``, name -> class; ``build_method(name, cfg)``):
   weighted 1 when reciprocal and 0.1 otherwise, KK=5 expanded neighbours at 0.1, plus
   a diversity term.
 - ``oracle``: fine-tuned on the target's labelled adapt part (upper bound).
-- ``tent`` (TTA): entropy minimisation on the BatchNorm scale/bias with batch statistics.
+- ``tent`` (TTA): entropy minimisation on the BatchNorm scale/bias with batch statistics
+  (on a network without BatchNorm, on its ``"norm"`` parameter group).
 - ``t3a`` (TTA): classifier replaced by prototypes from the lowest-entropy test features
   seen so far (Iwasawa & Matsuo 2021); no text encoder needed.
 
@@ -318,19 +326,34 @@ def _step(method, graphdef, state, mstate, batch, key):
     """One update: ``(state, mstate, batch, key) -> (state, mstate, metrics)``.
 
     ``method`` (a frozen dataclass, hashable) supplies the loss and which parameters move
-    (``method.wrt``); its per-method state ``mstate`` (pseudo-labels, memory banks) goes
-    in and out as arrays, so one compiled step serves every epoch and every target.
+    (``method.params(model)``); its per-method state ``mstate`` (pseudo-labels, memory
+    banks) goes in and out as arrays, so one compiled step serves every epoch and target.
     """
     model, opt = nnx.merge(graphdef, state)
 
     def loss_fn(model):
         return method.loss(model, mstate, batch, key)
 
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, method.wrt), has_aux=True)
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, method.params(model)),
+                                 has_aux=True)
     (loss, (metrics, mstate)), grads = grad_fn(model)
     opt.update(model, grads)
     metrics = dict(metrics, loss=loss)
     return nnx.state((model, opt)), mstate, metrics
+
+
+def state_rows(n: int) -> int:
+    """Rows of a method's per-target state (pseudo-labels, memory banks) for a target of
+    ``n`` frames: the next power of two, at least 256. The state's shape is part of the
+    compiled step's signature, so targets of similar sizes then share one compilation
+    instead of compiling per target; padded rows are never indexed or are masked out."""
+    return max(256, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def _pad_rows(x, rows: int) -> jax.Array:
+    """``x`` (n, ...) zero-padded to ``rows`` rows."""
+    x = jnp.asarray(x)
+    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 def _val_ap(model: AdaptNet, val: Domain | None, cfg: AdaptConfig) -> float:
@@ -350,6 +373,13 @@ class Method:
     cfg: AdaptConfig = AdaptConfig()
     family: ClassVar[str] = "reference"      # reference | uda | sfda | tta
     label: ClassVar[str] = "Source-only"
+    param_group: ClassVar[str] = "all"       # the parameters it trains, by group name ...
+    wrt: ClassVar[Any] = nnx.Param           # ... and their filter when the model names none
+
+    def params(self, model: nnx.Module) -> Any:
+        """The filter of the parameters this method trains in ``model``: the model's own
+        ``param_groups[self.param_group]`` when it defines one, else ``self.wrt``."""
+        return getattr(model, "param_groups", {}).get(self.param_group, self.wrt)
 
     def adapt(self, model: AdaptNet, source: Domain | None, target: Domain,
               val: Domain | None, key: jax.Array) -> AdaptNet:
@@ -372,7 +402,6 @@ class TrainedMethod(Method):
     ``uses_source``, ``src`` inputs and ``src_y``.
     """
     uses_source: ClassVar[bool] = False
-    wrt: ClassVar[Any] = nnx.Param
     lr_field: ClassVar[str] = "adapt_lr"
 
     def init_state(self, model: AdaptNet, source: Domain | None, target: Domain) -> dict:
@@ -405,7 +434,7 @@ def fit(method: TrainedMethod, model: AdaptNet, source: Domain | None, target: D
         raise ValueError("no target frames to adapt on")
     model = nnx.clone(model)
     tx = make_tx(cfg.optimizer, getattr(cfg, method.lr_field), cfg.weight_decay)
-    opt = nnx.Optimizer(model, tx, wrt=method.wrt)
+    opt = nnx.Optimizer(model, tx, wrt=method.params(model))
     graphdef, state = nnx.split((model, opt))
     mstate = method.init_state(model, source, target)
     rng = np.random.default_rng([cfg.seed, 7])
@@ -456,11 +485,12 @@ class SourceTraining(TrainedMethod):
 
 
 def train_source(source: Domain, cfg: AdaptConfig, val: Domain | None = None,
-                 seed: int | None = None) -> AdaptNet:
-    """The source model: :class:`AdaptNet` trained with CE on ``source`` (last epoch unless
-    ``val`` is given and ``cfg.select == "val_ap"``)."""
+                 seed: int | None = None, net: nnx.Module | None = None) -> AdaptNet:
+    """The source model: ``net`` (default: a fresh :class:`AdaptNet`) trained with CE on
+    ``source`` (last epoch unless ``val`` is given and ``cfg.select == "val_ap"``)."""
     seed = cfg.seed if seed is None else seed
-    net = make_net(source.dims, cfg, seed)
+    if net is None:
+        net = make_net(source.dims, cfg, seed)
     model, _ = fit(SourceTraining(cfg), net, None, source, val, jax.random.key(seed))
     return model
 
@@ -502,11 +532,19 @@ class MMD(TrainedMethod):
         return ce + self.cfg.mmd_weight * d, ({"ce": ce, "mmd": d}, mstate)
 
 
+# Input keys that are masks, not features: never augmented.
+MASK_KEYS = frozenset({"valid", "mask"})
+
+
 def augment(inputs: dict[str, np.ndarray], rng: np.random.Generator, noise: float,
             drop: float) -> dict[str, np.ndarray]:
-    """A random view of standardised features: Gaussian noise plus feature dropout."""
+    """A random view of standardised features: Gaussian noise plus feature dropout
+    (masks, :data:`MASK_KEYS`, pass through unchanged)."""
     out = {}
     for m, x in inputs.items():
+        if m in MASK_KEYS:
+            out[m] = x
+            continue
         x = x + noise * rng.standard_normal(x.shape).astype(np.float32)
         out[m] = x * (rng.random(x.shape) >= drop) if drop > 0 else x
     return out
@@ -523,8 +561,9 @@ class ACPL(MMD):
         return max(c.acpl_threshold - c.acpl_step * epoch, c.acpl_min_threshold)
 
     def init_state(self, model, source, target):
-        n = len(target)
-        return {"pl": jnp.zeros(n, jnp.int32), "keep": jnp.zeros(n, jnp.float32)}
+        n = state_rows(len(target))
+        return {"pl": jnp.zeros(n, jnp.int32), "keep": jnp.zeros(n, jnp.float32),
+                "n": jnp.float32(len(target))}
 
     def refresh(self, model, mstate, source, target, epoch):
         c = self.cfg
@@ -534,8 +573,9 @@ class ACPL(MMD):
                  for _ in range(2)]
         prob = np.mean([jax.nn.softmax(v, axis=-1) for v in views], axis=0)
         keep = prob.max(axis=1) >= self.threshold(epoch)
-        return {"pl": jnp.asarray(prob.argmax(1), jnp.int32),
-                "keep": jnp.asarray(keep, jnp.float32)}
+        rows = mstate["pl"].shape[0]
+        return dict(mstate, pl=_pad_rows(prob.argmax(1).astype(np.int32), rows),
+                    keep=_pad_rows(keep.astype(np.float32), rows))
 
     def loss(self, model, mstate, batch, key):
         src_logits, tgt_logits, fs, ft = self._joint(model, batch)
@@ -546,7 +586,7 @@ class ACPL(MMD):
         # constant and trains nothing.
         d = mmd(fs, ft, self.cfg.mmd_kernels, self.cfg.mmd_mul)
         total = ce + self.cfg.acpl_target_weight * pl_ce + self.cfg.mmd_weight * d
-        kept = jnp.mean(mstate["keep"])
+        kept = jnp.sum(mstate["keep"]) / mstate.get("n", mstate["keep"].shape[0])
         return total, ({"ce": ce, "pl_ce": pl_ce, "mmd": d, "kept": kept}, mstate)
 
 
@@ -579,17 +619,19 @@ class SHOT(TrainedMethod):
     """Source hypothesis transfer: classifier frozen, backbone trained on the target only."""
     family: ClassVar[str] = "sfda"
     label: ClassVar[str] = "SHOT"
+    param_group: ClassVar[str] = "backbone"
     wrt: ClassVar[Any] = BACKBONE_PARAMS
 
     def init_state(self, model, source, target):
-        return {"pl": jnp.zeros(len(target), jnp.int32)}
+        return {"pl": jnp.zeros(state_rows(len(target)), jnp.int32)}
 
     def refresh(self, model, mstate, source, target, epoch):
         if epoch % max(self.cfg.shot_refresh, 1):
             return mstate
         logits, feats = predict_all(model, target, self.cfg)
         probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-        return {"pl": jnp.asarray(centroid_labels(feats, probs), jnp.int32)}
+        labels = centroid_labels(feats, probs).astype(np.int32)
+        return {"pl": _pad_rows(labels, mstate["pl"].shape[0])}
 
     def loss(self, model, mstate, batch, key):
         logits, _ = model(batch["tgt"], train=True)
@@ -613,8 +655,10 @@ class NRC(TrainedMethod):
 
     def init_state(self, model, source, target):
         logits, feats = predict_all(model, target, self.cfg)
-        return {"feat": _normalise(jnp.asarray(feats)),
-                "score": jax.nn.softmax(jnp.asarray(logits), axis=-1)}
+        rows = state_rows(len(target))
+        return {"feat": _pad_rows(_normalise(jnp.asarray(feats)), rows),
+                "score": _pad_rows(jax.nn.softmax(jnp.asarray(logits), axis=-1), rows),
+                "real": jnp.arange(rows) < len(target)}   # padded rows are nobody's neighbour
 
     def loss(self, model, mstate, batch, key):
         c = self.cfg
@@ -627,10 +671,11 @@ class NRC(TrainedMethod):
         bank_s = mstate["score"].at[idx].set(jax.lax.stop_gradient(p))
         n = bank_f.shape[0]
         k, kk = min(c.nrc_k, n - 1), min(c.nrc_kk, n - 1)
-        sim = f @ bank_f.T
+        real = mstate["real"]
+        sim = jnp.where(real, f @ bank_f.T, -jnp.inf)
         sim = sim.at[jnp.arange(idx.shape[0]), idx].set(-jnp.inf)   # not its own neighbour
         _, near = jax.lax.top_k(sim, k)                                   # (B, K)
-        sim_nn = bank_f[near] @ bank_f.T                                  # (B, K, N)
+        sim_nn = jnp.where(real, bank_f[near] @ bank_f.T, -jnp.inf)      # (B, K, N)
         # Row j's own top-(KK+1) includes j itself; drop it to get its neighbours.
         _, near_near = jax.lax.top_k(sim_nn, max(k, kk) + 1)
         near_near = near_near[..., 1:]
@@ -647,7 +692,7 @@ class NRC(TrainedMethod):
         total = -jnp.mean(near_term) - jnp.mean(exp_term) + c.nrc_diversity * diversity
         metrics = {"reciprocal": jnp.mean(reciprocal.astype(jnp.float32)),
                    "diversity": diversity}
-        return total, (metrics, {"feat": bank_f, "score": bank_s})
+        return total, (metrics, dict(mstate, feat=bank_f, score=bank_s))
 
 
 # ----------------------------------------------------------------------------------------
@@ -690,11 +735,12 @@ class Tent(TestTimeMethod):
     """Tent: per batch, normalise with the batch's statistics, predict, and take one
     gradient step of the mean prediction entropy on the BatchNorm scale and bias only."""
     label: ClassVar[str] = "Tent"
+    param_group: ClassVar[str] = "norm"
     wrt: ClassVar[Any] = NORM_PARAMS
 
     def start(self, model):
         model = nnx.clone(model)
-        opt = nnx.Optimizer(model, make_tx("adam", self.cfg.tta_lr, 0.0), wrt=NORM_PARAMS)
+        opt = nnx.Optimizer(model, make_tx("adam", self.cfg.tta_lr, 0.0), wrt=self.params(model))
         return nnx.split((model, opt))
 
     def loss(self, model, mstate, batch, key):
@@ -728,8 +774,12 @@ class T3A(TestTimeMethod):
 
     def batch(self, carry, inputs, key):
         graphdef, state = carry["graph"]
-        logits, feats = _forward(graphdef, state, inputs)
-        logits, feats = np.asarray(logits), np.asarray(feats)
+        # Eval mode, so rows are independent: a short last batch is wrap-padded to the
+        # usual size (one compilation for every batch) and the padding dropped again.
+        n = len(next(iter(inputs.values())))
+        rows = np.arange(max(n, self.cfg.tta_batch)) % n
+        logits, feats = _forward(graphdef, state, {k: v[rows] for k, v in inputs.items()})
+        logits, feats = np.asarray(logits)[:n], np.asarray(feats)[:n]
         p = np.asarray(jax.nn.softmax(logits, axis=-1))
         supports = np.concatenate([carry["supports"], feats])
         labels = np.concatenate([carry["labels"], p.argmax(1)])

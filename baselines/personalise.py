@@ -15,7 +15,11 @@ part; they may still be context of a neighbouring frame.
 :func:`run_personalisation` trains one source model, runs every method on every target
 from it and returns per-target metrics and their mean and standard deviation over targets
 (``ahjax.metrics.mean_std``, population std). The splits are written to
-``<workdir>/personalisation_splits.json``.
+``<workdir>/personalisation_splits.json``. Which network the methods adapt, and how its
+frames are read, is a :class:`Network`: by default the paper's backbone + classifier
+(:class:`~baselines.adapt.AdaptNet`) on standardised features; ``experiments.table5`` also
+passes the two-level model (``level2_conflict.adapt.network``). Targets and splits depend
+only on the labels, so every network sees the same ones.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import dataclasses
 import json
 import zlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -41,6 +45,22 @@ Segment = tuple[int, int, int]  # (video index, start, stop): frames start..stop
 
 class NotEligible(ValueError):
     """A target cannot be split with both classes in every part."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The network every method adapts, and how its frames are read.
+
+    ``standardise``: z-score each feature array with the source split's statistics.
+    ``build(dims, cfg, seed) -> model``: the untrained network (``None``: a fresh
+    :class:`~baselines.adapt.AdaptNet`). ``wrap(domain) -> domain``: turns each loaded
+    domain (source, source validation, every target) into what the network reads, e.g.
+    features computed per whole video and centred windows (``None``: as loaded).
+    """
+    label: str = "backbone + classifier"
+    standardise: bool = True
+    build: Callable | None = None
+    wrap: Callable[[adapt_lib.Domain], adapt_lib.Domain] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +198,9 @@ def target_parts(domain: adapt_lib.Domain, lengths: Sequence[int], split: dict
 def run_personalisation(store: FeatureStore, spec: Mapping[str, Sequence[str]],
                         methods: Sequence[str], cfg: adapt_lib.AdaptConfig,
                         protocol: ProtocolConfig = ProtocolConfig(),
-                        workdir: str | Path | None = None, log=print) -> dict:
-    """Run ``methods`` on every eligible target; returns a dict with
+                        workdir: str | Path | None = None, log=print,
+                        network: Network = Network()) -> dict:
+    """Run ``methods`` on every eligible target, adapting ``network``; returns a dict with
 
     - ``per_target``: ``{participant: {method: bah_metrics(...)}}``,
     - ``summary``: ``{method: {metric: {"mean", "std", "n"}}}`` over targets,
@@ -190,7 +211,9 @@ def run_personalisation(store: FeatureStore, spec: Mapping[str, Sequence[str]],
     if not spec:
         raise ValueError("the modality spec selects no feature array")
     names = sorted({a for v in spec.values() for a in v})
-    stats = load_or_compute_stats(store, names, protocol.source_split)
+    stats = load_or_compute_stats(store, names, protocol.source_split) \
+        if network.standardise else None
+    wrap = network.wrap or (lambda domain: domain)
     candidates = find_targets(store, protocol.target_split)
     splits, skipped, targets = {}, {}, {}
     for pid, vids in candidates.items():
@@ -220,7 +243,7 @@ def run_personalisation(store: FeatureStore, spec: Mapping[str, Sequence[str]],
 
     source_ids = [v for pid, vids in find_targets(store, protocol.source_split).items()
                   if pid not in targets for v in vids]
-    source = load_domain(store, source_ids, spec, stats, "source")
+    source = wrap(load_domain(store, source_ids, spec, stats, "source"))
     if protocol.max_source_frames and len(source) > protocol.max_source_frames:
         keep = np.sort(_rng(protocol.seed, "source").choice(
             len(source), protocol.max_source_frames, replace=False))
@@ -228,14 +251,16 @@ def run_personalisation(store: FeatureStore, spec: Mapping[str, Sequence[str]],
     if len(source) == 0:
         raise ValueError(f"no labelled source frames in split {protocol.source_split!r}")
     val_ids = store.video_ids(protocol.val_split) if protocol.val_split else []
-    source_val = load_domain(store, val_ids, spec, stats, "source-val") if val_ids else None
-    log(f"source: {len(source)} frames from {len(source_ids)} videos; targets: {len(targets)}")
-    model = adapt_lib.train_source(source, cfg, source_val)
+    source_val = wrap(load_domain(store, val_ids, spec, stats, "source-val")) if val_ids else None
+    log(f"{network.label}: source {len(source)} frames from {len(source_ids)} videos; "
+        f"targets: {len(targets)}")
+    net = None if network.build is None else network.build(source.dims, cfg, cfg.seed)
+    model = adapt_lib.train_source(source, cfg, source_val, net=net)
 
     built = [adapt_lib.build_method(m, cfg) for m in methods]
     per_target: dict[str, dict[str, dict]] = {}
     for pid, (vids, split) in targets.items():
-        domain = load_domain(store, vids, spec, stats, pid)
+        domain = wrap(load_domain(store, vids, spec, stats, pid))
         parts = target_parts(domain, [len(_labels(store, v)) for v in vids], split)
         per_target[pid] = {}
         for name, method in zip(methods, built):
@@ -244,7 +269,8 @@ def run_personalisation(store: FeatureStore, spec: Mapping[str, Sequence[str]],
             adapted = method.adapt(model, source, adapt_part, parts["val"], key)
             logits = method.predict(adapted, parts["test"], jax.random.fold_in(key, 1))
             per_target[pid][name] = metrics_lib.bah_metrics(parts["test"].labels, logits)
-        log(f"target {pid}: " + ", ".join(f"{m} {r['AVGF1']:.3f}" for m, r in per_target[pid].items()))
+        log(f"{network.label}, target {pid}: "
+            + ", ".join(f"{m} {r['AVGF1']:.3f}" for m, r in per_target[pid].items()))
     summary = {m: metrics_lib.mean_std({pid: rows[m] for pid, rows in per_target.items()})
                for m in methods}
     return {"per_target": per_target, "summary": summary, "splits": splits, "skipped": skipped}

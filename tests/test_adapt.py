@@ -264,3 +264,137 @@ def test_tcn_backbone_sees_its_own_video_past_only():
     out = logits(past)
     assert not np.allclose(out[0], base[0])
     np.testing.assert_allclose(out[1], base[1], atol=1e-6)
+
+
+# --------------------------------------------------------------- the two-level model
+
+def _tracks(n, rng, label):
+    """Level-1 tracks (schema widths) whose face valence and text sentiment follow ``label``."""
+    from level1_affect.schema import ARRAYS
+    t = {k: rng.normal(0, 0.3, (n, ARRAYS[k][0])).astype(np.float32)
+         for k in ("face_desc", "voice_prosody", "text_affect")}
+    e = rng.random((n, 7))
+    t["face_expr"] = (e / e.sum(1, keepdims=True)).astype(np.float32)
+    t["face_present"] = (rng.random((n, 1)) < 0.9).astype(np.float32)
+    t["face_desc"][:, 0] = np.tanh(1.5 * label - 0.7 + rng.normal(0, 0.2, n))  # valence
+    t["voice_prosody"][:, 4] = rng.random(n) < 0.7                     # voice_active
+    t["voice_prosody"][:, 5] = 1.0 - t["voice_prosody"][:, 4]          # pause
+    t["text_affect"][:, 0] = np.tanh(-1.5 * label + rng.normal(0, 0.3, n))  # sentiment
+    t["text_affect"][:, 17] = rng.random(n) < 0.6                      # word_present
+    return t
+
+
+VIDEO = 48  # frames per video (two videos per domain)
+
+
+@pytest.fixture(scope="module")
+def two_level():
+    """(model config, (raw, network-ready) source, the same for a shifted target)."""
+    from level2_conflict import adapt as L
+    from level2_conflict.model import TwoLevelConfig
+
+    cfg = TwoLevelConfig(fps=10.0, hidden=4, n_blocks=2, scales=(0.5, 2.0), dropout=0.0)
+    rng = np.random.default_rng(0)
+
+    def domain(name, shift):
+        videos = []
+        for _ in range(2):
+            y = (np.arange(VIDEO) // 8 % 2).astype(np.int32)
+            t = _tracks(VIDEO, rng, y)
+            t["voice_prosody"][:, 1] += shift                             # pitch_z
+            videos.append((t, y))
+        x = {k: np.concatenate([t[k] for t, _ in videos]) for k in videos[0][0]}
+        first = np.repeat([0, VIDEO], VIDEO)
+        raw = A.Domain.from_arrays(x, np.concatenate([y for _, y in videos]), first, name)
+        return raw, L.conflict_domain(raw, cfg)
+
+    return cfg, domain("source", 0.0), domain("target", 1.5)
+
+
+@nnx.jit
+def _model_call(model, inputs):
+    return model(inputs)
+
+
+def _whole_video(model, raw, video):
+    """``model`` (a TwoLevelModel) on one whole video of ``raw``: (logits, aux)."""
+    a = video * VIDEO
+    return _model_call(model, {k: jnp.asarray(v[a:a + VIDEO])[None] for k, v in raw.x.items()})
+
+
+def _decomposition_error(model, raw):
+    """Max |score - (sum of named contributions + remainder + bias)| over a whole video."""
+    _, aux = _whole_video(model, raw, 1)
+    assert set(aux["contributions"]) == {"face_voice", "face_text", "voice_text",
+                                         "within_face", "within_voice", "within_text"}
+    total = sum(aux["contributions"].values(), aux["remainder"]) + aux["bias"]
+    return float(jnp.abs(total - aux["score"]).max())
+
+
+def test_two_level_net_scores_frames_as_the_model_does_on_whole_videos(two_level):
+    from level2_conflict import adapt as L
+    cfg, (raw, dom), _ = two_level
+    net = L.TwoLevelAdaptNet.create(cfg, 0)
+    inputs = dom.inputs(np.arange(len(dom)), L.context_frames(cfg))
+    logits, aux = nnx.jit(lambda m, x: m(x))(net, inputs)
+    # Features per whole video (padded) vs the model's own window differ only by float
+    # rounding (amplified where a window's variance is near 0: keep the tracks noisy).
+    for v in (0, 1):
+        want, want_aux = _whole_video(net.model, raw, v)
+        rows = slice(v * VIDEO, (v + 1) * VIDEO)
+        np.testing.assert_allclose(aux["score"][rows], want_aux["score"][0], atol=1e-4)
+        np.testing.assert_allclose(logits[rows], want[0], atol=1e-4)
+        for g, c in want_aux["contributions"].items():
+            np.testing.assert_allclose(aux["contributions"][g][rows], c[0], atol=1e-4)
+    # The classifier view is the read-outs: features @ kernel + bias == logits.
+    head = net.classifier
+    np.testing.assert_allclose(aux["features"] @ head.kernel + head.bias, logits, atol=1e-5)
+    assert aux["features"].shape == (2 * VIDEO, len(net.names) * cfg.hidden)
+
+
+def test_two_level_parameter_groups():
+    """SHOT trains all but the classifier (read-outs, bias); Tent the input projections."""
+    from level2_conflict import adapt as L
+    from level2_conflict.model import TwoLevelConfig
+
+    net = L.TwoLevelAdaptNet.create(TwoLevelConfig(hidden=4, n_blocks=1), 0)
+
+    def paths(group):
+        f = A.build_method(group, CFG).params(net)
+        return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(net, f))}
+
+    every = paths("mmd")
+    heads = {p for p in every if "/out/" in p} | {"model/bias"}
+    assert len(heads) == 8  # six groups + remainder read-outs, and the bias
+    assert paths("shot") == every - heads - {"model/cue_scale", "model/cue_offset"}
+    assert paths("tent") == {p for p in every if "/inp/" in p} and len(paths("tent")) == 14
+
+
+def test_two_level_adaptation_moves_parameters_and_keeps_the_decomposition(two_level):
+    from level2_conflict import adapt as L
+    cfg, (_, source), (raw_t, target) = two_level
+    acfg = dataclasses.replace(CFG, context=L.context_frames(cfg), epochs=1, batch_size=32,
+                               select="last", weight_decay=0.0)
+    model = L.TwoLevelAdaptNet.create(cfg, 0)
+    before = nnx.state(model, nnx.Param)
+    adapted = A.build_method("mmd", acfg).adapt(model, source, target.unlabelled(), None,
+                                                jax.random.key(0))
+    after = nnx.state(adapted, nnx.Param)
+    moved = [not np.allclose(x, y) for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+    assert sum(moved) >= len(moved) // 2, moved
+    # Still a TwoLevelModel whose score is exactly the sum of its named parts, and the
+    # adapted network's frame scores are the adapted model's on the whole video.
+    assert _decomposition_error(adapted.model, raw_t) < 1e-5
+    logits, _ = A._forward(*nnx.split(adapted), target.inputs(np.arange(VIDEO, 2 * VIDEO),
+                                                              acfg.context))
+    np.testing.assert_allclose(logits, _whole_video(adapted.model, raw_t, 1)[0][0], atol=1e-4)
+
+    # Tent (one test batch) moves the input projections only, and keeps the decomposition.
+    tent = A.build_method("tent", acfg)
+    carry, _ = tent.batch(tent.start(model), target.inputs(np.arange(32), acfg.context),
+                          jax.random.key(0))
+    tented = nnx.merge(*carry)[0]
+    old = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, x in nnx.to_flat_state(nnx.state(tented, nnx.Param)):
+        assert np.allclose(x[...], old[path][...]) != ("inp" in path), path
+    assert _decomposition_error(tented.model, raw_t) < 1e-5

@@ -2,7 +2,9 @@
 
 Each participant answers two questions (videos); frames carry a face and a voice array
 whose first column follows the A/H label, plus a participant-specific offset: the
-per-subject shift that personalisation is about.
+per-subject shift that personalisation is about. The arrays have the level-1 widths
+(``level1_affect.schema``) and a few plausible columns (presence, voice activity, word
+presence, valence) so that the two-level block can read them too.
 """
 
 from __future__ import annotations
@@ -34,13 +36,20 @@ def make_store(root, seed=0):
                     labels[:] = 0  # a test subject without A/H: not a target
                 n = len(labels)
                 signal = np.where(labels == 1, 1.5, -1.5)[:, None]
-                face = rng.normal(0, 1, (n, 4)) + offset[0]
+                face = rng.normal(0, 1, (n, 7)) + offset[0]
                 face[:, :1] += signal
-                voice = rng.normal(0, 1, (n, 2)) + offset[1]
+                voice = rng.normal(0, 1, (n, 6)) + offset[1]
                 voice[:, :1] += 0.5 * signal
-                text = rng.normal(0, 1, (n, 3))
+                voice[:, 4] = rng.random(n) < 0.8           # voice_active
+                voice[:, 5] = 1.0 - voice[:, 4]             # pause
+                text = rng.normal(0, 0.3, (n, 18))
+                text[:, 0] = np.tanh(0.5 * signal[:, 0] + rng.normal(0, 0.5, n))  # sentiment
+                text[:, 17] = rng.random(n) < 0.6          # word_present
+                desc = rng.normal(0, 0.3, (n, 9))
+                desc[:, 0] = np.tanh(offset[2] - 0.3 * signal[:, 0])  # valence
                 store.write(f"{pid}/{pid}_Question_{q}", {
                     "face_expr": face, "voice_prosody": voice, "text_affect": text,
+                    "face_desc": desc, "face_present": np.ones((n, 1)),
                     "labels": labels}, {"split": split, "participant": pid, "fps": 25})
     return store
 
@@ -55,18 +64,26 @@ def test_quick_table5_runs_end_to_end(tmp_path):
     results, run_dir = runner.run("table5", cfg, tmp_path / "runs")
 
     methods = [name for name, _ in table5.ROWS]
-    assert list(results["test"]) == methods
+    # The paper's block, then the two-level model's (beyond the paper).
+    assert list(results["test"]) == methods + [f"two_level/{m}" for m in methods]
     for name, row in results["test"].items():
         assert row["targets"] == 2  # p5 and p6; p7 has no A/H frame
         for metric in ("AVGF1", "AP", "WAR"):
             assert 0.0 <= row[metric] <= 1.0 and row[f"{metric}_std"] >= 0.0
     table = results["table5"]
     assert list(table) == [label for _, label in table5.ROWS]
+    two = results["table5_two_level"]
+    assert list(two) == list(table)
+    for label, row in two.items():
+        assert set(row) == set(table[label]), label
+        assert all(np.isfinite(v) for v in row.values()), (label, row)
+    assert "p6 / two-level / TTA: Tent" in results["per_target"]
+    assert any("table5_two_level" in n for n in results["notes"])
     assert set(table["UDA: MMD"]) == {"AVGF1", "AVGF1_std", "AP", "AP_std"}
     assert set(table["SFDA: NRC"]) == {"AVGF1", "AVGF1_std", "AP", "AP_std"}
     assert set(table["TTA: Tent"]) == {"AVGF1", "AVGF1_std", "WAR", "WAR_std"}
     assert {"AVGF1", "AP", "WAR"} <= set(table["Oracle"])
-    assert len(results["per_target"]) == 2 * len(methods)
+    assert len(results["per_target"]) == 2 * 2 * len(methods)
     assert "p5 / Oracle" in results["per_target"]
     assert any("skipped p7" in n for n in results["notes"])
 
@@ -82,6 +99,8 @@ def test_quick_table5_runs_end_to_end(tmp_path):
         assert saved["targets"]["p5"]["parts"][part]
     md = (run_dir / "results.md").read_text()
     assert "## table5" in md and "UDA: ACPL" in md and "## per_target" in md
+    assert "## table5_two_level" in md
+    assert set(json.loads((run_dir / "per_target_two_level.json").read_text())) == {"p5", "p6"}
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
