@@ -50,11 +50,9 @@ from flax import nnx
 
 from baselines import adapt as adapt_lib
 from level2_conflict import features as feats
-from level2_conflict.model import TwoLevelConfig, TwoLevelModel
+from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
 
 Array = jax.Array
-AFFECT_KEYS = {m: f"affect_{m}" for m in feats.MODALITIES}
-REMAINDER = "remainder"
 
 
 def receptive_reach(cfg: TwoLevelConfig) -> int:
@@ -169,18 +167,6 @@ def _is_input_projection(path, value) -> bool:
     return "inp" in _path(path)
 
 
-def _tcn_hidden(tcn, x: Array, mask: Array, *, train: bool) -> Array:
-    """``level2_conflict.model.TCN.__call__`` up to its read-out: ``(B, W, hidden)``.
-
-    Mirrors the model's code (a test checks that the two agree exactly)."""
-    m = mask[..., None]
-    h = tcn.inp(x) * m
-    for conv, mix in zip(tcn.convs, tcn.mixes):
-        y = tcn.drop(nnx.gelu(conv(h)), deterministic=not train)
-        h = (h + mix(y)) * m
-    return h
-
-
 class TwoLevelAdaptNet(nnx.Module):
     """A :class:`TwoLevelModel` (``self.model``) as a ``baselines.adapt`` network (module
     docstring): ``__call__(inputs, *, train) -> (logits (B, 2), aux)`` for the centre frame
@@ -220,37 +206,19 @@ class TwoLevelAdaptNet(nnx.Module):
         :func:`conflict_domain` (and the embeddings, with ``use_embeddings``), ``valid``
         marking real frames. Returns ``contributions`` (group -> (B, W)), ``remainder``,
         ``bias``, ``score``, ``logits`` (B, W, 2) and ``hidden`` (name -> (B, W, hidden)).
-        Mirrors ``TwoLevelModel.__call__`` (without its auxiliary losses) given the same
-        features; for raw tracks call the model itself.
+        This is ``TwoLevelModel.__call__`` on those precomputed inputs (its ``aux``,
+        less the auxiliary losses); for raw tracks call the model itself.
         """
-        m = self.model
-        missing = [k for k in (*m.groups, *AFFECT_KEYS.values()) if k not in inputs]
+        missing = [k for k in (*self.model.groups, *AFFECT_KEYS.values()) if k not in inputs]
         if missing:
             raise KeyError(f"TwoLevelAdaptNet reads the features of "
                            f"level2_conflict.adapt.conflict_domain; inputs lack {missing}")
-        ref = jnp.asarray(inputs[AFFECT_KEYS["face"]])
-        mask = jnp.asarray(inputs.get("valid", jnp.ones(ref.shape[:-1])), jnp.float32)
-        groups = {g: jnp.asarray(inputs[g], jnp.float32) * mask[..., None] for g in m.groups}
-        affect = {mod: jnp.asarray(inputs[key], jnp.float32).at[..., 2].multiply(mask)
-                  for mod, key in AFFECT_KEYS.items()}   # confidence x mask, as the model does
-        hidden = {g: _tcn_hidden(m.branches[g], groups[g], mask, train=train) for g in m.groups}
-        contributions = {g: m.branches[g].out(hidden[g])[..., 0] for g in m.groups}
-        if m.remainder is not None:
-            parts = [groups[g] for g in m.groups] + [affect[mod] for mod in feats.MODALITIES]
-            for k in m.emb_keys:
-                if k not in inputs:
-                    raise KeyError(f"use_embeddings is on but inputs have no {k!r}")
-                parts.append(m.emb_proj[k](jnp.asarray(inputs[k], jnp.float32)))
-            hidden[REMAINDER] = _tcn_hidden(m.remainder, jnp.concatenate(parts, -1), mask,
-                                            train=train)
-            remainder = m.remainder.out(hidden[REMAINDER])[..., 0]
-        else:
-            remainder = jnp.zeros(mask.shape)
-        bias = m.bias[...]
-        score = sum(contributions.values(), remainder) + bias
-        return {"contributions": contributions, "remainder": remainder, "bias": bias,
-                "score": score, "logits": jnp.stack([-score / 2, score / 2], -1),
-                "hidden": hidden}
+        # Only the keys the model reads from precomputed features: never cues (no cue
+        # loss here), nor "mask" in place of a missing "valid".
+        keys = (*self.model.groups, *AFFECT_KEYS.values(), *self.model.emb_keys, "valid")
+        logits, aux = self.model({k: inputs[k] for k in keys if k in inputs}, train=train)
+        out = {k: aux[k] for k in ("contributions", "remainder", "bias", "score", "hidden")}
+        return dict(out, logits=logits)
 
     def __call__(self, inputs: Mapping[str, Any], *, train: bool = False
                  ) -> tuple[Array, dict]:

@@ -37,6 +37,10 @@ from level2_conflict import features as feats
 Array = jax.Array
 
 CUES = ("audio", "body", "facial", "inconsistencies", "language")
+# Batch keys under which ``TwoLevelModel`` accepts precomputed affect tracks (B, W, 3).
+AFFECT_KEYS = {m: f"affect_{m}" for m in feats.MODALITIES}
+# Name of the remainder branch in ``aux["hidden"]``.
+REMAINDER = "remainder"
 # Which named contributions each annotator cue should drive.
 CUE_GROUPS = {
     "audio": ("within_voice", "face_voice", "voice_text"),
@@ -71,7 +75,7 @@ class TwoLevelConfig:
 class TCN(nnx.Module):
     """Per-frame scalar from a ``(B, W, k)`` sequence: input projection, residual dilated
     convolution blocks (conv -> GELU -> dropout -> 1x1), scalar read-out without bias (the
-    model's single bias carries the offset)."""
+    model's single bias carries the offset). ``__call__(x) == readout(hidden(x))``."""
 
     def __init__(self, in_features: int, cfg: TwoLevelConfig, *, rngs: nnx.Rngs):
         h = cfg.hidden
@@ -84,8 +88,9 @@ class TCN(nnx.Module):
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.out = nnx.Linear(h, 1, use_bias=False, rngs=rngs)
 
-    def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
-        """``x`` (B, W, k), ``mask`` (B, W) -> (B, W)."""
+    def hidden(self, x: Array, mask: Array, *, train: bool) -> Array:
+        """The body's output before the read-out: ``x`` (B, W, k), ``mask`` (B, W) ->
+        (B, W, hidden), zero on masked frames."""
         m = mask[..., None]
         # Re-mask after every block so padding never leaks into real frames through
         # the convolutions' receptive field.
@@ -93,7 +98,15 @@ class TCN(nnx.Module):
         for conv, mix in zip(self.convs, self.mixes):
             y = self.drop(nnx.gelu(conv(h)), deterministic=not train)
             h = (h + mix(y)) * m
+        return h
+
+    def readout(self, h: Array) -> Array:
+        """The scalar read-out of a :meth:`hidden` state: (B, W, hidden) -> (B, W)."""
         return self.out(h)[..., 0]
+
+    def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
+        """``x`` (B, W, k), ``mask`` (B, W) -> (B, W)."""
+        return self.readout(self.hidden(x, mask, train=train))
 
 
 def _emb_width(key: str, emb_dims: dict) -> int:
@@ -114,10 +127,14 @@ class TwoLevelModel(nnx.Module):
     the features read valence signs and [0, 1] confidences), optionally the real-frame
     mask ``valid`` (B, W) (else ``mask``; padding must be 0), ``fps`` (B,), the
     embeddings named in ``cfg.emb_keys``, ``cues``/``cue_mask``, and optionally the
-    feature groups themselves (``inputs[group]``, ``(B, W, k)``) to skip recomputing them.
+    feature groups themselves (``inputs[group]``, ``(B, W, k)``) and affect tracks
+    (``inputs[AFFECT_KEYS[modality]]``, ``(B, W, 3)``) to skip recomputing them; with both
+    precomputed (and ``valid``/``mask`` given) no level-1 track is needed.
     ``aux``: ``contributions`` (group -> (B, W)), ``remainder`` (B, W), ``bias`` (),
     ``score`` (B, W), ``features`` (group -> (B, W, k)), ``affect`` (modality ->
-    (B, W, 3): valence, arousal, confidence), and ``aux_loss`` when there is one.
+    (B, W, 3): valence, arousal, confidence), ``hidden`` (each branch's state before its
+    read-out, group or :data:`REMAINDER` -> (B, W, hidden): ``contributions[g] ==
+    branches[g].readout(hidden[g])``), and ``aux_loss`` when there is one.
     ``extra_inputs`` names the non-modality batch keys the trainer should pass.
     """
 
@@ -142,9 +159,15 @@ class TwoLevelModel(nnx.Module):
 
     def features(self, inputs: dict, mask: Array) -> tuple[dict, dict]:
         """(active feature groups, affect tracks) for ``inputs``, using precomputed
-        groups where ``inputs`` has them."""
+        groups (``inputs[group]``) and affect tracks (``inputs[AFFECT_KEYS[m]]``, all
+        three modalities) where ``inputs`` has them; either is masked as computed ones
+        are (features zeroed, affect confidence multiplied by ``mask``)."""
         fps = inputs.get("fps", self.cfg.fps)
-        affect = feats.affect_tracks(inputs, mask)
+        if all(k in inputs for k in AFFECT_KEYS.values()):
+            affect = {m: jnp.asarray(inputs[k], jnp.float32).at[..., 2].multiply(mask)
+                      for m, k in AFFECT_KEYS.items()}
+        else:
+            affect = feats.affect_tracks(inputs, mask)
         if all(g in inputs for g in self.groups):
             groups = {g: jnp.asarray(inputs[g], jnp.float32) * mask[..., None]
                       for g in self.groups}
@@ -155,7 +178,7 @@ class TwoLevelModel(nnx.Module):
 
     def __call__(self, inputs: dict, *, train: bool = False) -> tuple[Array, dict]:
         """Frame logits ``(B, W, 2)`` and the ``aux`` dict (class docstring)."""
-        ref = feats._reference(inputs)
+        ref = self._reference(inputs)
         if ref.ndim != 3:
             raise ValueError(f"TwoLevelModel expects (B, W, d) tracks, got shape {ref.shape}")
         # "valid" (every real frame) beats "mask" (real and labelled): unlabelled frames
@@ -164,14 +187,17 @@ class TwoLevelModel(nnx.Module):
         mask = jnp.asarray(mask, jnp.float32)
         groups, affect = self.features(inputs, mask)
 
-        contributions = {g: self.branches[g](groups[g], mask, train=train) for g in self.groups}
+        hidden = {g: self.branches[g].hidden(groups[g], mask, train=train) for g in self.groups}
+        contributions = {g: self.branches[g].readout(hidden[g]) for g in self.groups}
         if self.remainder is not None:
             parts = [groups[g] for g in self.groups] + [affect[m] for m in feats.MODALITIES]
             for k in self.emb_keys:
                 if k not in inputs:
                     raise KeyError(f"use_embeddings is on but inputs have no {k!r}")
                 parts.append(self.emb_proj[k](jnp.asarray(inputs[k], jnp.float32)))
-            remainder = self.remainder(jnp.concatenate(parts, -1), mask, train=train)
+            hidden[REMAINDER] = self.remainder.hidden(jnp.concatenate(parts, -1), mask,
+                                                      train=train)
+            remainder = self.remainder.readout(hidden[REMAINDER])
         else:
             remainder = jnp.zeros(mask.shape)
         bias = self.bias[...]
@@ -179,7 +205,7 @@ class TwoLevelModel(nnx.Module):
         logits = jnp.stack([-score / 2, score / 2], -1)
 
         aux = {"contributions": contributions, "remainder": remainder, "bias": bias,
-               "score": score, "features": groups, "affect": affect}
+               "score": score, "features": groups, "affect": affect, "hidden": hidden}
         losses = []
         if "cues" in inputs:
             losses.append(self.cfg.cue_weight * self.cue_loss(
@@ -190,6 +216,17 @@ class TwoLevelModel(nnx.Module):
         if losses:
             aux["aux_loss"] = sum(losses)
         return logits, aux
+
+    def _reference(self, inputs: dict) -> Array:
+        """An array of ``inputs`` with the (B, W) frame axes in front: a level-1 track,
+        else a precomputed affect track or feature group."""
+        try:
+            return feats._reference(inputs)
+        except ValueError:
+            for k in (*AFFECT_KEYS.values(), *self.groups):
+                if k in inputs:
+                    return jnp.asarray(inputs[k])
+            raise
 
     def cue_loss(self, contributions: dict, cues: Array, cue_mask: Array) -> Array:
         """Masked mean binary cross-entropy of the per-cue read-outs (module docstring).

@@ -190,6 +190,32 @@ def test_precomputed_features_and_dropout():
         atol=1e-6)
 
 
+def test_hidden_states_and_precomputed_affect():
+    """``aux["hidden"]`` is each branch's state before its read-out, and with the feature
+    groups and affect tracks precomputed the model needs no level-1 track."""
+    cfg = model_lib.TwoLevelConfig(**TINY)
+    model = model_lib.TwoLevelModel(cfg, rngs=nnx.Rngs(0))
+    inputs = model_inputs()
+    inputs["mask"][1, 20:] = 0.0
+    logits, aux = model(inputs, train=False)
+    assert tuple(aux["hidden"]) == (*model.groups, model_lib.REMAINDER)
+    for g in model.groups:
+        assert aux["hidden"][g].shape == (2, 24, cfg.hidden)
+        np.testing.assert_array_equal(model.branches[g].readout(aux["hidden"][g]),
+                                      aux["contributions"][g])
+        np.testing.assert_array_equal(
+            model.branches[g](aux["features"][g], inputs["mask"], train=False),
+            aux["contributions"][g])
+    np.testing.assert_array_equal(model.remainder.readout(aux["hidden"]["remainder"]),
+                                  aux["remainder"])
+    pre = {g: np.asarray(v) for g, v in aux["features"].items()}
+    pre.update({model_lib.AFFECT_KEYS[m]: np.asarray(a) for m, a in aux["affect"].items()})
+    logits2, aux2 = model(dict(pre, valid=inputs["mask"]), train=False)
+    np.testing.assert_allclose(logits2, logits, atol=1e-6)
+    for name, h in aux["hidden"].items():
+        np.testing.assert_allclose(aux2["hidden"][name], h, atol=1e-6)
+
+
 @pytest.mark.parametrize("flags,expected", [
     (dict(use_cross=False), feats.WITHIN_GROUPS),
     (dict(use_within=False), feats.CROSS_GROUPS),
