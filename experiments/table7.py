@@ -57,6 +57,7 @@ class BackendConfig:
     # auto | echo | first_token | none. Echo is exact, but llama_cpp.server sorts the whole
     # vocabulary in Python per echoed token (about 0.6 s each for Gemma's 262k): first_token there.
     server_scoring: str = "auto"
+    server_timeout: float = 300.0  # seconds per request (a long prompt on a busy CPU is slow)
     server_video: bool = False     # send frames (a multimodal server)
     videollava_path: str = ""      # local Video-LLaVA-7B-hf folder; "" = no videollava backend
     device: str = ""               # "" = cuda when available
@@ -111,7 +112,8 @@ def build_backends(cfg: BackendConfig, notes: list) -> dict:
                 continue
             out["openai"] = B.OpenAIBackend(cfg.server_url, cfg.server_model,
                                             max_tokens=cfg.max_tokens, scoring=cfg.server_scoring,
-                                            accepts_video=cfg.server_video)
+                                            accepts_video=cfg.server_video,
+                                            timeout=cfg.server_timeout)
         elif kind == "videollava":
             if not cfg.videollava_path:
                 continue
@@ -173,6 +175,21 @@ def _needs_video(backends: dict, items) -> bool:
 
 
 # ---- runs ------------------------------------------------------------------------------
+def _evaluate(name, backend, table: dict, key: str, notes: list, *args, **kwargs) -> bool:
+    """``table[key] = zeroshot.evaluate(backend, ...)``; False (and a note) when the backend
+    is unreachable, so one dead server does not lose the other backends' results."""
+    from baselines.llm.backends import BackendUnavailable
+    t0 = time.perf_counter()
+    try:
+        table[key] = zeroshot.evaluate(backend, *args, **kwargs)
+    except BackendUnavailable as err:
+        notes.append(f"{name} stopped at {key}: {err}")
+        print(f"{name}: {err}; its remaining rows are skipped", flush=True)
+        return False
+    print(f"{key}: AVGF1 {table[key]['AVGF1']:.4f} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    return True
+
+
 def run_tree(cfg: Config, workdir: Path) -> dict:
     notes: list = []
     backends = build_backends(cfg.backend, notes)
@@ -188,18 +205,17 @@ def run_tree(cfg: Config, workdir: Path) -> dict:
     split = cfg.split
     for name, backend in backends.items():
         cache = zeroshot.AnswerCache()
+        alive = True
         for level in cfg.levels:
             table = results.setdefault(f"{split}-{level}", {})
             for prompt in prompts:
                 use = [i for i in items if prompt != "evidence" or i.arrays]
                 if level == "frame" and cfg.frame_max_videos:
                     use = use[: cfg.frame_max_videos]
-                t0 = time.perf_counter()
-                table[f"{name}:{prompt}"] = zeroshot.evaluate(
-                    backend, use, prompt, level, rule=cfg.rule, unparsed=cfg.unparsed,
-                    size=cfg.segment, stride=cfg.stride or None, cache=cache, log=print)
-                print(f"{name} {level} {prompt}: AVGF1 {table[f'{name}:{prompt}']['AVGF1']:.4f} "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                alive = alive and _evaluate(
+                    name, backend, table, f"{name}:{prompt}", notes, use, prompt, level,
+                    rule=cfg.rule, unparsed=cfg.unparsed, size=cfg.segment,
+                    stride=cfg.stride or None, cache=cache, log=print)
         notes.append(f"{name}: {cache.calls} model calls, {cache.hits} answered from the cache")
     frame_n = min(len(items), cfg.frame_max_videos or len(items))
     notes.append(f"{len(items)} videos of split {split!r} at video level, the first {frame_n} at "
@@ -241,10 +257,9 @@ def run_splits(cfg: Config, workdir: Path) -> dict:
     for name, backend in backends.items():
         cache = zeroshot.AnswerCache()
         for prompt in prompts:
-            table[f"{name}:{prompt}"] = zeroshot.evaluate(
-                backend, items, prompt, "video", rule=cfg.rule, unparsed=cfg.unparsed,
-                cache=cache, log=print)
-            print(f"{name} {prompt}: {table[f'{name}:{prompt}']}", flush=True)
+            if not _evaluate(name, backend, table, f"{name}:{prompt}", notes, items, prompt,
+                             "video", rule=cfg.rule, unparsed=cfg.unparsed, cache=cache, log=print):
+                break
     notes.append(f"{len(items)} videos of split {split!r} from {cfg.splits} "
                  f"({sum(e.label for e in evaluated)} with A/H); transcript prompts only")
     if not backends:

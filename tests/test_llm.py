@@ -698,3 +698,12 @@ def test_table7_quick_runs_on_the_demo_and_split_files(gguf, tmp_path):
         assert table["question_only"][metric] == pytest.approx(expected[metric])
     assert set(table) == {"question_only", "gguf:transcript_simple"}  # transcript prompts only
     assert table["gguf:transcript_simple"]["N_ANSWERS"] == 2
+    # a dead server costs only its own rows: the other backend's results and a note remain
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    config = runner.build_config("table7", [
+        "--config.quick=True", f"--config.splits={splits}", "--config.backend.kinds=openai,gguf",
+        f"--config.backend.server_url={dead}", "--config.backend.server_timeout=2"])
+    results, _ = runner.run("table7", config, tmp_path)
+    assert set(results["val-video"]) == {"question_only", "gguf:transcript_simple"}
+    assert any(n.startswith("openai stopped at openai:transcript_simple") and dead in n
+               for n in results["notes"])
