@@ -317,10 +317,11 @@ class OpenAIBackend:
             except (KeyError, IndexError, TypeError):
                 raise BackendError(f"{self.base_url}/chat/completions: unexpected answer {str(out)[:300]}") from None
             return Answer(text.strip(), None)
+        # No "stop" at a newline: a model that starts its answer on a new line would return
+        # nothing. As the GGUF backend, leading newlines are skipped and the first line kept.
         out = self._post("/completions", {"prompt": self.template.format(prompt=prompt.rstrip()),
-                                          "max_tokens": self.max_tokens, "temperature": 0,
-                                          "stop": ["\n"]})
-        text = _choice(out, self.base_url)["text"] or ""
+                                          "max_tokens": self.max_tokens, "temperature": 0})
+        text = (_choice(out, self.base_url)["text"] or "").lstrip("\n").split("\n")[0]
         return Answer(text.strip(), self.score_labels(prompt))
 
     def score_labels(self, prompt: str, images=None) -> dict | None:
