@@ -26,6 +26,12 @@ attention runs over the tokens of one frame (``(B*W, n_tokens, d)``); the tempor
 attention runs over the frames of one clip only. In eval mode (BatchNorm on running
 statistics) a clip's outputs never depend on the rest of the batch.
 
+Padding: a window's zero-padded tail (``valid`` 0, ahjax/data/windows.py) never reaches
+its real frames. The TCNs are causal and CAN/LFAN fuse per frame; MT/JMT, whose attention
+runs over time, take ``inputs["valid"]`` (B, W) (they name it in ``extra_inputs`` so the
+trainer passes it) and mask padded frames out as keys. Without ``valid`` every frame is a
+key, which is the same as all frames valid.
+
 With ``FusionConfig.context=False`` (the paper's "no context" rows) each TCN becomes a
 kernel-1 TCN, i.e. the same blocks, widths and norms applied to each frame alone, and MT/JMT
 attend within a frame only, so frame t's logits depend on frame t's inputs alone.
@@ -33,11 +39,19 @@ attend within a frame only, so frame t's logits depend on frame t's inputs alone
 Other departures, all small: MT/JMT project every modality to ``d_model`` (the reference
 projects only its 64-wide audio) and mean-pool the final tokens (the reference keeps the
 last token of a fixed two-modality order).
+
+Speed on CPU (experiments/bench.py), without changing the function: attention folds heads
+into the batch so both products are 3-D batched matmuls, dense layers run on 2-D arrays,
+the final attention is mean-pooled before its output projection, and softmax/LayerNorm/ReLU
+have hand-written backward passes that keep fewer arrays alive between the forward and the
+backward pass (XLA maps its scratch memory afresh at every step, so each MB kept costs
+page faults).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Callable, Mapping
@@ -50,6 +64,9 @@ from baselines.tcn import TCN, TCNConfig
 
 # Canonical modality order: fixes parameter layout, token order and LFAN's leader.
 ORDER = ("video", "audio", "text")
+# Batch keys every fusion model accepts besides its modalities: ``valid`` (B, W), 1 on the
+# real frames of a window and 0 on its zero-padded tail (ahjax/data/windows.py).
+OPTIONAL_INPUTS = ("valid",)
 
 Array = jax.Array
 
@@ -100,6 +117,17 @@ def _ordered(modality_dims: Mapping[str, int]) -> tuple[str, ...]:
     return tuple(known + sorted(m for m in modality_dims if m not in ORDER))
 
 
+def _dense(layer: nnx.Module, x: Array) -> Array:
+    """``layer(x)`` for a per-row ``layer`` (a Linear), computed on ``x`` flattened to 2-D.
+
+    The same numbers; XLA on CPU runs a 2-D matmul, and above all its weight gradient,
+    markedly faster than the same product written over a 3-D array.
+    """
+    if x.ndim == 2:
+        return layer(x)
+    return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 def _linear(i: int, o: int, rngs: nnx.Rngs) -> nnx.Linear:
     # Xavier-uniform with zero bias, as torch initialises attention projections.
     return nnx.Linear(i, o, kernel_init=nnx.initializers.xavier_uniform(),
@@ -123,14 +151,22 @@ class _Base(nnx.Module):
         self.negative_slope = cfg.negative_slope
 
     def encode(self, inputs: Mapping[str, Array], train: bool) -> dict[str, Array]:
-        """Check ``inputs`` against the built modalities and run each modality's encoder."""
-        if set(inputs) != set(self.modalities):
+        """Check ``inputs`` against the built modalities and run each modality's encoder.
+
+        ``inputs`` may also hold ``valid`` (B, W), the real-frame mask (:data:`OPTIONAL_INPUTS`;
+        MT/JMT read it, the others need not: their outputs never look ahead in time).
+        """
+        given = set(inputs) - set(OPTIONAL_INPUTS)
+        if given != set(self.modalities):
             raise ValueError(f"{type(self).__name__} was built for modalities "
-                             f"{list(self.modalities)}, got {sorted(inputs)}")
+                             f"{list(self.modalities)}, got {sorted(given)}")
         shapes = {m: tuple(inputs[m].shape) for m in self.modalities}
         bw = {s[:2] for s in shapes.values()}
         if any(len(s) != 3 for s in shapes.values()) or len(bw) != 1:
             raise ValueError(f"inputs must all be (B, W, d) with the same B and W: {shapes}")
+        if "valid" in inputs and tuple(inputs["valid"].shape) != next(iter(bw)):
+            raise ValueError(f"valid must be (B, W) like the inputs {shapes}, "
+                             f"got {tuple(inputs['valid'].shape)}")
         return {m: self.encoders[m](inputs[m], train=train) for m in self.modalities}
 
 
@@ -145,8 +181,8 @@ class _Head(nnx.Module):
 
     def __call__(self, x: Array, *, train: bool) -> Array:
         """(..., width) -> (..., 2)."""
-        h = self.norm(self.fc1(x), use_running_average=not train)
-        return self.fc2(jax.nn.leaky_relu(h, self.negative_slope))
+        h = self.norm(_dense(self.fc1, x), use_running_average=not train)
+        return _dense(self.fc2, jax.nn.leaky_relu(h, self.negative_slope))
 
 
 class CAN(_Base):
@@ -211,8 +247,97 @@ class LFAN(_Base):
         return logits, {"features": feats, "attention": attn}
 
 
+@jax.custom_vjp
+def _softmax_rows(x: Array) -> Array:
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_rows_fwd(x: Array) -> tuple[Array, Array]:
+    y = jax.nn.softmax(x, axis=-1)
+    return y, y
+
+
+def _softmax_rows_bwd(y: Array, g: Array) -> tuple[Array]:
+    return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+_softmax_rows.defvjp(_softmax_rows_fwd, _softmax_rows_bwd)
+
+
+def _softmax(scores: Array, bias: Array | None = None) -> Array:
+    """Softmax over the last axis, after adding ``bias`` (0 or :data:`_MASKED`) when given.
+
+    ``jax.nn.softmax``'s numbers, with only its output kept for the backward pass (one
+    (S, T) array per attention, not two). A row whose every entry is masked gets uniform
+    weights, never NaN.
+    """
+    return _softmax_rows(scores if bias is None else scores + bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ln(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    return _ln_fwd(x, scale, bias, eps)[0]
+
+
+def _ln_fwd(x, scale, bias, eps):
+    # nnx.LayerNorm's arithmetic exactly (fast variance, then (x - mean) * (rstd * scale)).
+    mu = x.mean(-1, keepdims=True)
+    var = jnp.maximum(0.0, (x * x).mean(-1, keepdims=True) - mu * mu)
+    rstd = jax.lax.rsqrt(var + eps)
+    return (x - mu) * (rstd * scale) + bias, (x, mu, rstd, scale)
+
+
+def _ln_bwd(eps, res, g):
+    x, mu, rstd, scale = res
+    xhat = (x - mu) * rstd
+    gx = g * scale
+    dx = rstd * (gx - gx.mean(-1, keepdims=True)
+                 - xhat * (gx * xhat).mean(-1, keepdims=True))
+    rows = tuple(range(g.ndim - 1))
+    return dx, (g * xhat).sum(rows), g.sum(rows)
+
+
+_ln.defvjp(_ln_fwd, _ln_bwd)
+
+
+def _layer_norm(norm: nnx.LayerNorm, x: Array) -> Array:
+    """``norm(x)`` with a hand-written backward pass that keeps only ``x`` and two numbers
+    per row: the same function and gradients (up to float rounding), with fewer arrays
+    held between the forward and the backward pass (autodiff of ``nnx.LayerNorm`` keeps
+    several (rows x d) intermediates)."""
+    return _ln(x, norm.scale[...], norm.bias[...], norm.epsilon)
+
+
+@jax.custom_vjp
+def _relu(x: Array) -> Array:
+    """``jax.nn.relu`` whose backward pass reads its output, so only that is kept."""
+    return jnp.maximum(x, 0.0)
+
+
+_relu.defvjp(lambda x: (y := jnp.maximum(x, 0.0), y),
+             lambda y, g: (jnp.where(y > 0, g, 0.0),))
+
+
+# Added to the scores of masked keys: exp() of it is 0 next to any real key.
+_MASKED = -1e30
+
+
+def key_bias(valid: Array | None) -> Array | None:
+    """``valid`` (N, T) (1 on real frames) -> the additive score bias (N, 1, T) that keeps
+    :class:`Attention` off the padded keys; ``None`` (every key real) stays ``None``."""
+    if valid is None:
+        return None
+    return jnp.where(jnp.asarray(valid) > 0, 0.0, _MASKED).astype(jnp.float32)[:, None, :]
+
+
 class Attention(nnx.Module):
-    """Multi-head attention ``(N, S, d), (N, T, d) -> (N, S, d)`` that returns its weights."""
+    """Multi-head attention ``(N, S, d), (N, T, d) -> (N, S, d)`` that returns its weights.
+
+    ``bias`` (from :func:`key_bias`) masks keys: a masked key gets no weight from any query.
+    Heads are folded into the batch, ``(N * heads, S, hd)``, so that both products are
+    plain 3-D batched matmuls, which XLA on CPU runs fastest (with one head, the paper's
+    setting, there is nothing to move).
+    """
 
     def __init__(self, d: int, heads: int, *, rngs: nnx.Rngs):
         if d % heads:
@@ -220,15 +345,59 @@ class Attention(nnx.Module):
         self.q, self.k, self.v, self.o = (_linear(d, d, rngs) for _ in range(4))
         self.heads = heads
 
-    def __call__(self, xq: Array, xkv: Array) -> tuple[Array, Array]:
-        """Returns the attended values and the weights (N, heads, S, T)."""
-        n, s, d = xq.shape
-        hd = d // self.heads
-        split = lambda x: x.reshape(x.shape[0], x.shape[1], self.heads, hd)
-        q, k, v = split(self.q(xq)), split(self.k(xkv)), split(self.v(xkv))
-        weights = jax.nn.softmax(jnp.einsum("nshd,nthd->nhst", q, k) / math.sqrt(hd), -1)
-        out = jnp.einsum("nhst,nthd->nshd", weights, v).reshape(n, s, d)
-        return self.o(out), weights
+    def _split(self, x: Array) -> Array:
+        """(N, S, d) -> (N * heads, S, hd)."""
+        if self.heads == 1:
+            return x
+        n, s, d = x.shape
+        h = self.heads
+        return x.reshape(n, s, h, d // h).transpose(0, 2, 1, 3).reshape(n * h, s, d // h)
+
+    def _merge(self, x: Array) -> Array:
+        """(N * heads, S, hd) -> (N, S, d)."""
+        if self.heads == 1:
+            return x
+        nh, s, hd = x.shape
+        h = self.heads
+        return x.reshape(nh // h, h, s, hd).transpose(0, 2, 1, 3).reshape(nh // h, s, h * hd)
+
+    def _weights(self, xq: Array, xkv: Array, bias: Array | None) -> tuple[Array, Array]:
+        """(weights (N * heads, S, T), values (N * heads, T, hd))."""
+        hd = xq.shape[-1] // self.heads
+        # 1/sqrt(hd) is folded into the query projection: the same scores, with no scaled
+        # copy of the queries (S x d) or of the scores (S x T).
+        c = 1.0 / math.sqrt(hd)
+        q = xq.reshape(-1, xq.shape[-1]) @ (self.q.kernel[...] * c) + self.q.bias[...] * c
+        q = self._split(q.reshape(xq.shape))
+        k, v = self._split(_dense(self.k, xkv)), self._split(_dense(self.v, xkv))
+        if bias is not None and self.heads > 1:
+            bias = jnp.repeat(bias, self.heads, axis=0)
+        return _softmax(jnp.einsum("nsd,ntd->nst", q, k), bias), v
+
+    def _unfold(self, weights: Array) -> Array:
+        """(N * heads, S, T) -> (N, heads, S, T)."""
+        nh, s, t = weights.shape
+        return weights.reshape(nh // self.heads, self.heads, s, t)
+
+    def __call__(self, xq: Array, xkv: Array, bias: Array | None = None
+                 ) -> tuple[Array, Array]:
+        """Returns the attended values (N, S, d) and the weights (N, heads, S, T)."""
+        weights, v = self._weights(xq, xkv, bias)
+        out = self._merge(jnp.einsum("nst,ntd->nsd", weights, v))
+        return _dense(self.o, out), self._unfold(weights)
+
+    def pooled(self, xq: Array, xkv: Array, bias: Array | None = None
+               ) -> tuple[Array, Array]:
+        """``self(xq, xkv, bias)`` averaged over its S queries, (N, d), and the weights.
+
+        The value product and the output projection are linear, so the mean over queries
+        is taken first: the same numbers as averaging the (N, S, d) output, for 1/S of the
+        output projection's cost.
+        """
+        weights, v = self._weights(xq, xkv, bias)
+        mixed = jnp.einsum("nt,ntd->nd", weights.mean(axis=1), v)   # (N * heads, hd)
+        n = xq.shape[0]
+        return self.o(mixed.reshape(n, -1)), self._unfold(weights)
 
 
 class EncoderLayer(nnx.Module):
@@ -241,10 +410,10 @@ class EncoderLayer(nnx.Module):
         self.ff2 = nnx.Linear(ff_dim, d, rngs=rngs)
         self.norm2 = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
 
-    def __call__(self, x: Array) -> Array:
-        """(N, S, d) -> (N, S, d), attending over the S axis only."""
-        x = self.norm1(x + self.attn(x, x)[0])
-        return self.norm2(x + self.ff2(jax.nn.relu(self.ff1(x))))
+    def __call__(self, x: Array, bias: Array | None = None) -> Array:
+        """(N, S, d) -> (N, S, d), attending over the S axis only (``bias``: key mask)."""
+        x = _layer_norm(self.norm1, x + self.attn(x, x, bias)[0])
+        return _layer_norm(self.norm2, x + _dense(self.ff2, _relu(_dense(self.ff1, x))))
 
 
 class _CrossTransformer(_Base):
@@ -282,24 +451,35 @@ class _CrossTransformer(_Base):
                  ) -> tuple[Array, dict]:
         """Returns logits and aux with ``features``, ``token_attention`` (B, W, heads, n, n),
         the final per-frame self-attention over the n tokens named by ``self.token_names``,
-        and ``token_weights`` (B, W, n): the attention each token receives, averaged."""
+        and ``token_weights`` (B, W, n): the attention each token receives, averaged.
+
+        ``inputs["valid"]`` (B, W), when given, masks the keys of the attention over time:
+        no frame attends to a padded one, so a window's padding never changes its real
+        frames' outputs (in eval mode; in train mode BatchNorm's batch statistics still see
+        every frame). Without it, or with every frame valid, every frame is a key.
+        """
         feats = self.encode(inputs, train)
         b, w, _ = feats[self.modalities[0]].shape
         d = self.d_model
-        seqs = {m: self.proj[m](feats[m]) for m in self.modalities}
+        seqs = {m: _dense(self.proj[m], feats[m]) for m in self.modalities}
         seqs.update(self.extra_streams(seqs))
         # With context, attention runs over the W frames of one clip, (B, W, d); without,
         # each frame is its own length-1 sequence, (B*W, 1, d). Never across clips.
-        shape = (b, w, d) if self.context else (b * w, 1, d)
-        enc = {s: self.stream_enc[s](seqs[s].reshape(shape)) for s in self.streams}
+        if self.context:
+            bias = key_bias(inputs.get("valid"))
+        else:  # a frame's only key is itself
+            seqs = {s: x.reshape(b * w, 1, d) for s, x in seqs.items()}
+            bias = None
+        enc = {s: self.stream_enc[s](seqs[s], bias) for s in self.streams}
         if self.pairs:
-            toks = [self.cross[f"{q}__{kv}"](enc[q], enc[kv])[0] for q, kv in self.pairs]
+            toks = [self.cross[f"{q}__{kv}"](enc[q], enc[kv], bias)[0] for q, kv in self.pairs]
         else:
             toks = [enc[s] for s in self.streams]
-        # The k tokens of each frame form one short sequence: (B*W, n, d).
+        # The n tokens of each frame form one short sequence: (B*W, n, d).
         toks = self.final_enc(jnp.stack([t.reshape(b * w, d) for t in toks], axis=1))
-        fused, attn = self.final_attn(toks, toks)
-        logits = self.head(fused.mean(axis=1).reshape(b, w, d), train=train)
+        # Mean over the n attended tokens (pooled before the output projection: same sum).
+        fused, attn = self.final_attn.pooled(toks, toks)
+        logits = self.head(fused.reshape(b, w, d), train=train)
         attn = attn.reshape(b, w, *attn.shape[1:])
         return logits, {"features": feats, "token_attention": attn,
                         "token_weights": attn.mean(axis=(2, 3))}
@@ -307,6 +487,9 @@ class _CrossTransformer(_Base):
 
 class MT(_CrossTransformer):
     """Multimodal transformer: cross-attention between every ordered pair of modalities."""
+
+    # The trainer passes these batch keys too: padded frames are masked out of attention.
+    extra_inputs = ("valid",)
 
     def __init__(self, modality_dims: Mapping[str, int], cfg: FusionConfig, *, rngs: nnx.Rngs):
         mods = _ordered(modality_dims)
@@ -318,6 +501,8 @@ class JMT(_CrossTransformer):
     """Joint multimodal transformer: MT's pairs plus cross-attention to and from a joint
     stream, a linear map of the concatenated projected modalities."""
 
+    extra_inputs = ("valid",)
+
     def __init__(self, modality_dims: Mapping[str, int], cfg: FusionConfig, *, rngs: nnx.Rngs):
         mods = _ordered(modality_dims)
         # For two modalities this is the reference's six: va, av, then jv, vj, ja, aj.
@@ -328,7 +513,8 @@ class JMT(_CrossTransformer):
 
     def extra_streams(self, tokens: dict[str, Array]) -> dict[str, Array]:
         """The joint stream from the concatenation of every modality's projection."""
-        return {"joint": self.joint(jnp.concatenate([tokens[m] for m in self.modalities], -1))}
+        joint = jnp.concatenate([tokens[m] for m in self.modalities], -1)
+        return {"joint": _dense(self.joint, joint)}
 
 
 Builder = Callable[[Mapping[str, int], FusionConfig, nnx.Rngs], nnx.Module]

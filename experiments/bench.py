@@ -177,6 +177,9 @@ def bench_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAMES)
     data = entry.sample(np.random.default_rng(0), entry.dims, batch, frames)
     data["labels"] = np.random.default_rng(1).integers(0, 2, (batch, frames)).astype(np.int32)
     data["mask"] = np.ones((batch, frames), np.float32)
+    # Every frame real, as in a full window; models that read ``valid`` (MT/JMT mask padded
+    # keys with it, the two-level model pools with it) get it through their extra_inputs.
+    data.setdefault("valid", np.ones((batch, frames), np.float32))
     with PeakRSS() as mem:
         model = entry.build(dict(entry.dims), nnx.Rngs(params=0, dropout=1))
         params = fusion.param_count(model)

@@ -176,6 +176,76 @@ def test_sgd_steps_lower_the_loss_on_a_fixed_batch(name):
     assert bool(jnp.isfinite(logits).all())
 
 
+def padded(x, n_real, fill):
+    """``x`` with frames ``n_real:`` replaced by ``fill`` (a window's padded tail)."""
+    return {m: v.at[:, n_real:].set(fill(v[:, n_real:])) for m, v in x.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padded_frames_never_change_the_real_frames(name):
+    """A window's zero-padded tail, marked by ``valid``, must not reach its real frames:
+    whatever the padding holds, the real frames' logits and attention stay the same."""
+    n_real = 7
+    x = batch(tuple(DIMS))
+    valid = jnp.broadcast_to((jnp.arange(W) < n_real).astype(jnp.float32), (B, W))
+    zeros, _ = forward(name, dict(padded(x, n_real, jnp.zeros_like), valid=valid))
+    noise = padded(x, n_real, lambda v: 10.0 * jax.random.normal(jax.random.key(5), v.shape))
+    out, aux = forward(name, dict(noise, valid=valid))
+    np.testing.assert_allclose(out[:, :n_real], zeros[:, :n_real], atol=1e-5)
+    assert bool(jnp.isfinite(out).all())
+    if name in ("mt", "jmt"):
+        # Attention over time is what the mask is for: without it the padding leaks in.
+        assert model(name)[0].extra_inputs == ("valid",)
+        leaky, _ = forward(name, noise)
+        assert float(jnp.abs(leaky[:, :n_real] - zeros[:, :n_real]).max()) > 1e-4
+
+
+@pytest.mark.parametrize("context", [True, False])
+@pytest.mark.parametrize("name", ["mt", "jmt"])
+def test_all_valid_is_the_same_as_no_mask(name, context):
+    x = batch(tuple(DIMS))
+    out, aux = forward(name, x, context)
+    out1, aux1 = forward(name, dict(x, valid=jnp.ones((B, W))), context)
+    np.testing.assert_allclose(out1, out, atol=1e-6)
+    np.testing.assert_allclose(aux1["token_attention"], aux["token_attention"], atol=1e-6)
+
+
+def test_a_window_of_padding_alone_stays_finite():
+    """The trainer's filler windows have no real frame at all: no NaN may come out."""
+    x = {m: jnp.zeros_like(v) for m, v in batch(tuple(DIMS)).items()}
+    for name in ("mt", "jmt"):
+        out, aux = forward(name, dict(x, valid=jnp.zeros((B, W))))
+        assert bool(jnp.isfinite(out).all()) and bool(jnp.isfinite(aux["token_attention"]).all())
+
+
+def test_key_mask_in_attention():
+    """Masked keys get exactly zero weight; every query still sums to one."""
+    att = F.Attention(8, 2, rngs=nnx.Rngs(0))
+    xq, xkv = (jax.random.normal(jax.random.key(i), (3, 5, 8)) for i in (1, 2))
+    valid = jnp.array([[1, 1, 1, 0, 0], [1, 0, 1, 0, 1], [1, 1, 1, 1, 1]], jnp.float32)
+    out, w = att(xq, xkv, F.key_bias(valid))
+    assert w.shape == (3, 2, 5, 5) and out.shape == (3, 5, 8)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    assert float(jnp.abs(w * (1 - valid)[:, None, None, :]).max()) == 0.0
+    # The keys that are masked out do not matter; the unmasked ones do.
+    out2, _ = att(xq, xkv.at[0, 3:].set(100.0), F.key_bias(valid))
+    np.testing.assert_allclose(out2[0], out[0], atol=1e-6)
+    # pooled() is the mean of the full output over its queries.
+    pooled, w2 = att.pooled(xq, xkv, F.key_bias(valid))
+    np.testing.assert_allclose(pooled, out.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(w2, w, atol=1e-7)
+
+
+def test_trainer_passes_valid_to_the_attention_models():
+    from ahjax.train import trainer
+    for name in NAMES:
+        m = model(name)[0]
+        keys = trainer.input_keys(m, tuple(DIMS))
+        assert keys == tuple(DIMS) + (("valid",) if name in ("mt", "jmt") else ()), name
+    with pytest.raises(ValueError, match="valid must be"):
+        model("mt")[0](dict(batch(tuple(DIMS)), valid=jnp.ones((B, W + 1))), train=False)
+
+
 def _linear(i, o):
     return i * o + o
 
@@ -242,3 +312,35 @@ def test_config_is_overridable_from_the_command_line():
                            "--config.lfan_tcn.dropout=0.2"])
     assert cfg.tcn.video == (64, 32) and cfg.context is False and cfg.lfan_tcn.dropout == 0.2
     assert nnx.eval_shape(lambda: F.build("can", {"video": 12}, cfg)).widths == {"video": 32}
+
+
+def test_hand_written_backward_passes_match_autodiff():
+    """fusion's softmax, LayerNorm and ReLU keep fewer arrays for their backward pass; their
+    values and gradients must be those of the library functions they replace."""
+    from baselines import fusion as F
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (3, 5, 16)) * 3.0
+    g = jax.random.normal(k2, (3, 5, 16))
+    bias = jnp.where(jax.random.uniform(k3, (3, 1, 16)) > 0.3, 0.0, F._MASKED)
+    pairs = [(lambda x: F._softmax(x, bias), lambda x: jax.nn.softmax(x + bias, -1)),
+             (F._relu, jax.nn.relu)]
+    norm = nnx.LayerNorm(16, rngs=nnx.Rngs(0))
+    norm.scale[...] = jax.random.normal(k3, (16,)) + 1.0
+    norm.bias[...] = jax.random.normal(k2, (16,))
+    pairs.append((lambda x: F._layer_norm(norm, x), norm))
+    for ours, ref in pairs:
+        np.testing.assert_allclose(ours(x), ref(x), atol=1e-5)
+        gx_ours = jax.vjp(ours, x)[1](g)[0]
+        gx_ref = jax.vjp(ref, x)[1](g)[0]
+        np.testing.assert_allclose(gx_ours, gx_ref, atol=1e-4)
+    # LayerNorm's parameter gradients too
+    def loss(scale, b, fn):
+        return jnp.sum(g * fn(x, scale, b))
+    ours = jax.grad(loss, argnums=(0, 1))(norm.scale[...], norm.bias[...],
+                                          lambda x, s, b: F._ln(x, s, b, norm.epsilon))
+    def ref_ln(x, s, b):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(x.var(-1, keepdims=True) + norm.epsilon) * s + b
+    ref = jax.grad(loss, argnums=(0, 1))(norm.scale[...], norm.bias[...], ref_ln)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
