@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 
-
 def main(argv: list[str] | None = None) -> int:
+    from ahjax.assets import enable_compilation_cache
     from level1_affect.extract import ExtractConfig, default_store_dir, extract_dataset
+
+    enable_compilation_cache()  # reuse compiled encoders across runs ($AHJAX_JAX_CACHE=0: off)
 
     parser = argparse.ArgumentParser(prog="python -m ahjax.extract", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="BAH dataset root")

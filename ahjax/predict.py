@@ -57,8 +57,11 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
     Returns a summary dict (frames, fps, face-present rate, language, transcript, and with
     a checkpoint the A/H segments in seconds).
     """
+    from ahjax.assets import enable_compilation_cache
     from level1_affect.extract import Extractor, ExtractConfig
     from level2_conflict import plots
+
+    enable_compilation_cache()  # reuse compiled encoders/models across calls
 
     video, out = Path(video), Path(out)
     if not video.is_file():

@@ -4,7 +4,9 @@ Each experiment is a module in ``experiments/`` with ``get_config(quick: bool)``
 frozen config and ``run(config, workdir) -> dict`` returning results shaped
 ``{split: {method: {metric: number}}, ...}``. The runner parses overrides, makes the run
 folder (``config.json``, ``results.json``, ``results.md``, ``plots/``, checkpoints) and
-writes the tables; it holds no experiment logic.
+writes the tables; it holds no experiment logic. JAX's persistent compilation cache is on
+(under ``$AHJAX_CACHE/jax-cache``; ``AHJAX_JAX_CACHE=0`` turns it off), so a second run of
+an experiment skips most compilation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from ahjax import config as config_lib
 from ahjax import results as results_lib
+from ahjax.assets import enable_compilation_cache
 
 # Experiment name -> (module path, one line on what it reproduces). A plain dict: nothing is
 # imported until an experiment is asked for.
@@ -55,6 +58,8 @@ def build_config(name: str, overrides: list[str]):
 def run(name: str, config, workdir: str | Path) -> tuple[dict, Path]:
     """Run experiment ``name`` with ``config`` in a new folder under ``workdir``."""
     module = load(name)
+    # Compiled programs are reused across runs ($AHJAX_JAX_CACHE=0 turns this off).
+    enable_compilation_cache()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(workdir) / f"{name}-{stamp}"
     suffix = 1

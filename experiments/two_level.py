@@ -10,6 +10,13 @@ decoding, and with a median filter. ``--data.root PATH`` does the same on a real
 
 Writes ``results.{json,md}``, one figure per test video and ``report.html`` into the run
 folder, and the trained models' checkpoints under ``models/<method>/``.
+
+The baselines are reference points that do not change between runs, and at the paper's
+widths they are most of a run's time on a CPU. With ``reuse_baselines`` (default) a
+baseline whose features (train and val), configs and code are byte-identical to an earlier
+run's is read back from ``$AHJAX_CACHE/trained/`` instead of being retrained; the run log
+and ``results["reused_trained"]`` say which, and ``--config.reuse_baselines=False``
+retrains them. The two-level model and its ablations are always trained.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ahjax.assets import cache_dir
 from ahjax.data.store import FeatureStore
 from ahjax.data.windows import WindowConfig
 from ahjax.train import trainer as trainer_lib
@@ -62,6 +70,7 @@ class Config:
     baseline_windows: WindowConfig = WindowConfig(window=240, hop=48, batch_size=8)
     baseline_train: TrainConfig = TrainConfig(epochs=10)
     fusions: tuple = ("can", "lfan")   # fusion baselines tried; the best by val AP is kept
+    reuse_baselines: bool = True       # reuse identical earlier baseline trainings (module doc)
     decode: DecodeConfig = DecodeConfig()
     max_figures: int = 12
 
@@ -82,7 +91,7 @@ def get_config(quick: bool = False) -> Config:
         baseline_windows=dataclasses.replace(cfg.baseline_windows, window=96, hop=48,
                                              batch_size=4),
         baseline_train=dataclasses.replace(cfg.baseline_train, epochs=1, progress=False),
-        fusions=("can",), max_figures=2)
+        fusions=("can",), max_figures=2, reuse_baselines=False)
 
 
 def _two_level_spec(store: FeatureStore, use_cues: bool) -> dict:
@@ -115,21 +124,23 @@ def full_video_outputs(model: TwoLevelModel, store: FeatureStore, vid: str, spec
     arrays = {k: np.asarray(store.read(vid, names[0]), np.float32).reshape(n, -1)
               for k, names in spec.items() if k != "cues"}
     size = -(-n // pad_to) * pad_to
-    inputs = {k: jnp.asarray(np.pad(a, ((0, size - n), (0, 0))))[None] for k, a in arrays.items()}
-    valid = np.zeros(size, np.float32)
-    valid[:n] = 1.0
-    inputs["valid"] = jnp.asarray(valid)[None]
-    logits, aux = _forward(model, inputs)
-    prob = np.asarray(jax.nn.softmax(logits[0], -1)[:n, 1])
-    out = {"contributions": {g: np.asarray(c[0, :n]) for g, c in aux["contributions"].items()},
-           "remainder": np.asarray(aux["remainder"][0, :n])}
-    return prob, out
+    # Padding and cropping in numpy: as jax ops outside the jit each would compile once
+    # per video length.
+    inputs = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in arrays.items()}
+    valid = np.zeros((1, size), np.float32)
+    valid[0, :n] = 1.0
+    inputs["valid"] = valid
+    prob, aux = jax.device_get(_forward(model, inputs))
+    out = {"contributions": {g: c[0, :n] for g, c in aux["contributions"].items()},
+           "remainder": aux["remainder"][0, :n]}
+    return prob[0, :n], out
 
 
 @nnx.jit
 def _forward(model, inputs):
     logits, aux = model(inputs, train=False)
-    return logits, {"contributions": aux["contributions"], "remainder": aux["remainder"]}
+    prob = jax.nn.softmax(logits, -1)[..., 1]
+    return prob, {"contributions": aux["contributions"], "remainder": aux["remainder"]}
 
 
 @functools.partial(jax.jit, static_argnames="emission_weight")
@@ -148,9 +159,20 @@ def _decode(probs: dict, log_dur: np.ndarray, prior: np.ndarray, cfg: DecodeConf
             for v, p in probs.items()}
 
 
+# One compiled filter per video length, instead of a few dozen eager ops each.
+_median_one = jax.jit(hsmm.median_filter, static_argnames=("k", "axis"))
+
+
 def _median(probs: dict, k: int) -> dict:
-    return {v: (np.asarray(hsmm.median_filter(jnp.asarray(p), k)) >= 0.5).astype(np.int64)
+    return {v: (np.asarray(_median_one(jnp.asarray(p), k=k)) >= 0.5).astype(np.int64)
             for v, p in probs.items()}
+
+
+def _softmax_pos(logits: np.ndarray) -> np.ndarray:
+    """P(class 1) of (n, 2) logits, in numpy (a jax softmax would compile per length)."""
+    logits = np.asarray(logits, np.float32)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return (e[:, 1] / e.sum(-1)).astype(np.float32)
 
 
 def fit_duration_prior(store: FeatureStore, max_d: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -216,20 +238,31 @@ def run(config: Config, workdir: Path) -> dict:
             else:
                 results[split][name] = score_videos(labels[split], probs, vlabels[split], decoded)
 
-    baselines = {"concat_tcn": (_concat_builder, _baseline_spec(store)),
-                 "text_only": (_concat_builder, _baseline_spec(store, ("text",)))}
+    baselines = {"concat_tcn": (_concat_builder, _baseline_spec(store), _concat_describe()),
+                 "text_only": (_concat_builder, _baseline_spec(store, ("text",)),
+                               _concat_describe())}
     for fusion in config.fusions:
-        baselines[f"fusion_{fusion}"] = (_fusion_builder(fusion, config.quick), _baseline_spec(store))
-    fusion_val_ap = {}
-    for name, (builder, bspec) in baselines.items():
+        baselines[f"fusion_{fusion}"] = (_fusion_builder(fusion, config.quick),
+                                         _baseline_spec(store), _fusion_describe(fusion, config.quick))
+    fusion_val_ap, reused = {}, {}
+    cache = cache_dir() / "trained" if config.reuse_baselines else None
+    mesh = trainer_lib.make_mesh(config.baseline_train.num_devices)
+    for name, (builder, bspec, describe) in baselines.items():
         t0 = time.time()
-        res = trainer_lib.train(builder, store, bspec, config.baseline_windows,
-                                config.baseline_train, models_dir / name)
+        res = trainer_lib.train_or_reuse(builder, store, bspec, config.baseline_windows,
+                                         config.baseline_train, models_dir / name,
+                                         describe=dict(describe, method=name), cache_dir=cache)
         timings[f"{name}_train_seconds"] = time.time() - t0
+        if res.reused_from is not None:
+            reused[name] = str(res.reused_from)
+            print(f"reused trained {name} from cache {res.reused_from} (best epoch "
+                  f"{res.best_epoch}); --config.reuse_baselines=False retrains it", flush=True)
         for split, ids in (("test", test_ids), ("val", val_ids)):
-            logits = trainer_lib.predict_videos(res.model, store, ids, bspec,
-                                                config.baseline_windows.window, stats=res.stats)
-            probs = {v: np.asarray(jax.nn.softmax(jnp.asarray(l), -1)[:, 1]) for v, l in logits.items()}
+            # The batch size of training's validation, so its compiled eval step is reused.
+            logits = trainer_lib.predict_videos(
+                res.model, store, ids, bspec, config.baseline_windows.window, stats=res.stats,
+                batch_size=config.baseline_windows.batch_size, mesh=mesh)
+            probs = {v: _softmax_pos(l) for v, l in logits.items()}
             results[split][name] = score_videos(labels[split], probs, vlabels[split])
         if name.startswith("fusion_"):
             fusion_val_ap[name] = results["val"][name]["AP"]
@@ -243,6 +276,10 @@ def run(config: Config, workdir: Path) -> dict:
 
     figures = _figures(store, test_ids, outputs[("two_level", "test")], config,
                        workdir / "plots", fps)
+    results["reused_trained"] = reused
+    if reused:
+        results["notes"] = [f"Reused from an identical earlier training (not retrained): "
+                            f"{', '.join(reused)}; --config.reuse_baselines=False retrains."]
     results["duration_prior"] = dur_stats
     results["cues_used"] = use_cues
     results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
@@ -251,7 +288,7 @@ def run(config: Config, workdir: Path) -> dict:
     results["timing"] = timings
     results["dataset"] = {"root": str(root), "store": str(store.root),
                           "synthetic_demo": not bool(config.data.root)}
-    results["notes"] = [
+    results["notes"] = results.get("notes", []) + [
         "two_level = duration-prior (semi-Markov) decoding of the two-level posteriors; "
         "AP is always from the undecoded probabilities.",
         "VIDEO_AVGF1: a video is A/H when the mean frame decision/probability is >= 0.5 "
@@ -266,6 +303,17 @@ def run(config: Config, workdir: Path) -> dict:
 def _concat_builder(dims, rngs):
     from baselines.tcn import ConcatTCN
     return ConcatTCN(dims, rngs=rngs)
+
+
+def _concat_describe() -> dict:
+    from baselines.tcn import TCNConfig
+    return {"builder": "ConcatTCN", "model": dataclasses.asdict(TCNConfig())}
+
+
+def _fusion_describe(name: str, quick: bool) -> dict:
+    from baselines import fusion
+    cfg = fusion.quick() if quick else fusion.FusionConfig()
+    return {"builder": f"fusion.FUSION_MODELS[{name!r}]", "model": dataclasses.asdict(cfg)}
 
 
 def _fusion_builder(name: str, quick: bool):

@@ -192,6 +192,77 @@ def test_non_finite_loss_names_step_and_epoch(store, tmp_path):
         T.train(NaNModel, store, SPEC, WCFG, TCFG, tmp_path)
 
 
+def test_checkpoint_packs_leaves_and_reads_one_array_per_leaf(tmp_path):
+    import orbax.checkpoint as ocp
+    from ahjax.train.checkpoint import Checkpointer
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "opt": {"step": jnp.asarray(3, jnp.uint32),
+             "mu": np.ones((4,), np.float32)}, "empty": jnp.zeros((0, 2), jnp.int32)}
+    target = jax.tree.map(jnp.zeros_like, state)
+    with Checkpointer(tmp_path / "new") as ckpt:
+        ckpt.save(1, state, {"epoch": 1}, {"val_AP": 0.5})
+    with Checkpointer(tmp_path / "new") as ckpt:  # a fresh manager, as on resume
+        got, meta = ckpt.restore(1, target)
+        assert meta == {"epoch": 1}
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state)):
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        with pytest.raises(ValueError, match=r"\['w'\] \[2, 3\] float32 saved vs \['w'\] \[3, 2\]"):
+            ckpt.restore(1, dict(target, w=jnp.zeros((3, 2))))
+    # Checkpoints written one array per leaf (before packing) still restore.
+    old = ocp.CheckpointManager(tmp_path / "old", item_names=("state", "meta"),
+                                options=ocp.CheckpointManagerOptions(create=True))
+    state.pop("empty")  # orbax cannot store zero-size arrays one per leaf
+    target.pop("empty")
+    old.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave({"epoch": 2})))
+    old.wait_until_finished()
+    old.close()
+    with Checkpointer(tmp_path / "old") as ckpt:
+        got, meta = ckpt.restore(None, target)
+    assert meta == {"epoch": 2} and np.array_equal(got["w"], state["w"])
+
+
+def test_train_or_reuse_reuses_only_identical_trainings(store, full_run, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cfg = dataclasses.replace(TCFG, epochs=2)
+    describe = {"method": "tiny"}
+    first = T.train_or_reuse(tiny_model, store, SPEC, WCFG, cfg, tmp_path / "a",
+                             describe=describe, cache_dir=cache)
+    assert first.reused_from is None and len(list(cache.iterdir())) == 1
+    again = T.train_or_reuse(tiny_model, store, SPEC, WCFG, cfg, tmp_path / "b",
+                             describe=describe, cache_dir=cache)
+    assert again.reused_from is not None and not (tmp_path / "b" / "checkpoints").exists()
+    assert (again.best_epoch, again.best_val, again.history) == (
+        first.best_epoch, json.loads(json.dumps(first.best_val)), first.history)
+    assert (tmp_path / "b" / T.METRICS_FILE).read_text() == (tmp_path / "a" / T.METRICS_FILE).read_text()
+    val = win.Windows(store, SPEC, "val", window=16, hop=16, stats=again.stats)
+    np.testing.assert_array_equal(T.predict_windows(again.model, val)[val.video_ids[0]],
+                                  T.predict_windows(first.model, val)[val.video_ids[0]])
+    # A different recipe, model description or no cache at all trains afresh; with one
+    # entry kept per description, the new recipe's entry replaces the first one.
+    monkeypatch.setattr(T, "REUSE_KEEP", 1)
+    other = T.train_or_reuse(tiny_model, store, SPEC, WCFG, dataclasses.replace(cfg, lr=0.04),
+                             tmp_path / "c", describe=describe, cache_dir=cache)
+    renamed = T.train_or_reuse(tiny_model, store, SPEC, WCFG, cfg, tmp_path / "d",
+                               describe={"method": "other"}, cache_dir=cache)
+    off = T.train_or_reuse(tiny_model, store, SPEC, WCFG, cfg, tmp_path / "e",
+                           describe=describe, cache_dir=None)
+    assert other.reused_from is None and renamed.reused_from is None and off.reused_from is None
+    assert len(list(cache.iterdir())) == 2 and not again.reused_from.exists()
+
+
+def test_training_key_follows_the_features(tmp_path):
+    model = tiny_model({"video": 5, "text": 4}, nnx.Rngs(0))
+    keys = []
+    for labels_flip in (False, False, True):
+        store = make_store(tmp_path / f"s{len(keys)}", lengths=(20, 12))
+        if labels_flip:  # one changed label of one training video
+            labels = np.array(store.read("vtrain0", "labels"))
+            labels[0] = 1 - labels[0]
+            np.save(store.path("vtrain0") / "labels.npy", labels)
+        keys.append(T.training_key(store, SPEC, WCFG, TCFG, {"m": 1}, ["train"], model))
+    assert keys[0] == keys[1] != keys[2]
+
+
 MULTI = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})

@@ -18,14 +18,23 @@ Every epoch ends with validation (windows stitched back into whole videos ->
 best epoch is the one with the highest validation AP. A run started again in the same
 workdir resumes from its latest checkpoint and, since data order and dropout keys are
 functions of ``(seed, epoch)`` and the step, ends exactly where an uninterrupted run would.
+
+:func:`train_or_reuse` wraps :func:`train` with a cache of finished trainings keyed by a
+content hash of the features, configs and code, for reference models an experiment
+retrains unchanged on every run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -41,7 +50,7 @@ from tqdm.auto import tqdm
 from ahjax import metrics as metrics_lib
 from ahjax.data import windows as win
 from ahjax.data.store import FeatureStore
-from ahjax.train.checkpoint import Checkpointer
+from ahjax.train.checkpoint import Checkpointer, load_params, save_params
 
 ModelFn = Callable[[Mapping[str, int], nnx.Rngs], nnx.Module]
 METRICS_FILE = "metrics.jsonl"
@@ -81,6 +90,7 @@ class TrainResult:
     history: list[dict]
     stats: dict | None
     workdir: Path
+    reused_from: Path | None = None   # set by train_or_reuse when nothing was trained
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -180,21 +190,26 @@ def make_train_step(graphdef: nnx.GraphDef, modalities: Sequence[str], cfg: Trai
 def make_eval_step(graphdef: nnx.GraphDef, modalities: Sequence[str]) -> Callable:
     """The jitted ``(state, batch) -> logits (B, W, 2)`` in eval mode.
 
-    ``graphdef``/``state`` come from ``nnx.split(model)`` or from the trainer's
-    ``nnx.split((model, optimizer))``; built once and reused, so evaluating every epoch
-    compiles once.
+    ``graphdef``/``state`` come from ``nnx.split(model)`` or ``nnx.split((model,
+    optimizer))``. :func:`eval_step_for` memoises the first form, which the trainer's
+    per-epoch validation and later predictions share, so they compile once.
     """
     modalities = tuple(modalities)
 
     @jax.jit
     def eval_step(state, batch):
         model = nnx.merge(graphdef, state)
-        if isinstance(model, tuple):  # (model, optimizer) from the trainer
+        if isinstance(model, tuple):  # (model, optimizer)
             model = model[0]
         logits, _ = model(_inputs(batch, modalities), train=False)
         return logits.astype(jnp.float32)
 
     return eval_step
+
+
+def eval_step_for(model: nnx.Module, keys: Sequence[str]) -> Callable:
+    """The memoised :func:`make_eval_step` of ``model``'s graph definition and ``keys``."""
+    return _cached(make_eval_step, nnx.graphdef(model), tuple(keys))
 
 
 _COMPILED: dict = {}
@@ -239,9 +254,8 @@ def predict_windows(model: nnx.Module, windows: win.Windows, *, batch_size: int 
         window=windows.window, hop=windows.hop, batch_size=batch_size, shuffle=False,
         standardize=False))
     if step is None:
-        graphdef, state = nnx.split(model)
-        step = (make_eval_step(graphdef, input_keys(model, windows.spec)), state)
         modalities = input_keys(model, windows.spec)
+        step = (eval_step_for(model, modalities), nnx.state(model))
     else:
         modalities = step[2] if len(step) > 2 else tuple(windows.spec)
     eval_step, state = step[:2]
@@ -361,7 +375,9 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(nnx.merge_state(saved, rng_state), replicated)
     step_fn = _cached(make_train_step, graphdef, modalities, cfg, mesh)
-    eval_step = _cached(make_eval_step, graphdef, modalities)
+    # Validation runs the model part of the state through the same compiled step that
+    # predict_windows uses on the trained model afterwards.
+    eval_step = eval_step_for(model, modalities)
     base_rng = jax.random.key(cfg.seed + 2)
     batch_keys = (*modalities, "labels", "mask")
 
@@ -417,7 +433,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
             val_metrics = None
             if val_ws is not None:
                 val_metrics, _ = evaluate(None, val_ws, batch_size=windows_cfg.batch_size,
-                                          mesh=mesh, step=(eval_step, state, modalities))
+                                          mesh=mesh, step=(eval_step, state[0], modalities))
                 record["val"] = val_metrics
                 ap = val_metrics["AP"]
                 # ">=": on a tie the later epoch wins, as orbax's BestN keeps the later step.
@@ -440,3 +456,140 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
     return TrainResult(best_epoch=meta["best_epoch"], best_val=meta["best_val"],
                        model=best_model, history=meta["history"], stats=train_ws.stats or None,
                        workdir=workdir)
+
+
+# ----------------------------------------------------------------------------------------
+# Reusing a finished training.
+
+REUSE_RESULT = "result.json"
+REUSE_KEEP = 3   # entries kept per method description; older ones are stale code or data
+
+
+def _source_digest(packages: Sequence[str]) -> str:
+    """Hash of the source of every loaded module of the named top-level packages.
+
+    Loaded rather than all modules: the code a training can depend on has been imported
+    by the time its key is computed, and unrelated files of the same package (another
+    experiment's baseline, say) then do not invalidate it.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name, module in sorted(list(sys.modules.items()), key=lambda kv: kv[0]):
+        path = getattr(module, "__file__", None)
+        if name.split(".")[0] in packages and path and path.endswith(".py"):
+            h.update(name.encode())
+            h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def training_key(store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowConfig,
+                 cfg: TrainConfig, describe: Mapping, splits: Sequence[str],
+                 model: nnx.Module) -> str:
+    """Content hash of everything a :func:`train` result depends on.
+
+    That is: the bytes of every array ``spec`` names (and the labels) of every video of
+    ``splits``, with the split membership; the window and train configs; ``describe``
+    (JSON: the method and its model config, which ``model_fn`` closes over); the source of
+    the loaded modules of ``ahjax`` and of the package defining ``model``'s class; and the
+    versions of jax, flax, optax and numpy with the backend and device count.
+    """
+    import flax
+    h = hashlib.blake2b(digest_size=16)
+    blob = {"spec": {m: list(a) for m, a in spec.items()},
+            "windows": dataclasses.asdict(windows_cfg), "train": dataclasses.asdict(cfg),
+            "describe": describe,
+            "code": _source_digest(("ahjax", type(model).__module__.split(".")[0])),
+            "versions": [jax.__version__, flax.__version__, optax.__version__, np.__version__,
+                         jax.default_backend(), jax.device_count()]}
+    # Bookkeeping that cannot change the trained parameters stays out of the key.
+    for k in ("progress", "log_every", "checkpoint_every", "keep_checkpoints"):
+        blob["train"].pop(k)
+    for k in ("num_threads", "prefetch"):
+        blob["windows"].pop(k)
+    h.update(json.dumps(blob, sort_keys=True, default=str).encode())
+    names = sorted({a for arrays in spec.values() for a in arrays} | {"labels"})
+    for split in splits:
+        for vid in store.video_ids(split):
+            h.update(f"{split}/{vid}".encode())
+            for name in names:
+                arr = np.ascontiguousarray(store.read(vid, name))
+                h.update(f"{name}{arr.shape}{arr.dtype}".encode())
+                h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def train_or_reuse(model_fn: ModelFn, store: FeatureStore, spec: win.Spec,
+                   windows_cfg: win.WindowConfig, cfg: TrainConfig, workdir: str | Path, *,
+                   describe: Mapping, cache_dir: str | Path | None,
+                   train_split: str = "train", val_split: str | None = "val") -> TrainResult:
+    """:func:`train`, or the result of an identical earlier training read from ``cache_dir``.
+
+    An entry ``<cache_dir>/<training_key(...)>/`` holds the best epoch's parameters and
+    the history; it is written after a training and used instead of training when every
+    input of :func:`training_key` matches (``describe`` must name whatever ``model_fn``
+    depends on beyond the configs). A reused result has ``reused_from`` set and the entry's
+    ``metrics.jsonl`` copied into ``workdir`` with a ``reused.json`` naming the entry;
+    ``cache_dir=None`` always trains. Only the ``REUSE_KEEP`` newest entries per
+    ``describe`` are kept.
+    """
+    if cache_dir is None:
+        return train(model_fn, store, spec, windows_cfg, cfg, workdir,
+                     train_split=train_split, val_split=val_split)
+    workdir = Path(workdir)
+    splits = [s for s in (train_split, val_split) if s is not None]
+    train_ws = win.make_windows(store, spec, train_split, windows_cfg)
+    model = model_fn(dict(train_ws.dims), nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+    key = training_key(store, spec, windows_cfg, cfg, describe, splits, model)
+    entry = Path(cache_dir) / key
+    if (entry / REUSE_RESULT).is_file():
+        saved = json.loads((entry / REUSE_RESULT).read_text())
+        model = load_params(lambda: model, entry / "params")
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry / METRICS_FILE, workdir / METRICS_FILE)
+        (workdir / "reused.json").write_text(json.dumps({"from": str(entry), "key": key}))
+        os.utime(entry)  # recently used: kept by _prune
+        return TrainResult(best_epoch=saved["best_epoch"], best_val=saved["best_val"],
+                           model=model, history=saved["history"],
+                           stats=train_ws.stats or None, workdir=workdir, reused_from=entry)
+    res = train(model_fn, store, spec, windows_cfg, cfg, workdir,
+                train_split=train_split, val_split=val_split)
+    # Written beside the entry, then renamed: a killed run leaves no half entry behind.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=_mkdir(Path(cache_dir))))
+    save_params(res.model, tmp / "params")
+    shutil.copyfile(workdir / METRICS_FILE, tmp / METRICS_FILE)
+    (tmp / REUSE_RESULT).write_text(json.dumps(
+        {"best_epoch": res.best_epoch, "best_val": res.best_val, "history": res.history,
+         "describe": _plain(describe)}, default=_json_number))
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another run stored the same training meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune(Path(cache_dir), describe, keep=REUSE_KEEP)
+    return res
+
+
+def _prune(cache_dir: Path, describe: Mapping, keep: int) -> None:
+    """Delete all but the ``keep`` newest entries of ``describe`` (older code or data)."""
+    same = []
+    for path in cache_dir.glob(f"*/{REUSE_RESULT}"):
+        try:
+            if json.loads(path.read_text()).get("describe") == _plain(describe):
+                same.append(path.parent)
+        except (OSError, ValueError):
+            continue
+    same.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in same[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _plain(describe: Mapping) -> Any:
+    return json.loads(json.dumps(describe, sort_keys=True, default=str))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _json_number(x):
+    return x.tolist() if hasattr(x, "tolist") else float(x)
+
