@@ -45,6 +45,28 @@ def test_grouped_cv_never_splits_a_participant():
     assert probs["val"].shape == (10,) and oof["AP"] > 0.7
 
 
+def test_crossfit_threshold_never_reads_a_decided_videos_label():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 80)
+    p = np.clip(0.35 * y + rng.uniform(0, 0.65, 80), 0, 1)
+    groups = np.array([f"p{i % 16}" for i in range(80)])
+    halves = tvl.grouped_folds(y, groups, 2, 0)
+    hard = tvl.crossfit_decisions(y, p, halves)
+    # Relabelling the videos of one half changes no decision inside that half.
+    fit, apply = halves[0]
+    y2 = y.copy()
+    y2[apply] = 1 - y2[apply]
+    np.testing.assert_array_equal(tvl.crossfit_decisions(y2, p, halves)[apply], hard[apply])
+    # Each half is cut at the other half's best threshold.
+    t = tvl._best_threshold(y[fit], p[fit])
+    np.testing.assert_array_equal(hard[apply], (p[apply] >= t).astype(float))
+    table = tvl.crossfit_threshold(y, {"a": p, "flat": np.full(80, 0.5)}, groups, 4, 0)
+    assert len(table["a"]["per_repeat"]) == 4 and table["a"]["AP"] == pytest.approx(
+        bah_metrics(y, p)["AP"])
+    assert table["a"]["AVGF1"] == pytest.approx(np.mean(table["a"]["per_repeat"]))
+    assert table["a"]["AVGF1"] > table["flat"]["AVGF1"]
+
+
 SPLITS = Path(tvl.default_splits())
 
 
@@ -80,6 +102,10 @@ def test_quick_run_end_to_end(tmp_path):
         assert total == pytest.approx(float(r["logit"]), abs=1e-4)
         assert float(r["prob"]) == pytest.approx(preds[r["video_id"]], abs=1e-5)
     assert set(named) <= set(results["two_level_text_level2_val"])
+    crossfit = results["val_threshold_crossfit_on_val"]
+    assert crossfit.keys() == results["val"].keys()
+    assert all(len(r["per_repeat"]) == config.model.crossfit_repeats for r in crossfit.values())
+    assert any("threshold cross-fitted on val" in n for n in results["notes"])
 
 
 def _toy_views(n=120, seed=0):
