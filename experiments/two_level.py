@@ -22,7 +22,6 @@ retrains them. The two-level model and its ablations are always trained.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from flax import nnx
 from ahjax.assets import cache_dir
 from ahjax.data.store import FeatureStore
 from ahjax.data.windows import WindowConfig
+from ahjax.metrics import bah_metrics
 from ahjax.train import trainer as trainer_lib
 from ahjax.train.trainer import TrainConfig
 from experiments.common import DataConfig, prepare_store, score_videos, video_labels, frame_labels
@@ -53,6 +53,14 @@ class DecodeConfig:
     max_duration: int = 480        # frames; longer segments are chains of shorter ones
     emission_weight: float = 0.3   # tempering of correlated frame evidence
     median_k: int = 25             # median-filter width (frames), the simple alternative
+    threshold: float = 0.5         # plain thresholding of the posteriors
+    # Each reading of the posteriors gets one hyperparameter chosen by val frame AVGF1 (the
+    # values above are used when this is off or there is no val): the semi-Markov decoder
+    # its emission weight, the median filter its width, plain thresholding its threshold.
+    select_on_val: bool = True
+    emission_weights: tuple = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    median_ks: tuple = (9, 25, 49, 97)
+    thresholds: tuple = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +151,7 @@ def _forward(model, inputs):
     return prob, {"contributions": aux["contributions"], "remainder": aux["remainder"]}
 
 
-@functools.partial(jax.jit, static_argnames="emission_weight")
+@jax.jit
 def _decode_one(prob, log_dur, log_prior, emission_weight):
     # One jitted function for every call (compiled once per video length), rather than a
     # fresh jit of a closure per call, which recompiled for every split and variant.
@@ -154,8 +162,8 @@ def _decode_one(prob, log_dur, log_prior, emission_weight):
 def _decode(probs: dict, log_dur: np.ndarray, prior: np.ndarray, cfg: DecodeConfig) -> dict:
     log_dur = jnp.asarray(log_dur, jnp.float32)
     log_prior = jnp.log(jnp.asarray(prior, jnp.float32))
-    return {v: np.asarray(_decode_one(jnp.asarray(p, jnp.float32), log_dur, log_prior,
-                                      float(cfg.emission_weight)))
+    weight = jnp.float32(cfg.emission_weight)   # traced: a new weight does not recompile
+    return {v: np.asarray(_decode_one(jnp.asarray(p, jnp.float32), log_dur, log_prior, weight))
             for v, p in probs.items()}
 
 
@@ -166,6 +174,46 @@ _median_one = jax.jit(hsmm.median_filter, static_argnames=("k", "axis"))
 def _median(probs: dict, k: int) -> dict:
     return {v: (np.asarray(_median_one(jnp.asarray(p), k=k)) >= 0.5).astype(np.int64)
             for v, p in probs.items()}
+
+
+def _threshold(probs: dict, t: float) -> dict:
+    return {v: (np.asarray(p) >= t).astype(np.int64) for v, p in probs.items()}
+
+
+READINGS = ("hsmm", "median", "threshold")   # duration prior, median filter, plain threshold
+
+
+def read_posteriors(probs: dict, reading: str, log_dur, prior, cfg: DecodeConfig) -> dict:
+    """0/1 decisions per video from frame posteriors, by ``reading`` with ``cfg``'s value."""
+    if reading == "hsmm":
+        return _decode(probs, log_dur, prior, cfg)
+    if reading == "median":
+        return _median(probs, cfg.median_k)
+    if reading == "threshold":
+        return _threshold(probs, cfg.threshold)
+    raise ValueError(f"unknown reading {reading!r}; known: {READINGS}")
+
+
+_READING_FIELD = {"hsmm": ("emission_weight", "emission_weights"),
+                  "median": ("median_k", "median_ks"), "threshold": ("threshold", "thresholds")}
+
+
+def select_decoding(probs: dict, labels: dict, reading: str, log_dur, prior,
+                    cfg: DecodeConfig) -> tuple[DecodeConfig, dict]:
+    """``cfg`` with ``reading``'s hyperparameter set to its best val frame AVGF1 (first of
+    ties), and ``{value: AVGF1}`` for the grid. ``cfg`` unchanged when selection is off."""
+    field, grid = _READING_FIELD[reading]
+    if not cfg.select_on_val or not probs:
+        return cfg, {}
+    y = np.concatenate([labels[v] for v in probs])
+    scores = {}
+    for value in getattr(cfg, grid):
+        trial = dataclasses.replace(cfg, **{field: value})
+        hard = read_posteriors(probs, reading, log_dur, prior, trial)
+        scores[value] = float(bah_metrics(y, np.concatenate([hard[v] for v in probs])
+                                          .astype(np.float64))["AVGF1"])
+    best = max(scores, key=lambda k: scores[k])
+    return dataclasses.replace(cfg, **{field: best}), scores
 
 
 def _softmax_pos(logits: np.ndarray) -> np.ndarray:
@@ -213,7 +261,7 @@ def run(config: Config, workdir: Path) -> dict:
 
     variants = {"two_level": {}, "no_cross_modal": {"use_cross": False},
                 "no_within_modality": {"use_within": False}}
-    outputs = {}
+    outputs, selected, val_grids = {}, {}, {}
     for name, change in variants.items():
         mcfg = dataclasses.replace(config.model, fps=fps, **change)
         t0 = time.time()
@@ -221,22 +269,36 @@ def run(config: Config, workdir: Path) -> dict:
             lambda dims, rngs, mcfg=mcfg: TwoLevelModel(mcfg, rngs=rngs), store, spec,
             config.windows, config.train, models_dir / name)
         timings[f"{name}_train_seconds"] = time.time() - t0
-        if name == "two_level":
-            save_trained(res.model, mcfg, log_dur, prior, config.decode, workdir / "deploy")
-        for split, ids in (("test", test_ids), ("val", val_ids)):
+        split_probs = {}
+        for split, ids in (("val", val_ids), ("test", test_ids)):
             probs, aux = {}, {}
             for vid in ids:
                 probs[vid], aux[vid] = full_video_outputs(res.model, store, vid, spec)
-            decoded = _decode(probs, log_dur, prior, config.decode)
+            split_probs[split] = (probs, aux)
+        # Each reading's hyperparameter from val, then applied unchanged to both splits.
+        readings = READINGS if name == "two_level" else ("hsmm",)
+        decode = {}
+        for reading in readings:
+            decode[reading], grid = select_decoding(split_probs["val"][0], labels["val"],
+                                                    reading, log_dur, prior, config.decode)
+            if grid:
+                field = _READING_FIELD[reading][0]
+                selected.setdefault(name, {})[reading] = getattr(decode[reading], field)
+                val_grids.update({f"{name}/{reading} {field}={k}": {"val_AVGF1": v}
+                                  for k, v in grid.items()})
+        if name == "two_level":
+            save_trained(res.model, mcfg, log_dur, prior, decode["hsmm"], workdir / "deploy")
+        for split, (probs, aux) in split_probs.items():
+            decoded = read_posteriors(probs, "hsmm", log_dur, prior, decode["hsmm"])
             outputs[(name, split)] = (probs, aux, decoded)
+            results[split][name] = score_videos(labels[split], probs, vlabels[split], decoded)
             if name == "two_level":
-                results[split]["two_level"] = score_videos(labels[split], probs, vlabels[split], decoded)
                 results[split]["two_level/no_duration_prior"] = score_videos(
                     labels[split], probs, vlabels[split])
-                results[split]["two_level/median_filter"] = score_videos(
-                    labels[split], probs, vlabels[split], _median(probs, config.decode.median_k))
-            else:
-                results[split][name] = score_videos(labels[split], probs, vlabels[split], decoded)
+                for reading, row in (("threshold", "threshold_on_val"), ("median", "median_filter")):
+                    results[split][f"two_level/{row}"] = score_videos(
+                        labels[split], probs, vlabels[split],
+                        read_posteriors(probs, reading, log_dur, prior, decode[reading]))
 
     baselines = {"concat_tcn": (_concat_builder, _baseline_spec(store), _concat_describe()),
                  "text_only": (_concat_builder, _baseline_spec(store, ("text",)),
@@ -281,6 +343,9 @@ def run(config: Config, workdir: Path) -> dict:
         results["notes"] = [f"Reused from an identical earlier training (not retrained): "
                             f"{', '.join(reused)}; --config.reuse_baselines=False retrains."]
     results["duration_prior"] = dur_stats
+    results["decoding_selected_on_val"] = {k: {r: float(x) for r, x in v.items()}
+                                           for k, v in selected.items()}
+    results["decoding_val_grids"] = val_grids
     results["cues_used"] = use_cues
     results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
     results["extraction"]["failed"] = len(extraction["failed"])
@@ -289,8 +354,11 @@ def run(config: Config, workdir: Path) -> dict:
     results["dataset"] = {"root": str(root), "store": str(store.root),
                           "synthetic_demo": not bool(config.data.root)}
     results["notes"] = results.get("notes", []) + [
-        "two_level = duration-prior (semi-Markov) decoding of the two-level posteriors; "
-        "AP is always from the undecoded probabilities.",
+        "two_level = duration-prior (semi-Markov) decoding of the two-level posteriors "
+        "(and of each ablation's); no_duration_prior = argmax (0.5); threshold_on_val and "
+        "median_filter = a threshold and a median width chosen on val. Every reading's one "
+        "hyperparameter (emission weight, width, threshold) is chosen by val frame AVGF1 "
+        "(decoding_selected_on_val); AP is always from the undecoded probabilities.",
         "VIDEO_AVGF1: a video is A/H when the mean frame decision/probability is >= 0.5 "
         "(the paper's mean-probability rule).",
     ]
@@ -388,4 +456,5 @@ def load_trained(run_dir: str | Path) -> TrainedTwoLevel:
     cfg = TwoLevelConfig(**mcfg)
     model = load_params(lambda: TwoLevelModel(cfg, rngs=nnx.Rngs(0)), folder / "params")
     return TrainedTwoLevel(model, np.load(folder / "log_dur.npy"), np.asarray(saved["prior"]),
-                           DecodeConfig(**saved["decode"]))
+                           DecodeConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in saved["decode"].items()}))

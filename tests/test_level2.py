@@ -1,5 +1,6 @@
 """Level 2: conflict features, the additive two-level model, HSMM decoding, plots/report."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -341,6 +342,31 @@ def test_median_filter():
     np.testing.assert_array_equal(hsmm.median_filter(labels, 1), labels)
     with pytest.raises(ValueError):
         hsmm.median_filter(labels, 4)
+
+
+def test_decoding_hyperparameters_are_chosen_by_val_avgf1():
+    from experiments import two_level as tl
+    rng = np.random.default_rng(0)
+    labels, probs = {}, {}
+    for v in range(3):   # A/H frames sit at 0.35-0.45, the rest at 0.05-0.25: 0.3 separates
+        y = np.zeros(80, np.int64)
+        y[20:45] = 1
+        labels[f"v{v}"] = y
+        probs[f"v{v}"] = np.where(y == 1, rng.uniform(0.35, 0.45, 80), rng.uniform(0.05, 0.25, 80))
+    cfg = tl.DecodeConfig(max_duration=60, thresholds=(0.5, 0.3, 0.2))
+    log_dur = hsmm.fit_durations([25] * 3, [20, 35] * 3, 60)
+    prior = np.array([0.7, 0.3])
+    chosen, grid = tl.select_decoding(probs, labels, "threshold", log_dur, prior, cfg)
+    assert chosen.threshold == 0.3 and grid[0.3] == 1.0 and grid[0.5] < 1.0
+    assert chosen.emission_weight == cfg.emission_weight           # only its own field moves
+    chosen, grid = tl.select_decoding(probs, labels, "hsmm", log_dur, prior, cfg)
+    assert set(grid) == set(cfg.emission_weights) and grid[chosen.emission_weight] == max(grid.values())
+    hard = tl.read_posteriors(probs, "hsmm", log_dur, prior, chosen)
+    assert all(h.shape == (80,) and set(np.unique(h)) <= {0, 1} for h in hard.values())
+    off = dataclasses.replace(cfg, select_on_val=False)
+    assert tl.select_decoding(probs, labels, "median", log_dur, prior, off) == (off, {})
+    with pytest.raises(ValueError, match="unknown reading"):
+        tl.read_posteriors(probs, "viterbi", log_dur, prior, cfg)
 
 
 # ----------------------------------------------------------------------------- plots

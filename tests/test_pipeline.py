@@ -84,8 +84,8 @@ def test_two_level_quick_run_writes_tables_figures_report(quick_run):
     results, run_dir = quick_run
     for split in ("test", "val"):
         rows = results[split]
-        for method in ("two_level", "two_level/no_duration_prior", "two_level/median_filter",
-                       "no_cross_modal", "no_within_modality", "concat_tcn", "text_only"):
+        for method in ("two_level", "two_level/no_duration_prior", "two_level/threshold_on_val",
+                       "two_level/median_filter", "no_cross_modal", "no_within_modality", "concat_tcn", "text_only"):
             assert method in rows, (split, method)
             for metric in ("AVGF1", "AP", "WAR"):
                 assert 0.0 <= rows[method][metric] <= 1.0
@@ -101,6 +101,16 @@ def test_two_level_quick_run_writes_tables_figures_report(quick_run):
     assert config["quick"] is True and config["decode"]["max_duration"] == QUICK.decode.max_duration
     # The duration prior was fitted on real training segments.
     assert results["duration_prior"]["pos_segments"] > 0
+    # Each reading's hyperparameter came from val, and the deployed decoder uses the chosen one.
+    chosen = results["decoding_selected_on_val"]
+    assert set(chosen["two_level"]) == {"hsmm", "median", "threshold"}
+    assert set(chosen["no_cross_modal"]) == {"hsmm"}
+    assert chosen["two_level"]["hsmm"] in QUICK.decode.emission_weights
+    deployed = json.loads((run_dir / "deploy" / "level2.json").read_text())["decode"]
+    assert deployed["emission_weight"] == chosen["two_level"]["hsmm"]
+    grid = results["decoding_val_grids"]
+    best = max(v["val_AVGF1"] for k, v in grid.items() if k.startswith("two_level/median "))
+    assert grid[f"two_level/median median_k={int(chosen['two_level']['median'])}"]["val_AVGF1"] == best
 
 
 def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo_root):
