@@ -152,6 +152,8 @@ def train_row(row: Row, store: FeatureStore, windows: win.WindowConfig, train: T
     params = int(sum(x.size for x in jax.tree.leaves(nnx.state(res.model, nnx.Param))))
     out["training"] = {"best_epoch": res.best_epoch, "epochs": len(res.history),
                        "train_seconds": seconds, "params": params}
+    if res.diverged:
+        out["training"]["diverged"] = res.diverged
     return out
 
 
@@ -188,6 +190,7 @@ def run_rows(rows: Sequence[Row], data: DataConfig, extract: ExtractConfig,
         if not ids:
             raise RuntimeError(f"{store.root}: no {split} videos")
     results: dict = {"test": {}, "val": {}, "training": {}}
+    notes: list[str] = []
     for row in rows:
         print(f"{table_name}: training {row.name}", flush=True)
         out = train_row(row, store, windows, train, Path(workdir) / "models" / slug(row.name),
@@ -195,7 +198,12 @@ def run_rows(rows: Sequence[Row], data: DataConfig, extract: ExtractConfig,
         for split in splits:
             results[split][row.name] = out[split]
         results["training"][row.name] = out["training"]
+        if "diverged" in out["training"]:
+            notes.append(f"{row.name}: training stopped early ({out['training']['diverged']}); "
+                         f"scored at its best validated epoch {out['training']['best_epoch']}")
     results[table_name] = paper_table(results["test"], rows, reference)
+    if notes:
+        results["notes"] = notes
     results["setup"] = {"window": windows.window, "hop": windows.hop,
                         "batch_size": windows.batch_size, "epochs": train.epochs,
                         "optimizer": f"{train.optimizer} lr {train.lr} momentum {train.momentum}"

@@ -66,7 +66,7 @@ def run(config: Config, workdir: str | Path) -> dict:
     results = ft.run_rows(rows(config), config.data, config.extract, config.windows,
                           config.train, Path(workdir), table_name="table1",
                           demo_window=config.demo_window, demo_epochs=config.demo_epochs)
-    results["notes"] = [
+    results["notes"] = results.get("notes", []) + [
         "Frame-wise = the same ConcatTCN with every kernel of size 1 (no temporal context); "
         "context = kernel 5, dilation 2^i, causal. Both trained with the same recipe.",
         "The spec of this project carries no published Table 1 number, so no paper column is "

@@ -72,7 +72,7 @@ def run(config: Config, workdir: str | Path) -> dict:
                           config.train, Path(workdir), table_name="table2",
                           reference=reference, demo_window=config.demo_window,
                           demo_epochs=config.demo_epochs)
-    results["notes"] = [
+    results["notes"] = results.get("notes", []) + [
         f"'{ft.PAPER_LABEL}' is the paper's best frame-level result on BAH (AVGF1 0.5586, "
         "AP 0.2631; DESIGN.md), shown for reference only: the spec gives neither its method "
         "and subset nor its WAR, nor any other cell of the paper's Table 2, so none is shown.",

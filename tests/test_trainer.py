@@ -188,8 +188,45 @@ class NaNModel(nnx.Module):
 
 
 def test_non_finite_loss_names_step_and_epoch(store, tmp_path):
+    raising = dataclasses.replace(TCFG, on_nonfinite="raise")
     with pytest.raises(T.NonFiniteLossError, match=r"step 1 \(epoch 0\)"):
-        T.train(NaNModel, store, SPEC, WCFG, TCFG, tmp_path)
+        T.train(NaNModel, store, SPEC, WCFG, raising, tmp_path / "raise")
+    # "stop" (the default) with no validated epoch to fall back on says why.
+    with pytest.raises(RuntimeError, match=r"no epoch was trained.*step 1 \(epoch 0\)"):
+        T.train(NaNModel, store, SPEC, WCFG, TCFG, tmp_path / "stop")
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        T.train(NaNModel, store, SPEC, WCFG, dataclasses.replace(TCFG, on_nonfinite="skip"),
+                tmp_path / "bad")
+
+
+class LateNaNModel(nnx.Module):
+    """Finite while training; its eval outputs turn NaN after ``limit`` training calls."""
+
+    def __init__(self, dims, rngs, limit):
+        self.head = nnx.Linear(sum(dims.values()), 2, rngs=rngs)
+        self.calls = nnx.BatchStat(jnp.zeros(()))
+        self.limit = limit
+
+    def __call__(self, inputs, *, train):
+        logits = self.head(jnp.concatenate([inputs[m] for m in sorted(inputs)], axis=-1))
+        if train:
+            self.calls.value = self.calls.value + 1
+            return logits, {}
+        return jnp.where(self.calls.value > self.limit, jnp.nan, logits), {}
+
+
+def test_nan_validation_outputs_stop_at_the_best_earlier_epoch(store, tmp_path):
+    per_epoch = win.WindowLoader(win.make_windows(store, SPEC, "train", WCFG), WCFG).num_batches(0)
+    build = lambda dims, rngs: LateNaNModel(dims, rngs, limit=per_epoch)   # NaN from epoch 1
+    res = T.train(build, store, SPEC, WCFG, TCFG, tmp_path / "stop")
+    assert res.best_epoch == 0 and len(res.history) == 1
+    assert "validation after epoch 1" in res.diverged and "NaN or inf" in res.diverged
+    logs = [json.loads(l) for l in (tmp_path / "stop" / T.METRICS_FILE).read_text().splitlines()]
+    assert logs[-1]["kind"] == "diverged"
+    assert float(res.model.calls.value) == per_epoch      # the parameters of epoch 0
+    with pytest.raises(T.NonFiniteLossError, match="validation after epoch 1"):
+        T.train(build, store, SPEC, WCFG, dataclasses.replace(TCFG, on_nonfinite="raise"),
+                tmp_path / "raise")
 
 
 def test_checkpoint_packs_leaves_and_reads_one_array_per_leaf(tmp_path):

@@ -79,6 +79,10 @@ class TrainConfig:
     checkpoint_every: int = 0        # extra mid-epoch checkpoints every N steps; 0 = off
     keep_checkpoints: int = 2
     progress: bool = True            # tqdm bar
+    # When the training loss or the validation outputs stop being finite: "stop" ends
+    # training there and keeps the best validated epoch before it (TrainResult.diverged says
+    # so); "raise" raises NonFiniteLossError.
+    on_nonfinite: str = "stop"
 
 
 @dataclasses.dataclass
@@ -91,10 +95,11 @@ class TrainResult:
     stats: dict | None
     workdir: Path
     reused_from: Path | None = None   # set by train_or_reuse when nothing was trained
+    diverged: str | None = None       # why training stopped early on NaN/inf, else None
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf."""
+    """The training loss, or the model's outputs on validation, became NaN or inf."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,15 +297,20 @@ def predict_videos(model: nnx.Module, store: FeatureStore, video_ids: Sequence[s
 
 
 def evaluate(model: nnx.Module | None, windows: win.Windows, *, batch_size: int = 4,
-             mesh: Mesh | None = None, step: tuple[Callable, Any] | None = None
-             ) -> tuple[dict, dict[str, np.ndarray]]:
+             mesh: Mesh | None = None, step: tuple[Callable, Any] | None = None,
+             where: str = "evaluation") -> tuple[dict, dict[str, np.ndarray]]:
     """(``bah_metrics`` over all labelled frames of ``windows``' videos, per-video logits).
 
-    ``model`` or ``step`` as in :func:`predict_windows`.
+    ``model`` or ``step`` as in :func:`predict_windows`. Raises :class:`NonFiniteLossError`
+    (naming ``where`` and the first video) when an output is NaN or inf.
     """
     logits = predict_windows(model, windows, batch_size=batch_size, mesh=mesh, step=step)
     labels = [windows.labels(vi) for vi in range(len(windows.video_ids))]
     scores = np.concatenate([logits[v] for v in windows.video_ids])
+    if not np.isfinite(scores).all():
+        bad = next(v for v in windows.video_ids if not np.isfinite(logits[v]).all())
+        raise NonFiniteLossError(f"{where}: the model's outputs hold NaN or inf (first in "
+                                 f"video {bad})")
     return metrics_lib.bah_metrics(np.concatenate(labels), scores), logits
 
 
@@ -340,9 +350,13 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
     data order and undersampling. Writes ``metrics.jsonl`` and ``checkpoints/`` into
     ``workdir`` and resumes from the latest checkpoint found there. With no ``val_split``
     the last epoch counts as best. ``on_step(step)`` is called after every step (tests use
-    it to interrupt a run). Raises :class:`NonFiniteLossError` naming the step and epoch
-    when the loss stops being finite.
+    it to interrupt a run). When the loss or the validation outputs stop being finite,
+    ``cfg.on_nonfinite="stop"`` ends training and returns the best validated epoch before
+    it (``TrainResult.diverged`` names the step and epoch; a RuntimeError if no epoch was
+    validated), and ``"raise"`` raises :class:`NonFiniteLossError` naming them.
     """
+    if cfg.on_nonfinite not in ("stop", "raise"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'raise', got {cfg.on_nonfinite!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(cfg.num_devices)
@@ -404,7 +418,8 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
         log.write({"kind": "train", "epoch": pending[-1][1], "step": pending[-1][0], **means})
         pending.clear()
 
-    try:
+    def epochs():
+        nonlocal state
         for epoch in range(meta["epoch"], cfg.epochs):
             it = loader.iterator({"epoch": epoch, "position": meta["position"]})
             bar = tqdm(total=it.length, initial=it.position, desc=f"epoch {epoch}",
@@ -433,7 +448,9 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
             val_metrics = None
             if val_ws is not None:
                 val_metrics, _ = evaluate(None, val_ws, batch_size=windows_cfg.batch_size,
-                                          mesh=mesh, step=(eval_step, state[0], modalities))
+                                          mesh=mesh, step=(eval_step, state[0], modalities),
+                                          where=f"validation after epoch {epoch} (step "
+                                                f"{meta['step']})")
                 record["val"] = val_metrics
                 ap = val_metrics["AP"]
                 # ">=": on a tie the later epoch wins, as orbax's BestN keeps the later step.
@@ -446,8 +463,21 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
             checkpoint({"val_AP": val_metrics["AP"]} if val_metrics else None)
             log.write(record)
 
+    diverged = None
+    try:
+        try:
+            epochs()
+        except NonFiniteLossError as err:
+            if cfg.on_nonfinite == "raise":
+                raise
+            diverged = str(err)
+            print(f"training stopped: {diverged}; keeping the best validated epoch "
+                  f"({meta['best_epoch']})", flush=True)
+            log.write({"kind": "diverged", "epoch": meta["epoch"], "step": meta["step"],
+                       "reason": diverged})
         if meta["best_step"] is None:
-            raise RuntimeError(f"no epoch was trained (epochs={cfg.epochs})")
+            raise RuntimeError(f"no epoch was trained (epochs={cfg.epochs})"
+                               + (f"; {diverged}" if diverged else ""))
         restored, _ = ckpt.restore(meta["best_step"], nnx.to_pure_dict(saved))
         nnx.replace_by_pure_dict(saved, restored)
         best_model = _model_of(graphdef, nnx.merge_state(saved, rng_state))
@@ -455,7 +485,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
         ckpt.close()
     return TrainResult(best_epoch=meta["best_epoch"], best_val=meta["best_val"],
                        model=best_model, history=meta["history"], stats=train_ws.stats or None,
-                       workdir=workdir)
+                       workdir=workdir, diverged=diverged)
 
 
 # ----------------------------------------------------------------------------------------
@@ -549,7 +579,8 @@ def train_or_reuse(model_fn: ModelFn, store: FeatureStore, spec: win.Spec,
         os.utime(entry)  # recently used: kept by _prune
         return TrainResult(best_epoch=saved["best_epoch"], best_val=saved["best_val"],
                            model=model, history=saved["history"],
-                           stats=train_ws.stats or None, workdir=workdir, reused_from=entry)
+                           stats=train_ws.stats or None, workdir=workdir, reused_from=entry,
+                           diverged=saved.get("diverged"))
     res = train(model_fn, store, spec, windows_cfg, cfg, workdir,
                 train_split=train_split, val_split=val_split)
     # Written beside the entry, then renamed: a killed run leaves no half entry behind.
@@ -558,7 +589,7 @@ def train_or_reuse(model_fn: ModelFn, store: FeatureStore, spec: win.Spec,
     shutil.copyfile(workdir / METRICS_FILE, tmp / METRICS_FILE)
     (tmp / REUSE_RESULT).write_text(json.dumps(
         {"best_epoch": res.best_epoch, "best_val": res.best_val, "history": res.history,
-         "describe": _plain(describe)}, default=_json_number))
+         "diverged": res.diverged, "describe": _plain(describe)}, default=_json_number))
     try:
         os.replace(tmp, entry)
     except OSError:  # another run stored the same training meanwhile
