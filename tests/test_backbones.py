@@ -88,6 +88,26 @@ def emotion_folder(tmp_path_factory):
     return root
 
 
+def test_fit_restores_the_later_of_tied_best_epochs(emotion_folder, tmp_path):
+    # Epochs 1 and 3 tie for the best score; the checkpointer keeps the later one (and the
+    # latest two), so restoring the earlier one would find it deleted.
+    source = fp.EmotionFolder(emotion_folder, 32)
+    cfg = fp.ImageTrainConfig(image_size=32, batch_size=8, epochs=6,
+                              optim=fp.TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0))
+    scores = iter([0.1, 0.5, 0.3, 0.5, 0.2, 0.1])
+    snapshots = []
+
+    def validate(m):
+        snapshots.append(fp.predict_frames(m, np.stack([source[0]["image"]]), 1)[0])
+        return next(scores)
+
+    model = bb.build_backbone("resnet18", 2, rngs=nnx.Rngs(0), **bb.TINY["resnet18"])
+    history = fp.fit(model, source, cfg, tmp_path, validate=validate, log=lambda _: None)
+    assert [h["score"] for h in history] == [0.1, 0.5, 0.3, 0.5, 0.2, 0.1]
+    np.testing.assert_allclose(fp.predict_frames(model, np.stack([source[0]["image"]]), 1)[0],
+                               snapshots[3], atol=1e-5)
+
+
 def test_pretraining_on_an_emotion_folder_lowers_the_loss_and_resumes(emotion_folder, tmp_path):
     source = fp.EmotionFolder(emotion_folder, 32)
     assert source.classes == ["happy", "sad"] and len(source) == 24
