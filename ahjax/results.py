@@ -56,3 +56,13 @@ def write(results: dict, run_dir: str | Path, title: str = "results") -> None:
     run_dir = Path(run_dir)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (run_dir / "results.md").write_text(to_markdown(results, title))
+
+
+def write_partial(results: dict, run_dir: str | Path, title: str, done: int, total: int) -> None:
+    """``write`` what a long run has so far, marked as partial, so a crash or a stop later
+    keeps the finished rows; the run's final ``write`` replaces both files."""
+    marked = dict(results)
+    marked["notes"] = list(results.get("notes", [])) + [
+        f"PARTIAL: {done} of {total} finished so far (the run was still going, or stopped "
+        "before the end)."]
+    write(marked, run_dir, f"{title} (partial: {done}/{total})")

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ahjax import results as results_lib
 from ahjax.data import windows as win
 from ahjax.data.store import FeatureStore
 from ahjax.train import trainer as trainer_lib
@@ -191,7 +192,7 @@ def run_rows(rows: Sequence[Row], data: DataConfig, extract: ExtractConfig,
             raise RuntimeError(f"{store.root}: no {split} videos")
     results: dict = {"test": {}, "val": {}, "training": {}}
     notes: list[str] = []
-    for row in rows:
+    for done, row in enumerate(rows):
         print(f"{table_name}: training {row.name}", flush=True)
         out = train_row(row, store, windows, train, Path(workdir) / "models" / slug(row.name),
                         splits)
@@ -201,6 +202,8 @@ def run_rows(rows: Sequence[Row], data: DataConfig, extract: ExtractConfig,
         if "diverged" in out["training"]:
             notes.append(f"{row.name}: training stopped early ({out['training']['diverged']}); "
                          f"scored at its best validated epoch {out['training']['best_epoch']}")
+        results_lib.write_partial({**results, "notes": notes}, workdir, table_name,
+                                  done + 1, len(rows))
     results[table_name] = paper_table(results["test"], rows, reference)
     if notes:
         results["notes"] = notes

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from ahjax import results as results_lib
 from ahjax.data.bah import load_bah
 from ahjax.data.store import FeatureStore
 from ahjax.data.windows import WindowConfig
@@ -146,7 +147,7 @@ def run(config: Config, workdir) -> dict:
     data = load_crops(config)
     results = {"val": {}, "test": {}, "training": {}}
     notes = []
-    for name in config.backbones:
+    for done, name in enumerate(config.backbones):
         model, history = train_backbone(config, name, data, workdir / name)
         results["training"][name] = {"epochs": len(history),
                                      "final_loss": history[-1]["loss"] if history else float("nan")}
@@ -173,6 +174,7 @@ def run(config: Config, workdir) -> dict:
             for split in ("val", "test"):
                 if concat_tcn.METHOD in tcn.get(split, {}):
                     results[split][f"{name} features + TCN"] = _row(tcn[split][concat_tcn.METHOD])
+        results_lib.write_partial(results, workdir, "table3", done + 1, len(config.backbones))
     results["notes"] = notes + [
         "Paper's own Table 3 numbers are NOT reproduced here (DESIGN.md does not give them); "
         "on the default demo dataset the numbers only show that every part runs.",

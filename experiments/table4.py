@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from ahjax import results as results_lib
 from ahjax.metrics import frame_ap
 from baselines import face_pretrain as fp
 from baselines.backbones import TINY, build_backbone
@@ -171,11 +172,12 @@ def run(config: Config, workdir) -> dict:
     data = table3.load_crops(t3)
     results = {"val": {}, "test": {}, "training": {}}
     notes = []
-    for name in config.models:
+    for done, name in enumerate(config.models):
         scores, info = run_deep(config, name, data, workdir)
         results["training"][ROWS[name]] = info
         for s, m in scores.items():
             results[s][ROWS[name]] = m
+        results_lib.write_partial(results, workdir, "table4", done + 1, len(config.models))
     for method in config.text_methods:
         scores, note = run_text(config, method, data)
         notes.append(f"{ROWS[method]}: {note}")

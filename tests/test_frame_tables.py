@@ -64,6 +64,28 @@ def test_quick_table1_end_to_end(tmp_path):
     assert results["training"][rows[0]]["params"] < results["training"][rows[1]]["params"]
     saved = json.loads((run_dir / "results.json").read_text())
     assert set(saved["val"]) == set(rows) and "## table1" in (run_dir / "results.md").read_text()
+    assert "PARTIAL" not in (run_dir / "results.md").read_text()
+
+
+def test_a_crash_after_the_first_row_keeps_it_on_disk(tmp_path, monkeypatch):
+    calls = []
+    real = ft.train_row
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "train_row", crash_on_second)
+    cfg = runner.build_config("table1", ["--config.quick=True"])
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.run("table1", cfg, tmp_path)
+    run_dir = next(tmp_path.glob("table1-*"))
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert list(saved["test"]) == ["V / no context (frame-wise)"]
+    assert any("PARTIAL: 1 of 2" in n for n in saved["notes"])
+    assert "(partial: 1/2)" in (run_dir / "results.md").read_text()
 
 
 def test_quick_table2_end_to_end(tmp_path):
