@@ -55,19 +55,39 @@ def build_config(name: str, overrides: list[str]):
     return config_lib.apply_overrides(module.get_config(quick=quick), overrides)
 
 
-def run(name: str, config, workdir: str | Path) -> tuple[dict, Path]:
-    """Run experiment ``name`` with ``config`` in a new folder under ``workdir``."""
+def resume_dir(resume: str | Path, config) -> Path:
+    """``resume`` as a run folder whose ``config.json`` is ``config``; else a clear error."""
+    run_dir = Path(resume)
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.json (not a run folder)")
+    if json.loads(saved.read_text()) != json.loads(json.dumps(config_lib.to_dict(config))):
+        raise ValueError(f"--resume {run_dir}: its config.json differs from this command's "
+                         "config; resume with the overrides it was run with")
+    return run_dir
+
+
+def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
+        ) -> tuple[dict, Path]:
+    """Run experiment ``name`` with ``config`` in a new folder under ``workdir``, or (with
+    ``resume``) again in an earlier run's folder, whose trainings then continue from their
+    checkpoints; its ``config.json`` must match ``config``."""
     module = load(name)
     # Compiled programs are reused across runs ($AHJAX_JAX_CACHE=0 turns this off).
     enable_compilation_cache()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(workdir) / f"{name}-{stamp}"
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(workdir) / f"{name}-{stamp}-{suffix}"
-    (run_dir / "plots").mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
+    wanted = json.loads(json.dumps(config_lib.to_dict(config)))
+    if resume is not None:
+        run_dir = resume_dir(resume, config)
+        (run_dir / "plots").mkdir(exist_ok=True)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(workdir) / f"{name}-{stamp}"
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = Path(workdir) / f"{name}-{stamp}-{suffix}"
+        (run_dir / "plots").mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps(wanted, indent=2))
     results = module.run(config, run_dir)
     results_lib.write(results, run_dir, title=name)
     return results, run_dir
@@ -94,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="experiment to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--workdir", default="runs", help="where run folders go (default runs/)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="run again in this earlier run folder (same overrides): "
+                             "finished trainings are restored from their checkpoints")
     args, rest = parser.parse_known_args(argv)
     overrides = _join_values(rest)
     if args.list or not args.name:
@@ -105,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except config_lib.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results, run_dir = run(args.name, config, args.workdir)
+    if args.resume is not None:
+        try:
+            resume_dir(args.resume, config)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
     print((run_dir / "results.md").read_text())
     print(f"run folder: {run_dir}")
     return 0

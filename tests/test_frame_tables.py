@@ -86,6 +86,17 @@ def test_a_crash_after_the_first_row_keeps_it_on_disk(tmp_path, monkeypatch):
     assert list(saved["test"]) == ["V / no context (frame-wise)"]
     assert any("PARTIAL: 1 of 2" in n for n in saved["notes"])
     assert "(partial: 1/2)" in (run_dir / "results.md").read_text()
+    # --resume finishes the table in the same folder; the first row is restored, not retrained.
+    first = run_dir / "models" / ft.slug("V / no context (frame-wise)") / "metrics.jsonl"
+    lines = first.read_text().splitlines()
+    monkeypatch.setattr(ft, "train_row", real)
+    assert runner.main(["table1", "--config.quick=True", "--config.train.lr=0.5",
+                        "--resume", str(run_dir)]) == 2           # not the run's config
+    assert runner.main(["table1", "--config.quick=True", "--resume", str(tmp_path)]) == 2
+    results, again = runner.run("table1", cfg, tmp_path, resume=run_dir)
+    assert again == run_dir and len(results["test"]) == 2
+    assert first.read_text().splitlines() == lines
+    assert "PARTIAL" not in (run_dir / "results.md").read_text()
 
 
 def test_quick_table2_end_to_end(tmp_path):
