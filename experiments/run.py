@@ -55,13 +55,18 @@ def build_config(name: str, overrides: list[str]):
     return config_lib.apply_overrides(module.get_config(quick=quick), overrides)
 
 
+def _config_json(config) -> dict:
+    """``config`` as it reads back from ``config.json`` (tuples become lists)."""
+    return json.loads(json.dumps(config_lib.to_dict(config)))
+
+
 def resume_dir(resume: str | Path, config) -> Path:
     """``resume`` as a run folder whose ``config.json`` is ``config``; else a clear error."""
     run_dir = Path(resume)
     saved = run_dir / "config.json"
     if not saved.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no config.json (not a run folder)")
-    if json.loads(saved.read_text()) != json.loads(json.dumps(config_lib.to_dict(config))):
+    if json.loads(saved.read_text()) != _config_json(config):
         raise ValueError(f"--resume {run_dir}: its config.json differs from this command's "
                          "config; resume with the overrides it was run with")
     return run_dir
@@ -75,7 +80,6 @@ def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
     module = load(name)
     # Compiled programs are reused across runs ($AHJAX_JAX_CACHE=0 turns this off).
     enable_compilation_cache()
-    wanted = json.loads(json.dumps(config_lib.to_dict(config)))
     if resume is not None:
         run_dir = resume_dir(resume, config)
         (run_dir / "plots").mkdir(exist_ok=True)
@@ -87,7 +91,7 @@ def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
             suffix += 1
             run_dir = Path(workdir) / f"{name}-{stamp}-{suffix}"
         (run_dir / "plots").mkdir(parents=True)
-        (run_dir / "config.json").write_text(json.dumps(wanted, indent=2))
+        (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=2))
     results = module.run(config, run_dir)
     results_lib.write(results, run_dir, title=name)
     return results, run_dir

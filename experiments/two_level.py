@@ -180,9 +180,6 @@ def _threshold(probs: dict, t: float) -> dict:
     return {v: (np.asarray(p) >= t).astype(np.int64) for v, p in probs.items()}
 
 
-READINGS = ("hsmm", "median", "threshold")   # duration prior, median filter, plain threshold
-
-
 def read_posteriors(probs: dict, reading: str, log_dur, prior, cfg: DecodeConfig) -> dict:
     """0/1 decisions per video from frame posteriors, by ``reading`` with ``cfg``'s value."""
     if reading == "hsmm":
@@ -194,8 +191,11 @@ def read_posteriors(probs: dict, reading: str, log_dur, prior, cfg: DecodeConfig
     raise ValueError(f"unknown reading {reading!r}; known: {READINGS}")
 
 
+# Each reading of the posteriors (duration prior, median filter, plain threshold) and its
+# DecodeConfig field and grid.
 _READING_FIELD = {"hsmm": ("emission_weight", "emission_weights"),
                   "median": ("median_k", "median_ks"), "threshold": ("threshold", "thresholds")}
+READINGS = tuple(_READING_FIELD)
 
 
 def select_decoding(probs: dict, labels: dict, reading: str, log_dur, prior,
