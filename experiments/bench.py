@@ -210,7 +210,9 @@ def bench_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAMES)
         out["device_peak_mb"] = stats["peak_bytes_in_use"] / 2 ** 20
     if entry.reference is not None:
         out["reference"] = {**entry.reference, "setup": REFERENCE_SETUP}
-        if (batch, frames) == (BATCH, FRAMES):  # ratios only at the reference's setting
+        # Ratios only where the comparison is like for like: the reference's batch setting
+        # and, since the reference ran on a CPU, a CPU here too.
+        if (batch, frames) == (BATCH, FRAMES) and jax.default_backend() == "cpu":
             out["vs_reference"] = compare(out, entry.reference)
     return out
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ahjax.metrics import bah_metrics
+from ahjax.metrics import bah_metrics, frame_ap
 from experiments import run as runner
 from experiments import text_video_level as tvl
 
@@ -42,7 +42,25 @@ def test_grouped_cv_never_splits_a_participant():
         tvl._candidates("minilm_logreg", tvl.ModelConfig(cv_folds=3, logreg_c=(0.1, 1.0))),
         x, y, groups, {"val": x[:10]}, tvl.ModelConfig(cv_folds=3, logreg_c=(0.1, 1.0)))
     assert name in ("lr_C0.1", "lr_C1.0") and 0.05 <= t <= 0.95
-    assert probs["val"].shape == (10,) and oof["AP"] > 0.7
+    assert probs["val"].shape == (10,) and oof.shape == y.shape and frame_ap(y, oof) > 0.7
+
+
+def test_resample_participants_counts_paired_wins_on_val_sized_draws():
+    rng = np.random.default_rng(3)
+    groups = np.repeat([f"p{i}" for i in range(40)], 5)
+    y = rng.integers(0, 2, len(groups))
+    noisy = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.25, len(y)), 0, 1)
+    oof = {"two_level_text": y * 0.8 + 0.1, "question_only": noisy, "tfidf_logreg": noisy}
+    t = {m: 0.5 for m in oof}
+    table = tvl.resample_participants(y, oof, t, groups, 10, 30, 0)
+    ours = table["two_level_text"]
+    assert ours["AVGF1"] == 1.0 and ours["wins_vs_question_only"] == 1.0 and ours["wins_vs_all"] == 1.0
+    assert table["question_only"]["AVGF1_p05"] <= table["question_only"]["AVGF1"] <= 1.0
+    # A copy of a baseline never wins against it (ties are not wins).
+    oof["two_level_text"] = noisy
+    table = tvl.resample_participants(y, oof, t, groups, 10, 30, 0)
+    assert table["two_level_text"]["wins_vs_tfidf_logreg"] == 0.0
+    assert table["two_level_text"]["wins_vs_all"] == 0.0
 
 
 def test_crossfit_threshold_never_reads_a_decided_videos_label():
@@ -106,6 +124,18 @@ def test_quick_run_end_to_end(tmp_path):
     assert crossfit.keys() == results["val"].keys()
     assert all(len(r["per_repeat"]) == config.model.crossfit_repeats for r in crossfit.values())
     assert any("threshold cross-fitted on val" in n for n in results["notes"])
+    # The threshold chosen on val is the best on val's grid: no worse than the train one.
+    on_val = results["val_threshold_on_val"]
+    assert on_val.keys() == results["val"].keys()
+    for method, row in on_val.items():
+        assert row["AVGF1"] >= results["val"][method]["AVGF1"] - 1e-12
+        assert row["AP"] == results["val"][method]["AP"] and 0.05 <= row["threshold"] <= 0.95
+    resampled = results["train_cv_resampled_like_val"]
+    assert resampled.keys() == results["train_cv"].keys()
+    ours = resampled["two_level_text"]
+    assert 0 <= ours["wins_vs_all"] <= min(ours[f"wins_vs_{m}"] for m in tvl.BASELINES) <= 1
+    assert ours["AVGF1_p05"] <= ours["AVGF1"] <= ours["AVGF1_p95"]
+    assert sum("every baseline" in n for n in results["notes"]) == 4
 
 
 def _toy_views(n=120, seed=0):
@@ -146,18 +176,43 @@ def test_two_level_contributions_sum_to_the_logit(inputs):
     v, y = _toy_views(seed=1)
     cfg = tvl.ModelConfig(cv_folds=3, logreg_c=(0.3,))
     model = tvl.TwoLevelText(cfg, inputs=inputs, c=1.0).fit(v, y)
-    names, parts, b = model.contributions(v[:20])
-    assert parts.shape == (20, len(names)) and len(set(names)) == len(names)
+    sub = v[:45]            # rows 0-14, 30-44: p0..p14 twice (a person context); 15-29 once
+    names, parts, b = model.contributions(sub)
+    assert parts.shape == (45, len(names)) and len(set(names)) == len(names)
     assert names[:4] == ["question_prior_logit", "tfidf_logit", "minilm_logit", "affect_logit"]
-    logit = model.decision_function(v[:20])
+    assert np.isfinite(parts).all()
+    logit = model.decision_function(sub)
     np.testing.assert_allclose(b + parts.sum(1), logit, atol=1e-9)
-    p = model.predict_proba(v[:20])[:, 1]
+    p = model.predict_proba(sub)[:, 1]
     np.testing.assert_allclose(np.log(p / (1 - p)), logit, atol=1e-6)
-    # ... and agree with the underlying sklearn model on the standardised inputs.
-    x, _ = tvl.level2_matrix(tvl.predict_level1(model.models_, v[:20]), v[:20], inputs)
+    # ... and agree with the underlying sklearn model on the standardised inputs, where an
+    # unknown input (a person with no other video) is the training mean.
+    x, _ = tvl.level2_matrix(tvl.predict_level1(model.models_, sub), sub, inputs)
+    x = np.where(np.isnan(x), model.level2_.mean_, x)
     lr = model.level2_.lr_
     np.testing.assert_allclose(lr.decision_function((x - model.level2_.mean_) / model.level2_.scale_),
                                logit, atol=1e-9)
+    person = [j for j, n in enumerate(names) if n.startswith("person_")]
+    assert bool(person) == ("person" in inputs)
+    if person:                       # singletons: no person context, zero contribution
+        assert not parts[15:30, person].any() and parts[:15, person].all()
+
+
+def test_person_context_is_the_mean_of_the_persons_other_videos():
+    z = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 60.0], [7.0, 0.0]])
+    out = tvl.person_context(z, ["a", "a", "a", "b"])
+    np.testing.assert_allclose(out[:3], [[4.0, 40.0], [3.0, 35.0], [2.0, 15.0]])
+    assert np.isnan(out[3]).all()                       # b said nothing else
+    # Labels play no part, and the order of the rows does not matter.
+    perm = np.array([3, 1, 0, 2])
+    np.testing.assert_allclose(tvl.person_context(z[perm], np.array(["a", "a", "a", "b"])[perm]),
+                               out[perm])
+
+
+def test_level2_rejects_an_input_never_known():
+    x = np.array([[0.0, np.nan], [1.0, np.nan], [2.0, np.nan]])
+    with pytest.raises(ValueError, match="no known value"):
+        tvl.Level2(1.0).fit(x, np.array([0, 1, 1]))
 
 
 def test_stack_cv_scores_every_design_out_of_fold():
@@ -168,7 +223,8 @@ def test_stack_cv_scores_every_design_out_of_fold():
     assert sorted(np.concatenate([te for _, te in outer]).tolist()) == list(range(len(y)))
     for tr, te in outer:
         assert not set(v.groups[tr]) & set(v.groups[te])
-    model, key, t, metrics, probs, table = tvl.fit_two_level(
+    model, key, t, oof_p, probs, table = tvl.fit_two_level(
         v, y, {"val": v[:10]}, cfg, ("views",), (oof, outer))
     assert key[0] == "views" and set(table) == {"views C=0.1", "views C=1.0"}
-    assert probs["val"].shape == (10,) and 0.05 <= t <= 0.95 and metrics["AP"] > 0.7
+    assert probs["val"].shape == (10,) and 0.05 <= t <= 0.95 and frame_ap(y, oof_p) > 0.7
+    np.testing.assert_array_equal(oof_p, oof[key])
