@@ -520,6 +520,7 @@ class TwoLevelText:
         if folds is None:
             folds = grouped_folds(y, v.groups, self.cfg.cv_folds, self.cfg.seed)
         z, self.models_, self.chosen_ = fit_level1(v, y, folds, self.cfg)
+        self.oof_logits_ = z
         x, self.names_ = level2_matrix(z, v, self.inputs)
         self.level2_ = Level2(self.c).fit(x, y)
         return self
@@ -545,7 +546,9 @@ def stack_cv(v: TextViews, y: np.ndarray, cfg: ModelConfig) -> tuple[dict, list]
     Outer folds hold out participants; inside each outer training part, level 1 chooses its
     C and makes out-of-fold logits with inner grouped folds, level 2 fits on those, and the
     outer held-out part is scored by level-1 models refitted on the outer training part.
-    Returns ``({(inputs, c): outer OOF probabilities}, outer folds)``.
+    Returns ``({(inputs, c): outer OOF probabilities}, outer folds, shifts)``; ``shifts[k]``
+    is, per level-1 view, the mean logit of outer fold k's held-out participants minus the
+    mean out-of-fold logit of the rest: how far a new group of people moves the scores.
     """
     outer = grouped_folds(y, v.groups, cfg.cv_folds, cfg.seed)
     parts = []
@@ -553,6 +556,8 @@ def stack_cv(v: TextViews, y: np.ndarray, cfg: ModelConfig) -> tuple[dict, list]
         inner = grouped_folds(y[tr], v.groups[tr], cfg.cv_folds, cfg.seed)
         z_in, models, _ = fit_level1(v[tr], y[tr], inner, cfg)
         parts.append((tr, te, z_in, predict_level1(models, v[te])))
+    shifts = [dict(zip(LEVEL1_VIEWS, (z_out.mean(0) - z_in.mean(0)).tolist()))
+              for _, _, z_in, z_out in parts]
     oof = {}
     for inputs in cfg.level2_inputs:
         for c in cfg.level2_c:
@@ -561,7 +566,7 @@ def stack_cv(v: TextViews, y: np.ndarray, cfg: ModelConfig) -> tuple[dict, list]
                 m = Level2(c).fit(level2_matrix(z_in, v[tr], inputs)[0], y[tr])
                 p[te] = m.predict_proba(level2_matrix(z_out, v[te], inputs)[0])[:, 1]
             oof[(inputs, c)] = p
-    return oof, outer
+    return oof, outer, shifts
 
 
 def _subsample(rows: list, n: int, seed: int) -> list:
@@ -597,7 +602,7 @@ def fit_two_level(v: TextViews, y: np.ndarray, evals: dict, cfg: ModelConfig,
     ``stack_oof`` reuses a ``stack_cv`` result. Returns ``(model, (inputs, c), threshold,
     out-of-fold train probabilities, {split: probabilities}, {design: oof metrics})``.
     """
-    oof, outer = stack_oof if stack_oof is not None else stack_cv(v, y, cfg)
+    oof, outer, _ = stack_oof if stack_oof is not None else stack_cv(v, y, cfg)
     designs = {k: p for k, p in oof.items() if inputs_allowed is None or k[0] in inputs_allowed}
     if not designs:
         raise ValueError(f"no level-2 design among {inputs_allowed} in {cfg.level2_inputs}")
@@ -613,6 +618,21 @@ def fit_two_level(v: TextViews, y: np.ndarray, evals: dict, cfg: ModelConfig,
     table = {f"{i} C={c}": {"AP": frame_ap(y, p), "AVGF1": score(y, p, _best_threshold(y, p))["AVGF1"]}
              for (i, c), p in designs.items()}
     return model, key, threshold, designs[key], probs, table
+
+
+def level1_shift_table(model: TwoLevelText, fold_shifts: list, evals: dict) -> dict:
+    """Mean level-1 logit of new people minus that of the training out-of-fold scores.
+
+    Rows: each outer fold of the nested train CV (held-out training participants against
+    the rest) and each evaluation split (scored by the final level-1 models, against their
+    out-of-fold scores on all of train). If an evaluation split moves no further than the
+    folds do, its shift is participant sampling, not a pipeline artefact.
+    """
+    table = {f"train outer fold {k}": row for k, row in enumerate(fold_shifts)}
+    base = model.oof_logits_.mean(0)
+    for s, v in evals.items():
+        table[s] = dict(zip(LEVEL1_VIEWS, (predict_level1(model.models_, v).mean(0) - base).tolist()))
+    return table
 
 
 def _write_contributions(path: Path, rows: list, model: TwoLevelText, v: TextViews) -> dict:
@@ -692,6 +712,8 @@ def run(config: Config, workdir) -> dict:
                 f"{k} {n}" for k, n in model.chosen_.items()) + ")"
             if method == "two_level_text":
                 results["two_level_text_designs_train_cv"] = designs
+                results["level1_score_shift"] = level1_shift_table(model, stack_oof[2],
+                                                                   {s: views[s] for s in evals})
                 for s in evals:
                     results[f"two_level_text_level2_{s}"] = _write_contributions(
                         Path(workdir) / f"contributions_{s}.csv", data[s], model, views[s])

@@ -130,6 +130,8 @@ def test_quick_run_end_to_end(tmp_path):
     for method, row in on_val.items():
         assert row["AVGF1"] >= results["val"][method]["AVGF1"] - 1e-12
         assert row["AP"] == results["val"][method]["AP"] and 0.05 <= row["threshold"] <= 0.95
+    shift = results["level1_score_shift"]
+    assert len(shift) == config.model.cv_folds + 1 and set(shift["val"]) == set(tvl.LEVEL1_VIEWS)
     resampled = results["train_cv_resampled_like_val"]
     assert resampled.keys() == results["train_cv"].keys()
     ours = resampled["two_level_text"]
@@ -218,13 +220,14 @@ def test_level2_rejects_an_input_never_known():
 def test_stack_cv_scores_every_design_out_of_fold():
     v, y = _toy_views(seed=2)
     cfg = tvl.ModelConfig(cv_folds=3, logreg_c=(0.3,), level2_c=(0.1, 1.0))
-    oof, outer = tvl.stack_cv(v, y, cfg)
+    oof, outer, shifts = tvl.stack_cv(v, y, cfg)
+    assert len(shifts) == len(outer) and all(set(r) == set(tvl.LEVEL1_VIEWS) for r in shifts)
     assert set(oof) == {(i, c) for i in tvl.LEVEL2_INPUTS for c in (0.1, 1.0)}
     assert sorted(np.concatenate([te for _, te in outer]).tolist()) == list(range(len(y)))
     for tr, te in outer:
         assert not set(v.groups[tr]) & set(v.groups[te])
     model, key, t, oof_p, probs, table = tvl.fit_two_level(
-        v, y, {"val": v[:10]}, cfg, ("views",), (oof, outer))
+        v, y, {"val": v[:10]}, cfg, ("views",), (oof, outer, shifts))
     assert key[0] == "views" and set(table) == {"views C=0.1", "views C=1.0"}
     assert probs["val"].shape == (10,) and 0.05 <= t <= 0.95 and frame_ap(y, oof_p) > 0.7
     np.testing.assert_array_equal(oof_p, oof[key])
