@@ -207,10 +207,8 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
             ckpt.save(epoch, _saved_state(model, optimizer), {"epoch": epoch, "history": history},
                       metrics={"score": record.get("score", -float(epoch))} if validate else None)
     if ckpt is not None and validate is not None and history:
-        # On a tie the later epoch, as the checkpointer's BestN keeps it (the earlier tied
-        # epoch may already be deleted).
-        best = max(history, key=lambda r: (r["score"], r["epoch"]))["epoch"]
-        state, _ = ckpt.restore(best, _saved_state(model, optimizer))
+        # The checkpointer's best among the epochs it kept (the later one on a tie).
+        state, _ = ckpt.restore(ckpt.best_step(), _saved_state(model, optimizer))
         _restore_state(model, optimizer, state)
     if ckpt is not None:
         ckpt.close()

@@ -229,6 +229,27 @@ def test_nan_validation_outputs_stop_at_the_best_earlier_epoch(store, tmp_path):
                 tmp_path / "raise")
 
 
+def test_checkpointer_best_step_is_one_it_kept(tmp_path):
+    from ahjax.train.checkpoint import Checkpointer
+    state = {"w": jnp.zeros(3)}
+    with Checkpointer(tmp_path / "c", keep=1, keep_best=1) as ckpt:
+        assert ckpt.best_step() is None
+        ckpt.save(1, state, {}, {"val_AP": 0.4})
+        ckpt.save(2, state, {}, {"val_AP": 0.7})
+        ckpt.save(3, state, {}, None)                    # mid-epoch: no metrics
+        ckpt.save(4, state, {}, {"val_AP": 0.7})         # ties the best: the later wins
+        ckpt.save(5, state, {}, {"val_AP": 0.1})
+        assert ckpt.best_step() == 4 and 4 in ckpt.all_steps() and 2 not in ckpt.all_steps()
+    with Checkpointer(tmp_path / "c", keep=1, keep_best=1) as ckpt:   # reopened, as on resume
+        assert ckpt.best_step() == 4
+        ckpt.save(6, state, {}, {"val_AP": 0.2})         # must not evict the earlier best
+        assert ckpt.all_steps() == [4, 6] and ckpt.best_step() == 4
+    with Checkpointer(tmp_path / "d", keep=3, keep_best=2) as ckpt:   # both tied steps kept
+        for step, ap in ((1, 0.7), (2, 0.7), (3, 0.2)):
+            ckpt.save(step, state, {}, {"val_AP": ap})
+        assert ckpt.best_step() == 2
+
+
 def test_checkpoint_packs_leaves_and_reads_one_array_per_leaf(tmp_path):
     import orbax.checkpoint as ocp
     from ahjax.train.checkpoint import Checkpointer

@@ -38,8 +38,12 @@ class Checkpointer:
             pp.BestN(get_metric_fn=lambda m: float(m[best_metric]), n=keep_best,
                      keep_checkpoints_without_metrics=False),
         ])
+        # best_fn makes orbax write each step's metrics to disk. Without it they live only in
+        # this manager's memory: a resumed run's manager would see the earlier steps as
+        # metric-less, and its first save would delete the best checkpoint.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=False, create=True)
+            preservation_policy=policy, best_fn=lambda m: float(m[best_metric]), best_mode="max",
+            enable_async_checkpointing=False, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta", "layout"))
 
@@ -69,6 +73,22 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """Every step still on disk, ascending."""
         return sorted(self._manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The step on disk with the highest ``best_metric`` (None when no step has one).
+
+        On a tie the later step wins. Only steps still on disk are candidates, so the
+        answer can always be restored: callers ask here instead of tracking their own best.
+        """
+        best = None
+        for step in self.all_steps():
+            metrics = self._manager.metrics(step)
+            if not metrics or self.best_metric not in metrics:
+                continue
+            value = float(metrics[self.best_metric])
+            if best is None or value >= best[1]:
+                best = (step, value)
+        return None if best is None else best[0]
 
     def restore(self, step: int | None, target: Any) -> tuple[Any, dict]:
         """``(state, meta)`` of ``step`` (the latest when None) shaped like ``target``.

@@ -453,7 +453,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
                                                 f"{meta['step']})")
                 record["val"] = val_metrics
                 ap = val_metrics["AP"]
-                # ">=": on a tie the later epoch wins, as orbax's BestN keeps the later step.
+                # Progress bookkeeping only: the restored epoch is the checkpointer's best.
                 if meta["best_val"] is None or ap >= meta["best_val"]["AP"]:
                     meta.update(best_val=val_metrics, best_epoch=epoch, best_step=meta["step"])
             else:
@@ -478,7 +478,15 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
         if meta["best_step"] is None:
             raise RuntimeError(f"no epoch was trained (epochs={cfg.epochs})"
                                + (f"; {diverged}" if diverged else ""))
-        restored, _ = ckpt.restore(meta["best_step"], nnx.to_pure_dict(saved))
+        # With validation, the best epoch is the checkpointer's own answer (the step it kept
+        # with the highest val_AP), so what is restored and what is reported cannot differ.
+        best_step = ckpt.best_step() if val_ws is not None else meta["best_step"]
+        if best_step is None:
+            raise RuntimeError(f"{ckpt.directory}: no validated checkpoint to restore")
+        restored, _ = ckpt.restore(best_step, nnx.to_pure_dict(saved))
+        if best_step != meta["best_step"]:
+            record = next(r for r in meta["history"] if r["step"] == best_step)
+            meta.update(best_step=best_step, best_epoch=record["epoch"], best_val=record["val"])
         nnx.replace_by_pure_dict(saved, restored)
         best_model = _model_of(graphdef, nnx.merge_state(saved, rng_state))
     finally:
