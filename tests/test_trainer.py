@@ -178,6 +178,29 @@ def test_killed_run_resumes_to_the_same_result(store, full_run, tmp_path):
     assert len(_lines(tmp_path / T.METRICS_FILE)) == len(la)
 
 
+def test_resume_keeps_a_best_epoch_from_before_the_kill(store, tmp_path, monkeypatch):
+    # Validation scripted to peak after epoch 0: the best checkpoint (step 5) predates the
+    # kill, and the resumed run's saves must not evict it (they did when orbax kept the
+    # metrics in memory only).
+    real = T.evaluate
+
+    def scripted(*args, where="", **kwargs):
+        metrics, out = real(*args, where=where, **kwargs)
+        if where.startswith("validation after epoch"):
+            metrics = dict(metrics, AP={0: 0.9, 1: 0.5, 2: 0.4}[int(where.split()[3])])
+        return metrics, out
+
+    monkeypatch.setattr(T, "evaluate", scripted)
+    with pytest.raises(Killed):
+        T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path, on_step=_kill_at(7))
+    resumed = T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path)
+    assert resumed.best_epoch == 0 and resumed.best_val["AP"] == 0.9
+    assert [r["val"]["AP"] for r in resumed.history] == [0.9, 0.5, 0.4]
+    from ahjax.train.checkpoint import Checkpointer
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.best_step() == 5 and 5 in ckpt.all_steps()
+
+
 class NaNModel(nnx.Module):
     def __init__(self, dims, rngs):
         self.head = nnx.Linear(sum(dims.values()), 2, rngs=rngs)
