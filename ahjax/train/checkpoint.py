@@ -33,16 +33,18 @@ class Checkpointer:
                  best_metric: str = "val_AP"):
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
+        def metric(m):
+            return float(m[best_metric])
+
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=keep),
-            pp.BestN(get_metric_fn=lambda m: float(m[best_metric]), n=keep_best,
-                     keep_checkpoints_without_metrics=False),
+            pp.BestN(get_metric_fn=metric, n=keep_best, keep_checkpoints_without_metrics=False),
         ])
         # best_fn makes orbax write each step's metrics to disk. Without it they live only in
         # this manager's memory: a resumed run's manager would see the earlier steps as
         # metric-less, and its first save would delete the best checkpoint.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=lambda m: float(m[best_metric]), best_mode="max",
+            preservation_policy=policy, best_fn=metric, best_mode="max",
             enable_async_checkpointing=False, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta", "layout"))
