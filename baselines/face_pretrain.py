@@ -208,7 +208,10 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
                       metrics={"score": record.get("score", -float(epoch))} if validate else None)
     if ckpt is not None and validate is not None and history:
         # The checkpointer's best among the epochs it kept (the later one on a tie).
-        state, _ = ckpt.restore(ckpt.best_step(), _saved_state(model, optimizer))
+        best = ckpt.best_step()
+        if best is None:   # restore(None) would quietly give the latest epoch instead
+            raise RuntimeError(f"{ckpt.directory}: no scored checkpoint to restore")
+        state, _ = ckpt.restore(best, _saved_state(model, optimizer))
         _restore_state(model, optimizer, state)
     if ckpt is not None:
         ckpt.close()

@@ -379,8 +379,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
     rng_state, saved = state.split(nnx.RngState, ...)
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
-    meta = {"epoch": 0, "position": 0, "step": 0, "best_val": None, "best_epoch": -1,
-            "best_step": None, "history": [], "loss_sum": 0.0, "loss_n": 0}
+    meta = {"epoch": 0, "position": 0, "step": 0, "history": [], "loss_sum": 0.0, "loss_n": 0}
     resume_step = ckpt.latest_step()
     if resume_step is not None:
         restored, meta = ckpt.restore(resume_step, nnx.to_pure_dict(saved))
@@ -452,12 +451,6 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
                                           where=f"validation after epoch {epoch} (step "
                                                 f"{meta['step']})")
                 record["val"] = val_metrics
-                ap = val_metrics["AP"]
-                # Progress bookkeeping only: the restored epoch is the checkpointer's best.
-                if meta["best_val"] is None or ap >= meta["best_val"]["AP"]:
-                    meta.update(best_val=val_metrics, best_epoch=epoch, best_step=meta["step"])
-            else:
-                meta.update(best_val={}, best_epoch=epoch, best_step=meta["step"])
             meta["history"].append(record)
             meta.update(epoch=epoch + 1, position=0, loss_sum=0.0, loss_n=0)
             checkpoint({"val_AP": val_metrics["AP"]} if val_metrics else None)
@@ -471,27 +464,30 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
             if cfg.on_nonfinite == "raise":
                 raise
             diverged = str(err)
-            print(f"training stopped: {diverged}; keeping the best validated epoch "
-                  f"({meta['best_epoch']})", flush=True)
             log.write({"kind": "diverged", "epoch": meta["epoch"], "step": meta["step"],
                        "reason": diverged})
-        if meta["best_step"] is None:
+        if not meta["history"]:
             raise RuntimeError(f"no epoch was trained (epochs={cfg.epochs})"
                                + (f"; {diverged}" if diverged else ""))
-        # With validation, the best epoch is the checkpointer's own answer (the step it kept
-        # with the highest val_AP), so what is restored and what is reported cannot differ.
-        best_step = ckpt.best_step() if val_ws is not None else meta["best_step"]
-        if best_step is None:
-            raise RuntimeError(f"{ckpt.directory}: no validated checkpoint to restore")
-        restored, _ = ckpt.restore(best_step, nnx.to_pure_dict(saved))
-        if best_step != meta["best_step"]:
-            record = next(r for r in meta["history"] if r["step"] == best_step)
-            meta.update(best_step=best_step, best_epoch=record["epoch"], best_val=record["val"])
+        # The best epoch: without validation the last one; with it, the checkpointer's own
+        # answer (the step it kept with the highest val_AP), so what is restored and what is
+        # reported cannot differ.
+        if val_ws is None:
+            best = meta["history"][-1]
+        else:
+            best_step = ckpt.best_step()
+            if best_step is None:
+                raise RuntimeError(f"{ckpt.directory}: no validated checkpoint to restore")
+            best = next(r for r in meta["history"] if r["step"] == best_step)
+        if diverged:
+            print(f"training stopped: {diverged}; keeping the best validated epoch "
+                  f"({best['epoch']})", flush=True)
+        restored, _ = ckpt.restore(best["step"], nnx.to_pure_dict(saved))
         nnx.replace_by_pure_dict(saved, restored)
         best_model = _model_of(graphdef, nnx.merge_state(saved, rng_state))
     finally:
         ckpt.close()
-    return TrainResult(best_epoch=meta["best_epoch"], best_val=meta["best_val"],
+    return TrainResult(best_epoch=best["epoch"], best_val=best.get("val", {}),
                        model=best_model, history=meta["history"], stats=train_ws.stats or None,
                        workdir=workdir, diverged=diverged)
 
