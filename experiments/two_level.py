@@ -1,22 +1,28 @@
 """The interpretable two-level conflict model against its ablations and fusion baselines.
 
 ``python -m experiments.run two_level`` with no arguments makes the embedded demo dataset
-(cached), extracts level 1 (cached), then trains in one run, on the same features and
-splits: the two-level model; its ablations (no cross-modal features, no within-modality
-features); the concatenation TCN baseline; a text-only TCN; and the best fusion baseline
-(by validation AP among the configured ones). The two-level model's frame posteriors are
-read three ways: with the duration prior (semi-Markov decoding; the full model), with no
-decoding, and with a median filter. ``--data.root PATH`` does the same on a real BAH tree.
+(cached), extracts level 1 (cached), then trains, on the same features:
+
+- the two-level model and its ablations (no cross-modal groups, no within-modality groups),
+  each ``seeds`` times on the default split and ``fold_seeds`` times in each of ``folds``
+  participant folds (every participant tested once), all runs of one configuration as one
+  vmapped program (:mod:`level2_conflict.multirun`); rows are means and standard deviations
+  over runs, with paired differences against the full model;
+- ``two_level/with_remainder``: the full model plus an unnamed remainder branch that sees
+  every feature and affect track (default split seeds), the evidence for leaving it out;
+- the concatenation TCN, a text-only TCN and the best fusion baseline (by val AP) at the
+  paper's widths, one seed each on the default split (cached between runs, labelled so).
+
+Each two-level run's frame posteriors are read with the duration prior (semi-Markov
+decoding, durations fitted in seconds on that run's training videos and converted per
+video with its own frame rate), with no decoding, with a threshold and with a median
+filter; each reading's one hyperparameter is chosen on that run's val videos. A video-level
+decision from the decoded segments (A/H when its longest A/H segment lasts at least a
+duration chosen on val) is reported beside the paper's mean-probability rule.
 
 Writes ``results.{json,md}``, one figure per test video and ``report.html`` into the run
-folder, and the trained models' checkpoints under ``models/<method>/``.
-
-The baselines are reference points that do not change between runs, and at the paper's
-widths they are most of a run's time on a CPU. With ``reuse_baselines`` (default) a
-baseline whose features (train and val), configs and code are byte-identical to an earlier
-run's is read back from ``$AHJAX_CACHE/trained/`` instead of being retrained; the run log
-and ``results["reused_trained"]`` say which, and ``--config.reuse_baselines=False``
-retrains them. The two-level model and its ablations are always trained.
+folder, the deployable model (the default split's seed with the best val AP) under
+``deploy/``, and each configuration's training curves under ``models/<row>/``.
 """
 
 from __future__ import annotations
@@ -40,27 +46,28 @@ from ahjax.train.trainer import TrainConfig
 from experiments.common import DataConfig, prepare_store, score_videos, video_labels, frame_labels
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
-from level2_conflict import hsmm, plots
+from level2_conflict import hsmm, multirun, plots
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
+from level2_conflict.multirun import TRACKS, MultiConfig, Run
 
-# Level-1 tracks the two-level model reads (raw, not standardised: they are interpretable).
-TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
+REFERENCE_FPS = 24.0   # the unit of DecodeConfig's per-second evidence rate grid below
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """Reading frame posteriors into segments."""
-    max_duration: int = 480        # frames; longer segments are chains of shorter ones
-    emission_weight: float = 0.3   # tempering of correlated frame evidence
-    median_k: int = 25             # median-filter width (frames), the simple alternative
+    """Reading frame posteriors into segments (durations and rates in seconds)."""
+    max_duration_s: float = 20.0   # longest segment the prior represents; longer = chains
+    evidence_rate: float = 2.4     # emission weight per second (per frame: rate / fps)
+    median_s: float = 1.0          # median-filter width, seconds
     threshold: float = 0.5         # plain thresholding of the posteriors
-    # Each reading of the posteriors gets one hyperparameter chosen by val frame AVGF1 (the
-    # values above are used when this is off or there is no val): the semi-Markov decoder
-    # its emission weight, the median filter its width, plain thresholding its threshold.
+    video_min_s: float = 2.0       # video is A/H when its longest A/H segment is this long
+    # Each reading gets its one hyperparameter by val frame AVGF1 (the video rule by val
+    # video AVGF1); the values above are used when this is off or there is no val.
     select_on_val: bool = True
-    emission_weights: tuple = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-    median_ks: tuple = (9, 25, 49, 97)
+    evidence_rates: tuple = (1.2, 2.4, 4.8, 7.2, 12.0, 16.8, 24.0)
+    median_ss: tuple = (0.375, 1.0, 2.0, 4.0)
     thresholds: tuple = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    video_min_ss: tuple = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +75,19 @@ class Config:
     quick: bool = False
     data: DataConfig = DataConfig()
     extract: ExtractConfig = ExtractConfig()
-    windows: WindowConfig = WindowConfig(window=240, hop=48, batch_size=8, standardize=False)
-    train: TrainConfig = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=25,
-                                     clip_norm=1.0)
-    model: TwoLevelConfig = TwoLevelConfig(fps=24.0)
+    model: TwoLevelConfig = TwoLevelConfig(fps=24.0, use_remainder=False)
+    multi: MultiConfig = MultiConfig()
+    seeds: int = 5                 # two-level runs per configuration on the default split
+    folds: int = 4                 # participant folds (0: none); each tests 1/folds of them
+    fold_seeds: int = 2            # runs per configuration within each fold
+    remainder_evidence: bool = True   # train the two_level/with_remainder row
     # The paper's supervised recipe for the baselines (SGD, Nesterov) at the paper's widths,
     # with fewer epochs: on the demo their validation AP peaks within the first few epochs
     # and they dominate the run's time on a CPU.
     baseline_windows: WindowConfig = WindowConfig(window=240, hop=48, batch_size=8)
     baseline_train: TrainConfig = TrainConfig(epochs=10)
     fusions: tuple = ("can", "lfan")   # fusion baselines tried; the best by val AP is kept
-    reuse_baselines: bool = True       # reuse identical earlier baseline trainings (module doc)
+    reuse_baselines: bool = True       # reuse identical earlier baseline trainings
     decode: DecodeConfig = DecodeConfig()
     max_figures: int = 12
 
@@ -93,21 +102,445 @@ def get_config(quick: bool = False) -> Config:
         data=dataclasses.replace(cfg.data, demo_participants=4, demo_questions=(4, 7),
                                  demo_min_duration=6.0, demo_max_duration=8.0),
         extract=dataclasses.replace(cfg.extract, voice_embeddings=False, detect_every=2),
-        windows=dataclasses.replace(cfg.windows, window=96, hop=48, batch_size=4),
-        train=dataclasses.replace(cfg.train, epochs=2, progress=False),
+        multi=dataclasses.replace(cfg.multi, window=96, hop=48, batch_size=4, progress=False,
+                                  train=dataclasses.replace(cfg.multi.train, epochs=2)),
         model=dataclasses.replace(cfg.model, hidden=8, n_blocks=2),
+        seeds=2, folds=2, fold_seeds=1,
         baseline_windows=dataclasses.replace(cfg.baseline_windows, window=96, hop=48,
                                              batch_size=4),
         baseline_train=dataclasses.replace(cfg.baseline_train, epochs=1, progress=False),
         fusions=("can",), max_figures=2, reuse_baselines=False)
 
 
-def _two_level_spec(store: FeatureStore, use_cues: bool) -> dict:
-    spec = {k: (k,) for k in TRACKS}
-    if use_cues:
-        spec["cues"] = ("cues",)
-    return spec
+# ----------------------------------------------------------------------------------------
+# Reading posteriors: duration prior (seconds), median filter, threshold, video rule.
 
+@jax.jit
+def _decode_one(prob, log_dur, log_prior, emission_weight):
+    # One jitted function for every call (compiled once per video length and prior size).
+    return hsmm.hsmm_decode(hsmm.log_post_from_prob(prob), log_dur, log_prior,
+                            emission_weight=emission_weight)
+
+
+class Durations:
+    """A :class:`hsmm.DurationPrior` with the class prior, turned into frames per fps."""
+
+    def __init__(self, prior: hsmm.DurationPrior, class_prior):
+        self.prior = prior
+        self.class_prior = np.asarray(class_prior, np.float64)
+        self._log_pmf: dict = {}
+
+    def log_pmf(self, fps: float):
+        if fps not in self._log_pmf:
+            self._log_pmf[fps] = jnp.asarray(self.prior.log_pmf(fps))
+        return self._log_pmf[fps]
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.prior.shape), "scale_s": list(self.prior.scale_s),
+                "max_s": self.prior.max_s, "floor": self.prior.floor,
+                "class_prior": self.class_prior.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Durations":
+        return cls(hsmm.DurationPrior(tuple(d["shape"]), tuple(d["scale_s"]), d["max_s"],
+                                      d["floor"]), d["class_prior"])
+
+
+def fit_durations(store_labels: dict, fps: dict, max_s: float) -> tuple[Durations, dict]:
+    """(Durations, stats) from training videos' frame labels, durations in seconds."""
+    pos, neg, counts = [], [], np.zeros(2)
+    for vid, labels in store_labels.items():
+        runs = hsmm.segment_lengths(labels)
+        pos += [d / fps[vid] for d in runs[1]]
+        neg += [d / fps[vid] for d in runs[0]]
+        counts += [np.sum(labels == 0), np.sum(labels == 1)]
+    prior = hsmm.DurationPrior.fit(pos, neg, max_s)
+    stats = {"pos_segments": len(pos), "pos_mean_s": float(np.mean(pos)) if pos else None,
+             "neg_mean_s": float(np.mean(neg)) if neg else None,
+             "pos_frame_share": float(counts[1] / counts.sum())}
+    return Durations(prior, counts / counts.sum()), stats
+
+
+def decode_hsmm(prob: np.ndarray, fps: float, durations: Durations, rate: float) -> np.ndarray:
+    """0/1 per frame: semi-Markov decoding with evidence ``rate`` per second."""
+    log_prior = jnp.log(jnp.asarray(durations.class_prior, jnp.float32))
+    return np.asarray(_decode_one(jnp.asarray(prob, jnp.float32), durations.log_pmf(fps),
+                                  log_prior, jnp.float32(rate / fps)))
+
+
+def _median_np(prob: np.ndarray, k: int) -> np.ndarray:
+    """:func:`hsmm.median_filter` of one video in numpy (a jit would compile per length)."""
+    r = k // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(prob, r, mode="edge"), k)
+    return np.median(windows, axis=1)
+
+
+def _median_frames(seconds: float, fps: float) -> int:
+    k = max(int(round(seconds * fps)), 1)
+    return k if k % 2 else k + 1
+
+
+def read_posteriors(probs: dict, fps: dict, reading: str, durations: Durations,
+                    cfg: DecodeConfig) -> dict:
+    """0/1 decisions per video from frame posteriors, by ``reading`` with ``cfg``'s value."""
+    if reading == "hsmm":
+        return {v: decode_hsmm(p, fps[v], durations, cfg.evidence_rate) for v, p in probs.items()}
+    if reading == "median":
+        return {v: (_median_np(np.asarray(p, np.float32), _median_frames(cfg.median_s, fps[v]))
+                    >= 0.5).astype(np.int64) for v, p in probs.items()}
+    if reading == "threshold":
+        return {v: (np.asarray(p) >= cfg.threshold).astype(np.int64) for v, p in probs.items()}
+    raise ValueError(f"unknown reading {reading!r}; known: {READINGS}")
+
+
+_READING_FIELD = {"hsmm": ("evidence_rate", "evidence_rates"),
+                  "median": ("median_s", "median_ss"), "threshold": ("threshold", "thresholds")}
+READINGS = tuple(_READING_FIELD)
+
+
+def select_decoding(probs: dict, labels: dict, fps: dict, reading: str, durations: Durations,
+                    cfg: DecodeConfig) -> tuple[DecodeConfig, dict]:
+    """``cfg`` with ``reading``'s hyperparameter set to its best val frame AVGF1 (first of
+    ties), and ``{value: AVGF1}`` for the grid. ``cfg`` unchanged when selection is off."""
+    field, grid = _READING_FIELD[reading]
+    if not cfg.select_on_val or not probs:
+        return cfg, {}
+    y = np.concatenate([labels[v] for v in probs])
+    scores = {}
+    for value in getattr(cfg, grid):
+        hard = read_posteriors(probs, fps, reading, durations,
+                               dataclasses.replace(cfg, **{field: value}))
+        scores[value] = float(bah_metrics(y, np.concatenate([hard[v] for v in probs])
+                                          .astype(np.float64))["AVGF1"])
+    best = max(scores, key=lambda k: scores[k])
+    return dataclasses.replace(cfg, **{field: best}), scores
+
+
+def longest_segment_s(decoded: np.ndarray, fps: float) -> float:
+    """Duration in seconds of the longest run of 1s in ``decoded``."""
+    runs = hsmm.segment_lengths(np.asarray(decoded, np.int64))[1]
+    return max(runs, default=0) / fps
+
+
+def video_from_segments(decoded: dict, fps: dict, min_s: float) -> dict:
+    """Video-level 0/1: A/H when the longest decoded A/H segment lasts ``min_s`` seconds."""
+    return {v: int(longest_segment_s(d, fps[v]) >= min_s) for v, d in decoded.items()}
+
+
+def select_video_rule(decoded: dict, fps: dict, vlabels: dict, cfg: DecodeConfig) -> float:
+    """The ``video_min_s`` with the best val video AVGF1 (cfg's value without both classes)."""
+    y = np.asarray([vlabels[v] for v in decoded])
+    if not cfg.select_on_val or len(set(y.tolist())) < 2:
+        return cfg.video_min_s
+    longest = np.asarray([longest_segment_s(decoded[v], fps[v]) for v in decoded])
+    scores = {m: bah_metrics(y, (longest >= m).astype(np.float64))["AVGF1"]
+              for m in cfg.video_min_ss}
+    return max(scores, key=lambda k: scores[k])
+
+
+def _score(labels, probs, vlabels_by_vid, decoded=None, video_rule=None) -> dict:
+    ids = list(probs)
+    row = score_videos(labels, probs, np.asarray([vlabels_by_vid[v] for v in ids]), decoded)
+    if video_rule is not None and len({vlabels_by_vid[v] for v in ids}) == 2:
+        y = np.asarray([vlabels_by_vid[v] for v in ids])
+        row["VIDEO_AVGF1_SEGMENTS"] = bah_metrics(
+            y, np.asarray([video_rule[v] for v in ids], np.float64))["AVGF1"]
+    return row
+
+
+# ----------------------------------------------------------------------------------------
+# Runs: seeds on the default split, seeds within participant folds.
+
+def participant_folds(store: FeatureStore, n_folds: int) -> list[dict]:
+    """``n_folds`` folds over the store's participants (sorted, dealt round-robin): fold k
+    tests its participants, validates on the first participant of fold k+1 and trains on
+    the rest. Returns ``[{"test": ids, "val": ids, "train": ids, "participants": [...]}]``."""
+    by_participant: dict = {}
+    for vid in store.video_ids():
+        by_participant.setdefault(str(store.meta(vid).get("participant", "")), []).append(vid)
+    people = sorted(by_participant)
+    if n_folds < 2 or len(people) < n_folds + 1:
+        return []
+    groups = [people[k::n_folds] for k in range(n_folds)]
+    folds = []
+    for k, test_people in enumerate(groups):
+        val_person = groups[(k + 1) % n_folds][0]
+        train_people = [p for p in people if p not in test_people and p != val_person]
+        folds.append({"participants": test_people, "val_participant": val_person,
+                      "test": tuple(v for p in test_people for v in by_participant[p]),
+                      "val": tuple(by_participant[val_person]),
+                      "train": tuple(v for p in train_people for v in by_participant[p])})
+    return folds
+
+
+def make_runs(store: FeatureStore, config: Config) -> tuple[list[Run], list[dict]]:
+    """The default split's seeds (group ``default``) and each fold's seeds (``fold<k>``)."""
+    split = {s: tuple(store.video_ids(s)) for s in ("train", "val", "test")}
+    runs = [Run(f"default/seed{s}", s, split["train"], split["val"], split["test"])
+            for s in range(config.seeds)]
+    folds = participant_folds(store, config.folds) if config.folds else []
+    for k, fold in enumerate(folds):
+        runs += [Run(f"fold{k}/seed{s}", 1000 * (k + 1) + s, fold["train"], fold["val"],
+                     fold["test"]) for s in range(config.fold_seeds)]
+    return runs, folds
+
+
+# Rows of each two-level configuration: (row name, model change, trained on folds too).
+VARIANTS = (("two_level", {}, True),
+            ("no_cross_modal", {"use_cross": False}, True),
+            ("no_within_modality", {"use_within": False}, True),
+            ("two_level/with_remainder", {"use_remainder": True}, False))
+METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1", "VIDEO_AVGF1", "VIDEO_AP",
+           "VIDEO_AVGF1_SEGMENTS", "named_share", "AP_without_remainder",
+           "AVGF1_without_remainder")
+
+
+def _evaluate_run(run: Run, out: dict, labels: dict, vlab: dict, fps: dict,
+                  durations: Durations, decode: DecodeConfig, all_readings: bool) -> dict:
+    """Per-row test/val metrics of one run (decoding chosen on its val), plus extras."""
+    val_probs = {v: out[v]["prob"] for v in run.val}
+    test_out = {v: out[v] for v in run.test}
+    test_probs = {v: o["prob"] for v, o in test_out.items()}
+    readings = READINGS if all_readings else ("hsmm",)
+    chosen = {}
+    for reading in readings:
+        chosen[reading], _ = select_decoding(val_probs, labels, fps, reading, durations, decode)
+    hs = chosen["hsmm"]
+    val_decoded = read_posteriors(val_probs, fps, "hsmm", durations, hs)
+    hs = dataclasses.replace(hs, video_min_s=select_video_rule(val_decoded, fps, vlab, hs))
+    rows: dict = {}
+    for split, probs in (("test", test_probs), ("val", val_probs)):
+        if not probs:
+            continue
+        decoded = val_decoded if split == "val" else read_posteriors(probs, fps, "hsmm",
+                                                                     durations, hs)
+        rule = video_from_segments(decoded, fps, hs.video_min_s)
+        rows[("", split)] = _score(labels, probs, vlab, decoded, rule)
+        if all_readings:
+            rows[("/no_duration_prior", split)] = _score(labels, probs, vlab)
+            for reading, suffix in (("threshold", "/threshold_on_val"),
+                                    ("median", "/median_filter")):
+                rows[(suffix, split)] = _score(labels, probs, vlab, read_posteriors(
+                    probs, fps, reading, durations, chosen[reading]))
+    # Faithfulness on test frames: the named share and the remainder-dropped scores.
+    base = rows[("", "test")]
+    base["named_share"] = multirun.named_share(test_out)
+    if any(np.any(o["remainder"] != 0) for o in test_out.values()):
+        dropped = multirun.without_remainder(test_out)
+        row = _score(labels, dropped, vlab, read_posteriors(dropped, fps, "hsmm", durations, hs))
+        base["AP_without_remainder"], base["AVGF1_without_remainder"] = row["AP"], row["AVGF1"]
+    else:
+        base["AP_without_remainder"], base["AVGF1_without_remainder"] = base["AP"], base["AVGF1"]
+    selected = {r: getattr(chosen[r], _READING_FIELD[r][0]) for r in readings}
+    selected["video_min_s"] = hs.video_min_s
+    return {"rows": rows, "selected": selected, "decode": hs}
+
+
+def _aggregate(per_run: list[dict]) -> dict:
+    """Mean of each metric over runs, with ``AP_sd``, ``AVGF1_sd`` and ``n_runs``."""
+    out = {}
+    for m in METRICS:
+        xs = [r[m] for r in per_run if m in r]
+        if xs:
+            out[m] = float(np.mean(xs))
+    for m in ("AP", "AVGF1"):
+        out[f"{m}_sd"] = float(np.std([r[m] for r in per_run], ddof=1)) if len(per_run) > 1 else 0.0
+    out["N"] = int(np.mean([r["N"] for r in per_run]))
+    out["n_runs"] = len(per_run)
+    return out
+
+
+def _paired(per_row: dict, reference: str = "two_level") -> dict:
+    """Row minus the full model, paired by run (same seed and fold)."""
+    ref = per_row.get(reference)
+    out = {}
+    for row, runs in per_row.items():
+        if row == reference or ref is None or len(runs) != len(ref):
+            continue
+        d_ap = np.asarray([a["AP"] - b["AP"] for a, b in zip(runs, ref)])
+        d_f1 = np.asarray([a["AVGF1"] - b["AVGF1"] for a, b in zip(runs, ref)])
+        out[f"{row} - {reference}"] = {
+            "dAP_mean": float(d_ap.mean()), "dAP_sd": float(d_ap.std(ddof=1)) if d_ap.size > 1 else 0.0,
+            "dAVGF1_mean": float(d_f1.mean()),
+            "dAVGF1_sd": float(d_f1.std(ddof=1)) if d_f1.size > 1 else 0.0,
+            "runs_where_full_has_higher_AP": int(np.sum(d_ap < 0)), "n_runs": int(d_ap.size)}
+    return out
+
+
+def _train_two_level(config: Config, store: FeatureStore, bank, runs: list[Run], labels: dict,
+                     vlab: dict, fps: dict, workdir: Path, timings: dict) -> dict:
+    """Train and evaluate every two-level configuration; returns the per-run records."""
+    durations_by_train: dict = {}
+    records: dict = {}
+    for row, change, on_folds in VARIANTS:
+        if row == "two_level/with_remainder" and not config.remainder_evidence:
+            continue
+        mine = [r for r in runs if on_folds or r.name.startswith("default/")]
+        mcfg = dataclasses.replace(config.model, **change)
+        t0 = time.time()
+        trained = multirun.train_runs(mcfg, bank, mine, config.multi, desc=row)
+        trained.save_history(workdir / "models" / row.replace("/", "__") / "metrics.jsonl")
+        outs = trained.outputs(bank, [r.val + r.test for r in mine])
+        timings[f"{row}_train_seconds"] = time.time() - t0
+        evals = []
+        for r, run in enumerate(mine):
+            if run.train not in durations_by_train:
+                durations_by_train[run.train] = fit_durations(
+                    {v: labels[v] for v in run.train}, fps, config.decode.max_duration_s)
+            durations = durations_by_train[run.train][0]
+            ev = _evaluate_run(run, outs[r], labels, vlab, fps, durations, config.decode,
+                               all_readings=(row == "two_level"))
+            ev.update(run=run, outputs=outs[r], durations=durations,
+                      best_epoch=int(trained.best_epochs[r]))
+            evals.append(ev)
+        records[row] = {"trained": trained, "evals": evals, "config": mcfg}
+        timings[f"{row}_seconds"] = time.time() - t0
+    return records
+
+
+def _tables(records: dict) -> tuple[dict, dict, dict]:
+    """(``{split: {row: aggregated}}``, per-row per-run test metrics by group, selections)."""
+    tables: dict = {"test": {}, "val": {}, "test_folds": {}, "val_folds": {}}
+    per_run: dict = {"test": {}, "test_folds": {}}
+    selected: dict = {}
+    for row, rec in records.items():
+        for ev in rec["evals"]:
+            group = "test" if ev["run"].name.startswith("default/") else "test_folds"
+            for (suffix, split), metrics in ev["rows"].items():
+                key = group if split == "test" else ("val" if group == "test" else "val_folds")
+                per_run.setdefault(key, {}).setdefault(row + suffix, []).append(metrics)
+            selected.setdefault(row, {})[ev["run"].name] = ev["selected"]
+    for key, rows in per_run.items():
+        for row, runs in rows.items():
+            tables[key][row] = _aggregate(runs)
+    return tables, per_run, selected
+
+
+def run(config: Config, workdir: Path) -> dict:
+    """Train and compare everything; returns ``{split: {method: metrics}}`` and extras."""
+    t_start = time.time()
+    store, root, extraction = prepare_store(config.data, config.extract)
+    timings: dict = {"data_seconds": time.time() - t_start}
+    test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
+    if not test_ids:
+        raise RuntimeError(f"{store.root}: no test videos")
+    all_ids = store.video_ids()
+    labels = frame_labels(store, all_ids)
+    vlab = dict(zip(all_ids, video_labels(store, all_ids).tolist()))
+    fps = {v: float(store.meta(v)["fps"]) for v in all_ids}
+
+    use_cues = _has_cues(store)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, fps=fps[test_ids[0]], use_cues=use_cues or config.model.use_cues))
+    t0 = time.time()
+    bank = multirun.build_bank(store, all_ids, min_block=config.multi.window,
+                               use_cues=config.model.use_cues,
+                               progress=config.multi.progress)
+    timings["level2_features_seconds"] = time.time() - t0
+    runs, folds = make_runs(store, config)
+    records = _train_two_level(config, store, bank, runs, labels, vlab, fps, workdir, timings)
+    tables, per_run, selected = _tables(records)
+    results: dict = {"test": tables["test"], "val": tables["val"]}
+    for key in ("test_folds", "val_folds"):
+        if tables[key]:
+            results[key] = tables[key]
+
+    # The deployed model: the default split's full-model run with the best val AP.
+    full = records["two_level"]
+    default = [i for i, ev in enumerate(full["evals"]) if ev["run"].name.startswith("default/")]
+    val_aps = [full["evals"][i]["rows"][("", "val")]["AP"] if ("", "val") in
+               full["evals"][i]["rows"] else 0.0 for i in default]
+    best = default[int(np.argmax(val_aps))]
+    deploy = full["evals"][best]
+    save_trained(full["trained"].model(best), full["config"], deploy["durations"],
+                 deploy["decode"], workdir / "deploy")
+
+    t0 = time.time()
+    baseline_rows, reused = _baselines(config, store, test_ids, val_ids, labels, vlab,
+                                       workdir, timings)
+    for split in ("test", "val"):
+        results[split].update(baseline_rows[split])
+    timings["baselines_seconds"] = time.time() - t0
+
+    results["paired_differences"] = {k: v for k, v in (
+        ("test", _paired(per_run["test"])), ("test_folds", _paired(per_run.get("test_folds", {}))))
+        if v}
+    results["verdict"] = verdict(results)
+    results["faithfulness"] = {row: {k: results["test"][row][k] for k in
+                                     ("named_share", "AP", "AP_without_remainder",
+                                      "AVGF1", "AVGF1_without_remainder")}
+                               for row in results["test"] if "named_share" in results["test"][row]}
+    figures = _figures(store, test_ids, deploy, config, workdir / "plots", fps, labels)
+    results["deployed_run"] = {"run": deploy["run"].name, "best_epoch": deploy["best_epoch"],
+                               "selected_on_val": deploy["selected"]}
+    results["decoding_selected_on_val"] = selected
+    results["folds"] = [{"test_participants": f["participants"],
+                         "val_participant": f["val_participant"], "n_test": len(f["test"]),
+                         "n_val": len(f["val"]), "n_train": len(f["train"])} for f in folds]
+    results["duration_prior"] = fit_durations({v: labels[v] for v in store.video_ids("train")},
+                                              fps, config.decode.max_duration_s)[1]
+    results["reused_trained"] = reused
+    results["cues_used"] = use_cues
+    results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
+    results["extraction"]["failed"] = len(extraction["failed"])
+    timings["total_seconds"] = time.time() - t_start
+    results["timing"] = timings
+    results["dataset"] = {"root": str(root), "store": str(store.root),
+                          "synthetic_demo": not bool(config.data.root)}
+    n_def = sum(r.name.startswith("default/") for r in runs)
+    results["notes"] = [
+        f"Two-level rows: mean over {n_def} seeds on the default split (test, val) and over "
+        f"{len(folds)} participant folds x {config.fold_seeds} seeds (test_folds); AP_sd and "
+        "AVGF1_sd are standard deviations over runs. Baselines: one seed on the default split"
+        + (f" (reused from an identical earlier training: {', '.join(reused)})" if reused
+           else "") + ".",
+        "two_level = duration-prior (semi-Markov) decoding (durations fitted in seconds on "
+        "each run's training videos); no_duration_prior = argmax (0.5); threshold_on_val "
+        "and median_filter = a threshold and a median width chosen on val. Each run chooses "
+        "every reading's one hyperparameter by its val frame AVGF1; AP is always from the "
+        "undecoded probabilities.",
+        "named_share = mean |sum of named contributions| / mean |score - bias| on test "
+        "frames; AP/AVGF1_without_remainder = the same run with the remainder dropped at "
+        "inference.",
+        "VIDEO_AVGF1: the paper's rule (mean frame decision >= 0.5); VIDEO_AVGF1_SEGMENTS: "
+        "A/H when the longest decoded A/H segment lasts at least video_min_s, chosen on val.",
+    ]
+    from ahjax.results import to_markdown
+    plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
+                      title="ahjax two_level report")
+    print(format_verdict(results["verdict"]), flush=True)
+    return results
+
+
+def verdict(results: dict) -> dict:
+    """Does the default model beat its ablations (mean test AP, default split and folds)
+    and the baselines (test AP and AVGF1)?"""
+    out = {}
+    for key in ("test", "test_folds"):
+        table = results.get(key, {})
+        if "two_level" not in table:
+            continue
+        full = table["two_level"]
+        for row in ("no_cross_modal", "no_within_modality", "two_level/with_remainder"):
+            if row in table:
+                out[f"{key}: AP above {row}"] = bool(full["AP"] > table[row]["AP"])
+    table = results.get("test", {})
+    full = table.get("two_level")
+    for row in table:
+        if full and (row in ("concat_tcn", "text_only") or row.startswith("best_fusion")):
+            for m in ("AP", "AVGF1"):
+                out[f"test: {m} above {row}"] = bool(full[m] > table[row][m])
+    return out
+
+
+def format_verdict(v: dict) -> str:
+    """The verdict as lines for the console."""
+    return "\n".join(["two_level verdict:"]
+                     + [f"  {'yes' if ok else 'NO '}  {k}" for k, ok in v.items()])
+
+
+# ----------------------------------------------------------------------------------------
+# Baselines (one seed each, cached).
 
 def _has_cues(store: FeatureStore) -> bool:
     ids = store.video_ids("train")
@@ -121,101 +554,6 @@ def _baseline_spec(store: FeatureStore, modalities=("video", "audio", "text")) -
     return {m: names for m, names in spec.items() if names}
 
 
-def full_video_outputs(model: TwoLevelModel, store: FeatureStore, vid: str, spec: dict,
-                       pad_to: int = 128) -> tuple[np.ndarray, dict]:
-    """(A/H probability (n,), aux as numpy) of the two-level model over one whole video.
-
-    The model is convolutional, so a whole video is one window: padded to a multiple of
-    ``pad_to`` frames (fewer recompilations), with ``valid`` marking the real frames.
-    """
-    n = int(store.meta(vid)["n_frames"])
-    arrays = {k: np.asarray(store.read(vid, names[0]), np.float32).reshape(n, -1)
-              for k, names in spec.items() if k != "cues"}
-    size = -(-n // pad_to) * pad_to
-    # Padding and cropping in numpy: as jax ops outside the jit each would compile once
-    # per video length.
-    inputs = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in arrays.items()}
-    valid = np.zeros((1, size), np.float32)
-    valid[0, :n] = 1.0
-    inputs["valid"] = valid
-    prob, aux = jax.device_get(_forward(model, inputs))
-    out = {"contributions": {g: c[0, :n] for g, c in aux["contributions"].items()},
-           "remainder": aux["remainder"][0, :n]}
-    return prob[0, :n], out
-
-
-@nnx.jit
-def _forward(model, inputs):
-    logits, aux = model(inputs, train=False)
-    prob = jax.nn.softmax(logits, -1)[..., 1]
-    return prob, {"contributions": aux["contributions"], "remainder": aux["remainder"]}
-
-
-@jax.jit
-def _decode_one(prob, log_dur, log_prior, emission_weight):
-    # One jitted function for every call (compiled once per video length), rather than a
-    # fresh jit of a closure per call, which recompiled for every split and variant.
-    return hsmm.hsmm_decode(hsmm.log_post_from_prob(prob), log_dur, log_prior,
-                            emission_weight=emission_weight)
-
-
-def _decode(probs: dict, log_dur: np.ndarray, prior: np.ndarray, cfg: DecodeConfig) -> dict:
-    log_dur = jnp.asarray(log_dur, jnp.float32)
-    log_prior = jnp.log(jnp.asarray(prior, jnp.float32))
-    weight = jnp.float32(cfg.emission_weight)   # traced: a new weight does not recompile
-    return {v: np.asarray(_decode_one(jnp.asarray(p, jnp.float32), log_dur, log_prior, weight))
-            for v, p in probs.items()}
-
-
-# One compiled filter per video length, instead of a few dozen eager ops each.
-_median_one = jax.jit(hsmm.median_filter, static_argnames=("k", "axis"))
-
-
-def _median(probs: dict, k: int) -> dict:
-    return {v: (np.asarray(_median_one(jnp.asarray(p), k=k)) >= 0.5).astype(np.int64)
-            for v, p in probs.items()}
-
-
-def _threshold(probs: dict, t: float) -> dict:
-    return {v: (np.asarray(p) >= t).astype(np.int64) for v, p in probs.items()}
-
-
-def read_posteriors(probs: dict, reading: str, log_dur, prior, cfg: DecodeConfig) -> dict:
-    """0/1 decisions per video from frame posteriors, by ``reading`` with ``cfg``'s value."""
-    if reading == "hsmm":
-        return _decode(probs, log_dur, prior, cfg)
-    if reading == "median":
-        return _median(probs, cfg.median_k)
-    if reading == "threshold":
-        return _threshold(probs, cfg.threshold)
-    raise ValueError(f"unknown reading {reading!r}; known: {READINGS}")
-
-
-# Each reading of the posteriors (duration prior, median filter, plain threshold) and its
-# DecodeConfig field and grid.
-_READING_FIELD = {"hsmm": ("emission_weight", "emission_weights"),
-                  "median": ("median_k", "median_ks"), "threshold": ("threshold", "thresholds")}
-READINGS = tuple(_READING_FIELD)
-
-
-def select_decoding(probs: dict, labels: dict, reading: str, log_dur, prior,
-                    cfg: DecodeConfig) -> tuple[DecodeConfig, dict]:
-    """``cfg`` with ``reading``'s hyperparameter set to its best val frame AVGF1 (first of
-    ties), and ``{value: AVGF1}`` for the grid. ``cfg`` unchanged when selection is off."""
-    field, grid = _READING_FIELD[reading]
-    if not cfg.select_on_val or not probs:
-        return cfg, {}
-    y = np.concatenate([labels[v] for v in probs])
-    scores = {}
-    for value in getattr(cfg, grid):
-        trial = dataclasses.replace(cfg, **{field: value})
-        hard = read_posteriors(probs, reading, log_dur, prior, trial)
-        scores[value] = float(bah_metrics(y, np.concatenate([hard[v] for v in probs])
-                                          .astype(np.float64))["AVGF1"])
-    best = max(scores, key=lambda k: scores[k])
-    return dataclasses.replace(cfg, **{field: best}), scores
-
-
 def _softmax_pos(logits: np.ndarray) -> np.ndarray:
     """P(class 1) of (n, 2) logits, in numpy (a jax softmax would compile per length)."""
     logits = np.asarray(logits, np.float32)
@@ -223,96 +561,21 @@ def _softmax_pos(logits: np.ndarray) -> np.ndarray:
     return (e[:, 1] / e.sum(-1)).astype(np.float32)
 
 
-def fit_duration_prior(store: FeatureStore, max_d: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(duration log-pmfs (2, max_d), class prior (2,), stats) from the train split's labels."""
-    pos, neg, counts = [], [], np.zeros(2)
-    for vid in store.video_ids("train"):
-        labels = np.asarray(store.read(vid, "labels"))
-        runs = hsmm.segment_lengths(labels)
-        pos += runs[1]
-        neg += runs[0]
-        counts += [np.sum(labels == 0), np.sum(labels == 1)]
-    log_dur = hsmm.fit_durations(pos, neg, max_d)
-    prior = counts / counts.sum()
-    stats = {"pos_segments": len(pos), "pos_mean_frames": float(np.mean(pos)) if pos else None,
-             "neg_mean_frames": float(np.mean(neg)) if neg else None,
-             "pos_frame_share": float(prior[1])}
-    return log_dur, prior, stats
-
-
-def run(config: Config, workdir: Path) -> dict:
-    """Train and compare everything; returns ``{split: {method: metrics}}`` and extras."""
-    t_start = time.time()
-    store, root, extraction = prepare_store(config.data, config.extract)
-    t_data = time.time() - t_start
-    test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
-    if not test_ids:
-        raise RuntimeError(f"{store.root}: no test videos")
-    labels = {s: frame_labels(store, ids) for s, ids in (("test", test_ids), ("val", val_ids))}
-    vlabels = {s: video_labels(store, ids) for s, ids in (("test", test_ids), ("val", val_ids))}
-    fps = float(store.meta(test_ids[0])["fps"])
-    models_dir = workdir / "models"
-    results: dict = {"test": {}, "val": {}}
-    timings: dict = {"data_seconds": t_data}
-
-    use_cues = _has_cues(store)
-    spec = _two_level_spec(store, use_cues)
-    log_dur, prior, dur_stats = fit_duration_prior(store, config.decode.max_duration)
-
-    variants = {"two_level": {}, "no_cross_modal": {"use_cross": False},
-                "no_within_modality": {"use_within": False}}
-    outputs, selected, val_grids = {}, {}, {}
-    for name, change in variants.items():
-        mcfg = dataclasses.replace(config.model, fps=fps, **change)
-        t0 = time.time()
-        res = trainer_lib.train(
-            lambda dims, rngs, mcfg=mcfg: TwoLevelModel(mcfg, rngs=rngs), store, spec,
-            config.windows, config.train, models_dir / name)
-        timings[f"{name}_train_seconds"] = time.time() - t0
-        split_probs = {}
-        for split, ids in (("val", val_ids), ("test", test_ids)):
-            probs, aux = {}, {}
-            for vid in ids:
-                probs[vid], aux[vid] = full_video_outputs(res.model, store, vid, spec)
-            split_probs[split] = (probs, aux)
-        # Each reading's hyperparameter from val, then applied unchanged to both splits.
-        readings = READINGS if name == "two_level" else ("hsmm",)
-        decode = {}
-        for reading in readings:
-            decode[reading], grid = select_decoding(split_probs["val"][0], labels["val"],
-                                                    reading, log_dur, prior, config.decode)
-            if grid:
-                field = _READING_FIELD[reading][0]
-                selected.setdefault(name, {})[reading] = getattr(decode[reading], field)
-                val_grids.update({f"{name}/{reading} {field}={k}": {"val_AVGF1": v}
-                                  for k, v in grid.items()})
-        if name == "two_level":
-            save_trained(res.model, mcfg, log_dur, prior, decode["hsmm"], workdir / "deploy")
-        for split, (probs, aux) in split_probs.items():
-            decoded = read_posteriors(probs, "hsmm", log_dur, prior, decode["hsmm"])
-            outputs[(name, split)] = (probs, aux, decoded)
-            results[split][name] = score_videos(labels[split], probs, vlabels[split], decoded)
-            if name == "two_level":
-                results[split]["two_level/no_duration_prior"] = score_videos(
-                    labels[split], probs, vlabels[split])
-                for reading, row in (("threshold", "threshold_on_val"), ("median", "median_filter")):
-                    results[split][f"two_level/{row}"] = score_videos(
-                        labels[split], probs, vlabels[split],
-                        read_posteriors(probs, reading, log_dur, prior, decode[reading]))
-
+def _baselines(config: Config, store, test_ids, val_ids, labels, vlab, workdir, timings):
     baselines = {"concat_tcn": (_concat_builder, _baseline_spec(store), _concat_describe()),
                  "text_only": (_concat_builder, _baseline_spec(store, ("text",)),
                                _concat_describe())}
     for fusion in config.fusions:
         baselines[f"fusion_{fusion}"] = (_fusion_builder(fusion, config.quick),
                                          _baseline_spec(store), _fusion_describe(fusion, config.quick))
+    rows: dict = {"test": {}, "val": {}}
     fusion_val_ap, reused = {}, {}
     cache = cache_dir() / "trained" if config.reuse_baselines else None
     mesh = trainer_lib.make_mesh(config.baseline_train.num_devices)
     for name, (builder, bspec, describe) in baselines.items():
         t0 = time.time()
         res = trainer_lib.train_or_reuse(builder, store, bspec, config.baseline_windows,
-                                         config.baseline_train, models_dir / name,
+                                         config.baseline_train, workdir / "models" / name,
                                          describe=dict(describe, method=name), cache_dir=cache)
         timings[f"{name}_train_seconds"] = time.time() - t0
         if res.reused_from is not None:
@@ -320,52 +583,24 @@ def run(config: Config, workdir: Path) -> dict:
             print(f"reused trained {name} from cache {res.reused_from} (best epoch "
                   f"{res.best_epoch}); --config.reuse_baselines=False retrains it", flush=True)
         for split, ids in (("test", test_ids), ("val", val_ids)):
+            if not ids:
+                continue
             # The batch size of training's validation, so its compiled eval step is reused.
             logits = trainer_lib.predict_videos(
                 res.model, store, ids, bspec, config.baseline_windows.window, stats=res.stats,
                 batch_size=config.baseline_windows.batch_size, mesh=mesh)
             probs = {v: _softmax_pos(l) for v, l in logits.items()}
-            results[split][name] = score_videos(labels[split], probs, vlabels[split])
-        if name.startswith("fusion_"):
-            fusion_val_ap[name] = results["val"][name]["AP"]
+            rows[split][name] = dict(_score(labels, probs, vlab), n_runs=1)
+        if name.startswith("fusion_") and name in rows["val"]:
+            fusion_val_ap[name] = rows["val"][name]["AP"]
     if fusion_val_ap:  # keep only the best fusion by validation AP, as the paper selects
         best = max(fusion_val_ap, key=fusion_val_ap.get)
         for split in ("test", "val"):
             for name in fusion_val_ap:
-                row = results[split].pop(name)
+                row = rows[split].pop(name)
                 if name == best:
-                    results[split][f"best_fusion ({name[7:]})"] = row
-
-    figures = _figures(store, test_ids, outputs[("two_level", "test")], config,
-                       workdir / "plots", fps)
-    results["reused_trained"] = reused
-    if reused:
-        results["notes"] = [f"Reused from an identical earlier training (not retrained): "
-                            f"{', '.join(reused)}; --config.reuse_baselines=False retrains."]
-    results["duration_prior"] = dur_stats
-    results["decoding_selected_on_val"] = {k: {r: float(x) for r, x in v.items()}
-                                           for k, v in selected.items()}
-    results["decoding_val_grids"] = val_grids
-    results["cues_used"] = use_cues
-    results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
-    results["extraction"]["failed"] = len(extraction["failed"])
-    timings["total_seconds"] = time.time() - t_start
-    results["timing"] = timings
-    results["dataset"] = {"root": str(root), "store": str(store.root),
-                          "synthetic_demo": not bool(config.data.root)}
-    results["notes"] = results.get("notes", []) + [
-        "two_level = duration-prior (semi-Markov) decoding of the two-level posteriors "
-        "(and of each ablation's); no_duration_prior = argmax (0.5); threshold_on_val and "
-        "median_filter = a threshold and a median width chosen on val. Every reading's one "
-        "hyperparameter (emission weight, width, threshold) is chosen by val frame AVGF1 "
-        "(decoding_selected_on_val); AP is always from the undecoded probabilities.",
-        "VIDEO_AVGF1: a video is A/H when the mean frame decision/probability is >= 0.5 "
-        "(the paper's mean-probability rule).",
-    ]
-    from ahjax.results import to_markdown
-    plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
-                      title="ahjax two_level report")
-    return results
+                    rows[split][f"best_fusion ({name[7:]})"] = row
+    return rows, reused
 
 
 def _concat_builder(dims, rngs):
@@ -393,51 +628,66 @@ def _fusion_builder(name: str, quick: bool):
     return build
 
 
-def _figures(store, test_ids, outputs, config, folder: Path, fps) -> list[Path]:
-    probs, aux, decoded = outputs
+def _figures(store, test_ids, deploy: dict, config, folder: Path, fps, labels) -> list[Path]:
+    """One figure per test video of the deployed run, the remainder as its own row."""
     folder.mkdir(parents=True, exist_ok=True)
+    out, hs = deploy["outputs"], deploy["decode"]
     paths = []
     for vid in test_ids[: config.max_figures]:
+        o = out[vid]
         tracks = {k: np.asarray(store.read(vid, k)) for k in TRACKS}
-        contributions = dict(aux[vid]["contributions"])
-        contributions["remainder"] = aux[vid]["remainder"]
+        contributions = dict(o["contributions"], remainder=o["remainder"])
+        share = multirun.named_share({vid: o})
+        decoded = decode_hsmm(o["prob"], fps[vid], deploy["durations"], hs.evidence_rate)
         path = folder / f"{Path(vid).stem[:80].replace(' ', '_')}.png"
-        plots.plot_video(tracks, contributions, probs[vid], np.asarray(store.read(vid, "labels")),
-                         decoded[vid], fps, Path(vid).name, path)
+        plots.plot_video(tracks, contributions, o["prob"], labels[vid], decoded, fps[vid],
+                         f"{Path(vid).name}  (named share of the score {share:.2f})", path)
         paths.append(path)
     return paths
 
 
+# ----------------------------------------------------------------------------------------
+# The deployable model.
+
 class TrainedTwoLevel:
     """A trained two-level model with its duration prior, ready for new videos."""
 
-    def __init__(self, model: TwoLevelModel, log_dur: np.ndarray, prior: np.ndarray,
-                 decode: DecodeConfig):
-        self.model, self.log_dur, self.prior, self.decode = model, log_dur, prior, decode
+    def __init__(self, model: TwoLevelModel, durations: Durations, decode: DecodeConfig):
+        self.model, self.durations, self.decode = model, durations, decode
 
     def predict(self, arrays: dict, fps: float) -> dict:
-        """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,))
-        for one video's level-1 ``arrays`` (schema names)."""
-        from ahjax.data.store import FeatureStore
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            store = FeatureStore(tmp)
-            store.write("video", {k: arrays[k] for k in TRACKS}, {"fps": fps})
-            prob, aux = full_video_outputs(self.model, store, "video", {k: (k,) for k in TRACKS})
-        decoded = _decode({"v": prob}, self.log_dur, self.prior, self.decode)["v"]
-        contributions = dict(aux["contributions"], remainder=aux["remainder"])
+        """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,),
+        ``remainder`` included) for one video's level-1 ``arrays`` (schema names)."""
+        inputs = multirun.video_inputs({k: arrays[k] for k in TRACKS}, fps)
+        n = next(iter(inputs.values())).shape[0]
+        size = -(-n // 128) * 128
+        batch = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in inputs.items()}
+        valid = np.zeros((1, size), np.float32)
+        valid[0, :n] = 1.0
+        batch["valid"] = valid
+        prob, aux = jax.device_get(_forward(self.model, batch))
+        prob = prob[0, :n]
+        decoded = decode_hsmm(prob, fps, self.durations, self.decode.evidence_rate)
+        contributions = {g: c[0, :n] for g, c in aux["contributions"].items()}
+        contributions["remainder"] = aux["remainder"][0, :n]
         return {"prob": prob, "decoded": decoded, "contributions": contributions}
 
 
-def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, log_dur, prior,
+@nnx.jit
+def _forward(model, inputs):
+    logits, aux = model(inputs, train=False)
+    return jax.nn.sigmoid(aux["score"]), {"contributions": aux["contributions"],
+                                          "remainder": aux["remainder"]}
+
+
+def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, durations: Durations,
                  decode: DecodeConfig, folder: Path) -> Path:
     """Save what :func:`load_trained` needs into ``folder`` (params via orbax)."""
     from ahjax.train.checkpoint import save_params
     folder.mkdir(parents=True, exist_ok=True)
     save_params(model, folder / "params")
-    np.save(folder / "log_dur.npy", np.asarray(log_dur))
     (folder / "level2.json").write_text(json.dumps({
-        "model": dataclasses.asdict(model_cfg), "prior": [float(x) for x in prior],
+        "model": dataclasses.asdict(model_cfg), "durations": durations.to_json(),
         "decode": dataclasses.asdict(decode)}, indent=1))
     return folder
 
@@ -450,11 +700,14 @@ def load_trained(run_dir: str | Path) -> TrainedTwoLevel:
     if not (folder / "level2.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a two_level run folder (no deploy/level2.json)")
     saved = json.loads((folder / "level2.json").read_text())
+    if "durations" not in saved:
+        raise ValueError(f"{folder / 'level2.json'}: saved by an older ahjax (duration prior in "
+                         "frames); retrain with python -m experiments.run two_level")
     mcfg = saved["model"]
     mcfg["scales"] = tuple(mcfg["scales"])
     mcfg["emb_keys"] = tuple(mcfg["emb_keys"])
     cfg = TwoLevelConfig(**mcfg)
     model = load_params(lambda: TwoLevelModel(cfg, rngs=nnx.Rngs(0)), folder / "params")
-    return TrainedTwoLevel(model, np.load(folder / "log_dur.npy"), np.asarray(saved["prior"]),
+    return TrainedTwoLevel(model, Durations.from_json(saved["durations"]),
                            DecodeConfig(**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in saved["decode"].items()}))

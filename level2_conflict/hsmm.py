@@ -19,6 +19,8 @@ because neighbouring frames' posteriors are strongly correlated, not independent
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -82,6 +84,59 @@ def fit_durations(segment_lengths_pos: Sequence[int], segment_lengths_neg: Seque
     return np.stack([_discretised_gamma(segment_lengths_neg, max_d, floor, "negative"),
                      _discretised_gamma(segment_lengths_pos, max_d, floor, "positive")]
                     ).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DurationPrior:
+    """Segment durations in seconds, so one prior serves videos of any frame rate.
+
+    Per state (0: not A/H, 1: A/H) a gamma distribution fitted by moments on segment
+    durations in seconds (variance floored at (0.3 mean)^2); :meth:`log_pmf` discretises it
+    for a frame rate: ``P(D = d frames) = F(d / fps) - F((d - 1) / fps)`` for
+    ``d = 1..ceil(max_s * fps)``, renormalised, mixed with a uniform of weight ``floor``.
+    """
+    shape: tuple           # (negative, A/H) gamma shapes
+    scale_s: tuple         # (negative, A/H) gamma scales, seconds
+    max_s: float           # longest duration represented (longer = chains of segments)
+    floor: float = 1e-3
+
+    @classmethod
+    def fit(cls, pos_seconds: Sequence[float], neg_seconds: Sequence[float], max_s: float,
+            floor: float = 1e-3) -> "DurationPrior":
+        """Fit both states from segment durations in seconds."""
+        if max_s <= 0:
+            raise ValueError(f"DurationPrior: max_s must be > 0, got {max_s}")
+        shapes, scales = [], []
+        for name, lengths in (("negative", neg_seconds), ("positive", pos_seconds)):
+            x = np.asarray(lengths, np.float64)
+            if x.size == 0:
+                raise ValueError(f"DurationPrior.fit: no {name} segments to fit on")
+            if np.any(x <= 0):
+                raise ValueError(f"DurationPrior.fit: {name} durations must be > 0")
+            mean = x.mean()
+            var = max(x.var(), 0.09 * mean ** 2)
+            shapes.append(float(mean ** 2 / var))
+            scales.append(float(var / mean))
+        return cls(tuple(shapes), tuple(scales), float(max_s), float(floor))
+
+    def max_frames(self, fps: float) -> int:
+        return max(int(math.ceil(self.max_s * fps)), 1)
+
+    def log_pmf(self, fps: float) -> np.ndarray:
+        """Duration log-pmfs ``(2, ceil(max_s * fps))`` in frames at ``fps``."""
+        if not fps > 0:
+            raise ValueError(f"DurationPrior.log_pmf: fps must be > 0, got {fps}")
+        max_d = self.max_frames(fps)
+        edges = np.arange(max_d + 1, dtype=np.float64) / fps
+        rows = []
+        for shape, scale in zip(self.shape, self.scale_s):
+            pmf = np.maximum(np.diff(special.gammainc(shape, edges / scale)), 0.0)
+            pmf = pmf / pmf.sum() if pmf.sum() > 0 else np.full(max_d, 1.0 / max_d)
+            rows.append(np.log((1.0 - self.floor) * pmf + self.floor / max_d))
+        return np.stack(rows).astype(np.float32)
+
+    def mean_s(self) -> tuple:
+        return tuple(a * b for a, b in zip(self.shape, self.scale_s))
 
 
 def log_post_from_prob(prob: Array, eps: float = 1e-6) -> Array:

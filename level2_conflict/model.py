@@ -70,6 +70,45 @@ class TwoLevelConfig:
     use_cues: bool = False            # ask the trainer for "cues"/"cue_mask" batch keys
     cue_weight: float = 0.1           # weight of the cue auxiliary loss
     remainder_l2: float = 0.0         # penalty on mean remainder^2 (added to aux_loss)
+    # Bias-free branches: a group whose features are all zero (no evidence) contributes
+    # exactly 0, so deleting a group's evidence removes exactly its contribution.
+    zero_baseline: bool = True
+
+    def __post_init__(self):
+        if not (self.use_cross or self.use_within):
+            raise ValueError("TwoLevelConfig: use_cross and use_within are both False: the "
+                             "model would have no named group; enable at least one")
+        if self.hidden < 1 or self.n_blocks < 1 or self.kernel < 1:
+            raise ValueError(f"TwoLevelConfig: hidden ({self.hidden}), n_blocks "
+                             f"({self.n_blocks}) and kernel ({self.kernel}) must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TwoLevelConfig: dropout must be in [0, 1), got {self.dropout}")
+
+
+class DilatedConv(nnx.Module):
+    """1-D dilated convolution over axis -2 of ``(..., W, C)`` as one matmul over the
+    ``kernel`` shifted views (zero-padded: centred, or causal). The same function as
+    ``nnx.Conv`` with ``padding="SAME"``/``"CAUSAL"``, and the same kernel layout
+    ``(kernel, in, out)``; written as a matmul because XLA's CPU backend runs batched
+    matmuls far faster than small convolutions, above all under ``vmap`` over models."""
+
+    def __init__(self, in_features: int, out_features: int, kernel: int, dilation: int, *,
+                 causal: bool, use_bias: bool, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (kernel, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+        self.dilation, self.causal = dilation, causal
+
+    def __call__(self, x: Array) -> Array:
+        k, c_in, c_out = self.kernel.shape
+        span = (k - 1) * self.dilation
+        left = span if self.causal else span // 2
+        pad = [(0, 0)] * (x.ndim - 2) + [(left, span - left), (0, 0)]
+        xp = jnp.pad(x, pad)
+        w = x.shape[-2]
+        views = [xp[..., j * self.dilation: j * self.dilation + w, :] for j in range(k)]
+        y = jnp.concatenate(views, -1) @ self.kernel[...].reshape(k * c_in, c_out)
+        return y + self.bias[...] if self.bias is not None else y
 
 
 class TCN(nnx.Module):
@@ -77,14 +116,16 @@ class TCN(nnx.Module):
     convolution blocks (conv -> GELU -> dropout -> 1x1), scalar read-out without bias (the
     model's single bias carries the offset). ``__call__(x) == readout(hidden(x))``."""
 
-    def __init__(self, in_features: int, cfg: TwoLevelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, cfg: TwoLevelConfig, *, rngs: nnx.Rngs,
+                 use_bias: bool = True):
         h = cfg.hidden
-        self.inp = nnx.Linear(in_features, h, rngs=rngs)
-        padding = "CAUSAL" if cfg.causal else "SAME"
+        self.inp = nnx.Linear(in_features, h, use_bias=use_bias, rngs=rngs)
         self.convs = nnx.List([
-            nnx.Conv(h, h, cfg.kernel, kernel_dilation=2 ** i, padding=padding, rngs=rngs)
+            DilatedConv(h, h, cfg.kernel, 2 ** i, causal=cfg.causal, use_bias=use_bias,
+                        rngs=rngs)
             for i in range(cfg.n_blocks)])
-        self.mixes = nnx.List([nnx.Linear(h, h, rngs=rngs) for _ in range(cfg.n_blocks)])
+        self.mixes = nnx.List([nnx.Linear(h, h, use_bias=use_bias, rngs=rngs)
+                               for _ in range(cfg.n_blocks)])
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.out = nnx.Linear(h, 1, use_bias=False, rngs=rngs)
 
@@ -146,7 +187,9 @@ class TwoLevelModel(nnx.Module):
         self.groups = tuple(g for g in feats.GROUPS
                             if (g in feats.CROSS_GROUPS and cfg.use_cross)
                             or (g in feats.WITHIN_GROUPS and cfg.use_within))
-        self.branches = nnx.Dict({g: TCN(len(columns[g]), cfg, rngs=rngs) for g in self.groups})
+        self.branches = nnx.Dict({g: TCN(len(columns[g]), cfg, rngs=rngs,
+                                         use_bias=not cfg.zero_baseline)
+                                  for g in self.groups})
         self.emb_keys = tuple(cfg.emb_keys) if cfg.use_embeddings else ()
         self.emb_proj = nnx.Dict({k: nnx.Linear(_emb_width(k, emb_dims or {}), cfg.emb_dim,
                                                 rngs=rngs) for k in self.emb_keys})

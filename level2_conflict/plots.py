@@ -55,14 +55,17 @@ def _segments(ax, t: np.ndarray, labels: np.ndarray, y: float, dt: float) -> Non
 
 def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.ndarray],
                prob: np.ndarray, true_labels: np.ndarray, decoded: np.ndarray, fps: float,
-               title: str, path: str | Path) -> Path:
+               title: str, path: str | Path, shares: Mapping[str, float] | None = None
+               ) -> Path:
     """Draw one video's evidence and predictions into a PNG at ``path``; returns the path.
 
     ``tracks``: the video's level-1 arrays ``(n, d)`` (``face_present``, ``face_desc`` or
     ``face_expr``, ``voice_prosody``, ``text_affect``; missing ones leave their panel
     empty); ``contributions``: name -> ``(n,)`` score contributions (drawn as a heatmap,
     red = towards A/H, blue = against, centred at 0); ``prob`` ``(n,)`` A/H probability;
-    ``true_labels`` / ``decoded`` ``(n,)`` in {1 A/H, 0 not, -1 unlabelled}.
+    ``true_labels`` / ``decoded`` ``(n,)`` in {1 A/H, 0 not, -1 unlabelled}; ``shares``
+    (default: :func:`contribution_shares` of ``contributions``) label each row with its
+    share of the video's total absolute contribution.
     """
     prob = np.asarray(prob, np.float32).reshape(-1)
     n = prob.size
@@ -119,7 +122,10 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
         im = ax_contrib.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                                interpolation="nearest",
                                extent=(0, n * dt, len(names) - 0.5, -0.5))
-        ax_contrib.set_yticks(range(len(names)), names, fontsize=7)
+        shares = contribution_shares(contributions) if shares is None else shares
+        ax_contrib.set_yticks(range(len(names)),
+                              [f"{k} ({100 * shares.get(k, 0.0):.0f}%)" for k in names],
+                              fontsize=7)
         cax = ax_contrib.inset_axes([1.005, 0.0, 0.012, 1.0])
         fig.colorbar(im, cax=cax)
     ax_contrib.set_ylabel("contribution")
@@ -149,6 +155,14 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def contribution_shares(contributions: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Each row's share of the total: ``mean |c_k| / sum_j mean |c_j|`` (0 when all are 0)."""
+    mags = {k: float(np.mean(np.abs(np.asarray(v, np.float64)))) if np.size(v) else 0.0
+            for k, v in contributions.items()}
+    total = sum(mags.values())
+    return {k: (m / total if total > 0 else 0.0) for k, m in mags.items()}
 
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",

@@ -220,7 +220,6 @@ def test_hidden_states_and_precomputed_affect():
 @pytest.mark.parametrize("flags,expected", [
     (dict(use_cross=False), feats.WITHIN_GROUPS),
     (dict(use_within=False), feats.CROSS_GROUPS),
-    (dict(use_cross=False, use_within=False, use_remainder=False), ()),
 ])
 def test_ablation_flags_remove_groups(flags, expected):
     cfg = model_lib.TwoLevelConfig(**TINY, **flags)
@@ -231,8 +230,8 @@ def test_ablation_flags_remove_groups(flags, expected):
     full = model_lib.count_params(model_lib.TwoLevelModel(model_lib.TwoLevelConfig(**TINY),
                                                           rngs=nnx.Rngs(0)))
     assert model_lib.count_params(model) < full
-    if not expected:  # nothing left but the bias
-        np.testing.assert_allclose(aux["score"], 0.0)
+    with pytest.raises(ValueError, match="no named group"):   # nothing would be left
+        model_lib.TwoLevelConfig(**TINY, use_cross=False, use_within=False)
 
 
 def test_cue_loss_only_with_cues_and_reaches_matching_branches():
@@ -353,20 +352,34 @@ def test_decoding_hyperparameters_are_chosen_by_val_avgf1():
         y[20:45] = 1
         labels[f"v{v}"] = y
         probs[f"v{v}"] = np.where(y == 1, rng.uniform(0.35, 0.45, 80), rng.uniform(0.05, 0.25, 80))
-    cfg = tl.DecodeConfig(max_duration=60, thresholds=(0.5, 0.3, 0.2))
-    log_dur = hsmm.fit_durations([25] * 3, [20, 35] * 3, 60)
-    prior = np.array([0.7, 0.3])
-    chosen, grid = tl.select_decoding(probs, labels, "threshold", log_dur, prior, cfg)
+    fps = {v: 10.0 for v in probs}
+    cfg = tl.DecodeConfig(max_duration_s=6.0, thresholds=(0.5, 0.3, 0.2))
+    durations = tl.Durations(hsmm.DurationPrior.fit([2.5] * 3, [2.0, 3.5] * 3, 6.0), [0.7, 0.3])
+    chosen, grid = tl.select_decoding(probs, labels, fps, "threshold", durations, cfg)
     assert chosen.threshold == 0.3 and grid[0.3] == 1.0 and grid[0.5] < 1.0
-    assert chosen.emission_weight == cfg.emission_weight           # only its own field moves
-    chosen, grid = tl.select_decoding(probs, labels, "hsmm", log_dur, prior, cfg)
-    assert set(grid) == set(cfg.emission_weights) and grid[chosen.emission_weight] == max(grid.values())
-    hard = tl.read_posteriors(probs, "hsmm", log_dur, prior, chosen)
+    assert chosen.evidence_rate == cfg.evidence_rate               # only its own field moves
+    chosen, grid = tl.select_decoding(probs, labels, fps, "hsmm", durations, cfg)
+    assert set(grid) == set(cfg.evidence_rates) and grid[chosen.evidence_rate] == max(grid.values())
+    hard = tl.read_posteriors(probs, fps, "hsmm", durations, chosen)
     assert all(h.shape == (80,) and set(np.unique(h)) <= {0, 1} for h in hard.values())
     off = dataclasses.replace(cfg, select_on_val=False)
-    assert tl.select_decoding(probs, labels, "median", log_dur, prior, off) == (off, {})
+    assert tl.select_decoding(probs, labels, fps, "median", durations, off) == (off, {})
     with pytest.raises(ValueError, match="unknown reading"):
-        tl.read_posteriors(probs, "viterbi", log_dur, prior, cfg)
+        tl.read_posteriors(probs, fps, "viterbi", durations, cfg)
+
+
+def test_dilated_conv_matches_nnx_conv():
+    for causal in (False, True):
+        for k, d in ((3, 1), (3, 4), (5, 2)):
+            conv = model_lib.DilatedConv(4, 6, k, d, causal=causal, use_bias=True,
+                                         rngs=nnx.Rngs(0))
+            conv.bias[...] = jnp.full((6,), 0.3)
+            ref = nnx.Conv(4, 6, k, kernel_dilation=d, padding="CAUSAL" if causal else "SAME",
+                           rngs=nnx.Rngs(1))
+            ref.kernel[...] = conv.kernel[...]
+            ref.bias[...] = conv.bias[...]
+            x = np.random.default_rng(0).normal(size=(2, 30, 4)).astype(np.float32)
+            np.testing.assert_allclose(conv(x), ref(x), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- plots

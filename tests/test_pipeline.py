@@ -85,11 +85,31 @@ def test_two_level_quick_run_writes_tables_figures_report(quick_run):
     for split in ("test", "val"):
         rows = results[split]
         for method in ("two_level", "two_level/no_duration_prior", "two_level/threshold_on_val",
-                       "two_level/median_filter", "no_cross_modal", "no_within_modality", "concat_tcn", "text_only"):
+                       "two_level/median_filter", "no_cross_modal", "no_within_modality",
+                       "two_level/with_remainder", "concat_tcn", "text_only"):
             assert method in rows, (split, method)
             for metric in ("AVGF1", "AP", "WAR"):
                 assert 0.0 <= rows[method][metric] <= 1.0
         assert any(m.startswith("best_fusion") for m in rows)
+    # The results contract: two-level rows are means over seeds with their spread.
+    test = results["test"]
+    for row in ("two_level", "no_cross_modal", "no_within_modality"):
+        assert test[row]["n_runs"] == QUICK.seeds and "AP_sd" in test[row] and "AVGF1_sd" in test[row]
+        folds = results["test_folds"][row]
+        assert folds["n_runs"] == QUICK.folds * QUICK.fold_seeds
+    assert test["concat_tcn"]["n_runs"] == 1
+    # Faithfulness: the default model has no remainder, so every score is named.
+    assert test["two_level"]["named_share"] == pytest.approx(1.0)
+    assert test["two_level"]["AP_without_remainder"] == pytest.approx(test["two_level"]["AP"])
+    rem = test["two_level/with_remainder"]
+    assert 0.0 <= rem["named_share"] and 0.0 <= rem["AP_without_remainder"] <= 1.0
+    paired = results["paired_differences"]["test"]
+    assert paired["no_cross_modal - two_level"]["n_runs"] == QUICK.seeds
+    # Every participant is tested in exactly one fold.
+    tested = [p for f in results["folds"] for p in f["test_participants"]]
+    assert len(tested) == len(set(tested)) == 4
+    assert set(results["verdict"]) >= {"test: AP above no_cross_modal", "test: AP above concat_tcn"}
+
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert on_disk["test"]["two_level"]["AP"] == pytest.approx(results["test"]["two_level"]["AP"])
     assert "| two_level |" in (run_dir / "results.md").read_text()
@@ -98,19 +118,19 @@ def test_two_level_quick_run_writes_tables_figures_report(quick_run):
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures) and "http://" not in html
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["quick"] is True and config["decode"]["max_duration"] == QUICK.decode.max_duration
-    # The duration prior was fitted on real training segments.
+    assert config["quick"] is True
+    assert config["decode"]["max_duration_s"] == QUICK.decode.max_duration_s
     assert results["duration_prior"]["pos_segments"] > 0
-    # Each reading's hyperparameter came from val, and the deployed decoder uses the chosen one.
+    # Each run chose its readings' hyperparameters on its own val; the deployed decoder
+    # is the chosen one of the deployed run.
     chosen = results["decoding_selected_on_val"]
-    assert set(chosen["two_level"]) == {"hsmm", "median", "threshold"}
-    assert set(chosen["no_cross_modal"]) == {"hsmm"}
-    assert chosen["two_level"]["hsmm"] in QUICK.decode.emission_weights
-    deployed = json.loads((run_dir / "deploy" / "level2.json").read_text())["decode"]
-    assert deployed["emission_weight"] == chosen["two_level"]["hsmm"]
-    grid = results["decoding_val_grids"]
-    best = max(v["val_AVGF1"] for k, v in grid.items() if k.startswith("two_level/median "))
-    assert grid[f"two_level/median median_k={int(chosen['two_level']['median'])}"]["val_AVGF1"] == best
+    deployed_run = results["deployed_run"]["run"]
+    assert set(chosen["two_level"][deployed_run]) == {"hsmm", "median", "threshold", "video_min_s"}
+    assert set(chosen["no_cross_modal"][deployed_run]) == {"hsmm", "video_min_s"}
+    deployed = json.loads((run_dir / "deploy" / "level2.json").read_text())
+    assert deployed["decode"]["evidence_rate"] == chosen["two_level"][deployed_run]["hsmm"]
+    assert deployed["decode"]["evidence_rate"] in QUICK.decode.evidence_rates
+    assert deployed["durations"]["max_s"] == QUICK.decode.max_duration_s
 
 
 def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo_root):

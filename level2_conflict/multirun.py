@@ -1,0 +1,403 @@
+"""Many trainings of the two-level model as one vmapped JAX program.
+
+The two-level model is small (tens of thousands of parameters), so one training uses a
+CPU poorly and the honest way to compare it with its ablations, over seeds and over
+participant folds, is many trainings. Here every run of one model configuration (a seed on
+the default split, a seed within a participant fold, ...) is one slice of a stacked
+parameter tree, and a train step is ``jax.vmap`` of the single-run step: one compiled
+program trains them all, each on its own training videos, with its own dropout keys and
+data order, and keeps its own best epoch by its own validation AP.
+
+Level-2 inputs (the six conflict-feature groups and the three affect tracks) are computed
+once per whole video into a :class:`Bank` (frames of every video laid end to end), so
+training never recomputes them and sees exactly the features inference sees. Windows are
+start offsets into the bank; a batch is a gather.
+
+``train_runs(model_cfg, bank, runs, cfg) -> Trained``; ``Trained.outputs(bank, videos)``
+gives each run's frame probabilities and named contributions on whole videos, and
+``Trained.model(r)`` one run as an ordinary :class:`~level2_conflict.model.TwoLevelModel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from ahjax import metrics as metrics_lib
+from ahjax.data.store import FeatureStore
+from ahjax.data.windows import window_starts
+from ahjax.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
+                                 masked_cross_entropy)
+from level2_conflict import features as feats
+from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
+
+# Level-1 tracks the conflict features are computed from (raw level-1 units).
+TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
+_PAD = 128   # whole videos are padded to a multiple of this (fewer compilations)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Where one video lies in a :class:`Bank`."""
+    offset: int
+    n: int
+    fps: float
+    split: str
+    participant: str
+
+
+@dataclasses.dataclass
+class Bank:
+    """Level-2 inputs of many videos, frames end to end.
+
+    ``arrays``: name (feature group or ``AFFECT_KEYS`` value, and ``cues`` when present)
+    -> (T, k) float32; ``valid`` (T,) 1 on real frames; ``labels`` (T,) int (-1 where
+    unlabelled or padding); ``slots``: video id -> :class:`Slot`. Each video's block is at
+    least ``min_block`` frames (zero-padded), so a window never reads another video.
+    """
+    arrays: dict
+    valid: np.ndarray
+    labels: np.ndarray
+    slots: dict
+
+    @property
+    def has_cues(self) -> bool:
+        return "cues" in self.arrays
+
+
+@jax.jit
+def _video_inputs(tracks, mask, fps):
+    groups = feats.conflict_features(tracks, fps, mask)
+    affect = feats.affect_tracks(tracks, mask)
+    return groups, {AFFECT_KEYS[m]: a for m, a in affect.items()}
+
+
+def video_inputs(tracks: Mapping[str, np.ndarray], fps: float) -> dict[str, np.ndarray]:
+    """Feature groups and affect tracks ``{name: (n, k)}`` of one whole video's level-1
+    ``tracks`` (``n`` frames each), exactly as :class:`TwoLevelModel` computes them."""
+    n = int(np.asarray(tracks["face_present"]).shape[0])
+    if n < 1:
+        raise ValueError("video_inputs: a video with no frames")
+    for k in TRACKS:
+        if k in tracks and not np.all(np.isfinite(np.asarray(tracks[k], np.float32))):
+            raise ValueError(f"level-1 track {k!r} holds NaN or inf values")
+    size = -(-n // _PAD) * _PAD
+    padded = {k: np.pad(np.asarray(tracks[k], np.float32).reshape(n, -1),
+                        ((0, size - n), (0, 0)))[None] for k in TRACKS if k in tracks}
+    mask = np.zeros((1, size), np.float32)
+    mask[0, :n] = 1.0
+    groups, affect = jax.device_get(_video_inputs(padded, mask, np.float32(fps)))
+    out = {g: np.asarray(a[0, :n]) for g, a in groups.items()}
+    out.update({k: np.asarray(a[0, :n]) for k, a in affect.items()})
+    for name, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"level-2 input {name!r} holds NaN or inf values")
+    return out
+
+
+def build_bank(store: FeatureStore, video_ids: Sequence[str], *, min_block: int,
+               use_cues: bool = False, progress: bool = True) -> Bank:
+    """A :class:`Bank` of ``video_ids`` from ``store`` (level-1 tracks, labels, meta)."""
+    parts: dict[str, list] = {}
+    valid, labels, slots, offset = [], [], {}, 0
+    for vid in tqdm(video_ids, desc="level-2 features", disable=not progress, leave=False):
+        meta = store.meta(vid)
+        n = int(meta["n_frames"])
+        tracks = {k: np.asarray(store.read(vid, k), np.float32).reshape(n, -1) for k in TRACKS}
+        try:
+            arrays = video_inputs(tracks, float(meta["fps"]))
+        except ValueError as err:
+            raise ValueError(f"{vid}: {err}") from None
+        if use_cues:
+            arrays["cues"] = np.asarray(store.read(vid, "cues"), np.float32).reshape(n, -1)
+        block = max(n, min_block)
+        for name, arr in arrays.items():
+            parts.setdefault(name, []).append(np.pad(arr, ((0, block - n), (0, 0))))
+        v = np.zeros(block, np.float32)
+        v[:n] = 1.0
+        lab = np.full(block, -1, np.int32)
+        lab[:n] = np.asarray(store.read(vid, "labels"), np.int32).reshape(-1)[:n]
+        valid.append(v)
+        labels.append(lab)
+        slots[vid] = Slot(offset, n, float(meta["fps"]), str(meta.get("split", "")),
+                          str(meta.get("participant", "")))
+        offset += block
+    return Bank({k: np.concatenate(v) for k, v in parts.items()}, np.concatenate(valid),
+                np.concatenate(labels), slots)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training: its seed and its videos (train, val for the best epoch, test)."""
+    name: str
+    seed: int
+    train: tuple
+    val: tuple
+    test: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiConfig:
+    """How the runs are trained (the optimiser is a :class:`TrainConfig`)."""
+    train: TrainConfig = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=25,
+                                     clip_norm=1.0)
+    window: int = 240
+    hop: int = 48
+    batch_size: int = 8
+    eval_every: int = 1          # epochs between validations (the best epoch is among them)
+    progress: bool = True
+
+
+def _model_inputs(bank_arrays: Mapping, valid, frames, keys) -> dict:
+    """Gather ``frames`` (any shape of bank indices) of ``keys`` into model inputs."""
+    out = {k: jnp.take(bank_arrays[k], frames, axis=0, mode="clip") for k in keys}
+    out["valid"] = jnp.take(valid, frames, axis=0, mode="clip")
+    return out
+
+
+def _input_keys(model: TwoLevelModel, bank: Bank) -> tuple:
+    keys = tuple(model.groups) + tuple(AFFECT_KEYS.values())
+    return keys + (("cues",) if model.cfg.use_cues and bank.has_cues else ())
+
+
+class Trained:
+    """The runs of one configuration after training (best epoch of each run)."""
+
+    def __init__(self, graphdef, params, rest, runs: Sequence[Run], keys: tuple,
+                 history: list, best_epochs: np.ndarray):
+        self.graphdef, self.params, self.rest = graphdef, params, rest
+        self.runs, self.keys = list(runs), keys
+        self.history, self.best_epochs = history, best_epochs
+
+    def model(self, r: int) -> TwoLevelModel:
+        """Run ``r`` as an ordinary model (its best epoch's parameters)."""
+        take = lambda t: jax.tree.map(lambda x: x[r], t)  # noqa: E731
+        return nnx.merge(self.graphdef, take(self.params), take(self.rest))
+
+    def outputs(self, bank: Bank, videos: Sequence[Sequence[str]]) -> list[dict]:
+        """Whole-video outputs: ``videos[r]`` are run ``r``'s videos; returns per run
+        ``{video: {"prob", "score", "bias", "remainder", "contributions": {group: ...}}}``
+        as numpy (n,) arrays (``bias`` a float)."""
+        out: list[dict] = [{} for _ in self.runs]
+        slots = max((len(v) for v in videos), default=0)
+        if slots == 0:
+            return out
+        length = max(bank.slots[v].n for vs in videos for v in vs)
+        length = -(-length // _PAD) * _PAD
+        # (R, J) offsets and lengths; empty slots read nothing (length 0).
+        offs = np.zeros((len(self.runs), slots), np.int32)
+        lens = np.zeros((len(self.runs), slots), np.int32)
+        for r, vs in enumerate(videos):
+            for j, v in enumerate(vs):
+                offs[r, j], lens[r, j] = bank.slots[v].offset, bank.slots[v].n
+        res = jax.device_get(_forward_slots(self.graphdef, self.params, self.rest,
+                                            _device_bank(bank), offs, lens, length, self.keys))
+        for r, vs in enumerate(videos):
+            for j, v in enumerate(vs):
+                n = lens[r, j]
+                out[r][v] = {"prob": res["prob"][r, j, :n], "score": res["score"][r, j, :n],
+                             "remainder": res["remainder"][r, j, :n],
+                             "bias": float(res["bias"][r]),
+                             "contributions": {g: c[r, j, :n]
+                                               for g, c in res["contributions"].items()}}
+        return out
+
+    def save_history(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+
+
+_BANK_CACHE: dict = {}
+
+
+def _device_bank(bank: Bank) -> tuple:
+    """The bank's arrays on the device, once per bank."""
+    key = id(bank)
+    if key not in _BANK_CACHE or _BANK_CACHE[key][0] is not bank:
+        _BANK_CACHE.clear()
+        _BANK_CACHE[key] = (bank, ({k: jnp.asarray(v) for k, v in bank.arrays.items()},
+                                   jnp.asarray(bank.valid), jnp.asarray(bank.labels)))
+    return _BANK_CACHE[key][1]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "length", "keys"))
+def _forward_slots(graphdef, params, rest, dbank, offs, lens, length, keys):
+    arrays, valid, _ = dbank
+
+    def one(p, s, off, n):   # one run: (J,) offsets -> (J, L) outputs
+        t = jnp.arange(length)
+        frames = off[:, None] + t[None, :]
+        inputs = _model_inputs(arrays, valid, frames, keys)
+        inputs["valid"] = inputs["valid"] * (t[None, :] < n[:, None])
+        model = nnx.merge(graphdef, p, s)
+        logits, aux = model(inputs, train=False)
+        prob = jax.nn.sigmoid(aux["score"])
+        return {"prob": prob, "score": aux["score"], "remainder": aux["remainder"],
+                "bias": aux["bias"], "contributions": aux["contributions"]}
+
+    return jax.vmap(one)(params, rest, offs, lens)
+
+
+def _windows(bank: Bank, videos: Sequence[str], window: int, hop: int) -> np.ndarray:
+    """Bank offsets of the training windows of ``videos``."""
+    out = [bank.slots[v].offset + s for v in videos
+           for s in window_starts(bank.slots[v].n, window, hop)]
+    return np.asarray(out, np.int64)
+
+
+def _epoch_indices(per_run: Sequence[np.ndarray], seeds: Sequence[int], epoch: int,
+                   batch: int) -> np.ndarray:
+    """(steps, R, batch) window offsets: each run's own shuffle, cycled to a common length."""
+    steps = max(math.ceil(len(w) / batch) for w in per_run)
+    out = np.zeros((steps, len(per_run), batch), np.int64)
+    for r, (w, seed) in enumerate(zip(per_run, seeds)):
+        rng = np.random.default_rng([seed, epoch, 7919])
+        need = steps * batch
+        order = np.concatenate([rng.permutation(w) for _ in range(-(-need // len(w)))])
+        out[:, r, :] = order[:need].reshape(steps, batch)
+    return out
+
+
+def _init(model_cfg: TwoLevelConfig, seeds: Sequence[int]):
+    """(graphdef, stacked params, stacked rest) of one model per seed."""
+    models = [TwoLevelModel(model_cfg, rngs=nnx.Rngs(int(s))) for s in seeds]
+    splits = [nnx.split(m, nnx.Param, ...) for m in models]
+    graphdef = splits[0][0]
+    stack = lambda i: jax.tree.map(lambda *x: jnp.stack(x), *[s[i] for s in splits])  # noqa
+    return graphdef, stack(1), stack(2)
+
+
+def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
+               cfg: MultiConfig = MultiConfig(), *, desc: str = "two_level") -> Trained:
+    """Train every run of ``runs`` with ``model_cfg`` as one vmapped program.
+
+    Each run samples only its own ``train`` windows, validates every ``cfg.eval_every``
+    epochs on its own ``val`` videos (frame AP) and keeps its best epoch's parameters.
+    Raises :class:`NonFiniteLossError` naming the runs whose loss stops being finite.
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("train_runs: no runs")
+    for run in runs:
+        if not run.train:
+            raise ValueError(f"run {run.name!r} has no training videos")
+        missing = [v for v in (*run.train, *run.val, *run.test) if v not in bank.slots]
+        if missing:
+            raise KeyError(f"run {run.name!r}: videos not in the bank: {missing[:3]}")
+    graphdef, params, rest = _init(model_cfg, [r.seed for r in runs])
+    keys = _input_keys(nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params),
+                                 jax.tree.map(lambda x: x[0], rest)), bank)
+    per_run = [_windows(bank, r.train, cfg.window, cfg.hop) for r in runs]
+    steps = max(math.ceil(len(w) / cfg.batch_size) for w in per_run)
+    tx = make_optimizer(cfg.train, steps * cfg.train.epochs)
+    opt_state = jax.vmap(tx.init)(params)
+    dbank = _device_bank(bank)
+    epoch_fn = _epoch_fn(graphdef, tx, keys, cfg.window)
+
+    best = (params, rest)
+    best_ap = np.full(len(runs), -np.inf)
+    best_epochs = np.zeros(len(runs), np.int64)
+    history = []
+    val_labels = [np.concatenate([bank.labels[bank.slots[v].offset:][:bank.slots[v].n]
+                                  for v in r.val]) if r.val else None for r in runs]
+    bar = tqdm(range(cfg.train.epochs), desc=f"training {desc} ({len(runs)} runs)",
+               disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        idx = _epoch_indices(per_run, [r.seed for r in runs], epoch, cfg.batch_size)
+        params, rest, opt_state, losses = epoch_fn(params, rest, opt_state, dbank, idx)
+        losses = np.asarray(losses)                   # (steps, R)
+        bad = [runs[r].name for r in np.flatnonzero(~np.isfinite(losses).all(0))]
+        if bad:
+            raise NonFiniteLossError(f"{desc}: training loss not finite at epoch {epoch} "
+                                     f"in runs {bad[:5]}")
+        record = {"epoch": epoch, "loss": [float(x) for x in losses.mean(0)]}
+        last = epoch == cfg.train.epochs - 1
+        if any(v is not None for v in val_labels) and (epoch % cfg.eval_every == 0 or last):
+            trained = Trained(graphdef, params, rest, runs, keys, history, best_epochs)
+            outs = trained.outputs(bank, [r.val for r in runs])
+            aps = np.full(len(runs), -np.inf)
+            for r, run in enumerate(runs):
+                if val_labels[r] is not None:
+                    p = np.concatenate([outs[r][v]["prob"] for v in run.val])
+                    aps[r] = metrics_lib.frame_ap(val_labels[r], p)
+            aps = np.nan_to_num(aps, nan=-np.inf)
+            better = aps > best_ap
+            best_ap = np.where(better, aps, best_ap)
+            best_epochs = np.where(better, epoch, best_epochs)
+            pick = jnp.asarray(better)
+            best = jax.tree.map(
+                lambda b, p: jnp.where(pick.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
+                best, (params, rest))
+            record["val_AP"] = [float(x) for x in aps]
+        elif not any(v is not None for v in val_labels):
+            best, best_epochs = (params, rest), np.full(len(runs), epoch)
+        history.append(record)
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+    return Trained(graphdef, best[0], best[1], runs, keys, history, best_epochs)
+
+
+def _epoch_fn(graphdef, tx, keys: tuple, window: int):
+    """The jitted epoch: ``lax.scan`` over steps of the vmapped single-run step."""
+
+    def loss_fn(model, inputs, labels, mask):
+        logits, aux = model(inputs, train=True)
+        loss, _ = masked_cross_entropy(logits, labels, mask)
+        return loss + aux["aux_loss"] if "aux_loss" in aux else loss
+
+    def run_step(p, s, o, starts, arrays, valid, labels):
+        frames = starts[:, None] + jnp.arange(window)[None, :]          # (B, W)
+        inputs = _model_inputs(arrays, valid, frames, keys)
+        lab = jnp.take(labels, frames, mode="clip")
+        mask = (lab >= 0).astype(jnp.float32) * inputs["valid"]
+        # nnx.value_and_grad, so dropout may advance its RNG count inside the trace.
+        model = nnx.merge(graphdef, p, s)
+        loss, grads = nnx.value_and_grad(loss_fn)(model, inputs, lab, mask)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), nnx.state(model, nnx.Not(nnx.Param)), o, loss
+
+    @jax.jit
+    def epoch(params, rest, opt_state, dbank, idx):
+        arrays, valid, labels = dbank
+
+        def body(carry, starts):
+            p, s, o = carry
+            p, s, o, loss = jax.vmap(run_step, in_axes=(0, 0, 0, 0, None, None, None))(
+                p, s, o, starts, arrays, valid, labels)
+            return (p, s, o), loss
+
+        (params, rest, opt_state), losses = jax.lax.scan(body, (params, rest, opt_state), idx)
+        return params, rest, opt_state, losses
+
+    return epoch
+
+
+def named_share(outputs: Mapping[str, Mapping]) -> float:
+    """Share of the score that the named contributions carry, over ``outputs``' frames:
+    ``mean |sum of named contributions| / mean |score - bias|`` (1.0 without remainder)."""
+    named, total = [], []
+    for o in outputs.values():
+        s = sum(o["contributions"].values(), np.zeros_like(o["score"]))
+        named.append(np.abs(s))
+        total.append(np.abs(o["score"] - o["bias"]))
+    den = float(np.mean(np.concatenate(total))) if total else 0.0
+    return float(np.mean(np.concatenate(named)) / den) if den > 0 else 1.0
+
+
+def without_remainder(outputs: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
+    """Frame probabilities with the remainder dropped at inference: sigmoid(score - rem)."""
+    return {v: 1.0 / (1.0 + np.exp(-(o["score"] - o["remainder"]))) for v, o in outputs.items()}
+
+
+__all__ = ["Bank", "MultiConfig", "REMAINDER", "Run", "Slot", "Trained", "build_bank",
+           "named_share", "train_runs", "video_inputs", "without_remainder"]

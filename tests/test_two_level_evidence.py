@@ -1,0 +1,247 @@
+"""The two-level model's named contributions are faithful, its ablations remove information,
+its runs over seeds are one vmapped program, and its duration prior lives in seconds."""
+
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from level1_affect.schema import FACE_DESC, TEXT_AFFECT, VOICE_PROSODY
+from level2_conflict import features as feats
+from level2_conflict import hsmm, multirun
+from level2_conflict.model import TwoLevelConfig, TwoLevelModel
+from tests.test_level2 import make_tracks
+
+FACE = ("face_present", "face_desc")
+VOICE = ("voice_prosody",)
+TEXT = ("text_affect",)
+SMALL = TwoLevelConfig(fps=10.0, hidden=6, n_blocks=2, dropout=0.0, use_remainder=False)
+
+
+def _score(model, tracks):
+    _, aux = model({k: np.asarray(v)[None] for k, v in tracks.items()})
+    return np.asarray(aux["score"][0], np.float64), aux
+
+
+def _swap(tracks, other, keys):
+    out = dict(tracks)
+    out.update({k: other[k] for k in keys})
+    return out
+
+
+# ------------------------------------------------------------------------- faithfulness
+
+def test_deleting_the_largest_group_moves_the_score_more_than_a_small_one():
+    model = TwoLevelModel(SMALL, rngs=nnx.Rngs(3))
+    tracks = make_tracks(80, random=True, seed=1)
+    inputs = {k: np.asarray(v)[None] for k, v in tracks.items()}
+    mask = np.ones((1, 80), np.float32)
+    groups, affect = model.features(inputs, mask)
+    pre = {g: np.asarray(groups[g]) for g in model.groups}
+    pre.update({multirun.AFFECT_KEYS[m]: np.asarray(a) for m, a in affect.items()})
+    pre["valid"] = mask
+    _, aux = model(pre)
+    size = {g: float(np.mean(np.abs(aux["contributions"][g]))) for g in model.groups}
+    big, small = max(size, key=size.get), min(size, key=size.get)
+    assert size[big] > 2 * size[small]
+    drops = {}
+    for g in (big, small):
+        deleted = dict(pre, **{g: np.zeros_like(pre[g])})
+        _, aux_d = model(deleted)
+        delta = np.asarray(aux["score"] - aux_d["score"])
+        # Bias-free branches: deleting a group's evidence removes exactly its contribution.
+        np.testing.assert_allclose(delta, np.asarray(aux["contributions"][g]), atol=1e-5)
+        drops[g] = float(np.mean(np.abs(delta)))
+    assert drops[big] > drops[small]
+
+
+def test_named_share_is_one_without_remainder_and_measured_with_it():
+    tracks = make_tracks(60, random=True, seed=2)
+    outs = {}
+    for use in (False, True):
+        model = TwoLevelModel(dataclasses.replace(SMALL, use_remainder=use), rngs=nnx.Rngs(0))
+        _, aux = model({k: np.asarray(v)[None] for k, v in tracks.items()})
+        o = {"score": np.asarray(aux["score"][0]), "bias": float(aux["bias"]),
+             "remainder": np.asarray(aux["remainder"][0]),
+             "contributions": {g: np.asarray(c[0]) for g, c in aux["contributions"].items()}}
+        outs[use] = multirun.named_share({"v": o})
+        dropped = multirun.without_remainder({"v": o})["v"]
+        expected = 1 / (1 + np.exp(-(o["score"] - o["remainder"])))
+        np.testing.assert_allclose(dropped, expected, rtol=1e-6)
+    assert outs[False] == pytest.approx(1.0)
+    # With a remainder the share is measured, not 1 (it exceeds 1 when the remainder cancels).
+    assert outs[True] > 0.0 and outs[True] != pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_model_with_every_group_disabled_is_refused():
+    with pytest.raises(ValueError, match="no named group"):
+        TwoLevelConfig(use_cross=False, use_within=False)
+    from experiments import run as runner
+    with pytest.raises(ValueError, match="no named group"):
+        runner.build_config("two_level", ["--config.model.use_cross=False",
+                                          "--config.model.use_within=False"])
+
+
+# ------------------------------------------------------------------------- clean ablations
+
+def test_no_cross_modal_score_is_additively_separable_across_modalities():
+    model = TwoLevelModel(dataclasses.replace(SMALL, use_cross=False), rngs=nnx.Rngs(1))
+    a, b = make_tracks(70, random=True, seed=4), make_tracks(70, random=True, seed=5)
+    base, _ = _score(model, a)
+    d_face = _score(model, _swap(a, b, FACE))[0] - base
+    d_voice = _score(model, _swap(a, b, VOICE))[0] - base
+    d_both = _score(model, _swap(a, b, FACE + VOICE))[0] - base
+    assert np.max(np.abs(d_face)) > 1e-3 and np.max(np.abs(d_voice)) > 1e-3
+    np.testing.assert_allclose(d_both, d_face + d_voice, atol=1e-5)
+    d_text = _score(model, _swap(a, b, TEXT))[0] - base
+    d_all = _score(model, _swap(a, b, FACE + VOICE + TEXT))[0] - base
+    np.testing.assert_allclose(d_all, d_face + d_voice + d_text, atol=1e-5)
+
+
+def test_full_model_is_not_separable_so_the_test_above_can_fail():
+    model = TwoLevelModel(SMALL, rngs=nnx.Rngs(1))
+    a, b = make_tracks(70, random=True, seed=4), make_tracks(70, random=True, seed=5)
+    base, _ = _score(model, a)
+    d_face = _score(model, _swap(a, b, FACE))[0] - base
+    d_voice = _score(model, _swap(a, b, VOICE))[0] - base
+    d_both = _score(model, _swap(a, b, FACE + VOICE))[0] - base
+    assert np.max(np.abs(d_both - d_face - d_voice)) > 1e-3
+
+
+def test_no_within_modality_has_only_pairwise_terms():
+    """Without within-modality groups the score is a sum of pair terms: no three-way
+    interaction, and each pair's contribution ignores the third modality."""
+    model = TwoLevelModel(dataclasses.replace(SMALL, use_within=False), rngs=nnx.Rngs(2))
+    a, b = make_tracks(70, random=True, seed=6), make_tracks(70, random=True, seed=7)
+    mods = {"f": FACE, "v": VOICE, "t": TEXT}
+
+    def f(which):
+        keys = tuple(k for m in which for k in mods[m])
+        return _score(model, _swap(a, b, keys))
+
+    s = {w: f(w)[0] for w in ("", "f", "v", "t", "fv", "ft", "vt", "fvt")}
+    three_way = (s["fvt"] - s["fv"] - s["ft"] - s["vt"] + s["f"] + s["v"] + s["t"] - s[""])
+    np.testing.assert_allclose(three_way, 0.0, atol=1e-5)
+    _, aux0 = f("")
+    _, aux_t = f("t")
+    np.testing.assert_allclose(aux_t["contributions"]["face_voice"],
+                               aux0["contributions"]["face_voice"], atol=1e-6)
+    assert set(aux0["contributions"]) == set(feats.CROSS_GROUPS)
+
+
+# ------------------------------------------------------------------------- vmapped runs
+
+def _bank(n_videos=6, n=90, fps=10.0):
+    rng = np.random.default_rng(0)
+    parts, valid, labels, slots, off = {}, [], [], {}, 0
+    for i in range(n_videos):
+        tracks = make_tracks(n, random=True, seed=10 + i)
+        y = np.zeros(n, np.int32)
+        y[20 + 5 * i: 50 + 5 * i] = 1
+        # Evidence that tracks the label: face valence flips inside the A/H segment.
+        tracks["face_desc"][y == 1, FACE_DESC.index("valence")] *= -2
+        arrays = multirun.video_inputs(tracks, fps)
+        for k, v in arrays.items():
+            parts.setdefault(k, []).append(v)
+        valid.append(np.ones(n, np.float32))
+        labels.append(y)
+        slots[f"v{i}"] = multirun.Slot(off, n, fps, "train", f"p{i // 2}")
+        off += n
+    del rng
+    return multirun.Bank({k: np.concatenate(v) for k, v in parts.items()},
+                         np.concatenate(valid), np.concatenate(labels), slots)
+
+
+MULTI = multirun.MultiConfig(window=40, hop=20, batch_size=4, progress=False,
+                             train=multirun.MultiConfig().train.__class__(
+                                 optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=2,
+                                 clip_norm=1.0))
+
+
+def test_runs_trained_together_equal_runs_trained_alone():
+    bank = _bank()
+    train, val, test = ("v0", "v1", "v2", "v3"), ("v4",), ("v5",)
+    a = multirun.Run("a", 0, train, val, test)
+    b = multirun.Run("b", 1, train, val, test)
+    together = multirun.train_runs(SMALL, bank, [a, b], MULTI)
+    alone = multirun.train_runs(SMALL, bank, [a], MULTI)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], together.params),
+                                jax.tree.map(lambda x: x[0], alone.params), atol=1e-5)
+    assert not np.allclose(np.asarray(jax.tree.leaves(together.params)[0][0]),
+                           np.asarray(jax.tree.leaves(together.params)[0][1]))
+    # Trained.outputs is the ordinary model's forward pass on the whole video.
+    out = together.outputs(bank, [test, test])
+    model = together.model(1)
+    s = bank.slots["v5"]
+    inputs = {k: v[s.offset:s.offset + s.n][None] for k, v in bank.arrays.items()}
+    inputs["valid"] = np.ones((1, s.n), np.float32)
+    _, aux = model(inputs)
+    np.testing.assert_allclose(out[1]["v5"]["score"], np.asarray(aux["score"][0]), atol=1e-5)
+    assert set(out[1]["v5"]["contributions"]) == set(feats.GROUPS)
+    assert len(together.history) == 2 and len(together.history[0]["val_AP"]) == 2
+
+
+def test_train_runs_refuses_unknown_videos_and_empty_training():
+    bank = _bank(2)
+    with pytest.raises(KeyError, match="not in the bank"):
+        multirun.train_runs(SMALL, bank, [multirun.Run("a", 0, ("v0", "nope"), (), ())], MULTI)
+    with pytest.raises(ValueError, match="no training videos"):
+        multirun.train_runs(SMALL, bank, [multirun.Run("a", 0, (), ("v0",), ())], MULTI)
+
+
+def test_video_inputs_name_non_finite_level1_tracks():
+    tracks = make_tracks(30, random=True)
+    tracks["voice_prosody"][5, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        multirun.video_inputs(tracks, 10.0)
+
+
+# ------------------------------------------------------------------------- durations in seconds
+
+def test_duration_prior_in_seconds_decodes_the_same_segments_at_two_frame_rates():
+    from experiments import two_level as tl
+    prior = hsmm.DurationPrior.fit([4.0, 5.0, 3.5, 4.5], [6.0, 8.0, 5.0, 7.0, 9.0], max_s=15.0)
+    durations = tl.Durations(prior, [0.8, 0.2])
+    rng = np.random.default_rng(0)
+    grid_t = np.linspace(0, 20, 2001)
+    truth = ((grid_t >= 6.0) & (grid_t < 10.5)).astype(float)
+    noise = rng.normal(0, 0.08, grid_t.size)
+    segments = {}
+    for fps in (24.0, 30.0):
+        t = np.arange(int(20 * fps)) / fps
+        prob = np.clip(np.interp(t, grid_t, 0.08 + 0.5 * truth + noise), 0.01, 0.99)
+        decoded = tl.decode_hsmm(prob, fps, durations, rate=4.8)
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], decoded, [0]])))
+        segments[fps] = runs.reshape(-1, 2) / fps
+    assert segments[24.0].shape == segments[30.0].shape == (1, 2)
+    np.testing.assert_allclose(segments[24.0], segments[30.0], atol=1 / 24)
+    np.testing.assert_allclose(segments[24.0][0], [6.0, 10.5], atol=0.25)
+    # The same prior is the same distribution in seconds at each rate.
+    for fps in (24.0, 30.0):
+        pmf = np.exp(prior.log_pmf(fps)[1])
+        mean_s = float(np.sum(pmf * np.arange(1, pmf.size + 1)) / fps)
+        assert mean_s == pytest.approx(prior.mean_s()[1], rel=0.05)
+
+
+def test_duration_prior_refuses_bad_input():
+    with pytest.raises(ValueError, match="no positive segments"):
+        hsmm.DurationPrior.fit([], [1.0], 10.0)
+    with pytest.raises(ValueError, match="max_s"):
+        hsmm.DurationPrior.fit([1.0], [1.0], 0.0)
+    prior = hsmm.DurationPrior.fit([1.0], [2.0], 5.0)
+    with pytest.raises(ValueError, match="fps"):
+        prior.log_pmf(0.0)
+
+
+def test_video_rule_from_decoded_segments():
+    from experiments import two_level as tl
+    decoded = {"a": np.r_[np.zeros(10), np.ones(30), np.zeros(10)].astype(int),
+               "b": np.r_[np.zeros(40), np.ones(5), np.zeros(5)].astype(int)}
+    fps = {"a": 10.0, "b": 10.0}
+    assert tl.longest_segment_s(decoded["a"], 10.0) == 3.0
+    assert tl.video_from_segments(decoded, fps, 2.0) == {"a": 1, "b": 0}
+    cfg = tl.DecodeConfig(video_min_ss=(0.2, 1.0, 4.0))
+    assert tl.select_video_rule(decoded, fps, {"a": 1, "b": 0}, cfg) == 1.0
