@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = build_config(args.name, overrides)
-    except config_lib.ConfigError as err:
+    except (config_lib.ConfigError, ValueError) as err:   # ValueError: a config's own check
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.resume is not None:

@@ -76,7 +76,11 @@ class Config:
     data: DataConfig = DataConfig()
     extract: ExtractConfig = ExtractConfig()
     model: TwoLevelConfig = TwoLevelConfig(fps=24.0, use_remainder=False)
-    multi: MultiConfig = MultiConfig()
+    # 15 epochs, not 25: the same pooled val AP within noise (0.686 vs 0.700 over 13 runs)
+    # for 40% less training time.
+    multi: MultiConfig = MultiConfig(train=TrainConfig(optimizer="adam", lr=3e-3,
+                                                       weight_decay=0.0, epochs=15,
+                                                       clip_norm=1.0))
     seeds: int = 5                 # two-level runs per configuration on the default split
     folds: int = 4                 # participant folds (0: none); each tests 1/folds of them
     fold_seeds: int = 2            # runs per configuration within each fold

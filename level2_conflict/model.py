@@ -73,6 +73,9 @@ class TwoLevelConfig:
     # Bias-free branches: a group whose features are all zero (no evidence) contributes
     # exactly 0, so deleting a group's evidence removes exactly its contribution.
     zero_baseline: bool = True
+    # Training only: each window drops each named group's contribution with this
+    # probability (kept ones scaled by 1/(1-p)), so no group can lean on another's presence.
+    group_dropout: float = 0.0
 
     def __post_init__(self):
         if not (self.use_cross or self.use_within):
@@ -81,8 +84,10 @@ class TwoLevelConfig:
         if self.hidden < 1 or self.n_blocks < 1 or self.kernel < 1:
             raise ValueError(f"TwoLevelConfig: hidden ({self.hidden}), n_blocks "
                              f"({self.n_blocks}) and kernel ({self.kernel}) must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TwoLevelConfig: dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "group_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TwoLevelConfig: {name} must be in [0, 1), got "
+                                 f"{getattr(self, name)}")
 
 
 class DilatedConv(nnx.Module):
@@ -197,6 +202,8 @@ class TwoLevelModel(nnx.Module):
                  + cfg.emb_dim * len(self.emb_keys))
         self.remainder = TCN(n_rem, cfg, rngs=rngs) if cfg.use_remainder else None
         self.bias = nnx.Param(jnp.zeros(()))
+        # One keep/drop draw per (window, group), shared by the window's frames.
+        self.group_drop = nnx.Dropout(cfg.group_dropout, broadcast_dims=(1,), rngs=rngs)
         self.cue_scale = nnx.Param(jnp.zeros((len(CUES),)))
         self.cue_offset = nnx.Param(jnp.zeros((len(CUES),)))
 
@@ -232,6 +239,10 @@ class TwoLevelModel(nnx.Module):
 
         hidden = {g: self.branches[g].hidden(groups[g], mask, train=train) for g in self.groups}
         contributions = {g: self.branches[g].readout(hidden[g]) for g in self.groups}
+        if train and self.cfg.group_dropout > 0:
+            kept = self.group_drop(jnp.stack([contributions[g] for g in self.groups], -1),
+                                   deterministic=False)
+            contributions = {g: kept[..., i] for i, g in enumerate(self.groups)}
         if self.remainder is not None:
             parts = [groups[g] for g in self.groups] + [affect[m] for m in feats.MODALITIES]
             for k in self.emb_keys:

@@ -85,6 +85,15 @@ def test_a_model_with_every_group_disabled_is_refused():
                                           "--config.model.use_within=False"])
 
 
+def test_the_runner_refuses_a_model_without_groups_in_one_line(capsys, tmp_path):
+    from experiments import run as runner
+    rc = runner.main(["two_level", "--config.model.use_cross=False",
+                      "--config.model.use_within=False", "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no named group" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------------- clean ablations
 
 def test_no_cross_modal_score_is_additively_separable_across_modalities():
