@@ -466,9 +466,9 @@ def run(config: Config, workdir: Path) -> dict:
         results[split].update(baseline_rows[split])
     timings["baselines_seconds"] = time.time() - t0
 
-    results["paired_differences"] = {k: v for k, v in (
-        ("test", _paired(per_run["test"])), ("test_folds", _paired(per_run.get("test_folds", {}))))
-        if v}
+    for key in ("test", "test_folds"):   # each ablation minus the full model, paired by run
+        if _paired(per_run.get(key, {})):
+            results[f"paired_{key}"] = _paired(per_run[key])
     results["verdict"] = verdict(results)
     results["faithfulness"] = {row: {k: results["test"][row][k] for k in
                                      ("named_share", "AP", "AP_without_remainder",
@@ -509,6 +509,8 @@ def run(config: Config, workdir: Path) -> dict:
         "VIDEO_AVGF1: the paper's rule (mean frame decision >= 0.5); VIDEO_AVGF1_SEGMENTS: "
         "A/H when the longest decoded A/H segment lasts at least video_min_s, chosen on val.",
     ]
+    results["notes"].append("verdict: " + "; ".join(
+        f"{k}: {'yes' if ok else 'NO'}" for k, ok in results["verdict"].items()))
     from ahjax.results import to_markdown
     plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
                       title="ahjax two_level report")

@@ -103,7 +103,7 @@ def test_two_level_quick_run_writes_tables_figures_report(quick_run):
     assert test["two_level"]["AP_without_remainder"] == pytest.approx(test["two_level"]["AP"])
     rem = test["two_level/with_remainder"]
     assert 0.0 <= rem["named_share"] and 0.0 <= rem["AP_without_remainder"] <= 1.0
-    paired = results["paired_differences"]["test"]
+    paired = results["paired_test"]
     assert paired["no_cross_modal - two_level"]["n_runs"] == QUICK.seeds
     # Every participant is tested in exactly one fold.
     tested = [p for f in results["folds"] for p in f["test_participants"]]
