@@ -367,7 +367,8 @@ def test_two_level_parameter_groups():
     heads = {p for p in every if "/out/" in p} | {"model/bias"}
     assert len(heads) == 8  # six groups + remainder read-outs, and the bias
     assert paths("shot") == every - heads - {"model/cue_scale", "model/cue_offset"}
-    assert paths("tent") == {p for p in every if "/inp/" in p} and len(paths("tent")) == 14
+    # The six named branches are bias-free (a kernel each); the remainder has kernel and bias.
+    assert paths("tent") == {p for p in every if "/inp/" in p} and len(paths("tent")) == 8
 
 
 def test_two_level_adaptation_moves_parameters_and_keeps_the_decomposition(two_level):

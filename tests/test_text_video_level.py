@@ -120,6 +120,9 @@ def test_quick_run_end_to_end(tmp_path):
         assert total == pytest.approx(float(r["logit"]), abs=1e-4)
         assert float(r["prob"]) == pytest.approx(preds[r["video_id"]], abs=1e-5)
     assert set(named) <= set(results["two_level_text_level2_val"])
+    plain = results["val_threshold_cv_train"]   # the plain train threshold, beside the rule
+    assert plain.keys() == results["val"].keys() and all(0.05 <= r["threshold"] <= 0.95
+                                                         for r in plain.values())
     crossfit = results["val_threshold_crossfit_on_val"]
     assert crossfit.keys() == results["val"].keys()
     assert all(len(r["per_repeat"]) == config.model.crossfit_repeats for r in crossfit.values())
@@ -231,3 +234,30 @@ def test_stack_cv_scores_every_design_out_of_fold():
     assert key[0] == "views" and set(table) == {"views C=0.1", "views C=1.0"}
     assert probs["val"].shape == (10,) and 0.05 <= t <= 0.95 and frame_ap(y, oof_p) > 0.7
     np.testing.assert_array_equal(oof_p, oof[key])
+
+
+def test_resampled_threshold_is_the_median_of_val_sized_draws():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i}" for i in range(20)], 6)
+    y = (rng.random(groups.size) < 0.5).astype(int)
+    # Half the participants score A/H around 0.6, the other half around 0.8: a draw's best
+    # threshold depends on whom it picks.
+    shift = np.where(np.isin(groups, [f"p{i}" for i in range(10)]), 0.1, 0.3)
+    p = np.clip(0.3 + shift * 0 + np.where(y == 1, shift + 0.3, 0.0) + rng.normal(0, 0.05, y.size),
+                0, 1)
+    t = tvl.resampled_threshold(y, p, groups, 5, 100, seed=0)
+    assert t == tvl.resampled_threshold(y, p, groups, 5, 100, seed=0)     # deterministic
+    people = np.unique(groups)
+    draws = np.random.default_rng(0)
+    found = []
+    for _ in range(100):
+        rows = np.isin(groups, draws.choice(people, size=5, replace=False))
+        if 0 < y[rows].sum() < rows.sum():
+            found.append(tvl._best_threshold(y[rows], p[rows]))
+    assert t == pytest.approx(float(np.median(found)))
+    # With one participant per draw and single-class participants, it falls back to all of train.
+    one = np.repeat(["a", "b"], 10)
+    y1 = np.repeat([0, 1], 10)
+    p1 = np.linspace(0, 1, 20)
+    assert tvl.resampled_threshold(y1, p1, one, 1, 10, 0) == tvl._best_threshold(y1, p1)
+    assert tvl.get_config().model.threshold == "resampled"
