@@ -72,12 +72,13 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
     cols = track_columns(arrays, fps)
     transcript = {"language": info["language"], "text": info["transcript"],
                   "words": [{"word": w["word"], "start": round(float(w["start"]), 3),
-                             "end": round(float(w["end"]), 3)} for w in info["words"]]}
+                             "end": round(float(w["end"]), 3)} for w in info["words"]],
+                  "warnings": info["warnings"]}
     (out / "transcript.json").write_text(json.dumps(transcript, indent=1))
     summary = {"video": str(video), "frames": info["n_frames"], "fps": fps,
                "face_present_rate": float(arrays["face_present"].mean()),
                "language": info["language"], "transcript": info["transcript"],
-               "seconds": info["seconds"]}
+               "warnings": info["warnings"], "seconds": info["seconds"]}
     n = info["n_frames"]
     empty = np.full(n, 0.0)
     if checkpoint is not None:

@@ -30,6 +30,12 @@ VOICED_MAX_APERIODICITY = 0.3
 DB_FLOOR = -80.0             # energy is reported in dB above this level (dBFS)
 HANGOVER_S = 0.1             # VAD keeps speech on this long after energy drops
 MIN_PAUSE_S = 0.2
+# A stretch of energy activity counts as speech only when it looks like speech: partly
+# periodic (voiced), with syllabic loudness modulation and a moving pitch. A steady tone
+# (periodic, flat level and pitch) and noise (aperiodic) fail; speech passes all three.
+SPEECH_MIN_VOICED = 0.1       # fraction of the stretch's 10 ms frames that are periodic
+SPEECH_MIN_LEVEL_SD_DB = 3.0  # standard deviation of the level over the stretch, dB
+SPEECH_MIN_PITCH_SD_ST = 0.3  # standard deviation of f0 over its voiced frames, semitones
 
 
 class NoAudioError(MediaError):
@@ -180,6 +186,43 @@ def voice_activity(level_db: np.ndarray, hop_s: float) -> np.ndarray:
     return active
 
 
+def speech_activity(level_db: np.ndarray, active: np.ndarray, f0: np.ndarray,
+                    aperiodicity: np.ndarray) -> np.ndarray:
+    """``active`` (the energy VAD) with every stretch that does not look like speech
+    removed: see ``SPEECH_MIN_*``. All inputs are on the same 10 ms analysis grid."""
+    out = np.zeros_like(active, dtype=bool)
+    for a, b in _runs(active):
+        periodic = aperiodicity[a:b] < VOICED_MAX_APERIODICITY
+        if periodic.mean() < SPEECH_MIN_VOICED or level_db[a:b].std() < SPEECH_MIN_LEVEL_SD_DB:
+            continue
+        semitones = 12 * np.log2(np.maximum(f0[a:b][periodic], 1.0))
+        if semitones.size < 3 or semitones.std() < SPEECH_MIN_PITCH_SD_ST:
+            continue
+        out[a:b] = True
+    return out
+
+
+def _analysis(audio: np.ndarray, sr: int) -> tuple:
+    """(level dBFS, speech activity, f0, aperiodicity, hop) on the 10 ms grid of ``audio``."""
+    hop = int(round(ANALYSIS_HOP_S * sr))
+    n = int(np.ceil(len(audio) / hop))
+    sq = np.pad(audio.astype(np.float64) ** 2, (0, n * hop - len(audio))).reshape(n, hop).mean(1)
+    level = 10 * np.log10(np.maximum(sq, 1e-20))
+    f0, aperiodicity = yin(audio, sr, hop)
+    active = speech_activity(level, voice_activity(level, hop / sr), f0, aperiodicity)
+    return level, active, f0, aperiodicity, hop
+
+
+def speech_regions(audio: np.ndarray, sr: int) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each stretch of ``audio`` that looks like speech; empty
+    for silence, a steady tone or noise."""
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    if audio.size == 0:
+        return []
+    _, active, _, _, hop = _analysis(audio, sr)
+    return [(a * hop / sr, b * hop / sr) for a, b in _runs(active)]
+
+
 def prosody(audio: np.ndarray, sr: int, fps: float, n_frames: int) -> np.ndarray:
     """Prosody per video frame: (n_frames, 6) float32, columns as ``schema.VOICE_PROSODY``.
 
@@ -188,7 +231,8 @@ def prosody(audio: np.ndarray, sr: int, fps: float, n_frames: int) -> np.ndarray
       one semitone (0 when unvoiced or when fewer than two frames are voiced);
     - ``energy``: RMS level of the frame's samples in dB above -80 dBFS (0 = silence);
     - ``voiced``: 1 when most of the frame is periodic speech (YIN aperiodicity and VAD);
-    - ``voice_active``: energy VAD (fraction of the frame active > 0.5);
+    - ``voice_active``: energy VAD kept only on stretches that look like speech
+      (:func:`speech_activity`; fraction of the frame active > 0.5);
     - ``pause``: 1 inside a silent gap of more than 200 ms between two stretches of speech.
     """
     audio = np.asarray(audio, np.float32)
@@ -200,12 +244,9 @@ def prosody(audio: np.ndarray, sr: int, fps: float, n_frames: int) -> np.ndarray
     need = int(np.ceil(n_frames / fps * sr))
     if len(audio) < need:
         audio = np.pad(audio, (0, need - len(audio)))
-    n = int(np.ceil(len(audio) / hop))
+    level, active, f0, aperiodicity, hop = _analysis(audio, sr)
+    n = len(level)
     times = (np.arange(n) + 0.5) * hop / sr
-    sq = np.pad(audio.astype(np.float64) ** 2, (0, n * hop - len(audio))).reshape(n, hop).mean(1)
-    level = 10 * np.log10(np.maximum(sq, 1e-20))
-    active = voice_activity(level, hop / sr)
-    f0, aperiodicity = yin(audio, sr, hop)
     voiced = active & (aperiodicity < VOICED_MAX_APERIODICITY) & (level > DB_FLOOR)
 
     # energy: exact RMS over each video frame's samples via a cumulative sum

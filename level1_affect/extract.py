@@ -139,7 +139,7 @@ class Extractor:
         timings["voice"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        words, language, source = self._words(audio, chunks)
+        words, language, source = self._words(audio, chunks, info["warnings"])
         timings["asr"] = time.perf_counter() - t0
         info.update(language=language, transcript_source=source,
                     transcript=" ".join(w["word"] for w in words).strip())
@@ -169,15 +169,20 @@ class Extractor:
             out["voice_emb"] = self._whisper_model().embed(audio, fps, n_frames)
         return out
 
-    def _words(self, audio, chunks) -> tuple[list[dict], str | None, str]:
-        """Timed words: from the dataset's chunks, else from Whisper, else none."""
+    def _words(self, audio, chunks, warnings: list) -> tuple[list[dict], str | None, str]:
+        """Timed words: from the dataset's chunks, else from Whisper where there is speech
+        (warnings appended to ``warnings``), else none."""
         cfg = self.config
         if chunks and cfg.asr != "always":
             from level1_affect.text import words_from_chunks
             return words_from_chunks(chunks), (chunks[0].language or None), "dataset"
         if cfg.asr == "never" or audio is None or len(audio) == 0:
             return [], None, "none"
-        tr = self._whisper_model().transcribe(audio)
+        from level1_affect.whisper.transcribe import transcribe_speech
+        tr, notes = transcribe_speech(self._whisper_model(), audio)
+        warnings.extend(notes)
+        if tr.language is None:
+            return [], None, "none"
         words = [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])}
                  for w in tr.words]
         return words, tr.language, "whisper"

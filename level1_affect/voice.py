@@ -55,8 +55,8 @@ class VoiceEncoder:
         """Features of mono ``audio`` at ``sr`` Hz for a video of ``n_frames`` frames.
 
         Returns ``{"voice_mel": (n, 80), "voice_prosody": (n, 6), "voice_emb": (n, 512)}``
-        float32 (``voice_emb`` only with ``embeddings``) plus ``"transcript"`` (a
-        ``Transcript``) with ``transcribe``. Audio is resampled to 16 kHz first.
+        float32 (``voice_emb`` only with ``embeddings``) plus, with ``transcribe``,
+        ``"transcript"`` (a ``Transcript``, from speech only) and ``"warnings"``. Audio is resampled to 16 kHz first.
         """
         x = _resample(audio, sr)
         out = {"voice_mel": audio_lib.log_mel(x, SAMPLE_RATE, self.fps, n_frames),
@@ -70,7 +70,11 @@ class VoiceEncoder:
                                      f"finite={bool(np.all(np.isfinite(arr)))}")
         assert out["voice_prosody"].shape[1] == len(VOICE_PROSODY)
         if self.transcribe:
-            out["transcript"] = self.whisper.transcribe(x) if len(x) else None
+            from level1_affect.whisper.transcribe import transcribe_speech
+            if len(x):
+                out["transcript"], out["warnings"] = transcribe_speech(self.whisper, x)
+            else:
+                out["transcript"], out["warnings"] = None, ["no audio samples"]
         return out
 
 

@@ -174,13 +174,19 @@ def test_whisper_on_demo_speech(demo_root):
     from level1_affect.audio import load_audio
     from level1_affect.whisper.transcribe import WhisperJax
     index = load_bah(demo_root)
+    from level1_affect.whisper.transcribe import transcribe_speech
     whisper = WhisperJax.load()
-    edits = words = 0
+    edits = gated_edits = words = 0
     for rec in index.split("val") + index.split("test"):
         n = len(rec.transcript.split())
-        edits += wer(rec.transcript, whisper.transcribe(load_audio(rec.video_path)).text) * n
+        audio = load_audio(rec.video_path)
+        edits += wer(rec.transcript, whisper.transcribe(audio).text) * n
+        gated, _ = transcribe_speech(whisper, audio)
+        gated_edits += wer(rec.transcript, gated.text) * n
         words += n
     assert words > 20 and edits / words < 0.3
+    # The speech gate (Whisper only where there is speech) costs no accuracy on real speech.
+    assert gated_edits / words <= edits / words + 0.02
 
 
 def test_predict_rejects_missing_and_corrupt_video(tmp_path):

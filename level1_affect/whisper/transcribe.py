@@ -465,6 +465,41 @@ class WhisperJax:
         return out
 
 
+WORD_SPEECH_TOLERANCE_S = 0.3   # a word this close to detected speech still counts
+
+
+def _near(item: dict, regions, tol: float) -> bool:
+    return any(item["start"] < b + tol and item["end"] > a - tol for a, b in regions)
+
+
+def transcribe_speech(model: "WhisperJax", audio: np.ndarray, **kwargs
+                      ) -> tuple[Transcript, list[str]]:
+    """Whisper on 16 kHz ``audio`` only where there is speech; returns (transcript, warnings).
+
+    Speech is what :func:`level1_affect.audio.speech_regions` finds. With none (silence, a
+    tone, noise) Whisper does not run: the transcript is empty, its language None, and a
+    warning says so, since Whisper otherwise invents words on such input. Words and segments
+    further than ``WORD_SPEECH_TOLERANCE_S`` from any speech are dropped, with a warning.
+    """
+    from level1_affect.audio import speech_regions
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    regions = speech_regions(audio, SAMPLE_RATE)
+    if not regions:
+        return Transcript(None, "", [], []), [
+            "no speech detected in the audio: the transcript is empty"]
+    tr = model.transcribe(audio, **kwargs)
+    words = [w for w in tr.words if _near(w, regions, WORD_SPEECH_TOLERANCE_S)]
+    warnings = []
+    if len(words) < len(tr.words):
+        warnings.append(f"{len(tr.words) - len(words)} transcribed word(s) outside detected "
+                        "speech were dropped")
+    if len(words) == len(tr.words):
+        return tr, warnings
+    segments = [s for s in tr.segments if _near(s, regions, WORD_SPEECH_TOLERANCE_S)]
+    return Transcript(tr.language if words else None, " ".join(w["word"] for w in words),
+                      segments, words), warnings
+
+
 def _clip_long_words(timing: list[dict]) -> None:
     """Cap words next to a sentence end at twice the median word length (openai-whisper)."""
     durations = np.array([t["end"] - t["start"] for t in timing])
