@@ -76,6 +76,9 @@ class TwoLevelConfig:
     # Training only: each window drops each named group's contribution with this
     # probability (kept ones scaled by 1/(1-p)), so no group can lean on another's presence.
     group_dropout: float = 0.0
+    # Keep the joint-coverage columns (conf@S: both modalities present) in the cross-modal
+    # groups; without them a cross-modal term can only read disagreement, not presence.
+    cross_coverage: bool = True
 
     def __post_init__(self):
         if not (self.use_cross or self.use_within):
@@ -189,6 +192,15 @@ class TwoLevelModel(nnx.Module):
         self.cfg = cfg
         self.extra_inputs = ("valid",) + (("cues", "cue_mask") if cfg.use_cues else ())
         columns = feats.feature_columns(cfg.scales)
+        if not cfg.cross_coverage:
+            columns = {g: tuple(c for c in cols if not (g in feats.CROSS_GROUPS
+                                                        and c.startswith("conf@")))
+                       for g, cols in columns.items()}
+        full = feats.feature_columns(cfg.scales)
+        # Which of each group's computed columns the model reads (all, by default), as
+        # hashable (group, ...) pairs: module attributes are static in the graph definition.
+        self.columns = tuple((g, columns[g]) for g in feats.GROUPS)
+        self._keep = tuple((g, tuple(full[g].index(c) for c in columns[g])) for g in feats.GROUPS)
         self.groups = tuple(g for g in feats.GROUPS
                             if (g in feats.CROSS_GROUPS and cfg.use_cross)
                             or (g in feats.WITHIN_GROUPS and cfg.use_within))
@@ -224,6 +236,10 @@ class TwoLevelModel(nnx.Module):
         else:
             groups = feats.conflict_features(inputs, fps, mask, self.cfg.scales)
             groups = {g: groups[g] for g in self.groups}
+        if not self.cfg.cross_coverage:
+            keep = dict(self._keep)
+            groups = {g: x[..., list(keep[g])] if x.shape[-1] != len(keep[g]) else x
+                      for g, x in groups.items()}
         return groups, affect
 
     def __call__(self, inputs: dict, *, train: bool = False) -> tuple[Array, dict]:

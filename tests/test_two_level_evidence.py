@@ -94,6 +94,16 @@ def test_the_runner_refuses_a_model_without_groups_in_one_line(capsys, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
+def test_cross_groups_without_coverage_columns_read_only_disagreement():
+    cfg = dataclasses.replace(SMALL, cross_coverage=False)
+    model = TwoLevelModel(cfg, rngs=nnx.Rngs(0))
+    cols = dict(model.columns)
+    assert all(not c.startswith("conf@") for g in feats.CROSS_GROUPS for c in cols[g])
+    assert cols["within_face"] == feats.feature_columns(cfg.scales)["within_face"]
+    _, aux = _score(model, make_tracks(40, random=True))
+    assert aux["features"]["face_voice"].shape[-1] == len(cols["face_voice"]) == 9
+
+
 # ------------------------------------------------------------------------- clean ablations
 
 def test_no_cross_modal_score_is_additively_separable_across_modalities():
