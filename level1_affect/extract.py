@@ -196,20 +196,28 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
     ``only`` restricts the run to those video ids. Videos already in the store are
     skipped; a video that fails is reported in the
     returned summary (and ``out/failures.json``) and the others go on. Returns
-    ``{"done": n, "skipped": n, "failed": {video_id: message}, "seconds": {...}}``.
+    ``{"done": n, "skipped": n, "failed": {video_id: message}, "reextracted": {video_id:
+    why}, "seconds": {...}}``; a stored video whose arrays no longer pass
+    :meth:`FeatureStore.verify` (NaN, wrong shape, unreadable) is extracted again.
     """
     from ahjax.data.bah import load_bah
+    from ahjax.data.store import StoreError
 
     index = load_bah(root, splits=splits)
     store = FeatureStore(out)
     extractor = Extractor(config)
-    summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0}
+    summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
+               "reextracted": {}}
     todo = [r for r in index.videos if r.split in splits and (only is None or r.video_id in only)]
     bar = tqdm(todo, desc="level 1", unit="video", disable=not progress)
     for rec in bar:
         if store.has(rec.video_id):
-            summary["skipped"] += 1
-            continue
+            try:
+                store.verify(rec.video_id)
+                summary["skipped"] += 1
+                continue
+            except StoreError as err:   # corrupt since it was written: extract it again
+                summary["reextracted"][rec.video_id] = str(err)
         bar.set_postfix_str(Path(rec.video_id).name[-40:])
         try:
             if rec.video_path is None:

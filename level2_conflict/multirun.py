@@ -114,6 +114,7 @@ def build_bank(store: FeatureStore, video_ids: Sequence[str], *, min_block: int,
     for vid in tqdm(video_ids, desc="level-2 features", disable=not progress, leave=False):
         meta = store.meta(vid)
         n = int(meta["n_frames"])
+        store.verify(vid, [k for k in TRACKS if k in meta.get("shapes", {})] + ["labels"])
         tracks = {k: np.asarray(store.read(vid, k), np.float32).reshape(n, -1) for k in TRACKS}
         try:
             arrays = video_inputs(tracks, float(meta["fps"]))

@@ -78,6 +78,14 @@ def test_extraction_is_resumable_and_survives_a_corrupt_video(tmp_path, demo_roo
 
     again = extract_dataset(root, out, cfg, splits=("val",), progress=False)
     assert again["skipped"] == 1 and again["done"] == 0 and len(again["failed"]) == 1
+    # An array corrupted after extraction (NaN written over it) is found and re-extracted.
+    path = store.path(vid) / "voice_prosody.npy"
+    bad = np.load(path)
+    bad[:] = np.nan
+    np.save(path, bad)
+    healed = extract_dataset(root, out, cfg, splits=("val",), progress=False)
+    assert list(healed["reextracted"]) == [vid] and "NaN" in healed["reextracted"][vid]
+    assert healed["done"] == 1 and np.isfinite(np.asarray(store.read(vid, "voice_prosody"))).all()
 
 
 def test_two_level_quick_run_writes_tables_figures_report(quick_run):

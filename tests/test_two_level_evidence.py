@@ -264,3 +264,24 @@ def test_video_rule_from_decoded_segments():
     assert tl.video_from_segments(decoded, fps, 2.0) == {"a": 1, "b": 0}
     cfg = tl.DecodeConfig(video_min_ss=(0.2, 1.0, 4.0))
     assert tl.select_video_rule(decoded, fps, {"a": 1, "b": 0}, cfg) == 1.0
+
+
+def test_store_verify_names_the_video_and_array_of_a_corrupt_feature(tmp_path):
+    from ahjax.data.store import FeatureStore, StoreError
+    store = FeatureStore(tmp_path / "store")
+    tracks = make_tracks(30, random=True)
+    tracks["labels"] = np.zeros(30, np.int8)
+    store.write("p1/v1.mp4", tracks, {"fps": 10.0, "split": "train"})
+    store.verify("p1/v1.mp4")                          # as written: passes without a read
+    path = store.path("p1/v1.mp4") / "text_affect.npy"
+    arr = np.load(path)
+    arr[3, 0] = np.inf
+    np.save(path, arr)
+    with pytest.raises(StoreError, match=r"p1/v1.mp4: array 'text_affect' .* NaN or inf"):
+        store.verify("p1/v1.mp4")
+    # Level-2 features refuse it before any training starts, naming the video.
+    with pytest.raises(StoreError, match="p1/v1.mp4"):
+        multirun.build_bank(store, ["p1/v1.mp4"], min_block=40, progress=False)
+    np.save(path, arr[:10])                            # truncated: wrong shape
+    with pytest.raises(StoreError, match=r"shape \[10, .*meta says \[30"):
+        store.verify("p1/v1.mp4")

@@ -86,6 +86,9 @@ class FeatureStore:
                 shapes[name] = list(arr.shape)
             full = dict(meta)
             full.update(video_id=video_id, n_frames=next(iter(lengths.values())), shapes=shapes)
+            # What was checked at write (shape, finiteness), stamped by size and mtime: a file
+            # that still matches its stamp need not be re-read to be trusted.
+            full["checked"] = {name: _stamp(tmp / f"{name}.npy") for name in arrays}
             (tmp / META).write_text(json.dumps(full, indent=1, default=_json_default))
             if final.exists():
                 shutil.rmtree(final)
@@ -111,6 +114,30 @@ class FeatureStore:
         with _OPEN_LOCK:
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
+    def verify(self, video_id: str, names: Iterable[str] | None = None) -> None:
+        """Raise :class:`StoreError` naming the video and array when an array (``names``,
+        default all) is missing, has another shape than its meta says, or holds NaN or
+        inf. Cheap for arrays untouched since they were written and checked (their size
+        and mtime still match the stamp in the meta); others are read in full."""
+        meta = self.meta(video_id)
+        checked = meta.get("checked", {})
+        for name in (meta.get("shapes", {}) if names is None else names):
+            path = self.path(video_id) / f"{name}.npy"
+            if not path.is_file():
+                raise StoreError(f"{video_id}: array {name!r} is missing from {path.parent}")
+            if name in checked and checked[name] == _stamp(path):
+                continue
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise StoreError(f"{video_id}: array {name!r} ({path}) is unreadable: {err}") from None
+            want = meta.get("shapes", {}).get(name)
+            if want is not None and list(arr.shape) != list(want):
+                raise StoreError(f"{video_id}: array {name!r} has shape {list(arr.shape)}, "
+                                 f"its meta says {want}")
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise StoreError(f"{video_id}: array {name!r} ({path}) holds NaN or inf values")
+
     def read_many(self, video_id: str, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {n: self.read(video_id, n) for n in names}
 
@@ -124,6 +151,11 @@ class FeatureStore:
             if split is None or meta.get("split") == split:
                 out.append(meta["video_id"])
         return sorted(out)
+
+
+def _stamp(path: Path) -> list:
+    st = path.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
 
 
 def _json_default(obj):

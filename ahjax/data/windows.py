@@ -177,6 +177,9 @@ class Windows:
         for vi, vid in enumerate(self.video_ids):
             meta = store.meta(vid)
             n = int(meta["n_frames"])
+            # Before any training: a corrupt array is named now, not as a NaN loss later.
+            store.verify(vid, [a for names in self.spec.values() for a in names]
+                         + [k for k in ("labels",) if k in meta.get("shapes", {})])
             self.n_frames.append(n)
             dims = {m: sum(self._width(meta, vid, a) for a in names)
                     for m, names in self.spec.items()}
