@@ -37,6 +37,7 @@ import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
 from level1_affect.errors import MediaError
+from level1_affect.quiet import quiet_native_stderr
 from level1_affect.fer import ExpressionModel
 from level1_affect.schema import FACE_DESC, FACE_EXPR
 
@@ -396,7 +397,8 @@ class _Finder(contextlib.ExitStack):
             min_face_detection_confidence=c.min_confidence,
             min_face_presence_confidence=c.min_confidence,
             min_tracking_confidence=c.min_confidence)
-        return vision.FaceLandmarker.create_from_options(options)
+        with quiet_native_stderr():
+            return vision.FaceLandmarker.create_from_options(options)
 
     def find(self, i: int, frame: np.ndarray) -> _Obs:
         """Landmarks and blendshapes of the face in frame i (an empty _Obs if none)."""

@@ -92,3 +92,26 @@ def test_real_whisper_on_silence_runs_nothing_and_says_so():
     from level1_affect.whisper.transcribe import WhisperJax
     out, warnings = tr_lib.transcribe_speech(WhisperJax.load(), _signals()["silence"])
     assert out.words == [] and out.language is None and warnings
+
+
+def test_native_mediapipe_logs_are_quiet_unless_asked_for(tmp_path):
+    """MediaPipe's C++ lines (absl 'W0000 ...') no longer reach stderr by default."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "face.py"
+    script.write_text(
+        "from level1_affect.face import FaceEncoder\n"
+        "import numpy as np\n"
+        "enc = FaceEncoder()\n"
+        "out = enc.encode(iter([np.zeros((64, 64, 3), np.uint8)] * 3), 25.0)\n"
+        "print('frames', len(out['face_present']))\n")
+    env = dict(os.environ)
+    env.pop("AHJAX_NATIVE_LOGS", None)
+    quiet = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           env=env, cwd=os.getcwd())
+    assert quiet.returncode == 0, quiet.stderr[-1500:]
+    assert "frames 3" in quiet.stdout and "W0000" not in quiet.stderr
+    loud = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=dict(env, AHJAX_NATIVE_LOGS="1"), cwd=os.getcwd())
+    assert loud.returncode == 0 and "W0000" in loud.stderr
