@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,16 +60,44 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
     Returns a summary dict (frames, fps, face-present rate, language, transcript, and with
     a checkpoint the A/H segments in seconds).
     """
+    video, out = Path(video), Path(out)
+    # Every argument is checked before level 1 runs (it takes seconds per video).
+    if not video.is_file():
+        raise FileNotFoundError(f"{video}: no such video file")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: --out exists and is not a folder")
+    level2_model = None
+    if checkpoint is not None:
+        from experiments.two_level import load_trained
+        level2_model = load_trained(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written into a temporary folder and moved into place at the end, so a failure leaves
+    # no half output and a rerun never leaves another video's files beside these.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        summary = _predict_into(video, tmp, level2_model)
+        out.mkdir(exist_ok=True)
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for path in tmp.iterdir():
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+# Every file predict may write; a run removes them all from --out before moving its own in.
+OUTPUTS = ("tracks.csv", "transcript.json", "summary.json", "segments.json", "ah.png",
+           "tracks.png")
+
+
+def _predict_into(video: Path, out: Path, level2_model) -> dict:
+    """Level 1 (and level 2 with ``level2_model``) of ``video``, written into ``out``."""
     from ahjax.assets import enable_compilation_cache
     from level1_affect.extract import Extractor, ExtractConfig
     from level2_conflict import plots
 
     enable_compilation_cache()  # reuse compiled encoders/models across calls
-
-    video, out = Path(video), Path(out)
-    if not video.is_file():
-        raise FileNotFoundError(f"{video}: no such video file")
-    out.mkdir(parents=True, exist_ok=True)
     arrays, info = Extractor(ExtractConfig(asr="always")).video(video)
     fps = info["fps"]
     cols = track_columns(arrays, fps)
@@ -81,9 +112,8 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
                "warnings": info["warnings"], "seconds": info["seconds"]}
     n = info["n_frames"]
     empty = np.full(n, 0.0)
-    if checkpoint is not None:
-        from experiments.two_level import load_trained
-        level2 = load_trained(checkpoint).predict(arrays, fps)
+    if level2_model is not None:
+        level2 = level2_model.predict(arrays, fps)
         cols["ah_prob"] = level2["prob"]
         cols["ah_decoded"] = level2["decoded"]
         for g, c in level2["contributions"].items():
@@ -114,11 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video")
     parser.add_argument("--out", default=None, help="output folder (default: <video stem>_ahjax)")
     parser.add_argument("--checkpoint", default=None, help="a two_level run folder")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(f"{Path(args.video).stem}_ahjax")
+    from level1_affect.errors import MediaError
     try:
         summary = predict(args.video, out, args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError, MediaError) as err:   # bad input: one line, exit 2
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1, default=float))

@@ -175,6 +175,15 @@ def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo
     decoded = np.array([int(float(r["ah_decoded"])) for r in rows])
     assert sum(s["end_frame"] - s["start_frame"] + 1 for s in segments) == decoded.sum()
     assert (out / "ah.png").is_file()
+    # Another video into the same folder, without a checkpoint: none of the first run's
+    # files stay beside the second's.
+    other = index.split("test")[1]
+    proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(other.video_path),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "tracks.csv",
+                                                     "tracks.png", "transcript.json"]
+    assert json.loads((out / "summary.json").read_text())["video"] == str(other.video_path)
 
 
 def test_whisper_on_demo_speech(demo_root):
@@ -197,6 +206,26 @@ def test_whisper_on_demo_speech(demo_root):
     assert gated_edits / words <= edits / words + 0.02
 
 
+def test_predict_checks_its_arguments_first_and_fails_in_one_line(tmp_path, demo_root):
+    video = load_bah(demo_root).split("test")[0].video_path
+    not_a_run = tmp_path / "not_a_run"
+    not_a_run.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for args, message in (([str(video), "--out", str(a_file)], "is not a folder"),
+                          ([str(video), "--out", str(tmp_path / "o"), "--checkpoint",
+                            str(not_a_run)], "not a two_level run folder")):
+        proc = subprocess.run([sys.executable, "-m", "ahjax.predict", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+        # Refused before level 1: nothing extracted, nothing written.
+        assert not (tmp_path / "o").exists()
+    debug = subprocess.run([sys.executable, "-m", "ahjax.predict", str(video), "--out",
+                            str(a_file), "--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
 def test_predict_rejects_missing_and_corrupt_video(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"garbage" * 50)
@@ -204,3 +233,4 @@ def test_predict_rejects_missing_and_corrupt_video(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(path), "--out",
                                str(tmp_path / "o")], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "o").exists()      # a failure leaves no half-written folder
