@@ -43,7 +43,7 @@ ReTA, T3AL, TTA-CaP, CLIP-AUTT). They need CLIP image and text weights, which ar
 available offline here. :class:`VisionLanguageEncoder` is the protocol such weights must
 satisfy and :class:`VisionLanguageTTA` the base class one of them would subclass.
 
-Model selection for training-based methods follows the paper's rule (BAH_FORMAT.md): the
+Model selection for training-based methods follows the paper's rule (docs/bah_format.md): the
 epoch with the best AP on the target's validation part (``select="last"`` turns it off).
 """
 

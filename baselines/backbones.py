@@ -18,7 +18,7 @@ Recognition", 2022) keeps only the most attended image patches: attentive patch 
 attentive token pooling (ATP) drops, inside the transformer, the tokens the class token
 attends to least. Simplifications here, documented because they change what is compared:
 the IR-50 CNN that APViT runs before the transformer is replaced by a small strided conv
-stem (no face-recognition weights are available offline, see ASSETS.md), and ATP runs once
+stem (no face-recognition weights are available offline, see docs/weights.md), and ATP runs once
 per configured layer with the head-averaged class-token attention of that layer.
 """
 

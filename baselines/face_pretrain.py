@@ -1,7 +1,7 @@
 """Train a frame-level visual backbone: basic-emotion pretraining, A/H fine-tuning, features.
 
 The paper's visual backbones are pretrained on a facial-expression dataset, then fine-tuned
-on A/H frames. No such dataset or weights ship offline (ASSETS.md), so pretraining takes
+on A/H frames. No such dataset or weights ship offline (docs/weights.md), so pretraining takes
 *any* folder of face images with one sub-folder per emotion (``angry/ happy/ ...``, as
 RAF-DB or FER2013 exported to images are laid out) and is skipped when none is given.
 

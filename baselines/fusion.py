@@ -18,7 +18,7 @@ part of what it returns.
 - **JMT**: MT plus a joint token (a linear map of the concatenated modalities) that every
   modality cross-attends to and that cross-attends to every modality.
 
-Two defects of the reference MT/JMT are not reproduced (DESIGN.md): they silently drop
+Two defects of the reference MT/JMT are not reproduced (docs/paper_setups.md): they silently drop
 the text modality, and their final attention, given a ``(frames x batch, k, d)`` tensor as
 if it were sequence-first, attends across all frames of all clips in the batch, so one
 clip's outputs depend on the others. Here every given modality is used, and the final
@@ -73,7 +73,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
-    """Hyperparameters of the fusion baselines; defaults are the paper's (DESIGN.md).
+    """Hyperparameters of the fusion baselines; defaults are the paper's (docs/paper_setups.md).
 
     ``tcn`` is used by CAN, MT and JMT, ``lfan_tcn`` by LFAN (narrower, dropout 0.1).
     ``heads``/``ff_dim`` are those of MT/JMT's transformer layers (the reference: 1 head,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# The paper's widths per modality (DESIGN.md, Baselines).
+# The paper's widths per modality (docs/paper_setups.md).
 CHANNELS = {
     "video": (256, 256, 128, 128, 128),
     "audio": (128, 128, 64, 64),

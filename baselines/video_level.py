@@ -17,7 +17,7 @@ depthwise and ``temporal=False`` gives plain FocalNet applied per frame.
 projection to a joint space, a small temporal transformer with mean pooling, and class
 embeddings compared by scaled cosine similarity (CLIP's learnable temperature). EmoCLIP's
 class embeddings come from CLIP's text encoder on class descriptions; no CLIP weights exist
-offline (ASSETS.md), so here they are either learned directly or start from our MiniLM
+offline (docs/weights.md), so here they are either learned directly or start from our MiniLM
 sentence embeddings of prompts (:data:`PROMPTS`) through a learned projection. Training is
 cross-entropy over the two class prompts, i.e. CLIP's video-to-text contrastive loss with
 the class prompts as the text side.

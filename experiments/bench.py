@@ -12,7 +12,7 @@ video 512, audio 128, text 768; the two-level model: its level-1 tracks). The fi
 of each step (tracing and compilation) is timed apart and left out of the throughput.
 Data loading is not included: it is measured by the window pipeline, not here. Each
 fusion model also carries the reference PyTorch implementation's figures measured on
-this machine kind and our ratio to them, with the performance target (DESIGN.md: at
+this machine kind and our ratio to them, with the performance target (docs/paper_setups.md: at
 least 1.5x the reference's training frames/s, and no more memory).
 
 Peak memory is the peak resident set size (RSS) of this process while the model is built,
@@ -64,7 +64,7 @@ REFERENCE = {
     "mt": {"params": 6.0e6, "train_frames_per_s": 2460.0, "peak_gb": 1.1},
     "jmt": {"params": 6.3e6, "train_frames_per_s": 1130.0, "peak_gb": 1.9},
 }
-TARGET_SPEEDUP = 1.5   # DESIGN.md: at least 1.5x the reference's training throughput
+TARGET_SPEEDUP = 1.5   # docs/paper_setups.md: at least 1.5x the reference's training throughput
 NOTES = [
     "peak_memory_ratio compares our peak RSS delta (build + compile + timed steps, MB/1024) "
     "with the reference's peak in GB; XLA's compiler memory is included in ours.",

@@ -43,7 +43,7 @@ CODES = {"video": "V", "audio": "A", "text": "T"}
 SUBSETS = ("V", "A", "T", "V+A", "V+T", "A+T", "V+A+T")
 TABLE_METRICS = ("AVGF1", "AP", "WAR")
 
-# The only published numbers the project's spec carries (DESIGN.md): the paper's best
+# The only published numbers the project's spec carries (docs/paper_setups.md): the paper's best
 # frame-level fusion result on BAH. No other cell of the paper's tables is reproduced here.
 PAPER_LABEL = "paper (reference, BAH): best frame-level fusion"
 PAPER_BEST_FRAME = {"AVGF1": 0.5586, "AP": 0.2631}

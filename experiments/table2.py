@@ -74,7 +74,7 @@ def run(config: Config, workdir: str | Path) -> dict:
                           demo_epochs=config.demo_epochs)
     results["notes"] = results.get("notes", []) + [
         f"'{ft.PAPER_LABEL}' is the paper's best frame-level result on BAH (AVGF1 0.5586, "
-        "AP 0.2631; DESIGN.md), shown for reference only: the spec gives neither its method "
+        "AP 0.2631; docs/paper_setups.md), shown for reference only: the spec gives neither its method "
         "and subset nor its WAR, nor any other cell of the paper's Table 2, so none is shown.",
         "MT/JMT differ from the reference code: the reference's final attention runs across "
         "all frames of all clips in a batch (a sequence-first reshape) and drops the text "

@@ -176,7 +176,7 @@ def run(config: Config, workdir) -> dict:
                     results[split][f"{name} features + TCN"] = _row(tcn[split][concat_tcn.METHOD])
         results_lib.write_partial(results, workdir, "table3", done + 1, len(config.backbones))
     results["notes"] = notes + [
-        "Paper's own Table 3 numbers are NOT reproduced here (DESIGN.md does not give them); "
+        "Paper's own Table 3 numbers are NOT reproduced here (the project does not carry them); "
         "on the default demo dataset the numbers only show that every part runs.",
         f"pretraining: {config.pretrain_folder or 'none (no basic-emotion folder given; trained from scratch)'}",
         f"backbones {'tiny (reduced) variants' if config.tiny else 'at full size'}; crops "

@@ -6,7 +6,7 @@
 - ``CLIP-style``: EmoCLIP-like frame encoder + temporal transformer + class-prompt
   embeddings (MiniLM prompts through a learned projection, or learned directly);
 - ``question-only``: the train-set A/H rate of the video's question (the strong prior
-  BAH_FORMAT.md asks every video-level result to be reported beside);
+  docs/bah_format.md asks every video-level result to be reported beside);
 - ``text-only``: transcript TF-IDF + logistic regression (``experiments.text_video_level``).
 
 Columns: the paper's AVGF1 and AP at video level (plus WAR and F1s) on test; val too in
@@ -185,7 +185,7 @@ def run(config: Config, workdir) -> dict:
             results[s][ROWS[method]] = m
     n = {s: (len(r), sum(x.video_label for x, _, _ in r)) for s, r in data.items()}
     results["notes"] = notes + [
-        "Paper's own Table 4 numbers are NOT reproduced here (DESIGN.md does not give them); "
+        "Paper's own Table 4 numbers are NOT reproduced here (the project does not carry them); "
         "on the default demo dataset the numbers only show that every part runs.",
         "videos (total, A/H): " + ", ".join(f"{s} {a}/{b}" for s, (a, b) in n.items()),
         f"deep models: {'tiny (reduced) variants' if config.tiny else 'full size'}, "

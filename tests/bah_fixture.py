@@ -1,4 +1,4 @@
-"""A tiny BAH tree in the real release layout, with every quirk of BAH_FORMAT.md.
+"""A tiny BAH tree in the real release layout, with every quirk of docs/bah_format.md.
 
 ``make_bah_fixture(root)`` writes split lists, split-frames, the annotation YAML (with
 ``!!python/tuple``), Whisper transcriptions, ``meta_data.yml``; no media (tests that need

@@ -242,7 +242,7 @@ def test_v1_video_splits_on_the_real_files():
     assert sum(" " in e.video_id for e in train) == 103
     assert sum("DESKTOP" in e.video_id for e in train) == 32
     assert not {e.video_id for e in train} & {e.video_id for e in val}
-    # BAH_FORMAT.md's A/H share per question on v1 train: 0.22 .. 0.88.
+    # docs/bah_format.md's A/H share per question on v1 train: 0.22 .. 0.88.
     by_q = {}
     for e in train:
         by_q.setdefault(parse_video_name(e.video_id)[1], []).append(e.label)

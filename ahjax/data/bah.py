@@ -1,6 +1,6 @@
 """The BAH dataset index: split lists, annotations, transcriptions and metadata, no decoding.
 
-Reads the real release layout (see ``BAH_FORMAT.md`` in the project's shared notes)::
+Reads the real release layout (see ``docs/bah_format.md``)::
 
     split/{train,val,test}.txt            video_id,label,transcript (transcript has commas)
     split-frames/{train,val,test}.txt     frame_id,label   (optional)

@@ -1,7 +1,7 @@
 """The embedded default dataset: a small, synthetic BAH tree with known ground truth.
 
 ``make_demo(out, seed)`` writes, deterministically for a seed, a tree in the real BAH
-layout (``BAH_FORMAT.md``): H.264/AAC videos at 24 fps of a real photographed face
+layout (``docs/bah_format.md``): H.264/AAC videos at 24 fps of a real photographed face
 (``face_anim``) speaking synthesised sentences (``speech``, espeak-ng), Whisper-style
 transcription YAML, split files, frame splits, the per-video annotation YAML, participant
 metadata and ``bah-video.csv``. It is synthetic and says so in ``README.txt``.
