@@ -811,9 +811,9 @@ def run(config: Config, workdir) -> dict:
     if config.model.threshold == "resampled" and "val" in evals:
         # The same methods at the plain train-CV threshold, for comparison with the rule.
         labels = np.array([r.label for r in data["val"]])
+        plain = {m: _best_threshold(y, train_oof[m]) for m in predictions["val"]}
         results["val_threshold_cv_train"] = {
-            m: {**score(labels, p, _best_threshold(y, train_oof[m])),
-                "threshold": _best_threshold(y, train_oof[m])}
+            m: {**score(labels, p, plain[m]), "threshold": plain[m]}
             for m, p in predictions["val"].items()}
     verdicts = (("val", ("AVGF1", "AP"), f"threshold rule {config.model.threshold!r} on train; "
                                          "nothing tuned on val"),

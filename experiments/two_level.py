@@ -40,6 +40,7 @@ from flax import nnx
 from ahjax.assets import cache_dir
 from ahjax.data.store import FeatureStore
 from ahjax.data.windows import WindowConfig
+from ahjax import metrics as metrics_lib
 from ahjax.metrics import bah_metrics
 from ahjax.train import trainer as trainer_lib
 from ahjax.train.trainer import TrainConfig
@@ -76,11 +77,7 @@ class Config:
     data: DataConfig = DataConfig()
     extract: ExtractConfig = ExtractConfig()
     model: TwoLevelConfig = TwoLevelConfig(fps=24.0, use_remainder=False)
-    # 15 epochs, not 25: the same pooled val AP within noise (0.686 vs 0.700 over 13 runs)
-    # for 40% less training time.
-    multi: MultiConfig = MultiConfig(train=TrainConfig(optimizer="adam", lr=3e-3,
-                                                       weight_decay=0.0, epochs=15,
-                                                       clip_norm=1.0))
+    multi: MultiConfig = MultiConfig()
     seeds: int = 5                 # two-level runs per configuration on the default split
     folds: int = 4                 # participant folds (0: none); each tests 1/folds of them
     fold_seeds: int = 2            # runs per configuration within each fold
@@ -172,13 +169,6 @@ def decode_hsmm(prob: np.ndarray, fps: float, durations: Durations, rate: float)
                                   log_prior, jnp.float32(rate / fps)))
 
 
-def _median_np(prob: np.ndarray, k: int) -> np.ndarray:
-    """:func:`hsmm.median_filter` of one video in numpy (a jit would compile per length)."""
-    r = k // 2
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(prob, r, mode="edge"), k)
-    return np.median(windows, axis=1)
-
-
 def _median_frames(seconds: float, fps: float) -> int:
     k = max(int(round(seconds * fps)), 1)
     return k if k % 2 else k + 1
@@ -190,8 +180,9 @@ def read_posteriors(probs: dict, fps: dict, reading: str, durations: Durations,
     if reading == "hsmm":
         return {v: decode_hsmm(p, fps[v], durations, cfg.evidence_rate) for v, p in probs.items()}
     if reading == "median":
-        return {v: (_median_np(np.asarray(p, np.float32), _median_frames(cfg.median_s, fps[v]))
-                    >= 0.5).astype(np.int64) for v, p in probs.items()}
+        return {v: (hsmm.median_filter(np.asarray(p, np.float32),
+                                       _median_frames(cfg.median_s, fps[v])) >= 0.5
+                    ).astype(np.int64) for v, p in probs.items()}
     if reading == "threshold":
         return {v: (np.asarray(p) >= cfg.threshold).astype(np.int64) for v, p in probs.items()}
     raise ValueError(f"unknown reading {reading!r}; known: {READINGS}")
@@ -313,11 +304,11 @@ def _evaluate_run(run: Run, out: dict, labels: dict, vlab: dict, fps: dict,
     val_decoded = read_posteriors(val_probs, fps, "hsmm", durations, hs)
     hs = dataclasses.replace(hs, video_min_s=select_video_rule(val_decoded, fps, vlab, hs))
     rows: dict = {}
-    for split, probs in (("test", test_probs), ("val", val_probs)):
+    test_decoded = read_posteriors(test_probs, fps, "hsmm", durations, hs)
+    for split, probs, decoded in (("test", test_probs, test_decoded),
+                                  ("val", val_probs, val_decoded)):
         if not probs:
             continue
-        decoded = val_decoded if split == "val" else read_posteriors(probs, fps, "hsmm",
-                                                                     durations, hs)
         rule = video_from_segments(decoded, fps, hs.video_min_s)
         rows[("", split)] = _score(labels, probs, vlab, decoded, rule)
         if all_readings:
@@ -337,7 +328,7 @@ def _evaluate_run(run: Run, out: dict, labels: dict, vlab: dict, fps: dict,
         base["AP_without_remainder"], base["AVGF1_without_remainder"] = base["AP"], base["AVGF1"]
     selected = {r: getattr(chosen[r], _READING_FIELD[r][0]) for r in readings}
     selected["video_min_s"] = hs.video_min_s
-    return {"rows": rows, "selected": selected, "decode": hs}
+    return {"rows": rows, "selected": selected, "decode": hs, "test_decoded": test_decoded}
 
 
 def _aggregate(per_run: list[dict]) -> dict:
@@ -391,11 +382,11 @@ def _train_two_level(config: Config, store: FeatureStore, bank, runs: list[Run],
             if run.train not in durations_by_train:
                 durations_by_train[run.train] = fit_durations(
                     {v: labels[v] for v in run.train}, fps, config.decode.max_duration_s)
-            durations = durations_by_train[run.train][0]
+            durations, duration_stats = durations_by_train[run.train]
             ev = _evaluate_run(run, outs[r], labels, vlab, fps, durations, config.decode,
                                all_readings=(row == "two_level"))
             ev.update(run=run, outputs=outs[r], durations=durations,
-                      best_epoch=int(trained.best_epochs[r]))
+                      duration_stats=duration_stats, best_epoch=int(trained.best_epochs[r]))
             evals.append(ev)
         records[row] = {"trained": trained, "evals": evals, "config": mcfg}
         timings[f"{row}_seconds"] = time.time() - t0
@@ -481,8 +472,7 @@ def run(config: Config, workdir: Path) -> dict:
     results["folds"] = [{"test_participants": f["participants"],
                          "val_participant": f["val_participant"], "n_test": len(f["test"]),
                          "n_val": len(f["val"]), "n_train": len(f["train"])} for f in folds]
-    results["duration_prior"] = fit_durations({v: labels[v] for v in store.video_ids("train")},
-                                              fps, config.decode.max_duration_s)[1]
+    results["duration_prior"] = deploy["duration_stats"]
     results["reused_trained"] = reused
     results["cues_used"] = use_cues
     results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
@@ -560,13 +550,6 @@ def _baseline_spec(store: FeatureStore, modalities=("video", "audio", "text")) -
     return {m: names for m, names in spec.items() if names}
 
 
-def _softmax_pos(logits: np.ndarray) -> np.ndarray:
-    """P(class 1) of (n, 2) logits, in numpy (a jax softmax would compile per length)."""
-    logits = np.asarray(logits, np.float32)
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return (e[:, 1] / e.sum(-1)).astype(np.float32)
-
-
 def _baselines(config: Config, store, test_ids, val_ids, labels, vlab, workdir, timings):
     baselines = {"concat_tcn": (_concat_builder, _baseline_spec(store), _concat_describe()),
                  "text_only": (_concat_builder, _baseline_spec(store, ("text",)),
@@ -595,7 +578,7 @@ def _baselines(config: Config, store, test_ids, val_ids, labels, vlab, workdir, 
             logits = trainer_lib.predict_videos(
                 res.model, store, ids, bspec, config.baseline_windows.window, stats=res.stats,
                 batch_size=config.baseline_windows.batch_size, mesh=mesh)
-            probs = {v: _softmax_pos(l) for v, l in logits.items()}
+            probs = {v: metrics_lib.softmax_pos(l).astype(np.float32) for v, l in logits.items()}
             rows[split][name] = dict(_score(labels, probs, vlab), n_runs=1)
         if name.startswith("fusion_") and name in rows["val"]:
             fusion_val_ap[name] = rows["val"][name]["AP"]
@@ -637,14 +620,14 @@ def _fusion_builder(name: str, quick: bool):
 def _figures(store, test_ids, deploy: dict, config, folder: Path, fps, labels) -> list[Path]:
     """One figure per test video of the deployed run, the remainder as its own row."""
     folder.mkdir(parents=True, exist_ok=True)
-    out, hs = deploy["outputs"], deploy["decode"]
+    out = deploy["outputs"]
     paths = []
     for vid in test_ids[: config.max_figures]:
         o = out[vid]
         tracks = {k: np.asarray(store.read(vid, k)) for k in TRACKS}
         contributions = dict(o["contributions"], remainder=o["remainder"])
         share = multirun.named_share({vid: o})
-        decoded = decode_hsmm(o["prob"], fps[vid], deploy["durations"], hs.evidence_rate)
+        decoded = deploy["test_decoded"][vid]
         path = folder / f"{Path(vid).stem[:80].replace(' ', '_')}.png"
         plots.plot_video(tracks, contributions, o["prob"], labels[vid], decoded, fps[vid],
                          f"{Path(vid).name}  (named share of the score {share:.2f})", path)

