@@ -140,7 +140,8 @@ def _segments(decoded: np.ndarray, fps: float) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ahjax.predict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ahjax.predict",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("video")
     parser.add_argument("--out", default=None, help="output folder (default: <video stem>_ahjax)")
     parser.add_argument("--checkpoint", default=None, help="a two_level run folder")

@@ -331,6 +331,12 @@ def _evaluate_run(run: Run, out: dict, labels: dict, vlab: dict, fps: dict,
     return {"rows": rows, "selected": selected, "decode": hs, "test_decoded": test_decoded}
 
 
+def _sd(xs) -> float:
+    """Sample standard deviation (0.0 for fewer than two values)."""
+    xs = np.asarray(xs, np.float64)
+    return float(xs.std(ddof=1)) if xs.size > 1 else 0.0
+
+
 def _aggregate(per_run: list[dict]) -> dict:
     """Mean of each metric over runs, with ``AP_sd``, ``AVGF1_sd`` and ``n_runs``."""
     out = {}
@@ -339,7 +345,7 @@ def _aggregate(per_run: list[dict]) -> dict:
         if xs:
             out[m] = float(np.mean(xs))
     for m in ("AP", "AVGF1"):
-        out[f"{m}_sd"] = float(np.std([r[m] for r in per_run], ddof=1)) if len(per_run) > 1 else 0.0
+        out[f"{m}_sd"] = _sd([r[m] for r in per_run])
     out["N"] = int(np.mean([r["N"] for r in per_run]))
     out["n_runs"] = len(per_run)
     return out
@@ -355,9 +361,8 @@ def _paired(per_row: dict, reference: str = "two_level") -> dict:
         d_ap = np.asarray([a["AP"] - b["AP"] for a, b in zip(runs, ref)])
         d_f1 = np.asarray([a["AVGF1"] - b["AVGF1"] for a, b in zip(runs, ref)])
         out[f"{row} - {reference}"] = {
-            "dAP_mean": float(d_ap.mean()), "dAP_sd": float(d_ap.std(ddof=1)) if d_ap.size > 1 else 0.0,
-            "dAVGF1_mean": float(d_f1.mean()),
-            "dAVGF1_sd": float(d_f1.std(ddof=1)) if d_f1.size > 1 else 0.0,
+            "dAP_mean": float(d_ap.mean()), "dAP_sd": _sd(d_ap),
+            "dAVGF1_mean": float(d_f1.mean()), "dAVGF1_sd": _sd(d_f1),
             "runs_where_full_has_higher_AP": int(np.sum(d_ap < 0)), "n_runs": int(d_ap.size)}
     return out
 
@@ -556,7 +561,8 @@ def _baselines(config: Config, store, test_ids, val_ids, labels, vlab, workdir, 
                                _concat_describe())}
     for fusion in config.fusions:
         baselines[f"fusion_{fusion}"] = (_fusion_builder(fusion, config.quick),
-                                         _baseline_spec(store), _fusion_describe(fusion, config.quick))
+                                         _baseline_spec(store),
+                                         _fusion_describe(fusion, config.quick))
     rows: dict = {"test": {}, "val": {}}
     fusion_val_ap, reused = {}, {}
     cache = cache_dir() / "trained" if config.reuse_baselines else None

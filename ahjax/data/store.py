@@ -130,7 +130,8 @@ class FeatureStore:
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as err:
-                raise StoreError(f"{video_id}: array {name!r} ({path}) is unreadable: {err}") from None
+                raise StoreError(f"{video_id}: array {name!r} ({path}) is unreadable: "
+                                 f"{err}") from None
             want = meta.get("shapes", {}).get(name)
             if want is not None and list(arr.shape) != list(want):
                 raise StoreError(f"{video_id}: array {name!r} has shape {list(arr.shape)}, "
