@@ -31,6 +31,8 @@ EXPERIMENTS = {
                    "per-modality TCN with concatenation fusion (frame level)"),
     "text_video_level": ("experiments.text_video_level",
                          "video-level A/H from transcripts on BAH's real split files"),
+    "talk_type": ("experiments.talk_type",
+                  "change / neutral / sustain talk on AnnoMI, learned model vs lexicon and TF-IDF"),
     "table7": ("experiments.table7", "zero-shot (M)LLMs with the Table 6 prompts, video and frame level"),
     "table5": ("experiments.table5", "personalisation by domain adaptation, one target per test subject"),
     "table3": ("experiments.table3", "visual backbones (ResNet18-152, APViT) at frame level"),

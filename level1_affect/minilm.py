@@ -60,6 +60,7 @@ class MiniLM:
         transformers.logging.set_verbosity_error()  # the unused position_ids warning is expected
         self._model = transformers.FlaxBertModel.from_pretrained(str(path))
         self.params = self._model.params
+        self.config = self._model.config
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         # The shipped tokenizer.json pads and truncates to 128; we pad/truncate ourselves.
         self.tokenizer.no_padding()
@@ -70,34 +71,43 @@ class MiniLM:
         self.max_length = max_length
         module = self._model.module
 
-        @jax.jit
-        def forward(params, ids, mask):
+        @functools.partial(jax.jit, static_argnames="layer")
+        def hidden(params, ids, mask, segments, layer):
             positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-            out = module.apply({"params": params}, ids, mask, token_type_ids=jnp.zeros_like(ids),
-                               position_ids=positions, deterministic=True, return_dict=True)
-            return out.last_hidden_state
+            out = module.apply({"params": params}, ids, mask, token_type_ids=segments,
+                               position_ids=positions, deterministic=True, return_dict=True,
+                               output_hidden_states=True)
+            return out.hidden_states[layer]
 
-        self._forward = forward
+        self._hidden = hidden
 
     # ---- core -------------------------------------------------------------------------
     def _run(self, seqs: list[list[int]]) -> list[np.ndarray]:
-        """Token vectors (len_i, 384) for each id sequence (already with [CLS]/[SEP])."""
+        """Last-layer token vectors (len_i, 384) for id sequences with [CLS]/[SEP]."""
+        return self.token_states(seqs, [[0] * len(s) for s in seqs],
+                                 layer=int(self.config.num_hidden_layers))
+
+    def token_states(self, seqs: Sequence[Sequence[int]], segments: Sequence[Sequence[int]],
+                     layer: int) -> list[np.ndarray]:
+        """Token vectors (len_i, 384) after ``layer`` encoder layers (0: the embeddings) for
+        id sequences that already hold [CLS]/[SEP], with their segment (token type) ids.
+        Sequences longer than ``max_length`` are refused."""
+        if not 0 <= layer <= int(self.config.num_hidden_layers):
+            raise ValueError(f"layer={layer}: MiniLM has {self.config.num_hidden_layers} layers")
+        if any(len(s) > self.max_length for s in seqs):
+            raise ValueError(f"a sequence is longer than {self.max_length} tokens")
         out: list[np.ndarray | None] = [None] * len(seqs)
-        # Sort by length so that a batch shares a bucket and little compute goes to padding.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
-            longest = max(len(seqs[i]) for i in idx)
-            length = next((L for L in _BUCKETS if L >= longest), longest)
-            # Rows padded to a power of two: one sequence (a video's words) costs one row,
-            # not a full batch, and there are still only a few shapes to compile.
+            length = next(L for L in _BUCKETS if L >= max(len(seqs[i]) for i in idx))
             rows = min(self.batch_size, 1 << (len(idx) - 1).bit_length())
-            ids = np.zeros((rows, length), np.int32)
-            mask = np.zeros((rows, length), np.int32)
+            ids, mask, seg = (np.zeros((rows, length), np.int32) for _ in range(3))
             for row, i in enumerate(idx):
                 ids[row, :len(seqs[i])] = seqs[i]
                 mask[row, :len(seqs[i])] = 1
-            hidden = np.asarray(self._forward(self.params, ids, mask), np.float32)
+                seg[row, :len(seqs[i])] = segments[i]
+            hidden = np.asarray(self._hidden(self.params, ids, mask, seg, layer), np.float32)
             for row, i in enumerate(idx):
                 out[i] = hidden[row, :len(seqs[i])]
         return out  # type: ignore[return-value]

@@ -1,0 +1,251 @@
+"""Change / neutral / sustain talk on real counselling data (AnnoMI).
+
+``python -m experiments.run talk_type`` scores, by conversation-grouped cross-validation
+(no conversation in both the training and the scored part), three detectors of the client's
+talk type:
+
+- ``lexicon``: level 1's hand-written change/sustain phrase rules
+  (``level1_affect.text.Lexicons``): an utterance is the talk type with more matched words,
+  neutral when none matches (a tie with matches counts as sustain: the flip rule's reading);
+- ``tfidf_logreg``: TF-IDF of word 1-2-grams of the utterance, class-balanced logistic
+  regression, C chosen by an inner grouped CV on the training part;
+- ``minilm_logreg``: frozen MiniLM sentence embeddings of the utterance and of the therapist
+  turn before, same classifier and C choice;
+- ``talk_type``: the learned model of ``level1_affect.talk_type`` (MiniLM's top layers
+  fine-tuned with the therapist turn as context, class-weighted soft-target loss).
+
+Several annotators: every method trains on the majority label, except ``talk_type`` whose
+loss takes the vote fractions; all are scored against the majority label (ties: the label
+given first), so the scores are comparable.
+
+Held-out evaluation: with ``--data.annomi=DIR`` and a ``DIR/test_ids.txt``, the listed
+conversations are left out of all training and model choice and scored once (split ``test``).
+The learned model trained on every non-test conversation is saved in ``models/talk_type``
+(``level1_affect.talk_type.load`` reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from level1_affect import annomi
+from level1_affect import talk_type as tt
+
+METHODS = ("lexicon", "tfidf_logreg", "minilm_logreg", "talk_type")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    annomi: str = ""          # folder with AnnoMI-full.csv (or -simple); "" = the bundled copy
+    max_conversations: int = 0   # >0: only the first N conversations (quick runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: tt.TalkTypeConfig = tt.TalkTypeConfig()
+    methods: tuple = METHODS
+    folds: int = 5
+    seed: int = 0
+    logreg_c: tuple = (0.03, 0.1, 0.3, 1.0, 3.0)
+    inner_folds: int = 3
+    install_default: bool = False   # copy the trained model to the packaged default's folder
+    quick: bool = False
+
+
+def get_config(quick: bool = False) -> Config:
+    """The full run, or (``quick``) 12 conversations, 3 folds, one epoch, for tests."""
+    if not quick:
+        return Config()
+    return Config(data=DataConfig(max_conversations=12),
+                  model=tt.TalkTypeConfig(trainable_layers=1, epochs=1, utterance_tokens=32,
+                                          context_tokens=16),
+                  folds=3, logreg_c=(0.3, 3.0), inner_folds=2, quick=True)
+
+
+# ---- the baselines ---------------------------------------------------------------------
+def lexicon_predict(texts) -> np.ndarray:
+    """Talk type by the phrase rules: more change or more sustain words; neutral if none."""
+    from level1_affect.text import Lexicons
+    lex = Lexicons()
+    out = []
+    for text in texts:
+        ind = lex.word_indicators(text.split())
+        c, s = float(ind["change"].sum()), float(ind["sustain"].sum())
+        out.append(1 if c == 0 and s == 0 else (0 if c > s else 2))
+    return np.array(out, int)
+
+
+def _logreg_oof(x, y, groups, c_grid, folds, seed):
+    """Best C by inner grouped CV (macro-F1), then the model fitted on all of ``x``."""
+    from sklearn.linear_model import LogisticRegression
+
+    def model(c):
+        return LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
+
+    inner = annomi.grouped_folds(groups, folds, seed)
+    best = None
+    for c in c_grid:
+        pred = np.zeros(len(y), int)
+        for tr, te in inner:
+            pred[te] = model(c).fit(_take(x, tr), y[tr]).predict(_take(x, te))
+        score = annomi.macro_f1(y, pred)["macro_F1"]
+        if best is None or score > best[0]:
+            best = (score, c)
+    return model(best[1]).fit(x, y), best[1]
+
+
+def _take(x, idx):
+    return x[idx] if not isinstance(x, list) else [x[i] for i in idx]
+
+
+class _Features:
+    """Every method's inputs for a list of examples, computed once."""
+
+    def __init__(self, examples, config: Config, methods):
+        texts = [e.text for e in examples]
+        self.texts = texts
+        self.tfidf_texts = texts
+        self.sentence = None
+        if "minilm_logreg" in methods:
+            from level1_affect import minilm
+            m = minilm.load()
+            self.sentence = np.hstack([m.encode_sentences(texts),
+                                       m.encode_sentences([e.therapist for e in examples])])
+        self.encoded = None
+        if "talk_type" in methods:
+            self.encoded = tt.encode(texts, [e.therapist for e in examples], config.model)
+
+
+def _subset(enc: tt.Encoded, idx) -> tt.Encoded:
+    return tt.Encoded([enc.states[i] for i in idx], [enc.segments[i] for i in idx])
+
+
+def _fit_predict(method, feats: _Features, y, votes, groups, tr, te, config: Config, tag: str):
+    """Probabilities-free predictions (n_te,) of ``method`` trained on ``tr``; and info."""
+    if method == "lexicon":
+        return lexicon_predict([feats.texts[i] for i in te]), {}
+    if method == "tfidf_logreg":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+        x_tr = vec.fit_transform(_take(feats.texts, tr))
+        model, c = _logreg_oof(x_tr, y[tr], [groups[i] for i in tr], config.logreg_c,
+                               config.inner_folds, config.seed)
+        return model.predict(vec.transform(_take(feats.texts, te))), {"C": c}
+    if method == "minilm_logreg":
+        model, c = _logreg_oof(feats.sentence[tr], y[tr], [groups[i] for i in tr],
+                               config.logreg_c, config.inner_folds, config.seed)
+        return model.predict(feats.sentence[te]), {"C": c}
+    if method == "talk_type":
+        model = tt.fit(_subset(feats.encoded, tr), votes[tr], config.model, progress=tag)
+        return model.predict_encoded(_subset(feats.encoded, te)).argmax(1), {}
+    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+
+
+def _confusion_figure(table: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [(m, r) for m, r in table.items() if "confusion" in r]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    for ax, (method, row) in zip(axes[0], rows):
+        conf = np.array(row["confusion"], float)
+        share = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+        ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for i in range(3):
+            for j in range(3):
+                ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center",
+                        color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+        ax.set_xticks(range(3), annomi.LABELS, fontsize=7)
+        ax.set_yticks(range(3), annomi.LABELS, fontsize=7)
+        ax.set_title(f"{method}\nmacro-F1 {row['macro_F1']:.3f}", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("expert (majority)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(config: Config, workdir) -> dict:
+    """Grouped CV on the non-test conversations (and the held-out test when listed)."""
+    for method in config.methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+    workdir = Path(workdir)
+    source = annomi.resolve(config.data.annomi)
+    examples = annomi.read_annomi(source)
+    held = set(annomi.test_ids(config.data.annomi))
+    unknown = held - {e.transcript_id for e in examples}
+    if unknown:
+        raise ValueError(f"{config.data.annomi}/test_ids.txt lists conversations not in "
+                         f"{source.name}: {sorted(unknown)[:5]}")
+    if config.data.max_conversations:
+        keep = list(dict.fromkeys(e.transcript_id for e in examples if e.transcript_id not in held))
+        keep = set(keep[:config.data.max_conversations]) | held
+        examples = [e for e in examples if e.transcript_id in keep]
+    y = np.array([e.label for e in examples])
+    votes = np.stack([e.votes for e in examples])
+    groups = [e.transcript_id for e in examples]
+    dev = np.array([g not in held for g in groups])
+    dev_idx, test_idx = np.flatnonzero(dev), np.flatnonzero(~dev)
+    print(f"[talk_type] {source}: {len(examples)} client utterances in "
+          f"{len(set(groups))} conversations ({len(held)} held out for test)", file=sys.stderr)
+    t0 = time.perf_counter()
+    feats = _Features(examples, config, config.methods)
+    encode_s = time.perf_counter() - t0
+
+    folds = annomi.grouped_folds([groups[i] for i in dev_idx], config.folds, config.seed)
+    results: dict = {"cv": {}, "cv_folds": {}}
+    for method in config.methods:
+        t0 = time.perf_counter()
+        pred = np.full(len(dev_idx), -1)
+        per_fold = []
+        for k, (tr, te) in enumerate(folds):
+            p, _ = _fit_predict(method, feats, y, votes, groups, dev_idx[tr], dev_idx[te],
+                                config, f"fold {k + 1}/{len(folds)}")
+            pred[te] = p
+            per_fold.append(annomi.macro_f1(y[dev_idx[te]], p)["macro_F1"])
+        row = annomi.macro_f1(y[dev_idx], pred)
+        row.update(macro_F1_fold_mean=float(np.mean(per_fold)),
+                   macro_F1_fold_sd=float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0,
+                   seconds=round(time.perf_counter() - t0, 1))
+        results["cv"][method] = row
+        results["cv_folds"][method] = {f"fold{k + 1}": f for k, f in enumerate(per_fold)}
+        print(f"[talk_type] cv {method}: macro-F1 {row['macro_F1']:.3f} "
+              f"(folds {row['macro_F1_fold_mean']:.3f} +- {row['macro_F1_fold_sd']:.3f})",
+              file=sys.stderr)
+    if len(test_idx):
+        results["test"] = {}
+        for method in config.methods:
+            p, _ = _fit_predict(method, feats, y, votes, groups, dev_idx, test_idx, config, "test")
+            results["test"][method] = annomi.macro_f1(y[test_idx], p)
+    if "talk_type" in config.methods:
+        model = tt.fit(_subset(feats.encoded, dev_idx), votes[dev_idx], config.model,
+                       progress="deploy")
+        model.info.update(data=str(source), n_conversations=len({groups[i] for i in dev_idx}))
+        model.save(workdir / "models" / "talk_type")
+        if config.install_default:
+            import shutil
+            target = tt.default_dir()
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(workdir / "models" / "talk_type", target)
+            print(f"[talk_type] installed as the default model: {target}", file=sys.stderr)
+    (workdir / "plots").mkdir(exist_ok=True)
+    for split in ("cv", "test"):
+        if split in results:
+            _confusion_figure(results[split], workdir / "plots" / f"confusion_{split}.png")
+    n_dev = {k: int(np.sum(y[dev_idx] == i)) for i, k in enumerate(annomi.LABELS)}
+    results["notes"] = [
+        f"data: {source} ({len(examples)} client utterances, {len(set(groups))} conversations)",
+        f"cv: {config.folds} folds grouped by conversation over {len(dev_idx)} utterances "
+        f"({n_dev}); macro_F1 on the pooled out-of-fold predictions, fold mean and sd beside it",
+        "labels: majority of annotators (ties: the label given first); talk_type trains on "
+        "the vote fractions, the others on the majority label",
+        f"MiniLM encoding of every input: {encode_s:.0f} s",
+    ]
+    return results

@@ -1,0 +1,367 @@
+"""Level 1, talk type: a client utterance -> P(change), P(neutral), P(sustain).
+
+In motivational interviewing ambivalence is heard as change talk ("I want to cut down")
+and sustain talk ("but it helps me relax") from the same person. This model learns the
+three talk types from AnnoMI's expert labels (``level1_affect.annomi``).
+
+Input: the sequence ``[CLS] context [SEP] utterance [SEP]`` (segment ids 0 and 1), where the
+context is the therapist turn just before (its last ``context_tokens`` tokens; in BAH the
+interviewer's question). MiniLM's lower layers are frozen and run once per input
+(``MiniLM.token_states``); its top ``trainable_layers`` encoder layers are rebuilt here as
+Flax NNX modules initialised from MiniLM's weights and fine-tuned with a linear head on
+the mean of the utterance's token vectors and the mean over the whole sequence.
+
+Class imbalance (sustain is about 11% of client turns): the loss weights each class by
+``(n / (3 n_class)) ** class_weight_power``; targets are the annotators' vote fractions.
+
+``TalkTypeModel.save(dir)`` writes ``talk_type.json`` and ``weights.npz``; ``load(dir)``
+reads them back (the frozen layers come from the MiniLM asset). ``ensure_default()``
+trains the packaged default on the bundled AnnoMI copy once and caches it under
+``$AHJAX_CACHE/talk_type``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from level1_affect import annomi
+
+LABELS = annomi.LABELS
+_BUCKETS = (16, 32, 64, 100, 128)
+DEFAULT_VERSION = 1   # bump when the default recipe changes: the cached default retrains
+
+
+@dataclasses.dataclass(frozen=True)
+class TalkTypeConfig:
+    """Every hyperparameter of the talk-type model, written beside its weights."""
+    trainable_layers: int = 2      # top MiniLM layers fine-tuned (the rest frozen), 1..6
+    context_tokens: int = 32       # last tokens of the preceding therapist turn / question
+    utterance_tokens: int = 64     # first tokens of the utterance
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup: float = 0.1            # share of steps with a linear warm-up (from a tenth of the rate)
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    class_weight_power: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.trainable_layers <= 6:
+            raise ValueError(f"trainable_layers={self.trainable_layers}: MiniLM has 6 layers (1..6)")
+        for name in ("context_tokens", "utterance_tokens"):
+            if getattr(self, name) < 0 or getattr(self, name) > 120:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in 0..120")
+        if self.utterance_tokens < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("utterance_tokens, epochs and batch_size must be at least 1")
+
+
+# ------------------------------- network ----------------------------------------------
+class BertLayer(nnx.Module):
+    """One post-LayerNorm BERT encoder layer (self-attention + GELU feed-forward), with
+    weights copied from a transformers Flax BERT layer's parameter dict."""
+
+    def __init__(self, params: dict, heads: int, dropout: float, rngs: nnx.Rngs):
+        att, dim = params["attention"], params["attention"]["self"]["query"]["kernel"].shape[0]
+        hidden = params["intermediate"]["dense"]["kernel"].shape[1]
+        self.heads = heads
+
+        def dense(src, d_in, d_out):
+            layer = nnx.Linear(d_in, d_out, rngs=rngs)
+            layer.kernel.value = jnp.asarray(src["kernel"])
+            layer.bias.value = jnp.asarray(src["bias"])
+            return layer
+
+        def norm(src):
+            layer = nnx.LayerNorm(dim, epsilon=1e-12, rngs=rngs)
+            layer.scale.value = jnp.asarray(src["scale"])
+            layer.bias.value = jnp.asarray(src["bias"])
+            return layer
+
+        self.query = dense(att["self"]["query"], dim, dim)
+        self.key = dense(att["self"]["key"], dim, dim)
+        self.value = dense(att["self"]["value"], dim, dim)
+        self.attn_out = dense(att["output"]["dense"], dim, dim)
+        self.attn_norm = norm(att["output"]["LayerNorm"])
+        self.up = dense(params["intermediate"]["dense"], dim, hidden)
+        self.down = dense(params["output"]["dense"], hidden, dim)
+        self.out_norm = norm(params["output"]["LayerNorm"])
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        b, n, d = x.shape
+        split = lambda z: z.reshape(b, n, self.heads, d // self.heads)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // self.heads)
+        logits = logits + jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9)
+        att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v).reshape(b, n, d)
+        x = self.attn_norm(self.drop(self.attn_out(att)) + x)
+        return self.out_norm(self.drop(self.down(jax.nn.gelu(self.up(x), approximate=False))) + x)
+
+
+class TalkTypeNet(nnx.Module):
+    """Top MiniLM layers + a linear head over [utterance mean ; sequence mean].
+
+    ``__call__(states, mask, segment)`` takes the frozen layers' token states (b, n, 384),
+    the real-token mask and the segment ids (1 on the utterance) and returns
+    ``(logits, aux)`` with ``aux = {"pooled": (b, 768), "probs": (b, 3)}``.
+    """
+
+    def __init__(self, config: TalkTypeConfig, bert_params: dict, heads: int, rngs: nnx.Rngs):
+        first = 6 - config.trainable_layers
+        self.layers = nnx.List([BertLayer(bert_params["encoder"]["layer"][str(first + j)], heads,
+                                          config.dropout, rngs)
+                                for j in range(config.trainable_layers)])
+        dim = bert_params["embeddings"]["word_embeddings"]["embedding"].shape[1]
+        self.head = nnx.Linear(2 * dim, len(LABELS), rngs=rngs)
+        self.drop = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, states, mask, segment):
+        x = states
+        for layer in self.layers:
+            x = layer(x, mask)
+        utt = (mask * segment)[..., None].astype(x.dtype)
+        every = mask[..., None].astype(x.dtype)
+        pooled = jnp.concatenate([(x * utt).sum(1) / jnp.maximum(utt.sum(1), 1.0),
+                                  (x * every).sum(1) / jnp.maximum(every.sum(1), 1.0)], -1)
+        logits = self.head(self.drop(pooled))
+        return logits, {"pooled": pooled, "probs": jax.nn.softmax(logits, -1)}
+
+
+# ------------------------------- inputs -----------------------------------------------
+@dataclasses.dataclass
+class Encoded:
+    """Frozen-layer token states of a set of inputs (variable lengths, float16 on host)."""
+    states: list[np.ndarray]
+    segments: list[np.ndarray]
+
+    def batch(self, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Padded ``(states, mask, segment)`` for the inputs ``idx`` (length bucketed)."""
+        longest = max(len(self.states[i]) for i in idx)
+        n = next((b for b in _BUCKETS if b >= longest), longest)
+        dim = self.states[idx[0]].shape[1]
+        x = np.zeros((len(idx), n, dim), np.float32)
+        mask = np.zeros((len(idx), n), np.int32)
+        seg = np.zeros((len(idx), n), np.int32)
+        for r, i in enumerate(idx):
+            m = len(self.states[i])
+            x[r, :m], mask[r, :m], seg[r, :m] = self.states[i], 1, self.segments[i]
+        return x, mask, seg
+
+
+def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
+           minilm=None) -> Encoded:
+    """Token states after MiniLM's frozen layers for ``[CLS] context [SEP] text [SEP]``."""
+    from level1_affect import minilm as minilm_lib
+    m = minilm or minilm_lib.load()
+    if len(texts) != len(contexts):
+        raise ValueError(f"{len(texts)} texts but {len(contexts)} contexts")
+    tok = m.tokenizer
+    utt = [e.ids[:config.utterance_tokens] for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    ctx = [e.ids[len(e.ids) - config.context_tokens:] if config.context_tokens else []
+           for e in tok.encode_batch(list(contexts), add_special_tokens=False)]
+    seqs, segs = [], []
+    for c, u in zip(ctx, utt):
+        seqs.append([m.cls_id] + c + [m.sep_id] + u + [m.sep_id])
+        segs.append(np.array([0] * (len(c) + 2) + [1] * (len(u) + 1), np.int32))
+    states = m.token_states(seqs, segs, layer=6 - config.trainable_layers)
+    return Encoded([s.astype(np.float16) for s in states], segs)
+
+
+# ------------------------------- training ---------------------------------------------
+def class_weights(votes: np.ndarray, power: float) -> np.ndarray:
+    """(3,) weights ``(n / (3 n_k)) ** power`` from the summed vote fractions."""
+    counts = np.maximum(np.asarray(votes).sum(0), 1e-3)
+    return ((counts.sum() / (len(LABELS) * counts)) ** power).astype(np.float32)
+
+
+def _loss(model: TalkTypeNet, x, mask, seg, targets, weights):
+    logits, _ = model(x, mask, seg)
+    per = optax.softmax_cross_entropy(logits, targets)
+    w = targets @ weights
+    return (per * w).sum() / w.sum()
+
+
+@nnx.jit
+def train_step(model: TalkTypeNet, optimizer: nnx.Optimizer, x, mask, seg, targets, weights):
+    """One bounded step: loss, gradient, update. Returns the loss."""
+    loss, grads = nnx.value_and_grad(_loss)(model, x, mask, seg, targets, weights)
+    optimizer.update(model, grads)
+    return loss
+
+
+@nnx.jit
+def _probs(model: TalkTypeNet, x, mask, seg):
+    return model(x, mask, seg)[1]["probs"]
+
+
+class TalkTypeModel:
+    """A trained talk-type network with its config; ``predict_proba`` on raw texts."""
+
+    def __init__(self, config: TalkTypeConfig, net: TalkTypeNet, info: dict | None = None):
+        self.config, self.net, self.info = config, net, dict(info or {})
+
+    def predict_encoded(self, enc: Encoded, batch_size: int = 64) -> np.ndarray:
+        """(n, 3) probabilities over :data:`LABELS` for encoded inputs."""
+        self.net.eval()
+        out = np.zeros((len(enc.states), len(LABELS)), np.float32)
+        order = sorted(range(len(enc.states)), key=lambda i: len(enc.states[i]))
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            out[idx] = np.asarray(_probs(self.net, *enc.batch(idx)))
+        return out
+
+    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+        """(n, 3) P(change), P(neutral), P(sustain) for ``texts``; ``contexts`` are the
+        preceding therapist turns or questions ("" or None: no context)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(LABELS)), np.float32)
+        contexts = [c or "" for c in (contexts or [""] * len(texts))]
+        return self.predict_encoded(encode(texts, contexts, self.config))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``talk_type.json`` (config, info) and ``weights.npz`` into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        flat = {"/".join(map(str, k)): np.asarray(v.value)
+                for k, v in nnx.to_flat_state(nnx.state(self.net, nnx.Param))}
+        tmp = path / f".weights.{os.getpid()}.npz"
+        np.savez(tmp, **flat)
+        os.replace(tmp, path / "weights.npz")
+        (path / "talk_type.json").write_text(json.dumps(
+            {"config": dataclasses.asdict(self.config), "labels": list(LABELS), "info": self.info},
+            indent=2))
+        return path
+
+
+def build(config: TalkTypeConfig, minilm=None, seed: int | None = None) -> TalkTypeNet:
+    """A fresh network whose layers start from MiniLM's weights."""
+    from level1_affect import minilm as minilm_lib
+    m = minilm or minilm_lib.load()
+    heads = int(m.config.num_attention_heads)
+    return TalkTypeNet(config, m.params, heads, nnx.Rngs(config.seed if seed is None else seed))
+
+
+def fit(enc: Encoded, votes: np.ndarray, config: TalkTypeConfig, minilm=None,
+        progress: str | None = None) -> TalkTypeModel:
+    """Train a talk-type model on encoded inputs and their vote fractions (n, 3).
+
+    ``progress``: a label for a one-line-per-epoch report on stderr (None: silent).
+    """
+    votes = np.asarray(votes, np.float32)
+    if len(votes) != len(enc.states):
+        raise ValueError(f"{len(enc.states)} inputs but {len(votes)} targets")
+    net = build(config, minilm)
+    n = len(votes)
+    steps = config.epochs * max(1, -(-n // config.batch_size))
+    warmup = max(1, int(config.warmup * steps))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.1 * config.learning_rate, config.learning_rate, warmup, max(steps, warmup + 1))
+    optimizer = nnx.Optimizer(net, optax.adamw(schedule, weight_decay=config.weight_decay),
+                              wrt=nnx.Param)
+    weights = jnp.asarray(class_weights(votes, config.class_weight_power))
+    rng = np.random.default_rng(config.seed)
+    net.train()
+    lengths = np.array([len(s) for s in enc.states])
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        # Batches of similar length (little padding), visited in random order.
+        order = np.argsort(lengths + rng.uniform(0, 8, n), kind="stable")
+        batches = [order[b:b + config.batch_size] for b in range(0, n, config.batch_size)]
+        total = 0.0
+        for i in rng.permutation(len(batches)):
+            idx = batches[i]
+            loss = train_step(net, optimizer, *enc.batch(idx), jnp.asarray(votes[idx]), weights)
+            total += float(loss) * len(idx)
+        if not np.isfinite(total):
+            raise FloatingPointError(f"talk-type training: non-finite loss in epoch {epoch + 1}")
+        if progress:
+            import sys
+            print(f"[talk_type {progress}] epoch {epoch + 1}/{config.epochs} loss "
+                  f"{total / n:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    net.eval()
+    return TalkTypeModel(config, net, {"n_train": int(n)})
+
+
+def train_examples(examples: Sequence[annomi.Example], config: TalkTypeConfig = TalkTypeConfig(),
+                   progress: str | None = None) -> TalkTypeModel:
+    """Encode AnnoMI examples (utterance with the therapist turn before) and fit."""
+    enc = encode([e.text for e in examples], [e.therapist for e in examples], config)
+    return fit(enc, np.stack([e.votes for e in examples]), config, progress=progress)
+
+
+# ------------------------------- storage ----------------------------------------------
+def load(path: str | os.PathLike) -> TalkTypeModel:
+    """A model saved by :meth:`TalkTypeModel.save`; a clear error for anything else."""
+    path = Path(path)
+    meta_file, weights_file = path / "talk_type.json", path / "weights.npz"
+    if not meta_file.is_file() or not weights_file.is_file():
+        raise FileNotFoundError(f"{path}: not a talk-type model (needs talk_type.json and weights.npz)")
+    meta = json.loads(meta_file.read_text())
+    if list(meta.get("labels", [])) != list(LABELS):
+        raise ValueError(f"{meta_file}: labels {meta.get('labels')} differ from {list(LABELS)}")
+    config = TalkTypeConfig(**meta["config"])
+    net = build(config)
+    state = nnx.state(net, nnx.Param)
+    flat = dict(nnx.to_flat_state(state))
+    with np.load(weights_file) as saved:
+        keys = {"/".join(map(str, k)): k for k in flat}
+        if set(saved.files) != set(keys):
+            raise ValueError(f"{weights_file}: parameters do not match the config "
+                             f"({len(saved.files)} arrays, expected {len(keys)})")
+        for name, k in keys.items():
+            if saved[name].shape != flat[k].value.shape:
+                raise ValueError(f"{weights_file}: {name} has shape {saved[name].shape}, "
+                                 f"expected {flat[k].value.shape}")
+            flat[k].value = jnp.asarray(saved[name])
+    nnx.update(net, nnx.from_flat_state(flat))
+    net.eval()
+    return TalkTypeModel(config, net, meta.get("info"))
+
+
+def default_dir() -> Path:
+    """Where the packaged default lives: ``$AHJAX_CACHE/talk_type/default-v<N>``."""
+    from ahjax import assets
+    return assets.cache_dir() / "talk_type" / f"default-v{DEFAULT_VERSION}"
+
+
+def ensure_default(config: TalkTypeConfig = TalkTypeConfig(), quiet: bool = False) -> Path:
+    """The default model's folder, trained once on the bundled AnnoMI (a few minutes on a
+    2-core CPU) and cached; later calls only check that it is there."""
+    target = default_dir()
+    if (target / "weights.npz").is_file() and (target / "talk_type.json").is_file():
+        return target
+    import shutil
+    import sys
+    if not quiet:
+        print(f"[talk_type] training the default talk-type model on the bundled AnnoMI "
+              f"into {target} (once)", file=sys.stderr, flush=True)
+    examples = annomi.read_annomi(None)
+    model = train_examples(examples, config, progress=None if quiet else "default")
+    model.info.update(data="bundled AnnoMI-full (106 conversations)", version=DEFAULT_VERSION)
+    tmp = target.parent / f".{target.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_default() -> TalkTypeModel:
+    """The packaged default model (trained and cached on first use)."""
+    return load(ensure_default())

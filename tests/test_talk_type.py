@@ -1,0 +1,197 @@
+"""The talk-type model and its AnnoMI reader: grouped splits, labels, errors, one real step."""
+
+import csv
+import gzip
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from level1_affect import annomi
+from level1_affect import talk_type as tt
+
+FULL_HEADER = ["mi_quality", "transcript_id", "video_title", "video_url", "topic", "utterance_id",
+               "interlocutor", "timestamp", "utterance_text", "annotator_id",
+               "main_therapist_behaviour", "client_talk_type"]
+
+
+def _write(path, rows, header=FULL_HEADER):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "n/a") for k in header})
+    return path
+
+
+def _row(tid, uid, who, text, talk="n/a", annotator="0"):
+    return dict(transcript_id=tid, utterance_id=uid, interlocutor=who, utterance_text=text,
+                client_talk_type=talk, annotator_id=annotator)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return annomi.read_annomi(None)
+
+
+def test_bundled_corpus_counts(bundled):
+    # The 106 public conversations: 4255 client turns, majority labels as in AnnoMI-simple.
+    assert len(bundled) == 4255
+    assert len({e.transcript_id for e in bundled}) == 106
+    assert np.bincount([e.label for e in bundled]).tolist() == [1042, 2725, 488]
+    chex.assert_trees_all_close(np.stack([e.votes for e in bundled]).sum(1), np.ones(4255),
+                                atol=1e-6)
+
+
+def test_majority_ties_and_context(tmp_path):
+    rows = [_row("7", 0, "therapist", "What would be good about quitting?"),
+            _row("7", 1, "client", "I could breathe better.", "change", "1"),
+            _row("7", 1, "client", "I could breathe better.", "neutral", "2"),
+            _row("7", 1, "client", "I could breathe better.", "change", "3"),
+            _row("7", 2, "client", "But I like it.", "neutral", "1"),
+            _row("7", 2, "client", "But I like it.", "sustain", "2"),
+            _row("8", 0, "client", "Hello.", "neutral", "1")]
+    ex = annomi.read_annomi(_write(tmp_path / "AnnoMI-full.csv", rows))
+    assert [(e.transcript_id, e.utterance_id) for e in ex] == [("7", 1), ("7", 2), ("8", 0)]
+    assert annomi.LABELS[ex[0].label] == "change"
+    chex.assert_trees_all_close(ex[0].votes, np.array([2 / 3, 1 / 3, 0], np.float32))
+    assert annomi.LABELS[ex[1].label] == "neutral"          # a tie: the label given first
+    assert ex[0].therapist == "What would be good about quitting?" and ex[0].previous == ""
+    assert ex[1].therapist == ex[0].therapist and ex[1].previous == "I could breathe better."
+    assert ex[2].therapist == "" and ex[2].previous == ""   # a new conversation resets context
+
+
+def test_folder_prefers_full_and_reads_test_ids(tmp_path):
+    _write(tmp_path / "AnnoMI-simple.csv", [_row("1", 0, "client", "x", "change")])
+    assert annomi.resolve(tmp_path).name == "AnnoMI-simple.csv"
+    _write(tmp_path / "AnnoMI-full.csv", [_row("1", 0, "client", "x", "sustain")])
+    assert annomi.resolve(tmp_path).name == "AnnoMI-full.csv"
+    assert annomi.test_ids(tmp_path) == []
+    (tmp_path / "test_ids.txt").write_text("# held out\n3\n\n5\n")
+    assert annomi.test_ids(tmp_path) == ["3", "5"]
+    with pytest.raises(FileNotFoundError, match="no such AnnoMI file"):
+        annomi.resolve(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing_column", r"AnnoMI-full.csv: missing column\(s\) client_talk_type"),
+    ("unknown_label", r"AnnoMI-full.csv: line 3, column client_talk_type: 'maybe'"),
+    ("unknown_speaker", r"AnnoMI-full.csv: line 2, column interlocutor: 'coach'"),
+    ("bad_id", r"AnnoMI-full.csv: line 2, column utterance_id: 'x1'"),
+])
+def test_malformed_csv_names_file_column_row(tmp_path, bad, message):
+    rows = [_row("1", 0, "therapist", "Hi."), _row("1", 1, "client", "Hm.", "neutral")]
+    header = FULL_HEADER
+    if bad == "missing_column":
+        header = [h for h in FULL_HEADER if h != "client_talk_type"]
+    elif bad == "unknown_label":
+        rows[1]["client_talk_type"] = "maybe"
+    elif bad == "unknown_speaker":
+        rows[0]["interlocutor"] = "coach"
+    else:
+        rows[0]["utterance_id"] = "x1"
+    path = _write(tmp_path / "AnnoMI-full.csv", rows, header)
+    with pytest.raises(annomi.AnnoMIError, match=message):
+        annomi.read_annomi(path)
+
+
+def test_gzip_and_empty(tmp_path):
+    rows = [_row("1", 0, "client", "I will stop.", "change")]
+    src = _write(tmp_path / "a.csv", rows)
+    gz = tmp_path / "a.csv.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    assert annomi.read_annomi(gz)[0].label == 0
+    with pytest.raises(annomi.AnnoMIError, match="no client utterance"):
+        annomi.read_annomi(_write(tmp_path / "b.csv", [_row("1", 0, "therapist", "Hi.")]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_folds_never_leak(seed):
+    rng = np.random.default_rng(seed)
+    groups = [f"c{g}" for g in rng.integers(0, 23, 400)]
+    folds = annomi.grouped_folds(groups, 5, seed)
+    tested = np.concatenate([te for _, te in folds])
+    assert sorted(tested.tolist()) == list(range(400))        # everyone tested exactly once
+    for tr, te in folds:
+        assert not {groups[i] for i in tr} & {groups[i] for i in te}
+        assert len(set(tr.tolist()) | set(te.tolist())) == 400
+    with pytest.raises(ValueError, match="cannot make 5 grouped folds"):
+        annomi.grouped_folds(["a", "a", "b"], 5)
+
+
+def test_grouped_folds_on_the_real_conversations(bundled):
+    groups = [e.transcript_id for e in bundled]
+    folds = annomi.grouped_folds(groups, 5, 0)
+    for tr, te in folds:
+        assert not {groups[i] for i in tr} & {groups[i] for i in te}
+    sizes = [len(te) for _, te in folds]
+    assert max(sizes) - min(sizes) < 60
+
+
+def test_macro_f1_golden():
+    y = np.array([0, 0, 1, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 2, 2])
+    m = annomi.macro_f1(y, p)
+    # change: P 1/1 R 1/2 -> 2/3; neutral: P 2/3 R 2/3 -> 2/3; sustain: P 1/2 R 1 -> 2/3
+    assert m["F1_change"] == pytest.approx(2 / 3) and m["F1_sustain"] == pytest.approx(2 / 3)
+    assert m["macro_F1"] == pytest.approx(2 / 3)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 1], [0, 0, 1]]
+    assert annomi.macro_f1(np.array([1, 1]), np.array([1, 1]))["F1_sustain"] == 0.0
+
+
+def test_config_ranges():
+    with pytest.raises(ValueError, match="trainable_layers=0"):
+        tt.TalkTypeConfig(trainable_layers=0)
+    with pytest.raises(ValueError, match="context_tokens=200"):
+        tt.TalkTypeConfig(context_tokens=200)
+
+
+def test_class_weights_favour_the_rare_class():
+    votes = np.eye(3)[[0] * 20 + [1] * 70 + [2] * 10]
+    w = tt.class_weights(votes, 1.0)
+    chex.assert_trees_all_close(w, np.array([100 / 60, 100 / 210, 100 / 30], np.float32), rtol=1e-5)
+    assert tt.class_weights(votes, 0.0).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_rebuilt_layer_equals_minilm():
+    """The NNX copy of MiniLM's last layer maps layer-5 states to MiniLM's own output."""
+    from level1_affect import minilm
+    m = minilm.load()
+    enc = tt.encode(["I want to cut down but it helps me relax."], ["How do you feel about it?"],
+                    tt.TalkTypeConfig(trainable_layers=1))
+    net = tt.build(tt.TalkTypeConfig(trainable_layers=1))
+    net.eval()
+    x, mask, seg = enc.batch([0])
+    ours = np.asarray(net.layers[0](jnp.asarray(x), jnp.asarray(mask)))[0, :mask.sum()]
+    ids = m.tokenizer.encode("How do you feel about it?", add_special_tokens=False).ids
+    utt = m.tokenizer.encode("I want to cut down but it helps me relax.", add_special_tokens=False).ids
+    seq = [m.cls_id] + ids + [m.sep_id] + utt + [m.sep_id]
+    theirs = m.token_states([seq], [enc.segments[0]], layer=6)[0]
+    # float16 storage of the frozen states bounds the agreement
+    chex.assert_trees_all_close(ours, theirs, atol=2e-2)
+    chex.assert_shape(ours, (len(seq), 384))
+
+
+def test_one_real_step_save_and_load(tmp_path, bundled):
+    config = tt.TalkTypeConfig(trainable_layers=1, epochs=1, batch_size=8, utterance_tokens=24,
+                               context_tokens=8)
+    few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:8]
+    model = tt.train_examples(few, config)
+    probs = model.predict_proba([e.text for e in few], [e.therapist for e in few])
+    chex.assert_shape(probs, (8, 3))
+    chex.assert_tree_all_finite(probs)
+    chex.assert_trees_all_close(probs.sum(1), np.ones(8), atol=1e-5)
+    model.save(tmp_path / "m")
+    again = tt.load(tmp_path / "m")
+    assert again.config == config
+    chex.assert_trees_all_close(
+        again.predict_proba([e.text for e in few], [e.therapist for e in few]), probs, atol=1e-5)
+    # the step moved the head away from MiniLM's initial weights
+    fresh = tt.build(config)
+    assert not np.allclose(np.asarray(fresh.head.kernel.value), np.asarray(again.net.head.kernel.value))
+
+
+def test_load_refuses_other_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a talk-type model"):
+        tt.load(tmp_path)
