@@ -59,7 +59,6 @@ often the stacked model's out-of-fold AVGF1 (and AP) beats each baseline, and al
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -78,12 +77,13 @@ from ahjax.metrics import bah_metrics, frame_ap
 
 METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1")
 BASELINES = ("question_only", "tfidf_logreg", "minilm_logreg")
-METHODS = (*BASELINES, "two_level_text", "two_level_text_conflict",
+METHODS = (*BASELINES, "two_level_text", "two_level_text_talk", "two_level_text_conflict",
            "two_level_text_conflict_no_person",
            "two_level_text_concat",
            "two_level_text_concat+q", "two_level_text_lexicon")
 N_QUESTIONS = 7
-LEVEL2_INPUTS = ("views", "views+conflict", "views+conflict_score", "views+conflict_score+person")
+LEVEL2_INPUTS = ("views", "views+conflict", "views+conflict_score", "views+conflict_score+person",
+                 "views+talk_score", "views+talk_score+person")
 PERSON_VIEWS = ("tfidf", "minilm", "affect", "conflict")   # views averaged over a person's other videos
 
 
@@ -129,6 +129,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     methods: tuple = METHODS
     cache: str = ""                    # MiniLM embedding cache; "" = $AHJAX_CACHE/text_video
+    talk_model: str = ""               # talk-type model folder; "" = the packaged default
     quick: bool = False
 
 
@@ -151,26 +152,25 @@ def minilm_embeddings(texts: Sequence[str], cache: Path) -> np.ndarray:
     Texts beyond 256 tokens are truncated, as sentence-transformers does (4 of the 726 v1
     transcripts). The model is only loaded when something is missing from the cache.
     """
-    cache.mkdir(parents=True, exist_ok=True)
-    keys = [hashlib.sha256(("all-MiniLM-L6-v2\0" + t).encode()).hexdigest()[:32] for t in texts]
-    out = np.zeros((len(texts), 384), np.float32)
-    missing = []
-    for i, k in enumerate(keys):
-        f = cache / f"{k}.npy"
-        if f.exists():
-            out[i] = np.load(f)
-        else:
-            missing.append(i)
-    if missing:
-        from level1_affect import minilm
-        todo = sorted(set(texts[i] for i in missing))
-        vecs = dict(zip(todo, minilm.encode_sentences(todo)))
-        for i in missing:
-            out[i] = vecs[texts[i]]
-            tmp = cache / f".{keys[i]}.{os.getpid()}.npy"
-            np.save(tmp, out[i])
-            os.replace(tmp, cache / f"{keys[i]}.npy")  # atomic: readers never see half a file
-    return out
+    from level1_affect import minilm
+    return minilm.cached_rows(texts, cache, "all-MiniLM-L6-v2", 384,
+                              lambda todo: minilm.encode_sentences(todo))
+
+
+def talk_features(texts: Sequence[str], cache: Path, model_dir: str = "") -> np.ndarray:
+    """(n, 8) ``VIDEO_TALK_FEATURES`` of whole transcripts from a talk-type model (default:
+    the packaged one), cached by model and text."""
+    from level1_affect import minilm
+    from level1_affect import talk_type as tt
+    path = Path(model_dir) if model_dir else tt.ensure_default()
+
+    def compute(todo):
+        model = tt.load(path)
+        return [[tt.video_talk_features(p)[k] for k in tt.VIDEO_TALK_FEATURES]
+                for p in tt.transcript_talk(todo, model)]
+
+    return minilm.cached_rows(texts, cache, "talk_type " + tt.model_id(path),
+                              len(tt.VIDEO_TALK_FEATURES), compute)
 
 
 def question_onehot(questions: np.ndarray) -> np.ndarray:
@@ -372,7 +372,7 @@ def _candidates(method: str, cfg: ModelConfig) -> dict[str, Callable]:
 
 
 # ---- the two-level stacked text model ------------------------------------------------
-LEVEL1_VIEWS = ("question_prior", "tfidf", "minilm", "affect", "conflict")
+LEVEL1_VIEWS = ("question_prior", "tfidf", "minilm", "affect", "conflict", "talk")
 
 
 def descriptor_split() -> tuple[tuple, tuple]:
@@ -390,6 +390,7 @@ class TextViews:
     desc: np.ndarray          # (n, 34) ``VIDEO_FEATURES``
     q: np.ndarray             # (n,) question number (0 = unknown)
     groups: np.ndarray        # (n,) participant
+    talk: np.ndarray | None = None   # (n, 8) ``VIDEO_TALK_FEATURES`` (the learned talk types)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -397,7 +398,8 @@ class TextViews:
     def __getitem__(self, idx) -> "TextViews":
         idx = np.arange(len(self))[idx]          # integer indices, a slice or a mask
         return TextViews([self.texts[i] for i in idx], self.emb[idx], self.desc[idx],
-                         self.q[idx], np.asarray(self.groups)[idx])
+                         self.q[idx], np.asarray(self.groups)[idx],
+                         None if self.talk is None else self.talk[idx])
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -416,6 +418,10 @@ def _view_input(view: str, v: TextViews):
         return v.desc[:, :len(descriptor_split()[0])]
     if view == "conflict":
         return v.desc[:, len(descriptor_split()[0]):]
+    if view == "talk":
+        if v.talk is None:
+            raise ValueError("the talk view needs TextViews.talk (talk_features)")
+        return v.talk
     raise ValueError(f"unknown level-1 view {view!r}; known: {LEVEL1_VIEWS}")
 
 
@@ -438,6 +444,8 @@ def fit_level1(v: TextViews, y: np.ndarray, folds: list, cfg: ModelConfig,
     of ``v``, ``chosen`` the candidate names. The logits are those of the chosen C, so they
     share its (small) selection optimism, as ``LogisticRegressionCV`` + ``cross_val_predict``.
     """
+    if v.talk is None:            # no talk-type summary computed: the talk view is left out
+        views = tuple(view for view in views if view != "talk")
     z = np.zeros((len(y), len(views)))
     models, chosen = {}, {}
     for j, view in enumerate(views):
@@ -482,18 +490,23 @@ def level2_matrix(z: np.ndarray, v: TextViews, inputs: str, views=LEVEL1_VIEWS):
     ``views+conflict_score+person``: those five plus, for each of ``PERSON_VIEWS``, its
     logit averaged over the participant's other videos in the same set
     (``person_context``; NaN when there is none), so level 2 can weigh an answer against
-    the person's usual way of talking.
+    the person's usual way of talking. ``views+talk_score`` and ``views+talk_score+person``
+    are the same with the talk view (a logistic regression over the learned talk-type
+    summary, ``VIDEO_TALK_FEATURES``) in place of the conflict view.
     """
     col = {view: j for j, view in enumerate(views)}
     base = ["question_prior", "tfidf", "minilm", "affect"]
     if inputs.startswith("views+conflict_score"):
         base.append("conflict")
+    if inputs.startswith("views+talk_score"):
+        base.append("talk")
     x, names = z[:, [col[b] for b in base]], [f"{b}_logit" for b in base]
-    if inputs in ("views", "views+conflict_score"):
+    if inputs in ("views", "views+conflict_score", "views+talk_score"):
         return x, names
-    if inputs == "views+conflict_score+person":
-        person = person_context(z[:, [col[b] for b in PERSON_VIEWS]], v.groups)
-        return np.hstack([x, person]), names + [f"person_{b}_logit" for b in PERSON_VIEWS]
+    if inputs in ("views+conflict_score+person", "views+talk_score+person"):
+        pv = [("talk" if b == "conflict" and "talk" in inputs else b) for b in PERSON_VIEWS]
+        person = person_context(z[:, [col[b] for b in pv]], v.groups)
+        return np.hstack([x, person]), names + [f"person_{b}_logit" for b in pv]
     if inputs == "views+conflict":
         affect, conflict = descriptor_split()
         return np.hstack([x, v.desc[:, len(affect):]]), names + list(conflict)
@@ -623,10 +636,12 @@ def _write_predictions(path: Path, rows: list, probs: dict[str, np.ndarray]) -> 
 # default; ``..._no_person``: those without the person context) val AP was the same (0.827
 # against 0.825) and val AVGF1 lower under every threshold protocol (0.626 against 0.660 at
 # the train-CV threshold, 0.685 against 0.701 cross-fitted on val), so it is an ablation.
-STACKED = {"two_level_text": tuple(i for i in LEVEL2_INPUTS if "conflict" not in i),
-           "two_level_text_conflict": None,
+STACKED = {"two_level_text": tuple(i for i in LEVEL2_INPUTS
+                                   if "conflict" not in i and "talk" not in i),
+           "two_level_text_talk": tuple(i for i in LEVEL2_INPUTS if "talk" in i),
+           "two_level_text_conflict": tuple(i for i in LEVEL2_INPUTS if "talk" not in i),
            "two_level_text_conflict_no_person": tuple(i for i in LEVEL2_INPUTS
-                                                      if "person" not in i)}
+                                                      if "person" not in i and "talk" not in i)}
 
 
 def fit_two_level(v: TextViews, y: np.ndarray, evals: dict, cfg: ModelConfig,
@@ -721,7 +736,10 @@ def run(config: Config, workdir) -> dict:
         desc = np.array([[d[k] for k in VIDEO_FEATURES]
                          for d in (video_text_features(t, lex) for t in texts)], np.float32)
         emb = minilm_embeddings(texts, cache) if need_emb else np.zeros((len(rows), 384), np.float32)
-        views[s] = TextViews(texts, emb, desc, q, np.array([p for p, _ in parsed]))
+        talk = (talk_features(texts, cache.parent / "talk", config.talk_model)
+                if "two_level_text_talk" in config.methods
+                else np.zeros((len(rows), 8), np.float32))
+        views[s] = TextViews(texts, emb, desc, q, np.array([p for p, _ in parsed]), talk)
         feats[s] = {
             "question_only": q[:, None], "tfidf_logreg": texts, "minilm_logreg": emb,
             "two_level_text_concat": np.hstack([desc, emb]),

@@ -41,6 +41,20 @@ class ExtractConfig:
     detect_every: int = 1
     # Tolerated difference between annotated and decoded frame counts (containers round).
     label_slack: int = 3
+    # Change/sustain talk on frames: "learned" (the talk-type model trained on AnnoMI),
+    # "lexicon" (the phrase rules) or the folder of a saved talk-type model.
+    talk_type: str = "learned"
+
+    def __post_init__(self):
+        if self.detect_every < 1:
+            raise ValueError(f"detect_every={self.detect_every}: must be at least 1")
+        if self.label_slack < 0:
+            raise ValueError(f"label_slack={self.label_slack}: must be at least 0")
+        if self.asr not in ("auto", "always", "never"):
+            raise ValueError(f"asr={self.asr!r}: one of auto, always, never")
+        if self.talk_type not in ("learned", "lexicon") and not Path(self.talk_type).is_dir():
+            raise ValueError(f"talk_type={self.talk_type!r}: 'learned', 'lexicon' or the "
+                             "folder of a saved talk-type model")
 
 
 def default_store_dir(root: str | Path, config: ExtractConfig) -> Path:
@@ -97,7 +111,8 @@ class Extractor:
     def _text_encoder(self):
         from level1_affect.text import TextEncoder
         if self._text is None:
-            self._text = TextEncoder(embeddings=self.config.text_embeddings)
+            self._text = TextEncoder(embeddings=self.config.text_embeddings,
+                                     talk_type=self.config.talk_type)
         return self._text
 
     def video(self, path: str | Path, chunks: Sequence | None = None) -> tuple[dict, dict]:

@@ -200,3 +200,32 @@ def encode_sentences(texts: Sequence[str]) -> np.ndarray:
 def encode_words(text: str | Sequence[str]) -> tuple[list[str], np.ndarray]:
     """``(words, (n_words, 384))`` contextual word embeddings with the default MiniLM."""
     return load().encode_words(text)
+
+
+def cached_rows(texts: Sequence[str], cache: str | os.PathLike, salt: str, dim: int,
+                compute) -> np.ndarray:
+    """(n, dim) rows for ``texts``, one ``.npy`` per text in ``cache`` keyed by a hash of
+    ``salt`` (what computes them) and the text; ``compute(list of distinct missing texts)
+    -> (m, dim)`` runs only for what is missing. Writes are atomic."""
+    import hashlib
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    keys = [hashlib.sha256((salt + "\0" + t).encode()).hexdigest()[:32] for t in texts]
+    out = np.zeros((len(texts), dim), np.float32)
+    missing = []
+    for i, k in enumerate(keys):
+        f = cache / f"{k}.npy"
+        if f.exists():
+            out[i] = np.load(f)
+        else:
+            missing.append(i)
+    if missing:
+        todo = sorted(set(texts[i] for i in missing))
+        rows = dict(zip(todo, np.asarray(compute(todo), np.float32)))
+        for i in missing:
+            out[i] = rows[texts[i]]
+            tmp = cache / f".{keys[i]}.{os.getpid()}.npy"
+            np.save(tmp, out[i])
+            os.replace(tmp, cache / f"{keys[i]}.npy")  # readers never see half a file
+    return out
+

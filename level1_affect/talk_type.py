@@ -365,3 +365,58 @@ def ensure_default(config: TalkTypeConfig = TalkTypeConfig(), quiet: bool = Fals
 def load_default() -> TalkTypeModel:
     """The packaged default model (trained and cached on first use)."""
     return load(ensure_default())
+
+
+# ------------------------------- video level ------------------------------------------
+#: Named video-level summary of an answer's talk types (``video_talk_features``).
+VIDEO_TALK_FEATURES = ("talk_change_mean", "talk_sustain_mean", "talk_change_max",
+                       "talk_sustain_max", "talk_change_and_sustain", "talk_balance",
+                       "talk_flips", "talk_n_sentences_log")
+
+
+def video_talk_features(probs: np.ndarray) -> dict[str, float]:
+    """Summary of one answer from its sentences' (n, 3) talk-type probabilities, in order.
+
+    Level 1 aggregated: mean and max P(change) and P(sustain). Level 2 (conflict within
+    text): both present (max change x max sustain), their balance (1 when the summed
+    probabilities are equal, 0 when one is absent) and flips (switches between sentences
+    leaning change and sentences leaning sustain, neutral-leaning ones skipped).
+    """
+    probs = np.asarray(probs, np.float64).reshape(-1, len(LABELS))
+    f = dict.fromkeys(VIDEO_TALK_FEATURES, 0.0)
+    if len(probs) == 0:
+        return f
+    c, s = probs[:, 0], probs[:, 2]
+    f.update(talk_change_mean=c.mean(), talk_sustain_mean=s.mean(), talk_change_max=c.max(),
+             talk_sustain_max=s.max(), talk_change_and_sustain=c.max() * s.max(),
+             talk_n_sentences_log=np.log1p(len(probs)))
+    f["talk_balance"] = 2.0 * min(c.sum(), s.sum()) / (c.sum() + s.sum()) if c.sum() + s.sum() else 0.0
+    lean = [("c" if ci > si else "s") for ci, si, ni in zip(c, s, probs[:, 1])
+            if max(ci, si) > ni]
+    f["talk_flips"] = float(sum(a != b for a, b in zip(lean, lean[1:])))
+    return {k: float(v) for k, v in f.items()}
+
+
+def transcript_talk(texts: Sequence[str], model: TalkTypeModel) -> list[np.ndarray]:
+    """Per transcript, the (n_sentences, 3) talk-type probabilities of its sentences
+    (``level1_affect.text.sentences``; no context, as in a monologue)."""
+    from level1_affect.text import sentences
+    spans, owner = [], []
+    for k, text in enumerate(texts):
+        words = str(text).split()
+        for a, b in sentences(words):
+            spans.append(" ".join(words[a:b]))
+            owner.append(k)
+    probs = model.predict_proba(spans, [""] * len(spans)) if spans else np.zeros((0, 3))
+    owner = np.array(owner, int)
+    return [probs[owner == k] for k in range(len(texts))]
+
+
+def model_id(path: str | os.PathLike) -> str:
+    """A short content hash of a saved model (its weights file), for caches keyed by model."""
+    import hashlib
+    digest = hashlib.sha1()
+    with open(Path(path) / "weights.npz", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]

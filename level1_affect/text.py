@@ -265,13 +265,22 @@ class Lexicons:
                       else np.zeros((0, len(NRC_EMOTIONS)), np.float32))
         return out
 
-    def word_features(self, words: Sequence[str]) -> np.ndarray:
-        """(n_words, 18) ``text_affect`` rows, each over a centred window of words."""
+    def word_features(self, words: Sequence[str], talk: np.ndarray | None = None) -> np.ndarray:
+        """(n_words, 18) ``text_affect`` rows, each over a centred window of words.
+
+        ``talk`` (n_words, 2): per-word P(change talk), P(sustain talk) from a learned
+        talk-type model, used for the change/sustain columns instead of the phrase rules.
+        """
         n = len(words)
         feats = np.zeros((n, len(schema.TEXT_AFFECT)), np.float32)
         if n == 0:
             return feats
         ind = self.word_indicators(words)
+        if talk is not None:
+            talk = np.asarray(talk, np.float32)
+            if talk.shape != (n, 2):
+                raise ValueError(f"talk has shape {talk.shape}, expected ({n}, 2)")
+            ind["change"], ind["sustain"] = talk[:, 0], talk[:, 1]
         half = self.window // 2
         for i in range(n):
             lo, hi = max(0, i - half), min(n, i + half + 1)
@@ -347,6 +356,34 @@ def _as_timed_words(items, fps: float, n_frames: int) -> list[dict]:
                     "word/start/end, (word, start, end) tuples, transcript chunks or a string")
 
 
+def sentences(words: Sequence[str], max_words: int = 40) -> list[tuple[int, int]]:
+    """``(first, end)`` word ranges of the sentences of a word list: split after . ! ? ...
+    and, in a long run without any, after a clause end or every ``max_words`` words."""
+    out, start = [], 0
+    for i, w in enumerate(words):
+        n = i + 1 - start
+        if _SENTENCE_END.search(w) or (n >= max_words // 2 and _CLAUSE_END.search(w)) \
+                or n >= max_words:
+            out.append((start, i + 1))
+            start = i + 1
+    if start < len(words):
+        out.append((start, len(words)))
+    return out
+
+
+def talk_by_sentence(words: Sequence[str], model, context: str = "") -> np.ndarray:
+    """(n_words, 2) P(change), P(sustain) per word: each sentence's talk type from a
+    ``level1_affect.talk_type.TalkTypeModel``, given to every word of that sentence."""
+    spans = sentences(words)
+    out = np.zeros((len(words), 2), np.float32)
+    if not spans:
+        return out
+    probs = model.predict_proba([" ".join(words[a:b]) for a, b in spans], [context] * len(spans))
+    for (a, b), p in zip(spans, probs):
+        out[a:b] = p[[0, 2]]
+    return out
+
+
 class TextEncoder:
     """Text affect and embeddings on video frames.
 
@@ -354,14 +391,27 @@ class TextEncoder:
       embeddings: also return ``text_emb`` (loads MiniLM on first use).
       window: words in the centred context window of each word's features.
       lexicons: a ready ``Lexicons`` (built on first use otherwise).
+      talk_type: where the change/sustain columns come from: "learned" (the default
+        talk-type model, ``level1_affect.talk_type.load_default``), "lexicon" (the phrase
+        rules) or the folder of a saved talk-type model.
+      talk_model: a loaded ``TalkTypeModel`` (overrides ``talk_type``).
     """
 
     def __init__(self, embeddings: bool = True, window: int = 5, lexicons: Lexicons | None = None,
-                 minilm=None):
+                 minilm=None, talk_type: str = "learned", talk_model=None):
         self.embeddings = embeddings
         self.window = window
         self._lex = lexicons
         self._minilm = minilm
+        self.talk_type = talk_type
+        self._talk = talk_model
+
+    def talk_model(self):
+        """The talk-type model in use, or None for the phrase rules."""
+        if self._talk is None and self.talk_type != "lexicon":
+            from level1_affect import talk_type as tt
+            self._talk = tt.load_default() if self.talk_type == "learned" else tt.load(self.talk_type)
+        return self._talk
 
     @property
     def lexicons(self) -> Lexicons:
@@ -397,7 +447,9 @@ class TextEncoder:
         if not timed or n_frames == 0:
             return self._pack(affect, emb)
         tokens = [w["word"].strip() for w in timed]
-        feats = self.lexicons.word_features(tokens)
+        model = self.talk_model()
+        talk = talk_by_sentence(tokens, model) if model is not None else None
+        feats = self.lexicons.word_features(tokens, talk)
         vecs = self._encoder().encode_words(tokens)[1] if self.embeddings else None
         count = np.zeros(n_frames, np.float32)
         for i, w in enumerate(timed):

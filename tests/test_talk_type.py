@@ -195,3 +195,67 @@ def test_one_real_step_save_and_load(tmp_path, bundled):
 def test_load_refuses_other_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a talk-type model"):
         tt.load(tmp_path)
+
+
+# ---- into the frame tracks and the video-level view ----------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, bundled):
+    config = tt.TalkTypeConfig(trainable_layers=1, epochs=1, batch_size=8, utterance_tokens=24,
+                               context_tokens=8)
+    path = tmp_path_factory.mktemp("talk") / "model"
+    tt.train_examples(bundled[:16], config).save(path)
+    return path
+
+
+def test_sentences_golden():
+    from level1_affect.text import sentences
+    words = "I want to stop. But I love it, you know, honestly I do".split()
+    assert sentences(words) == [(0, 4), (4, 13)]
+    assert sentences(["a"] * 50, max_words=40) == [(0, 40), (40, 50)]
+    assert sentences([]) == []
+
+
+def test_frame_tracks_come_from_the_model(tiny_model):
+    from level1_affect import schema
+    from level1_affect.text import TextEncoder, talk_by_sentence
+    words = [("I", 0.0, 0.2), ("will", 0.2, 0.4), ("quit.", 0.4, 0.8), ("But", 1.0, 1.2),
+             ("I", 1.2, 1.3), ("love", 1.3, 1.6), ("it.", 1.6, 2.0)]
+    learned = TextEncoder(embeddings=False, talk_type=str(tiny_model), window=1)
+    lexicon = TextEncoder(embeddings=False, talk_type="lexicon", window=1)
+    a = learned.encode(words, fps=10, n_frames=20)["text_affect"]
+    b = lexicon.encode(words, fps=10, n_frames=20)["text_affect"]
+    col = {n: i for i, n in enumerate(schema.TEXT_AFFECT)}
+    talk = talk_by_sentence([w for w, _, _ in words], learned.talk_model())
+    # window 1: a frame's column is its word's sentence probability
+    chex.assert_trees_all_close(a[1, [col["change_talk"], col["sustain_talk"]]], talk[0], atol=1e-6)
+    chex.assert_trees_all_close(a[14, [col["change_talk"], col["sustain_talk"]]], talk[5], atol=1e-6)
+    assert 0 < a[1, col["change_talk"]] < 1                    # probabilities, not 0/1 rules
+    assert b[1, col["change_talk"]] in (0.0, 1.0)
+    # the other columns do not depend on where talk types come from
+    other = [i for n, i in col.items() if n not in ("change_talk", "sustain_talk")]
+    chex.assert_trees_all_close(a[:, other], b[:, other])
+
+
+def test_extract_config_checks():
+    from level1_affect.extract import ExtractConfig
+    with pytest.raises(ValueError, match="detect_every=0"):
+        ExtractConfig(detect_every=0)
+    with pytest.raises(ValueError, match="talk_type='nowhere'"):
+        ExtractConfig(talk_type="nowhere")
+    with pytest.raises(ValueError, match="asr='sometimes'"):
+        ExtractConfig(asr="sometimes")
+
+
+def test_video_talk_features_golden(tiny_model):
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])
+    f = tt.video_talk_features(probs)
+    assert list(f) == list(tt.VIDEO_TALK_FEATURES)
+    assert f["talk_change_max"] == pytest.approx(0.7) and f["talk_sustain_max"] == pytest.approx(0.6)
+    assert f["talk_change_and_sustain"] == pytest.approx(0.42)
+    assert f["talk_flips"] == 2.0                                 # c, s, (neutral), c
+    assert f["talk_balance"] == pytest.approx(2 * 1.0 / 2.5)
+    assert tt.video_talk_features(np.zeros((0, 3)))["talk_flips"] == 0.0
+    model = tt.load(tiny_model)
+    per = tt.transcript_talk(["I will quit. But I love it.", ""], model)
+    assert per[0].shape == (2, 3) and per[1].shape == (0, 3)
+    assert len(tt.model_id(tiny_model)) == 12

@@ -154,7 +154,8 @@ def _toy_views(n=120, seed=0):
     emb = rng.normal(size=(n, 8)).astype(np.float32) + 0.3 * y[:, None]
     q = rng.integers(1, 8, n)
     groups = np.array([f"p{i % 30}" for i in range(n)])
-    return tvl.TextViews(texts, emb, desc, q, groups), y
+    talk = rng.normal(size=(n, 8)).astype(np.float32) + 0.3 * y[:, None]
+    return tvl.TextViews(texts, emb, desc, q, groups, talk), y
 
 
 def test_level1_oof_never_uses_the_rows_own_participant():
