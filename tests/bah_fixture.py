@@ -206,8 +206,8 @@ def make_bah_fixture(root: Path, hostile: str | None = None, *, old_annotation: 
         rows = text.splitlines()
         rows.insert(3, "  frame_annotation: [[unclosed, 0]")
         text = "\n".join(rows) + "\n"
-        # libyaml reports the line after the unclosed bracket (where ']' was expected).
-        expect = {"file": ann_name, "line": 5, "match": "malformed YAML"}
+        # The line of the unclosed bracket (libyaml notices it on the next line).
+        expect = {"file": ann_name, "line": 4, "match": "malformed YAML"}
     _write(root / ann_name, text)
 
     whisper = {

@@ -183,6 +183,12 @@ def test_yaml_safe_loader_and_errors(tmp_path):
         load_yaml(bad)
     with pytest.raises(BahFormatError, match="file not found"):
         load_yaml(tmp_path / "missing.yml")
+    # An unclosed quote on line 5 of a long file is reported on line 5, not where the
+    # parser ran out of file.
+    late = tmp_path / "late.yml"
+    late.write_text("a: 1\nb: 2\nc: 3\nd: 4\ne: \"open\n" + "".join(f"k{i}: {i}\n" for i in range(830)))
+    with pytest.raises(BahFormatError, match=r"late\.yml:5: malformed YAML.*noticed at line 836"):
+        load_yaml(late)
 
 
 def test_large_yaml_parse_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):

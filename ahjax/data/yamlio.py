@@ -118,9 +118,18 @@ def _parse(path: Path):
     except FileNotFoundError:
         raise BahFormatError("file not found", path) from None
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
+        # For an unclosed quote or bracket the context mark is where it opens (line 5) and
+        # the problem mark where the parser gave up (possibly the end of the file); for a
+        # block mapping the context is the whole mapping, so the problem mark is the line.
+        start, found = err.context_mark, err.problem_mark
+        ctx = err.context or ""
+        if not ("scanning" in ctx or "flow" in ctx):
+            start = None
+        mark = start or found
         line = None if mark is None else mark.line + 1
         what = " ".join(s for s in (err.context, err.problem) if s) or "malformed YAML"
+        if start is not None and found is not None and found.line != start.line:
+            what += f" (noticed at line {found.line + 1})"
         raise BahFormatError(f"malformed YAML: {what}", path, line) from None
     except yaml.YAMLError as err:
         raise BahFormatError(f"malformed YAML: {err}", path) from None
