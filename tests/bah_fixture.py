@@ -112,7 +112,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _counts() -> tuple[dict, dict]:
-    splits = {s: {"videos": 0, "participants": set(), "frames": 0, "ah_frames": 0}
+    splits = {s: {"videos": 0, "participants": set(), "frames": 0, "ah_frames": 0, "missing_videos": 0}
               for s in ("train", "val", "test")}
     videos = {}
     for name, (split, label, n, segs, gap, _) in SPEC.items():
@@ -131,6 +131,7 @@ def _counts() -> tuple[dict, dict]:
         c["participants"].add(pid)
         c["frames"] += n_lab
         c["ah_frames"] += ah
+        c["missing_videos"] += 1   # the fixture writes annotations, never video files
     for c in splits.values():
         c["participants"] = len(c["participants"])
     return splits, videos
@@ -142,7 +143,7 @@ def make_bah_fixture(root: Path, hostile: str | None = None, *, old_annotation: 
     ``hostile`` is None or one of :data:`HOSTILE`; ``old_annotation`` writes the older
     ``annotation.yml`` keyed ``'<pid>/Visite 1/<name>'`` instead of
     ``video_annotation_transcript.yaml``. Returns ``{"root", "ids" (quirk name -> video id),
-    "splits" ({split: {videos, participants, frames, ah_frames}}, as ``inspect --json``
+    "splits" ({split: {videos, participants, frames, ah_frames, missing_videos}}, as ``inspect --json``
     prints), "videos" ({video_id: expected fields}), "expect_error" (None, or {"file":
     path relative to root, "line": int|None, "match": text in the message})}``.
     """

@@ -37,9 +37,9 @@ def test_counts_match_fixture(tree):
     assert index.summary()["splits"] == expected["splits"]
     # The fixture's numbers, written out: a loader and a fixture wrong the same way fail here.
     assert expected["splits"] == {
-        "train": {"videos": 6, "participants": 3, "frames": 1010, "ah_frames": 160},
-        "val": {"videos": 2, "participants": 1, "frames": 72, "ah_frames": 20},
-        "test": {"videos": 2, "participants": 2, "frames": 66, "ah_frames": 12}}
+        "train": {"videos": 6, "participants": 3, "frames": 1010, "ah_frames": 160, "missing_videos": 6},
+        "val": {"videos": 2, "participants": 1, "frames": 72, "ah_frames": 20, "missing_videos": 2},
+        "test": {"videos": 2, "participants": 2, "frames": 66, "ah_frames": 12, "missing_videos": 2}}
     assert [v.video_id for v in index.split("val")] == [expected["ids"]["val_neg"], expected["ids"]["val_pos"]]
     assert index.participants("train") == ["10001", "10002", "10003"]
     for vid, want in expected["videos"].items():
@@ -353,8 +353,11 @@ def test_inspect_cli(tree, tmp_path):
     assert len(res.stdout.strip().splitlines()) == 1
     res = _inspect(root)
     lines = res.stdout.splitlines()
-    assert lines[0].split() == ["split", "videos", "participants", "frames", "ah_frames", "ah_share"]
-    assert lines[2].split() == ["train", "6", "3", "1,010", "160", "15.8%"]
+    assert lines[0].split() == ["split", "videos", "participants", "frames", "ah_frames",
+                                "missing_videos", "ah_share"]
+    assert lines[2].split() == ["train", "6", "3", "1,010", "160", "6", "15.8%"]
+    # every listed video lacks its file in the fixture: counted, and named on stderr
+    assert "warning: 10 split entries have no video file" in res.stderr
     assert len({len(line) for line in lines}) == 1  # aligned
     make_bah_fixture(tmp_path / "bad", "label_length")
     res = _inspect(tmp_path / "bad", "--json")

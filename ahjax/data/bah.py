@@ -251,13 +251,15 @@ class BahIndex:
         return sorted({v.participant for v in self.videos if split is None or v.split == split})
 
     def summary(self) -> dict:
-        """``{"splits": {name: {videos, participants, frames, ah_frames}}}``; frames count
-        labelled frames (label != -1) and ah_frames those labelled 1."""
+        """``{"splits": {name: {videos, participants, frames, ah_frames, missing_videos}}}``;
+        frames count labelled frames (label != -1), ah_frames those labelled 1 and
+        missing_videos the split entries with no video file under the root."""
         names = self.splits
         return {"splits": {s: {"videos": len(self.split(s)),
                                "participants": len(self.participants(s)),
                                "frames": sum(v.n_labelled for v in self.split(s)),
-                               "ah_frames": sum(v.n_ah for v in self.split(s))}
+                               "ah_frames": sum(v.n_ah for v in self.split(s)),
+                               "missing_videos": sum(v.video_path is None for v in self.split(s))}
                            for s in names}}
 
 

@@ -2,7 +2,8 @@
 
 Prints videos, participants, labelled frames and A/H frames per split, as an aligned
 table or (``--json``) exactly one JSON object ``{"splits": {split: {videos, participants,
-frames, ah_frames}}}``. A malformed tree exits with status 2 and the error on stderr.
+frames, ah_frames, missing_videos}}}``. Split entries whose video file is missing are
+counted and named on stderr. A malformed tree exits with status 2 and the error on stderr.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from ahjax.data.bah import SPLITS, load_bah
 from ahjax.data.errors import BahFormatError
 
-COLUMNS = ("videos", "participants", "frames", "ah_frames")
+COLUMNS = ("videos", "participants", "frames", "ah_frames", "missing_videos")
 
 
 def format_table(summary: dict) -> str:
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = index.summary()
+    missing = [v.video_id for s in index.splits for v in index.split(s) if v.video_path is None]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        print(f"warning: {len(missing)} split entries have no video file under {args.root}: "
+              f"{shown}", file=sys.stderr)
     print(json.dumps(summary) if args.json else format_table(summary))
     return 0
 
