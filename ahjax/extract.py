@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,11 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="train,val,test")
     parser.add_argument("--asr", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--detect-every", type=int, default=1)
+    parser.add_argument("--talk-type", default="learned",
+                        help="change/sustain talk: learned (default), lexicon or a model folder")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (or AHJAX_DEBUG=1)")
     args = parser.parse_args(argv)
-    cfg = ExtractConfig(asr=args.asr, detect_every=args.detect_every)
-    # Same default folder as the experiments use, so `--data.root` finds these features.
-    out = Path(args.out) if args.out else default_store_dir(args.root, cfg)
-    summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")))
+    try:
+        cfg = ExtractConfig(asr=args.asr, detect_every=args.detect_every, talk_type=args.talk_type)
+        # Same default folder as the experiments use, so `--data.root` finds these features.
+        out = Path(args.out) if args.out else default_store_dir(args.root, cfg)
+        summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")))
+    except (OSError, ValueError) as err:   # bad input: one line naming it, exit 2
+        if args.debug or os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     secs = summary["seconds"]
     total = sum(secs.values())
     if summary["video_seconds"]:

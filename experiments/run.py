@@ -94,9 +94,26 @@ def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
             run_dir = Path(workdir) / f"{name}-{stamp}-{suffix}"
         (run_dir / "plots").mkdir(parents=True)
         (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=2))
-    results = module.run(config, run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
+    try:
+        results = module.run(config, run_dir)
+    except BaseException as err:   # interrupted runs are marked too; resume clears it
+        import traceback
+        (run_dir / FAILED).write_text(
+            f"{type(err).__name__}: {err}\n\n" + "".join(traceback.format_exception(err)))
+        err.run_dir = run_dir      # for the one-line message of main()
+        raise
     results_lib.write(results, run_dir, title=name)
     return results, run_dir
+
+
+FAILED = "FAILED.txt"   # written into a run folder whose experiment raised, with the error
+
+
+def debug_env() -> bool:
+    """True when ``AHJAX_DEBUG`` asks for tracebacks."""
+    import os
+    return os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on")
 
 
 def _join_values(args: list[str]) -> list[str]:
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="run again in this earlier run folder (same overrides): "
                              "finished trainings are restored from their checkpoints")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (or AHJAX_DEBUG=1)")
     args, rest = parser.parse_known_args(argv)
     overrides = _join_values(rest)
     if args.list or not args.name:
@@ -140,7 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
+    try:
+        results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
+    except (OSError, ValueError) as err:   # bad input (data, files, settings): one line, exit 2
+        if args.debug or debug_env():
+            raise
+        where = getattr(err, "run_dir", None)
+        print(f"error: {err}", file=sys.stderr)
+        if where is not None:
+            print(f"(run folder {where} marked failed: {where / FAILED}; --debug shows the "
+                  "traceback)", file=sys.stderr)
+        return 2
     print((run_dir / "results.md").read_text())
     print(f"run folder: {run_dir}")
     return 0

@@ -28,14 +28,10 @@ folder, the deployable model (the default split's seed with the best val AP) und
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from ahjax.assets import cache_dir
 from ahjax.data.store import FeatureStore
@@ -48,28 +44,10 @@ from experiments.common import DataConfig, prepare_store, score_videos, video_la
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
 from level2_conflict import hsmm, multirun, plots
-from level2_conflict.model import TwoLevelConfig, TwoLevelModel
+from level2_conflict.model import TwoLevelConfig
 from level2_conflict.multirun import TRACKS, MultiConfig, Run
-
-REFERENCE_FPS = 24.0   # the unit of DecodeConfig's per-second evidence rate grid below
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """Reading frame posteriors into segments (durations and rates in seconds)."""
-    max_duration_s: float = 20.0   # longest segment the prior represents; longer = chains
-    evidence_rate: float = 2.4     # emission weight per second (per frame: rate / fps)
-    median_s: float = 1.0          # median-filter width, seconds
-    threshold: float = 0.5         # plain thresholding of the posteriors
-    video_min_s: float = 2.0       # video is A/H when its longest A/H segment is this long
-    # Each reading gets its one hyperparameter by val frame AVGF1 (the video rule by val
-    # video AVGF1); the values above are used when this is off or there is no val.
-    select_on_val: bool = True
-    evidence_rates: tuple = (1.2, 2.4, 4.8, 7.2, 12.0, 16.8, 24.0)
-    median_ss: tuple = (0.375, 1.0, 2.0, 4.0)
-    thresholds: tuple = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-    video_min_ss: tuple = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-
+from level2_conflict.runtime import (DecodeConfig, Durations, decode_hsmm, fit_durations,
+                                     save_trained)
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -114,60 +92,8 @@ def get_config(quick: bool = False) -> Config:
 
 
 # ----------------------------------------------------------------------------------------
-# Reading posteriors: duration prior (seconds), median filter, threshold, video rule.
-
-@jax.jit
-def _decode_one(prob, log_dur, log_prior, emission_weight):
-    # One jitted function for every call (compiled once per video length and prior size).
-    return hsmm.hsmm_decode(hsmm.log_post_from_prob(prob), log_dur, log_prior,
-                            emission_weight=emission_weight)
-
-
-class Durations:
-    """A :class:`hsmm.DurationPrior` with the class prior, turned into frames per fps."""
-
-    def __init__(self, prior: hsmm.DurationPrior, class_prior):
-        self.prior = prior
-        self.class_prior = np.asarray(class_prior, np.float64)
-        self._log_pmf: dict = {}
-
-    def log_pmf(self, fps: float):
-        if fps not in self._log_pmf:
-            self._log_pmf[fps] = jnp.asarray(self.prior.log_pmf(fps))
-        return self._log_pmf[fps]
-
-    def to_json(self) -> dict:
-        return {"shape": list(self.prior.shape), "scale_s": list(self.prior.scale_s),
-                "max_s": self.prior.max_s, "floor": self.prior.floor,
-                "class_prior": self.class_prior.tolist()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Durations":
-        return cls(hsmm.DurationPrior(tuple(d["shape"]), tuple(d["scale_s"]), d["max_s"],
-                                      d["floor"]), d["class_prior"])
-
-
-def fit_durations(store_labels: dict, fps: dict, max_s: float) -> tuple[Durations, dict]:
-    """(Durations, stats) from training videos' frame labels, durations in seconds."""
-    pos, neg, counts = [], [], np.zeros(2)
-    for vid, labels in store_labels.items():
-        runs = hsmm.segment_lengths(labels)
-        pos += [d / fps[vid] for d in runs[1]]
-        neg += [d / fps[vid] for d in runs[0]]
-        counts += [np.sum(labels == 0), np.sum(labels == 1)]
-    prior = hsmm.DurationPrior.fit(pos, neg, max_s)
-    stats = {"pos_segments": len(pos), "pos_mean_s": float(np.mean(pos)) if pos else None,
-             "neg_mean_s": float(np.mean(neg)) if neg else None,
-             "pos_frame_share": float(counts[1] / counts.sum())}
-    return Durations(prior, counts / counts.sum()), stats
-
-
-def decode_hsmm(prob: np.ndarray, fps: float, durations: Durations, rate: float) -> np.ndarray:
-    """0/1 per frame: semi-Markov decoding with evidence ``rate`` per second."""
-    log_prior = jnp.log(jnp.asarray(durations.class_prior, jnp.float32))
-    return np.asarray(_decode_one(jnp.asarray(prob, jnp.float32), durations.log_pmf(fps),
-                                  log_prior, jnp.float32(rate / fps)))
-
+# Reading posteriors: duration prior (seconds, level2_conflict.runtime), median filter,
+# threshold, video rule.
 
 def _median_frames(seconds: float, fps: float) -> int:
     k = max(int(round(seconds * fps)), 1)
@@ -644,65 +570,3 @@ def _figures(store, test_ids, deploy: dict, config, folder: Path, fps, labels) -
 # ----------------------------------------------------------------------------------------
 # The deployable model.
 
-class TrainedTwoLevel:
-    """A trained two-level model with its duration prior, ready for new videos."""
-
-    def __init__(self, model: TwoLevelModel, durations: Durations, decode: DecodeConfig):
-        self.model, self.durations, self.decode = model, durations, decode
-
-    def predict(self, arrays: dict, fps: float) -> dict:
-        """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,),
-        ``remainder`` included) for one video's level-1 ``arrays`` (schema names)."""
-        inputs = multirun.video_inputs({k: arrays[k] for k in TRACKS}, fps)
-        n = next(iter(inputs.values())).shape[0]
-        size = -(-n // 128) * 128
-        batch = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in inputs.items()}
-        valid = np.zeros((1, size), np.float32)
-        valid[0, :n] = 1.0
-        batch["valid"] = valid
-        prob, aux = jax.device_get(_forward(self.model, batch))
-        prob = prob[0, :n]
-        decoded = decode_hsmm(prob, fps, self.durations, self.decode.evidence_rate)
-        contributions = {g: c[0, :n] for g, c in aux["contributions"].items()}
-        contributions["remainder"] = aux["remainder"][0, :n]
-        return {"prob": prob, "decoded": decoded, "contributions": contributions}
-
-
-@nnx.jit
-def _forward(model, inputs):
-    logits, aux = model(inputs, train=False)
-    return jax.nn.sigmoid(aux["score"]), {"contributions": aux["contributions"],
-                                          "remainder": aux["remainder"]}
-
-
-def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, durations: Durations,
-                 decode: DecodeConfig, folder: Path) -> Path:
-    """Save what :func:`load_trained` needs into ``folder`` (params via orbax)."""
-    from ahjax.train.checkpoint import save_params
-    folder.mkdir(parents=True, exist_ok=True)
-    save_params(model, folder / "params")
-    (folder / "level2.json").write_text(json.dumps({
-        "model": dataclasses.asdict(model_cfg), "durations": durations.to_json(),
-        "decode": dataclasses.asdict(decode)}, indent=1))
-    return folder
-
-
-def load_trained(run_dir: str | Path) -> TrainedTwoLevel:
-    """The two-level model of a ``two_level`` run folder (or of its ``deploy`` folder)."""
-    from ahjax.train.checkpoint import load_params
-    run_dir = Path(run_dir)
-    folder = run_dir if (run_dir / "level2.json").is_file() else run_dir / "deploy"
-    if not (folder / "level2.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a two_level run folder (no deploy/level2.json)")
-    saved = json.loads((folder / "level2.json").read_text())
-    if "durations" not in saved:
-        raise ValueError(f"{folder / 'level2.json'}: saved by an older ahjax (duration prior in "
-                         "frames); retrain with python -m experiments.run two_level")
-    mcfg = saved["model"]
-    mcfg["scales"] = tuple(mcfg["scales"])
-    mcfg["emb_keys"] = tuple(mcfg["emb_keys"])
-    cfg = TwoLevelConfig(**mcfg)
-    model = load_params(lambda: TwoLevelModel(cfg, rngs=nnx.Rngs(0)), folder / "params")
-    return TrainedTwoLevel(model, Durations.from_json(saved["durations"]),
-                           DecodeConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in saved["decode"].items()}))

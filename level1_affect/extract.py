@@ -224,7 +224,8 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
     summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
                "reextracted": {}}
     todo = [r for r in index.videos if r.split in splits and (only is None or r.video_id in only)]
-    bar = tqdm(todo, desc="level 1", unit="video", disable=not progress)
+    bar = tqdm(todo, desc=f"extracting level 1 of {Path(root).name}", unit="video",
+               disable=not progress)
     for rec in bar:
         if store.has(rec.video_id):
             try:

@@ -39,7 +39,7 @@ from level1_affect import annomi
 
 LABELS = annomi.LABELS
 _BUCKETS = (16, 32, 64, 100, 128)
-DEFAULT_VERSION = 1   # bump when the default recipe changes: the cached default retrains
+DEFAULT_VERSION = 2   # bump when the default recipe changes: the cached default retrains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TalkTypeConfig:
     warmup: float = 0.1            # share of steps with a linear warm-up (from a tenth of the rate)
     weight_decay: float = 0.01
     dropout: float = 0.1
-    class_weight_power: float = 0.5
+    class_weight_power: float = 1.0
     seed: int = 0
 
     def __post_init__(self):

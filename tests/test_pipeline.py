@@ -234,3 +234,32 @@ def test_predict_rejects_missing_and_corrupt_video(tmp_path):
                                str(tmp_path / "o")], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "o").exists()      # a failure leaves no half-written folder
+
+
+def test_readme_python_example_runs(tmp_path, quick_run, demo_root, monkeypatch):
+    """The README's Python example, run as written on the quick run and a demo video."""
+    import re
+    from pathlib import Path
+    _, run_dir = quick_run
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    video = load_bah(demo_root).split("test")[0].video_path
+    code = code.replace('"runs/two_level-20261206-081500"', repr(str(run_dir)))
+    code = code.replace('"answer.mp4"', repr(str(video)))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert (tmp_path / "answer.png").stat().st_size > 10_000
+    n = result.n_frames
+    assert set(result.contributions) >= {"face_voice", "face_text", "voice_text", "within_face",
+                                         "within_voice", "within_text"}
+    assert all(c.shape == (n,) for c in result.contributions.values())
+    assert result.prob.shape == (n,) and result.decoded.shape == (n,)
+    assert sum(s["end_frame"] - s["start_frame"] + 1 for s in result.segments) == result.decoded.sum()
+    rows = result.table()
+    assert len(rows) == n and {"ah_prob", "contrib_within_text", "text_change_talk"} <= set(rows[0])
+    import ahjax
+    assert repr(namespace["model"]).startswith("ahjax.Model(")
+    level1 = ahjax.extract(video)
+    assert level1.prob is None and set(level1.tracks) == set(result.tracks)

@@ -84,6 +84,21 @@ class TrainConfig:
     # so); "raise" raises NonFiniteLossError.
     on_nonfinite: str = "stop"
 
+    def __post_init__(self):
+        # Checked when the config is made (overrides included), not steps into training.
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs}: must be at least 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr}: must be positive")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}: one of sgd, adam, adamw")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule={self.schedule!r}: one of constant, cosine")
+        if self.on_nonfinite not in ("stop", "raise"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'raise', got {self.on_nonfinite!r}")
+        if self.num_devices < 0 or self.keep_checkpoints < 1 or self.log_every < 1:
+            raise ValueError("num_devices must be >= 0, keep_checkpoints and log_every >= 1")
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -421,7 +436,10 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
         nonlocal state
         for epoch in range(meta["epoch"], cfg.epochs):
             it = loader.iterator({"epoch": epoch, "position": meta["position"]})
-            bar = tqdm(total=it.length, initial=it.position, desc=f"epoch {epoch}",
+            # The bar names what trains: the run folder's last two parts ("table2/V+A+T").
+            what = "/".join(workdir.parts[-2:])
+            bar = tqdm(total=it.length, initial=it.position,
+                       desc=f"training {what} epoch {epoch + 1}/{cfg.epochs}",
                        disable=not cfg.progress, leave=False)
             t0 = time.time()
             for batch in it:

@@ -1,0 +1,56 @@
+"""The house imports downward: the core never imports the layers above it."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parent.parent
+CORE = [*sorted((REPO / "ahjax" / "data").rglob("*.py")), *sorted((REPO / "ahjax" / "train").rglob("*.py")),
+        REPO / "ahjax" / "metrics.py", REPO / "ahjax" / "assets.py", REPO / "ahjax" / "config.py",
+        REPO / "ahjax" / "results.py"]
+ABOVE = ("experiments", "baselines", "level1_affect", "level2_conflict", "ahjax.api",
+         "ahjax.predict", "ahjax.extract")
+
+
+def imported(path: Path) -> set[str]:
+    """Every module named by an import statement anywhere in ``path`` (lazy ones too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(REPO)))
+def test_core_imports_nothing_above_it(path):
+    bad = sorted(m for m in imported(path) if m.split(".")[0] in ABOVE[:4] or m in ABOVE[4:])
+    assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_no_module_cites_spec_files_outside_the_repository():
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        if ".git" in path.parts or path.name == "test_layers.py":
+            continue
+        text = path.read_text(errors="ignore")
+        for name in ("DESIGN.md", "BAH_FORMAT.md", "ASSETS.md", "STYLE.md"):
+            for line in text.splitlines():
+                if name in line and "docs/" not in line:
+                    offenders.append(f"{path.relative_to(REPO)}: {line.strip()[:80]}")
+    assert not offenders, offenders
+
+
+def test_importing_the_core_loads_no_upper_layer():
+    """``import ahjax`` exposes the API lazily: the core alone pulls in nothing above it."""
+    import subprocess
+    import sys
+    code = ("import sys, ahjax, ahjax.data.bah, ahjax.data.store, ahjax.metrics, ahjax.train.trainer; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('experiments', 'baselines', 'level1_affect', 'level2_conflict') or m == 'ahjax.api'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
