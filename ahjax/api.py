@@ -28,10 +28,13 @@ from level1_affect import schema
 __all__ = ["Result", "Model", "load", "extract", "track_columns", "segments_from_decoded"]
 
 
-def track_columns(arrays: dict, fps: float) -> dict[str, np.ndarray]:
-    """The named per-frame columns (as in ``tracks.csv``) of level-1 ``arrays``."""
+def track_columns(arrays: dict, fps: float, times: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """The named per-frame columns (as in ``tracks.csv``) of level-1 ``arrays``; ``time_s``
+    is each frame's presentation time (``times``; default ``i / fps``)."""
     n = len(arrays["face_present"])
-    cols = {"frame": np.arange(n), "time_s": np.arange(n) / fps,
+    time_s = np.arange(n) / fps if times is None else np.asarray(times, np.float64)[:n]
+    cols = {"frame": np.arange(n), "time_s": time_s,
             "face_present": arrays["face_present"][:, 0]}
     for i, name in enumerate(schema.FACE_EXPR):
         cols[f"face_{name}"] = arrays["face_expr"][:, i]
@@ -47,13 +50,20 @@ def track_columns(arrays: dict, fps: float) -> dict[str, np.ndarray]:
     return cols
 
 
-def segments_from_decoded(decoded: np.ndarray, fps: float) -> list[dict]:
-    """A/H segments of a 0/1 frame sequence: frames (inclusive) and seconds."""
+def segments_from_decoded(decoded: np.ndarray, fps: float, times: np.ndarray | None = None
+                          ) -> list[dict]:
+    """A/H segments of a 0/1 frame sequence: frames (inclusive) and seconds (from the
+    frames' presentation ``times`` when given, else ``i / fps``)."""
     d = np.concatenate([[0], np.asarray(decoded, int), [0]])
     starts = np.flatnonzero(np.diff(d) == 1)
     ends = np.flatnonzero(np.diff(d) == -1) - 1
-    return [{"start_frame": int(s), "end_frame": int(e), "start_s": round(s / fps, 3),
-             "end_s": round((e + 1) / fps, 3)} for s, e in zip(starts, ends)]
+    t = (np.arange(len(d) - 1) / fps if times is None
+         else np.concatenate([np.asarray(times, np.float64), [0.0]]))
+
+    def end_s(e):   # the end of frame e: the next frame's time, or one frame on
+        return t[e + 1] if times is not None and e + 1 < len(times) else t[e] + 1.0 / fps
+    return [{"start_frame": int(s), "end_frame": int(e), "start_s": round(float(t[s]), 3),
+             "end_s": round(float(end_s(e)), 3)} for s, e in zip(starts, ends)]
 
 
 @dataclasses.dataclass
@@ -74,6 +84,7 @@ class Result:
     transcript: dict
     warnings: list
     seconds: dict
+    times: np.ndarray | None = None      # (n,) presentation time of each frame, seconds
     prob: np.ndarray | None = None
     decoded: np.ndarray | None = None
     contributions: dict = dataclasses.field(default_factory=dict)
@@ -110,7 +121,7 @@ class Result:
         prob = self.prob if self.prob is not None else np.zeros(n)
         decoded = self.decoded if self.decoded is not None else none
         return plots.plot_video(self.arrays, self.contributions, prob, none, decoded, self.fps,
-                                Path(self.video).name, path)
+                                Path(self.video).name, path, times=self.times)
 
     def save(self, out: str | os.PathLike) -> list[str]:
         """Write ``tracks.csv``, ``transcript.json``, ``summary.json``, the figure and (with
@@ -155,9 +166,10 @@ def extract(video: str | os.PathLike, config=None) -> Result:
                   "words": [{"word": w["word"], "start": round(float(w["start"]), 3),
                              "end": round(float(w["end"]), 3)} for w in info["words"]],
                   "warnings": info["warnings"]}
+    times = info.get("frame_times")
     return Result(str(video), float(info["fps"]), int(info["n_frames"]), arrays,
-                  track_columns(arrays, info["fps"]), transcript, list(info["warnings"]),
-                  dict(info["seconds"]))
+                  track_columns(arrays, info["fps"], times), transcript, list(info["warnings"]),
+                  dict(info["seconds"]), times)
 
 
 class Model:
@@ -179,7 +191,7 @@ class Model:
         level2 = self.trained.predict(result.arrays, result.fps)
         result.prob, result.decoded = level2["prob"], level2["decoded"]
         result.contributions = dict(level2["contributions"])
-        result.segments = segments_from_decoded(level2["decoded"], result.fps)
+        result.segments = segments_from_decoded(level2["decoded"], result.fps, result.times)
         return result
 
 

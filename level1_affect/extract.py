@@ -125,7 +125,7 @@ class Extractor:
         transcript used and per-encoder seconds.
         """
         from level1_affect import audio as audio_lib
-        from level1_affect.face import read_video_frames
+        from level1_affect.face import frame_times, is_variable_rate, read_video_frames
 
         cfg = self.config
         timings: dict[str, float] = {}
@@ -142,6 +142,18 @@ class Extractor:
         timings["face"] = time.perf_counter() - t0
 
         info: dict = {"fps": float(fps), "n_frames": int(n_frames), "warnings": []}
+        # Voice and text are computed on a constant grid at ``fps`` that spans the video's
+        # real duration; a variable-frame-rate video's frames then take the grid rows at
+        # their presentation times (for a constant rate this is the identity).
+        times = frame_times(path, n_frames, fps)
+        grid_n, take = n_frames, None
+        if is_variable_rate(times, fps):
+            grid_n = int(np.ceil(times[-1] * fps)) + 1
+            take = np.clip(np.round(times * fps).astype(int), 0, grid_n - 1)
+            info["warnings"].append(f"variable frame rate: frames placed by their presentation "
+                                    f"times ({times[-1]:.2f} s for {n_frames} frames at a mean "
+                                    f"{fps:.2f} fps)")
+        info["frame_times"] = times
         audio = None
         if cfg.voice or cfg.asr != "never":
             try:
@@ -150,7 +162,8 @@ class Extractor:
                 info["warnings"].append(str(err))
         t0 = time.perf_counter()
         if cfg.voice:
-            arrays.update(self._voice_arrays(audio, fps, n_frames))
+            voice = self._voice_arrays(audio, fps, grid_n)
+            arrays.update({k: v if take is None else v[take] for k, v in voice.items()})
         timings["voice"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -160,7 +173,9 @@ class Extractor:
                     transcript=" ".join(w["word"] for w in words).strip())
         t0 = time.perf_counter()
         if cfg.text:
-            text = self._text_encoder().encode(words, fps, n_frames)
+            text = self._text_encoder().encode(words, fps, grid_n)
+            if take is not None:
+                text = {k: v[take] for k, v in text.items()}
             arrays["text_affect"] = text["text_affect"]
             if cfg.text_embeddings:
                 arrays["text_emb"] = text["text_emb"]

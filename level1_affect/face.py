@@ -147,6 +147,39 @@ def read_video_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], fl
     return frames(), fps, n_frames
 
 
+def frame_times(path: str | os.PathLike, n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames,) presentation time of each frame in seconds, from the first frame.
+
+    Read from the container's packet timestamps (no decoding), sorted into presentation
+    order. A variable-frame-rate video's frames are not at ``i / fps``; a constant-rate one
+    gives ``i / fps`` up to rounding. Frames the container gives no time for (fewer
+    timestamps than frames) continue at ``1 / fps`` after the last known one.
+    """
+    pts = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            base = float(stream.time_base)
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.size:
+                    pts.append(packet.pts * base)
+    except (av.error.FFmpegError, OSError) as e:
+        raise MediaError(f"{path}: unreadable video ({e})") from e
+    times = np.sort(np.asarray(pts, np.float64))[:n_frames]
+    if len(times):
+        times -= times[0]
+    if len(times) < n_frames:
+        last = times[-1] if len(times) else -1.0 / fps
+        times = np.concatenate([times, last + np.arange(1, n_frames - len(times) + 1) / fps])
+    return times
+
+
+def is_variable_rate(times: np.ndarray, fps: float) -> bool:
+    """Whether frame times stray from ``i / fps`` by more than half a frame anywhere."""
+    grid = np.arange(len(times)) / fps
+    return bool(len(times)) and float(np.max(np.abs(np.asarray(times) - grid))) > 0.5 / fps
+
+
 # ---------------------------------------------------------------------------------------
 # Geometry and descriptors (pure numpy)
 

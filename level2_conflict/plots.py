@@ -55,8 +55,8 @@ def _segments(ax, t: np.ndarray, labels: np.ndarray, y: float, dt: float) -> Non
 
 def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.ndarray],
                prob: np.ndarray, true_labels: np.ndarray, decoded: np.ndarray, fps: float,
-               title: str, path: str | Path, shares: Mapping[str, float] | None = None
-               ) -> Path:
+               title: str, path: str | Path, shares: Mapping[str, float] | None = None,
+               times: np.ndarray | None = None) -> Path:
     """Draw one video's evidence and predictions into a PNG at ``path``; returns the path.
 
     ``tracks``: the video's level-1 arrays ``(n, d)`` (``face_present``, ``face_desc`` or
@@ -65,12 +65,14 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
     red = towards A/H, blue = against, centred at 0); ``prob`` ``(n,)`` A/H probability;
     ``true_labels`` / ``decoded`` ``(n,)`` in {1 A/H, 0 not, -1 unlabelled}; ``shares``
     (default: :func:`contribution_shares` of ``contributions``) label each row with its
-    share of the video's total absolute contribution.
+    share of the video's total absolute contribution. ``times`` (n,): each frame's
+    presentation time in seconds (default ``i / fps``; differs for variable frame rates).
     """
     prob = np.asarray(prob, np.float32).reshape(-1)
     n = prob.size
     dt = 1.0 / float(fps)
-    t = np.arange(n) * dt
+    t = np.arange(n) * dt if times is None else np.asarray(times, np.float64).reshape(-1)
+    end = float(t[-1]) + dt if n else dt
     names = list(contributions)
     ratios = [1.2, 1.2, 1.2, max(1.0, 0.28 * len(names)), 0.9, 0.6]
     fig, axes = plt.subplots(6, 1, figsize=(13, 11), sharex=True,
@@ -121,7 +123,7 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
         vmax = float(np.max(np.abs(grid))) or 1.0
         im = ax_contrib.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                                interpolation="nearest",
-                               extent=(0, n * dt, len(names) - 0.5, -0.5))
+                               extent=(0, end, len(names) - 0.5, -0.5))
         shares = contribution_shares(contributions) if shares is None else shares
         ax_contrib.set_yticks(range(len(names)),
                               [f"{k} ({100 * shares.get(k, 0.0):.0f}%)" for k in names],
@@ -145,7 +147,7 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
                   frameon=False)
     ax_seg.set_ylim(-0.6, 1.6)
     ax_seg.set_xlabel("time (s)")
-    ax_seg.set_xlim(0, max(n * dt, dt))
+    ax_seg.set_xlim(0, end)
 
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.97, 0.97))

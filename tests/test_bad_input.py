@@ -78,3 +78,58 @@ def test_talk_type_on_a_malformed_annomi_fails_in_one_line(tmp_path):
                "--workdir", tmp_path / "runs")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "AnnoMI-full.csv: line 2, column client_talk_type: 'maybe'" in res.stderr
+
+
+def _write_video(path, times, size=(64, 48)):
+    """An H.264 MP4 whose frames sit at the given presentation times (seconds)."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            img = np.full((size[1], size[0], 3), (i * 6) % 255, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = int(round(t * 1000))
+            frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_variable_frame_rate_places_frames_by_presentation_time(tmp_path):
+    import numpy as np
+
+    from ahjax.data.transcript import Chunk
+    from level1_affect import schema
+    from level1_affect.extract import ExtractConfig, Extractor
+    from level1_affect.face import frame_times, is_variable_rate
+
+    # 20 frames 50 ms apart, then 20 frames 150 ms apart: frame 30 is at 2.45 s, while
+    # frame / mean fps would put it near 1.8 s.
+    times = np.concatenate([np.arange(20) * 0.05, 0.95 + np.arange(1, 21) * 0.15])
+    vfr = _write_video(tmp_path / "vfr.mp4", times)
+    got = frame_times(vfr, len(times), 30.0)
+    np.testing.assert_allclose(got, times, atol=1.5e-3)
+    assert is_variable_rate(got, len(times) / (times[-1] + 0.15))
+    cfr = _write_video(tmp_path / "cfr.mp4", np.arange(40) / 30.0)
+    assert not is_variable_rate(frame_times(cfr, 40, 30.0), 30.0)
+
+    # A word spoken from 2.3 s to 2.7 s covers exactly the frames shown in that span.
+    cfg = ExtractConfig(face=False, voice=False, text_embeddings=False, talk_type="lexicon")
+    arrays, info = Extractor(cfg).video(vfr, chunks=[Chunk(2.3, 2.7, "hello")])
+    present = arrays["text_affect"][:, schema.TEXT_AFFECT.index("word_present")]
+    fps = info["fps"]
+    on = np.flatnonzero(present > 0)
+    assert len(present) == len(times)
+    assert set(on) >= set(np.flatnonzero((times >= 2.3 + 1 / fps) & (times < 2.7 - 1 / fps)))
+    assert np.all((times[on] > 2.3 - 1.5 / fps) & (times[on] < 2.7 + 1.5 / fps))
+    assert any("variable frame rate" in w for w in info["warnings"])
+    np.testing.assert_allclose(info["frame_times"], times, atol=1.5e-3)
