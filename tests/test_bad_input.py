@@ -133,3 +133,48 @@ def test_variable_frame_rate_places_frames_by_presentation_time(tmp_path):
     assert np.all((times[on] > 2.3 - 1.5 / fps) & (times[on] < 2.7 + 1.5 / fps))
     assert any("variable frame rate" in w for w in info["warnings"])
     np.testing.assert_allclose(info["frame_times"], times, atol=1.5e-3)
+
+
+@pytest.mark.parametrize("case", ["short_0.2s", "portrait", "60fps", "spaces and ünïcode"])
+def test_odd_but_valid_videos_go_through_level_one(tmp_path, case):
+    """A 0.2 s clip, a portrait frame, 60 fps and a path with spaces and non-ASCII letters:
+    level 1 runs, one row per frame, finite values, a warning for the missing audio."""
+    import numpy as np
+
+    import ahjax
+    from level1_affect.extract import ExtractConfig
+    fps, n, size = 30, 30, (64, 48)
+    if case == "short_0.2s":
+        n = 6
+    elif case == "portrait":
+        size = (48, 96)
+    elif case == "60fps":
+        fps, n = 60, 60
+    folder = tmp_path / ("dir with spaces ünïcode" if case.startswith("spaces") else "plain")
+    folder.mkdir()
+    video = _write_video(folder / f"{case.replace('.', '_')}.mp4", np.arange(n) / fps, size)
+    cfg = ExtractConfig(voice_embeddings=False, text_embeddings=False, talk_type="lexicon")
+    result = ahjax.extract(video, cfg)
+    assert result.n_frames == n and result.fps == pytest.approx(fps, rel=0.02)
+    assert all(np.isfinite(a).all() and len(a) == n for a in result.arrays.values())
+    assert result.tracks["time_s"][-1] == pytest.approx((n - 1) / fps, abs=2e-3)
+    assert any("audio" in w for w in result.warnings)     # no audio track: said, not fatal
+    assert result.transcript["words"] == []
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not a video\n" * 20])
+def test_zero_byte_and_renamed_text_files_are_refused_in_one_line(tmp_path, content):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(content)
+    res = _run("ahjax.predict", video, "--out", tmp_path / "out")
+    assert res.returncode == 2 and "clip.mp4" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_truncated_video_is_refused_or_read_to_where_it_breaks(tmp_path):
+    import numpy as np
+    full = _write_video(tmp_path / "full.mp4", np.arange(60) / 30.0)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
+    res = _run("ahjax.predict", cut, "--out", tmp_path / "out")
+    assert res.returncode == 2 and "cut.mp4" in res.stderr and "Traceback" not in res.stderr
