@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -155,6 +156,7 @@ class ConcatTCN(nnx.Module):
         if len(set(shapes.values())) != 1:
             raise ValueError(f"modalities disagree on (batch, frames): {shapes}")
         logits = self.head(jnp.concatenate([feats[m] for m in self.modalities], axis=-1))
+        chex.assert_shape(logits, (*next(iter(shapes.values())), 2))
         return logits, {"features": feats}
 
 

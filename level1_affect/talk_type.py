@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +137,7 @@ class TalkTypeNet(nnx.Module):
         pooled = jnp.concatenate([(x * utt).sum(1) / jnp.maximum(utt.sum(1), 1.0),
                                   (x * every).sum(1) / jnp.maximum(every.sum(1), 1.0)], -1)
         logits = self.head(self.drop(pooled))
+        chex.assert_shape(logits, (states.shape[0], len(LABELS)))
         return logits, {"pooled": pooled, "probs": jax.nn.softmax(logits, -1)}
 
 

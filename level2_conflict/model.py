@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -273,6 +274,9 @@ class TwoLevelModel(nnx.Module):
         bias = self.bias[...]
         score = sum(contributions.values(), remainder) + bias
         logits = jnp.stack([-score / 2, score / 2], -1)
+        # The contract the explanation rests on: one (B, W) term per named group.
+        chex.assert_shape([*contributions.values(), remainder, score], mask.shape)
+        chex.assert_shape(logits, (*mask.shape, 2))
 
         aux = {"contributions": contributions, "remainder": remainder, "bias": bias,
                "score": score, "features": groups, "affect": affect, "hidden": hidden}

@@ -222,6 +222,16 @@ def test_non_finite_loss_names_step_and_epoch(store, tmp_path):
                 tmp_path / "bad")
 
 
+def test_debug_mode_stops_at_the_first_non_finite_step(store, tmp_path):
+    """``TrainConfig.debug``: chex checks every step's metrics on the host, so the NaN is
+    caught at step 1 by an assertion naming the leaf, before any logging or checkpoint."""
+    with pytest.raises(AssertionError, match="finite"):
+        T.train(NaNModel, store, SPEC, WCFG, dataclasses.replace(TCFG, debug=True),
+                tmp_path / "debug")
+    assert not (tmp_path / "debug" / "checkpoints").exists() or not any(
+        (tmp_path / "debug" / "checkpoints").iterdir())
+
+
 class LateNaNModel(nnx.Module):
     """Finite while training; its eval outputs turn NaN after ``limit`` training calls."""
 

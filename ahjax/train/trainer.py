@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +84,9 @@ class TrainConfig:
     # training there and keeps the best validated epoch before it (TrainResult.diverged says
     # so); "raise" raises NonFiniteLossError.
     on_nonfinite: str = "stop"
+    # Debug mode: after every step, check on the host that the parameters and the step's
+    # metrics are finite (chex), naming the first bad leaf; slow, for finding a NaN's origin.
+    debug: bool = False
 
     def __post_init__(self):
         # Checked when the config is made (overrides included), not steps into training.
@@ -444,6 +448,9 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
             t0 = time.time()
             for batch in it:
                 state, m = step_fn(state, _put(batch, batch_keys, mesh), base_rng)
+                if cfg.debug:
+                    chex.assert_tree_all_finite(m)
+                    chex.assert_tree_all_finite(state.filter(nnx.Param))
                 meta["step"] += 1
                 meta["position"] = it.position
                 pending.append((meta["step"], epoch, m))
