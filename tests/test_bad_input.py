@@ -178,3 +178,14 @@ def test_truncated_video_is_refused_or_read_to_where_it_breaks(tmp_path):
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
     res = _run("ahjax.predict", cut, "--out", tmp_path / "out")
     assert res.returncode == 2 and "cut.mp4" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_extraction_progress_names_the_dataset_and_failures_name_the_video(tmp_path, capsys):
+    from level1_affect.extract import ExtractConfig, extract_dataset
+    root = tmp_path / "BAH"
+    make_bah_fixture(root)            # annotations only: every video file is missing
+    summary = extract_dataset(root, tmp_path / "store", ExtractConfig(talk_type="lexicon"))
+    out = capsys.readouterr()
+    assert "extracting level 1 of BAH" in out.err
+    assert summary["failed"] and all("video file not found" in m for m in summary["failed"].values())
+    assert "failed: " in out.out + out.err

@@ -414,3 +414,9 @@ def test_concat_tcn_experiment_end_to_end(tmp_path):
         assert all(isinstance(v, (int, float)) for v in row.values())
     assert out["test"]["concat_tcn"]["N"] == 37  # 38 frames, one unlabelled
     assert (tmp_path / "run" / T.METRICS_FILE).is_file()
+
+
+def test_progress_bar_names_what_trains(store, tmp_path, capsys):
+    T.train(tiny_model, store, SPEC, WCFG, dataclasses.replace(TCFG, epochs=1, progress=True),
+            tmp_path / "table2" / "V+A+T")
+    assert "training table2/V+A+T epoch 1/1" in capsys.readouterr().err
