@@ -353,3 +353,31 @@ def write_visual_features(store: FeatureStore, video_id: str, name: str, feats: 
     tmp_meta = folder / f".meta.{os.getpid()}.json"
     tmp_meta.write_text(json.dumps(info, indent=1))
     os.replace(tmp_meta, folder / "meta.json")
+
+
+def _video_labels_for(rec, n: int) -> np.ndarray:
+    """Frame labels of ``rec`` fitted to ``n`` decoded frames (int8, -1 unlabelled)."""
+    from level1_affect.extract import fit_labels
+    if rec.frame_labels is None:
+        return rec.labels_for(n)
+    return fit_labels(rec.frame_labels, n, 3, str(rec.video_path))
+
+
+def bah_face_crops(root: str | os.PathLike, crop_size: int, detect_every: int = 1) -> dict:
+    """``{split: [(record, crops (n,S,S,3), labels (n,))]}`` for every video of the BAH tree
+    at ``root`` that has a video file (face crops cached, see ``video_face_crops``)."""
+    from ahjax.data.bah import load_bah
+    index = load_bah(root)
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = []
+        for rec in index.split(split):
+            if rec.video_path is None:
+                continue
+            crops = video_face_crops(rec.video_path, crop_size, detect_every=detect_every)
+            rows.append((rec, crops, _video_labels_for(rec, len(crops))))
+        out[split] = rows
+    if not out["train"]:
+        raise RuntimeError(f"{root}: no training video with a video file")
+    return out
+

@@ -164,3 +164,44 @@ def concat_tcn(in_dims: Mapping[str, int], cfg: TCNConfig = TCNConfig(), seed: i
                ) -> ConcatTCN:
     """A :class:`ConcatTCN` with parameters and dropout streams seeded from ``seed``."""
     return ConcatTCN(in_dims, cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+METHOD = "concat_tcn"
+
+
+def _numbers(metrics: dict) -> dict:
+    # Results tables hold numbers only; the confusion matrix is a nested list.
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def train_concat_tcn(store, spec: dict, model: TCNConfig, windows, train, workdir,
+                     splits: Sequence[str] = ("train", "val", "test")) -> dict:
+    """Train a :class:`ConcatTCN` on ``store`` (``spec``: modality -> arrays) with the
+    trainer, keep the best epoch by val AP, score val and test with the paper's frame
+    metrics; returns ``{"val": {METHOD: ...}, "test": {...}, "training": ..., "notes": ...}``."""
+    from pathlib import Path
+
+    from ahjax.data.windows import Windows
+    from ahjax.train import trainer as trainer_lib
+    train_split, val_split, test_split = splits
+
+    def build(dims, rngs):
+        return ConcatTCN(dims, model, rngs=rngs)
+
+    res = trainer_lib.train(build, store, spec, windows, train, Path(workdir),
+                            train_split=train_split, val_split=val_split)
+    results = {"val": {METHOD: _numbers(res.best_val)}, "test": {}}
+    if store.video_ids(test_split):
+        test_windows = Windows(store, spec, test_split, window=windows.window,
+                               hop=train.eval_hop or windows.window, stats=res.stats)
+        test, _ = trainer_lib.evaluate(res.model, test_windows, batch_size=windows.batch_size,
+                                       mesh=trainer_lib.make_mesh(train.num_devices))
+        results["test"][METHOD] = _numbers(test)
+    results["training"] = {"best_epoch": res.best_epoch, "epochs": len(res.history),
+                           "modalities": "+".join(spec)}
+    results["notes"] = [
+        f"{METHOD}: modalities {'+'.join(spec)}; best epoch {res.best_epoch} by val AP.",
+        "Padded frames of a video's last window are excluded from loss and metrics.",
+    ]
+    return results
+

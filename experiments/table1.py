@@ -19,8 +19,8 @@ from pathlib import Path
 from ahjax.data.windows import WindowConfig
 from ahjax.train.trainer import TrainConfig
 from baselines.tcn import ConcatTCN, TCNConfig
-from experiments import frame_tables as ft
-from experiments.common import DataConfig
+from baselines import frame_tables as ft
+from ahjax.pipeline import DataConfig
 from level1_affect.extract import ExtractConfig
 
 

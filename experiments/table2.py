@@ -18,8 +18,8 @@ from pathlib import Path
 from ahjax.data.windows import WindowConfig
 from ahjax.train.trainer import TrainConfig
 from baselines import fusion
-from experiments import frame_tables as ft
-from experiments.common import DataConfig
+from baselines import frame_tables as ft
+from ahjax.pipeline import DataConfig
 from level1_affect.extract import ExtractConfig
 
 LABELS = {"can": "CAN", "lfan": "LFAN", "mt": "MT", "jmt": "JMT"}

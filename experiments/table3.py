@@ -24,17 +24,15 @@ import numpy as np
 from flax import nnx
 
 from ahjax import results as results_lib
-from ahjax.data.bah import load_bah
 from ahjax.data.store import FeatureStore
 from ahjax.data.windows import WindowConfig
 from ahjax.metrics import frame_ap
 from ahjax.train.trainer import TrainConfig
 from baselines import face_pretrain as fp
 from baselines.backbones import BACKBONES, TINY, build_backbone, replace_head
-from baselines.tcn import TCNConfig
-from experiments import concat_tcn
-from experiments.common import DataConfig, demo_root, score_videos
-from level1_affect.extract import fit_labels
+from baselines.tcn import METHOD as TCN_METHOD
+from baselines.tcn import TCNConfig, train_concat_tcn
+from ahjax.pipeline import QUICK_DATA, DataConfig, demo_root, score_videos
 
 TABLE_METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1", "VIDEO_AVGF1", "VIDEO_AP")
 
@@ -64,9 +62,8 @@ def get_config(quick: bool = False) -> Config:
     """The full run, or (``quick``) tiny backbones on the quick demo for tests."""
     if not quick:
         return Config()
-    from experiments import two_level
     small = fp.ImageTrainConfig(image_size=32, batch_size=32, epochs=1)
-    return Config(quick=True, data=two_level.get_config(quick=True).data,
+    return Config(quick=True, data=QUICK_DATA,
                   backbones=("resnet18", "apvit"), tiny=True, crop_size=32, detect_every=4,
                   pretrain=small, finetune=small, frame_stride=8,
                   tcn=TCNConfig(video=(8, 8)),
@@ -74,30 +71,10 @@ def get_config(quick: bool = False) -> Config:
                   train=TrainConfig(epochs=1, progress=False))
 
 
-def video_labels_for(rec, n: int) -> np.ndarray:
-    """Frame labels of ``rec`` fitted to ``n`` decoded frames (int8, -1 unlabelled)."""
-    if rec.frame_labels is None:
-        return rec.labels_for(n)
-    return fit_labels(rec.frame_labels, n, 3, str(rec.video_path))
-
-
 def load_crops(config: Config) -> dict:
     """``{split: [(record, crops (n,S,S,3), labels (n,))]}`` for every video with a file."""
     root = Path(config.data.root).expanduser() if config.data.root else demo_root(config.data)
-    index = load_bah(root)
-    out = {}
-    for split in ("train", "val", "test"):
-        rows = []
-        for rec in index.split(split):
-            if rec.video_path is None:
-                continue
-            crops = fp.video_face_crops(rec.video_path, config.crop_size,
-                                        detect_every=config.detect_every)
-            rows.append((rec, crops, video_labels_for(rec, len(crops))))
-        out[split] = rows
-    if not out["train"]:
-        raise RuntimeError(f"{root}: no training video with a video file")
-    return out
+    return fp.bah_face_crops(root, config.crop_size, config.detect_every)
 
 
 def build(config: Config, name: str, num_classes: int, seed: int) -> nnx.Module:
@@ -166,14 +143,11 @@ def run(config: Config, workdir) -> dict:
                 results[split][f"{name} (fine-tuned, frame-wise)"] = _row(
                     score_videos(labels, probs, vl))
         if "features_tcn" in config.modes:
-            tcn_cfg = dataclasses.replace(
-                concat_tcn.get_config(), data=DataConfig(store=str(store.root)),
-                modalities=("video",), video_arrays=(feats_name,), model=config.tcn,
-                windows=config.windows, train=config.train)
-            tcn = concat_tcn.run(tcn_cfg, workdir / name / "tcn")
+            tcn = train_concat_tcn(store, {"video": (feats_name,)}, config.tcn, config.windows,
+                                   config.train, workdir / name / "tcn")
             for split in ("val", "test"):
-                if concat_tcn.METHOD in tcn.get(split, {}):
-                    results[split][f"{name} features + TCN"] = _row(tcn[split][concat_tcn.METHOD])
+                if TCN_METHOD in tcn.get(split, {}):
+                    results[split][f"{name} features + TCN"] = _row(tcn[split][TCN_METHOD])
         results_lib.write_partial(results, workdir, "table3", done + 1, len(config.backbones))
     results["notes"] = notes + [
         "Paper's own Table 3 numbers are NOT reproduced here (the project does not carry them); "
@@ -184,7 +158,7 @@ def run(config: Config, workdir) -> dict:
         f"labelled train frame, negatives undersampled to {config.neg_ratio}x positives; "
         "best epoch by val frame AP.",
         "features + TCN: the backbone's pooled features as the only (V) modality of the "
-        "paper's TCN (experiments.concat_tcn), best epoch by val AP.",
+        "paper's TCN (baselines.tcn.train_concat_tcn), best epoch by val AP.",
         "BAH scale: ResNet101/152 and APViT fine-tuning on ~900k frames need a GPU; face crops "
         f"are cached under $AHJAX_CACHE/face_crops (~{3 * config.crop_size ** 2 * 917_000 / 1e9:.0f} GB "
         "for all BAH frames at this crop size).",

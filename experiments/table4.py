@@ -7,7 +7,7 @@
   embeddings (MiniLM prompts through a learned projection, or learned directly);
 - ``question-only``: the train-set A/H rate of the video's question (the strong prior
   docs/bah_format.md asks every video-level result to be reported beside);
-- ``text-only``: transcript TF-IDF + logistic regression (``experiments.text_video_level``).
+- ``text-only``: transcript TF-IDF + logistic regression (``level2_conflict.text_video``).
 
 Columns: the paper's AVGF1 and AP at video level (plus WAR and F1s) on test; val too in
 ``results.json``. Deep models keep their best epoch by validation AP and threshold at 0.5.
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from ahjax import assets
 from ahjax import results as results_lib
 from ahjax.metrics import frame_ap
 from baselines import face_pretrain as fp
 from baselines.backbones import TINY, build_backbone
 from baselines.video_level import (NUM_FRAMES, ClipStyleVideo, prompt_embeddings,
                                    sample_frame_indices, video_focalnet)
-from experiments import table3
-from experiments import text_video_level as tvl
-from experiments.common import DataConfig
+from level2_conflict import text_video as tvl
+from ahjax.pipeline import QUICK_DATA, DataConfig, demo_root
 
 ROWS = {"video_focalnet_t": "Video-FocalNet-T", "video_focalnet_s": "Video-FocalNet-S",
         "video_focalnet_b": "Video-FocalNet-B", "clip_style": "CLIP-style (EmoCLIP-like)",
@@ -61,8 +61,7 @@ def get_config(quick: bool = False) -> Config:
     """The full run, or (``quick``) tiny models on the quick demo for tests."""
     if not quick:
         return Config()
-    from experiments import two_level
-    return Config(quick=True, data=two_level.get_config(quick=True).data, tiny=True,
+    return Config(quick=True, data=QUICK_DATA, tiny=True,
                   crop_size=32, detect_every=4, clip_text="learned", clip_embed_dim=16,
                   train=fp.ImageTrainConfig(image_size=32, batch_size=4, epochs=1),
                   text_model=tvl.ModelConfig(cv_folds=2, logreg_c=(1.0,), tfidf_min_df=1))
@@ -132,7 +131,7 @@ def run_deep(config: Config, name: str, data: dict, workdir: Path) -> tuple[dict
 
 
 def run_text(config: Config, method: str, data: dict) -> tuple[dict, str]:
-    """Question-only or a transcript model from ``text_video_level``; ({split: metrics}, note)."""
+    """Question-only or a transcript model of ``level2_conflict.text_video``; ({split: metrics}, note)."""
     cfg = config.text_model
     feats = {}
     for s, rows in data.items():
@@ -143,11 +142,11 @@ def run_text(config: Config, method: str, data: dict) -> tuple[dict, str]:
             feats[s] = [r.transcript for r in recs]
         else:
             feats[s] = tvl.minilm_embeddings([r.transcript for r in recs],
-                                             Path(tvl.assets.cache_dir()) / "text_video" / "minilm")
+                                             assets.cache_dir() / "text_video" / "minilm")
     y = np.array([r.video_label for r, _, _ in data["train"]])
     groups = [r.participant for r, _, _ in data["train"]]
     evals = {s: feats[s] for s in ("val", "test") if data.get(s)}
-    cands = tvl._candidates(method, cfg)
+    cands = tvl.candidates(method, cfg)
     counts = np.bincount(y, minlength=2)
     if min(counts) >= cfg.cv_folds and len(set(groups)) >= cfg.cv_folds:
         chosen, t, _, probs = tvl.select_and_fit(cands, feats["train"], y, groups, evals, cfg)
@@ -167,9 +166,8 @@ def run_text(config: Config, method: str, data: dict) -> tuple[dict, str]:
 def run(config: Config, workdir) -> dict:
     """Every row on val and test; returns the results tables."""
     workdir = Path(workdir)
-    t3 = dataclasses.replace(table3.get_config(), data=config.data, crop_size=config.crop_size,
-                             detect_every=config.detect_every)
-    data = table3.load_crops(t3)
+    root = Path(config.data.root).expanduser() if config.data.root else demo_root(config.data)
+    data = fp.bah_face_crops(root, config.crop_size, config.detect_every)
     results = {"val": {}, "test": {}, "training": {}}
     notes = []
     for done, name in enumerate(config.models):

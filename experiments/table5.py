@@ -114,10 +114,10 @@ def resolve_store(data: DataConfig, quick: bool = False) -> FeatureStore:
     """The feature store named by ``data.store``, else ``data.root`` (or the demo dataset)
     extracted through the shared, cached level-1 pipeline."""
     if not data.store:
-        from experiments import common, two_level
-        source = two_level.get_config(quick=quick)
-        store, _, _ = common.prepare_store(
-            dataclasses.replace(source.data, root=data.root), source.extract)
+        from ahjax import pipeline
+        source, extract = ((pipeline.QUICK_DATA, pipeline.QUICK_EXTRACT) if quick
+                           else (pipeline.DataConfig(), pipeline.ExtractConfig()))
+        store, _, _ = pipeline.prepare_store(dataclasses.replace(source, root=data.root), extract)
         return store
     path = Path(data.store).expanduser()
     if not path.is_dir():
@@ -157,7 +157,7 @@ def two_level_setup(block: TwoLevelBlock, store: FeatureStore
     when the store has none of the tracks."""
     tracks = block.tracks
     if not tracks:
-        from experiments.two_level import TRACKS as tracks
+        from level2_conflict.multirun import TRACKS as tracks
     ids = store.video_ids()
     shapes = store.meta(ids[0]).get("shapes", {}) if ids else {}
     spec = {k: (k,) for k in tracks if k in shapes}

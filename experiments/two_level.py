@@ -40,7 +40,8 @@ from ahjax import metrics as metrics_lib
 from ahjax.metrics import bah_metrics
 from ahjax.train import trainer as trainer_lib
 from ahjax.train.trainer import TrainConfig
-from experiments.common import DataConfig, prepare_store, score_videos, video_labels, frame_labels
+from ahjax.pipeline import (QUICK_DATA, QUICK_EXTRACT, DataConfig, frame_labels, prepare_store,
+                            score_videos, video_labels)
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
 from level2_conflict import hsmm, multirun, plots
@@ -78,9 +79,7 @@ def get_config(quick: bool = False) -> Config:
         return cfg
     return dataclasses.replace(
         cfg, quick=True,
-        data=dataclasses.replace(cfg.data, demo_participants=4, demo_questions=(4, 7),
-                                 demo_min_duration=6.0, demo_max_duration=8.0),
-        extract=dataclasses.replace(cfg.extract, voice_embeddings=False, detect_every=2),
+        data=QUICK_DATA, extract=QUICK_EXTRACT,
         multi=dataclasses.replace(cfg.multi, window=96, hop=48, batch_size=4, progress=False,
                                   train=dataclasses.replace(cfg.multi.train, epochs=2)),
         model=dataclasses.replace(cfg.model, hidden=8, n_blocks=2),

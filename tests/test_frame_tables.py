@@ -17,7 +17,7 @@ from flax import nnx
 from baselines import fusion
 from baselines.tcn import ConcatTCN, TCNConfig
 from experiments import bench
-from experiments import frame_tables as ft
+from baselines import frame_tables as ft
 from experiments import run as runner
 from experiments import table1, table2, two_level
 

@@ -10,7 +10,7 @@ CORE = [*sorted((REPO / "ahjax" / "data").rglob("*.py")), *sorted((REPO / "ahjax
         REPO / "ahjax" / "metrics.py", REPO / "ahjax" / "assets.py", REPO / "ahjax" / "config.py",
         REPO / "ahjax" / "results.py"]
 ABOVE = ("experiments", "baselines", "level1_affect", "level2_conflict", "ahjax.api",
-         "ahjax.predict", "ahjax.extract")
+         "ahjax.predict", "ahjax.extract", "ahjax.pipeline")
 
 
 def imported(path: Path) -> set[str]:
@@ -54,3 +54,16 @@ def test_importing_the_core_loads_no_upper_layer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_experiments_import_libraries_never_each_other():
+    """Each experiment is a thin config + run over the libraries; only the runner names
+    them (by string, in its registry)."""
+    names = {p.stem for p in (REPO / "experiments").glob("*.py")} - {"__init__"}
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        if path.stem == "run":
+            continue
+        other = sorted(m for m in imported(path)
+                       if m.startswith("experiments") and m.split(".")[-1] in names | {"experiments"}
+                       and m != "experiments")
+        assert not other, f"{path.relative_to(REPO)} imports {other}"

@@ -26,7 +26,7 @@ QUICK = two_level.get_config(quick=True)
 
 @pytest.fixture(scope="module")
 def demo_root():
-    from experiments.common import demo_root as make
+    from ahjax.pipeline import demo_root as make
     return make(QUICK.data)
 
 

@@ -34,7 +34,8 @@ from ahjax.data import windows as win
 from ahjax.data.store import FeatureStore
 from ahjax.train import trainer as trainer_lib
 from ahjax.train.trainer import TrainConfig
-from experiments.common import DataConfig, frame_labels, prepare_store, score_videos, video_labels
+from ahjax.pipeline import (QUICK_DATA, QUICK_EXTRACT, DataConfig, frame_labels, prepare_store,
+                            score_videos, video_labels)
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
 
@@ -99,11 +100,10 @@ def effective_setup(windows: win.WindowConfig, train: TrainConfig, data: DataCon
 
 
 def quick_settings() -> dict:
-    """The quick configs' shared fields: the two_level quick demo and extraction (whose
-    cache the tests share), windows of 96 frames, one epoch, no demo overrides."""
-    from experiments import two_level
-    source = two_level.get_config(quick=True)
-    return dict(quick=True, data=source.data, extract=source.extract,
+    """The quick configs' shared fields: the quick demo and extraction of
+    ``ahjax.pipeline`` (whose cache the tests share), windows of 96 frames, one epoch, no
+    demo overrides."""
+    return dict(quick=True, data=QUICK_DATA, extract=QUICK_EXTRACT,
                 windows=win.WindowConfig(window=96, hop=48, batch_size=4),
                 train=TrainConfig(epochs=1, progress=False), demo_window=0, demo_epochs=0)
 

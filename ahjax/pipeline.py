@@ -1,10 +1,15 @@
-"""Pieces every frame-level experiment shares: where the data comes from, and scoring.
+"""The one data config and its resolver: from ``--data.*`` to an extracted feature store.
 
-``prepare_store(data, extract)`` turns a config's data section into an extracted feature
-store: the user's BAH tree (``--data.root``) or the embedded demo dataset, generated once
-and cached; extraction is cached per video. ``score_videos`` turns per-video frame
-probabilities (and optional decoded labels) into the paper's frame- and video-level
-metrics.
+``DataConfig`` is what every frame-level experiment takes as ``data`` (``--data.root`` a BAH
+tree, ``--data.store`` a ready feature store, or neither: the embedded demo dataset,
+generated once and cached). ``prepare_store(data, extract)`` resolves it to an extracted
+feature store (extraction cached per video); ``QUICK_DATA`` and ``QUICK_EXTRACT`` are the
+small demo and extraction every quick (test-sized) config shares, so their caches are
+shared too. ``score_videos`` turns per-video frame probabilities (and optional decoded
+labels) into the paper's frame- and video-level metrics.
+
+An entry-layer module: it imports level 1 to extract, and the core (``ahjax.data``,
+``ahjax.train``, ``ahjax.metrics``) never imports it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ class DataConfig:
     demo_questions: tuple = (1, 2, 3, 4, 5, 6, 7)   # BAH question numbers to record
     demo_min_duration: float = 8.0
     demo_max_duration: float = 20.0
+
+
+#: The quick configs' demo: 4 participants x questions 4 and 7, 6-8 s videos.
+QUICK_DATA = DataConfig(demo_participants=4, demo_questions=(4, 7), demo_min_duration=6.0,
+                        demo_max_duration=8.0)
+#: The quick configs' extraction: no voice embeddings, the face every second frame.
+QUICK_EXTRACT = ExtractConfig(voice_embeddings=False, detect_every=2)
 
 
 def demo_root(data: DataConfig) -> Path:
