@@ -4,7 +4,7 @@ Table 1 (context: frame-wise vs TCN) and Table 2 (fusion method x modality subse
 both lists of :class:`Row`: a model builder and the modalities it reads. Every row is
 trained with the same recipe on the same feature store and windows, its best epoch is
 picked by validation AP, and its whole videos are scored on val and test with the
-paper's metrics (:func:`experiments.common.score_videos`). :func:`run_rows` returns the
+paper's metrics (:func:`ahjax.pipeline.score_videos`). :func:`run_rows` returns the
 results every table experiment writes: ``test``/``val`` (every metric of every row),
 ``table`` (the paper's layout: its rows, AVGF1/AP/WAR on test), ``training`` and
 ``setup``.

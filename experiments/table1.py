@@ -8,7 +8,7 @@ norms, each frame classified alone) and with the TCN's temporal context (kernel 
 dilations 2^i, causal). Video by default, as the paper; ``--config.modalities=video,text``
 adds a pair of rows per modality. Columns AVGF1, AP, WAR on test (``table1``); every
 metric on val and test under ``val``/``test``. Same data, windows and SGD recipe for both
-rows (see :mod:`experiments.frame_tables`).
+rows (see :mod:`baselines.frame_tables`).
 """
 
 from __future__ import annotations
