@@ -88,6 +88,21 @@ def prepare_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),
     return store, root, summary
 
 
+def open_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),
+               progress: bool = True) -> FeatureStore:
+    """The feature store of ``data``, the one resolver every experiment uses: a ready store
+    named by ``data.store`` (and no ``data.root``) as it is; otherwise ``prepare_store``
+    (the BAH tree at ``data.root``, or the demo dataset, extracted once and cached)."""
+    if data.store and not data.root:
+        path = Path(data.store).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"feature store {path} does not exist")
+        store = FeatureStore(path)
+        if store.video_ids():
+            return store
+    return prepare_store(data, extract, progress=progress)[0]
+
+
 def add_cue_tracks(store: FeatureStore) -> None:
     """Write a ``cues`` (n, 5) array per video from its annotated segments' ``all_cues``.
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ahjax.data.store import FeatureStore
 from ahjax.data.windows import WindowConfig
 from ahjax.train.trainer import TrainConfig
 from baselines.tcn import TCNConfig, train_concat_tcn
-from ahjax.pipeline import DataConfig
+from ahjax.pipeline import DataConfig, open_store
 from level1_affect.schema import MODALITIES
 
 @dataclasses.dataclass(frozen=True)
@@ -61,18 +60,8 @@ def spec_of(config: Config) -> dict[str, tuple[str, ...]]:
     return spec
 
 
-def open_store(data: DataConfig) -> FeatureStore:
-    """The feature store of ``data``: an existing store as is, else extracted and cached."""
-    if data.store and not data.root:
-        store = FeatureStore(Path(data.store).expanduser())
-        if store.video_ids():
-            return store
-    from ahjax.pipeline import prepare_store  # level-1 extraction: heavy imports
-    return prepare_store(data)[0]
-
-
 def run(config: Config, workdir: str | Path) -> dict:
     """Train, pick the best epoch by validation AP, score val and test; return the tables."""
-    store = open_store(config.data)
+    store = open_store(config.data)   # a ready store as is, else extracted and cached
     return train_concat_tcn(store, spec_of(config), config.model, config.windows, config.train,
                             workdir, config.splits)

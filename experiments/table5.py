@@ -30,9 +30,11 @@ import json
 from pathlib import Path
 
 from ahjax.data.store import FeatureStore
+from ahjax.pipeline import QUICK_DATA, QUICK_EXTRACT, DataConfig, open_store
 from baselines import adapt as adapt_lib
 from baselines import personalise
 from level2_conflict import adapt as two_level_adapt
+from level1_affect.extract import ExtractConfig
 from level2_conflict.model import TwoLevelConfig
 
 # Paper order and family of each row; the label is the row name in the table.
@@ -43,10 +45,8 @@ METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1")
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The feature store and which of its arrays make up each modality."""
-    store: str = ""            # "" = extract ``root`` (or the embedded demo dataset)
-    root: str = ""             # a BAH tree; "" = the embedded demo dataset (synthetic)
+class Arrays:
+    """Which arrays of the feature store make up each modality."""
     video: tuple[str, ...] = ("face_expr", "face_blend", "face_desc")
     audio: tuple[str, ...] = ("voice_prosody",)
     text: tuple[str, ...] = ("text_affect",)
@@ -76,6 +76,7 @@ class TwoLevelBlock:
 @dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
+    arrays: Arrays = Arrays()
     protocol: personalise.ProtocolConfig = personalise.ProtocolConfig()
     adapt: adapt_lib.AdaptConfig = adapt_lib.AdaptConfig()
     methods: tuple[str, ...] = tuple(name for name, _ in ROWS)
@@ -96,6 +97,7 @@ def get_config(quick: bool = False) -> Config:
                           lr=3e-4, weight_decay=0.0, source_epochs=6, epochs=15,
                           mmd_weight=10.0, adapt_lr=3e-4, tta_lr=3e-3)))
     return Config(
+        data=QUICK_DATA,
         protocol=personalise.ProtocolConfig(max_source_frames=4000, max_targets=2),
         adapt=adapt_lib.AdaptConfig(hidden=16, feature_dim=8, source_epochs=2, epochs=2,
                                     batch_size=32, eval_batch=256, tta_batch=32,
@@ -111,18 +113,9 @@ def get_config(quick: bool = False) -> Config:
 
 
 def resolve_store(data: DataConfig, quick: bool = False) -> FeatureStore:
-    """The feature store named by ``data.store``, else ``data.root`` (or the demo dataset)
-    extracted through the shared, cached level-1 pipeline."""
-    if not data.store:
-        from ahjax import pipeline
-        source, extract = ((pipeline.QUICK_DATA, pipeline.QUICK_EXTRACT) if quick
-                           else (pipeline.DataConfig(), pipeline.ExtractConfig()))
-        store, _, _ = pipeline.prepare_store(dataclasses.replace(source, root=data.root), extract)
-        return store
-    path = Path(data.store).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"feature store {path} does not exist")
-    return FeatureStore(path)
+    """The feature store of ``data`` through the shared resolver (``ahjax.pipeline``); a
+    quick run extracts with the quick configs' settings, so their caches are shared."""
+    return open_store(data, QUICK_EXTRACT if quick else ExtractConfig())
 
 
 def build_table(summary: dict, methods) -> tuple[dict, dict]:
@@ -173,7 +166,7 @@ def two_level_setup(block: TwoLevelBlock, store: FeatureStore
 def run(config: Config, workdir) -> dict:
     """Run the protocol on ``config.data.store``; returns the results described above."""
     store = resolve_store(config.data, config.quick)
-    out = personalise.run_personalisation(store, config.data.spec(), config.methods,
+    out = personalise.run_personalisation(store, config.arrays.spec(), config.methods,
                                           config.adapt, config.protocol, workdir)
     test, table = build_table(out["summary"], config.methods)
     per_target = _per_target(out)

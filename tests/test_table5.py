@@ -58,8 +58,8 @@ def test_quick_table5_runs_end_to_end(tmp_path):
     make_store(tmp_path / "store")
     cfg = runner.build_config("table5", ["--config.quick=True",
                                          f"--config.data.store={tmp_path / 'store'}",
-                                         "--config.data.video=face_expr", "--config.data.text=()"])
-    assert cfg.quick and cfg.data.spec() == {"video": ("face_expr",), "audio": ("voice_prosody",)}
+                                         "--config.arrays.video=face_expr", "--config.arrays.text=()"])
+    assert cfg.quick and cfg.arrays.spec() == {"video": ("face_expr",), "audio": ("voice_prosody",)}
     cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(cfg.protocol, max_targets=0))
     results, run_dir = runner.run("table5", cfg, tmp_path / "runs")
 
