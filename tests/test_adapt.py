@@ -65,6 +65,7 @@ def accuracies(problem):
     return out
 
 
+@pytest.mark.slow
 def test_source_only_is_poor_on_the_shifted_target(accuracies):
     assert 0.3 <= accuracies["source_only"] <= 0.7
 
@@ -104,6 +105,7 @@ def _grads(method, model, batch, mstate):
     return nnx.grad(loss)(nnx.clone(model))
 
 
+@pytest.mark.slow
 def test_acpl_mmd_gradient_flows(problem):
     """grad(ACPL, lambda) - grad(ACPL, 0) must equal lambda * grad(MMD): the term trains."""
     source, parts = problem

@@ -18,6 +18,7 @@ from baselines import face_pretrain as fp
 from ahjax.data.store import FeatureStore
 
 
+@pytest.mark.slow
 def test_resnet_parameter_counts_equal_torchvision():
     # torchvision's counts with a 1000-class head (11.7M, 21.8M, 25.6M, 44.5M, 60.2M).
     expected = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
@@ -26,6 +27,7 @@ def test_resnet_parameter_counts_equal_torchvision():
         assert bb.count_params(lambda: bb.build_backbone(name, 1000, rngs=nnx.Rngs(0))) == n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(bb.BACKBONES))
 def test_every_backbone_gives_logits_and_features(name):
     model = bb.build_backbone(name, 3, rngs=nnx.Rngs(0), **bb.TINY[name])
@@ -35,6 +37,7 @@ def test_every_backbone_gives_logits_and_features(name):
     assert np.all(np.isfinite(np.asarray(logits)))
 
 
+@pytest.mark.slow
 def test_apvit_keeps_top_k_patches_and_full_size_is_vit_small_like():
     cfg = dataclasses.replace(bb.APViTConfig(**bb.TINY["apvit"]), keep_patches=40,
                               atp_layers=(1,), atp_keep=(12,))
@@ -61,6 +64,7 @@ def _step_lowers_loss(model, images, labels, steps=4):
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "apvit"])
 def test_training_steps_lower_the_loss_on_a_fixed_batch(name):
     model = bb.build_backbone(name, 2, rngs=nnx.Rngs(0), **bb.TINY[name])
@@ -88,6 +92,7 @@ def emotion_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_fit_restores_the_later_of_tied_best_epochs(emotion_folder, tmp_path):
     # Epochs 1 and 3 tie for the best score; the checkpointer keeps the later one (and the
     # latest two), so restoring the earlier one would find it deleted.
@@ -108,6 +113,7 @@ def test_fit_restores_the_later_of_tied_best_epochs(emotion_folder, tmp_path):
                                snapshots[3], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pretraining_on_an_emotion_folder_lowers_the_loss_and_resumes(emotion_folder, tmp_path):
     source = fp.EmotionFolder(emotion_folder, 32)
     assert source.classes == ["happy", "sad"] and len(source) == 24
@@ -139,6 +145,7 @@ def test_frame_items_undersample_negatives_and_skip_unlabelled():
     assert len(every) == 12 + 5 and set(every[:, 1] % 2) == {0}
 
 
+@pytest.mark.slow
 def test_finetune_on_demo_crops_and_write_features(tmp_path):
     from experiments import table3
     cfg = dataclasses.replace(table3.get_config(quick=True), backbones=("resnet18",))

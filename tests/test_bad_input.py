@@ -25,6 +25,7 @@ def bad_tree(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_runner_on_a_malformed_tree_fails_in_one_line_and_marks_the_run(bad_tree, tmp_path):
     res = _run("experiments.run", "two_level", f"--config.data.root={bad_tree}",
                "--workdir", tmp_path / "runs")
@@ -64,6 +65,7 @@ def test_extract_checks_its_settings_first(bad_tree, tmp_path, args, message):
     ("--config.extract.detect_every=0", "detect_every=0: must be at least 1"),
     ("--config.baseline_train.optimizer=rmsprop", "optimizer='rmsprop'"),
 ])
+@pytest.mark.slow
 def test_runner_refuses_out_of_range_settings_before_any_work(tmp_path, override, message):
     res = _run("experiments.run", "two_level", override, "--workdir", tmp_path / "runs")
     assert res.returncode == 2 and message in res.stderr, res.stderr[-1500:]

@@ -48,6 +48,7 @@ def test_full_configs_follow_the_paper():
         "V / no context (frame-wise)", "V / context (TCN)"]
 
 
+@pytest.mark.slow
 def test_quick_table1_end_to_end(tmp_path):
     cfg = runner.build_config("table1", ["--config.quick=True"])
     assert cfg.quick and cfg.data == two_level.get_config(quick=True).data
@@ -99,6 +100,7 @@ def test_a_crash_after_the_first_row_keeps_it_on_disk(tmp_path, monkeypatch):
     assert "PARTIAL" not in (run_dir / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_quick_table2_end_to_end(tmp_path):
     cfg = runner.build_config("table2", ["--config.quick=True"])
     results, run_dir = runner.run("table2", cfg, tmp_path)
@@ -117,6 +119,7 @@ def test_quick_table2_end_to_end(tmp_path):
     assert "## table2" in md and ft.PAPER_LABEL in md
 
 
+@pytest.mark.slow
 def test_bench_registry_builds_every_model():
     assert {"concat_tcn", "can", "lfan", "mt", "jmt", "two_level"} <= set(bench.MODELS)
     for name, entry in bench.MODELS.items():

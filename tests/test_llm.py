@@ -398,6 +398,7 @@ def llama_server(gguf, tmp_path_factory):
         err.close()
 
 
+@pytest.mark.slow
 def test_http_backend_against_a_real_server(gguf, llama_server):
     """Text and scores from llama_cpp.server equal llama.cpp's own, computed here the way the
     server computes them (whole prompt in one batch): so the request (template, greedy, first
@@ -587,6 +588,7 @@ def _clip(n=8, seed=0):
     return [rng.integers(0, 256, (36, 48, 3), dtype=np.uint8) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_videollava_plumbing(tiny_videollava):
     be = tiny_videollava
     frames = _clip()
@@ -674,6 +676,7 @@ def test_lora_step_trains_only_the_adapters(tiny_videollava):
 
 
 # ---- the experiment --------------------------------------------------------------------
+@pytest.mark.slow
 def test_table7_quick_runs_on_the_demo_and_split_files(gguf, tmp_path):
     from experiments import run as runner
     config = runner.build_config("table7", ["--config.quick=True"])

@@ -22,6 +22,8 @@ from level1_affect.extract import ExtractConfig, LabelLengthError, extract_datas
 from level1_affect.whisper.transcribe import wer
 
 QUICK = two_level.get_config(quick=True)
+# End to end on the demo: minutes on 2 cores; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

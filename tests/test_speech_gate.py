@@ -94,6 +94,7 @@ def test_real_whisper_on_silence_runs_nothing_and_says_so():
     assert out.words == [] and out.language is None and warnings
 
 
+@pytest.mark.slow
 def test_native_mediapipe_logs_are_quiet_unless_asked_for(tmp_path):
     """MediaPipe's C++ lines (absl 'W0000 ...') no longer reach stderr by default."""
     import os

@@ -54,6 +54,7 @@ def make_store(root, seed=0):
     return store
 
 
+@pytest.mark.slow
 def test_quick_table5_runs_end_to_end(tmp_path):
     make_store(tmp_path / "store")
     cfg = runner.build_config("table5", ["--config.quick=True",

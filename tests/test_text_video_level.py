@@ -89,6 +89,7 @@ def test_crossfit_threshold_never_reads_a_decided_videos_label():
 SPLITS = Path(tvl.default_splits())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SPLITS / "train.txt").exists(), reason=f"no shared splits at {SPLITS}")
 def test_quick_run_end_to_end(tmp_path):
     config = runner.build_config("text_video_level", ["--quick=True"])

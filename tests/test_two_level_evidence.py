@@ -180,6 +180,7 @@ MULTI = multirun.MultiConfig(window=40, hop=20, batch_size=4, progress=False,
                                  clip_norm=1.0))
 
 
+@pytest.mark.slow
 def test_runs_trained_together_equal_runs_trained_alone():
     bank = _bank()
     train, val, test = ("v0", "v1", "v2", "v3"), ("v4",), ("v5",)

@@ -30,6 +30,7 @@ def test_sampler_picks_8_frames_at_the_video_stride(n, stride, first):
     assert all(s + stride * 7 < max(n, 8) for s in starts)
 
 
+@pytest.mark.slow
 def test_full_size_parameter_counts_match_the_published_models():
     count = lambda size, **kw: bb.count_params(lambda: vl.video_focalnet(size, rngs=nnx.Rngs(0), **kw))
     # Video-FocalNet (K400 head): T 49.55M, S 88.74M.
@@ -39,6 +40,7 @@ def test_full_size_parameter_counts_match_the_published_models():
     assert count("tiny", num_classes=1000, temporal=False) == pytest.approx(28.4e6, rel=3e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", list(vl.SIZES))
 def test_video_focalnet_shapes_and_a_step_lowers_the_loss(size):
     model = vl.video_focalnet(size, 2, rngs=nnx.Rngs(0), reduced=True)
@@ -95,6 +97,7 @@ def _quick_run(name, cfg, tmp_path):
     return results
 
 
+@pytest.mark.slow
 def test_table3_quick_runs_end_to_end(tmp_path):
     from experiments import table3
     cfg = dataclasses.replace(table3.get_config(quick=True), backbones=("resnet18",))
@@ -106,6 +109,7 @@ def test_table3_quick_runs_end_to_end(tmp_path):
     assert any("NOT reproduced" in n for n in results["notes"])
 
 
+@pytest.mark.slow
 def test_table4_quick_runs_end_to_end(tmp_path):
     from experiments import table4
     cfg = dataclasses.replace(table4.get_config(quick=True),

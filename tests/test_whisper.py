@@ -149,6 +149,7 @@ def test_openai_state_dict_mapping_agrees_with_ct2_mapping():
         wm.params_from_openai({k: v for k, v in state.items() if k != "decoder.ln.bias"}, dims)
 
 
+@pytest.mark.slow
 def test_forward_matches_transformers(whisper):
     # Our lean forward against transformers' FlaxWhisperForConditionalGeneration on the
     # same params: encoder, full decoder (with the alignment heads' cross-attention) and
@@ -190,6 +191,7 @@ def test_embed_shape_and_content(whisper, speech):
     assert np.linalg.norm(talk - quiet) > 0.1 * np.linalg.norm(quiet)
 
 
+@pytest.mark.slow
 def test_speech_in_another_language_is_detected_and_transcribed_in_it(whisper):
     """Documented outcome for non-English speech: the language is detected and reported
     (``transcript.json`` carries it) and the words come out in that language; the English
