@@ -177,7 +177,8 @@ def run_reference(folder: str | Path, name: str, steps: int, batch: int, frames:
     """The reference model ``name`` timed by ``folder/bench_ref.py`` in a child process."""
     import subprocess
     import sys
-    script = Path(folder) / "bench_ref.py"
+    folder = Path(folder).resolve()
+    script = folder / "bench_ref.py"
     if not script.is_file():
         raise FileNotFoundError(f"{folder}: no bench_ref.py (the reference benchmark script)")
     cmd = [sys.executable, str(script), "--model", name, "--steps", str(steps),

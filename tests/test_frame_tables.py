@@ -147,7 +147,7 @@ def test_bench_compare_against_reference():
     assert not bench.compare(ours, ref)["target_met"]
 
 
-def test_bench_runs_the_reference_script_with_our_settings(tmp_path):
+def test_bench_runs_the_reference_script_with_our_settings(tmp_path, monkeypatch):
     """``--reference DIR`` runs DIR/bench_ref.py in a child process with the same batch,
     window and threads as ours and reads its JSON line (a stand-in script here: the real
     one needs the reference code and is run by hand, see experiments/results)."""
@@ -158,7 +158,8 @@ def test_bench_runs_the_reference_script_with_our_settings(tmp_path):
         "print(json.dumps({'model': a['--model'], 'batch': int(a['--batch']),\n"
         "                  'window': int(a['--window']), 'threads': int(a['--threads']),\n"
         "                  'infer_batch': int(a['--infer_batch']), 'train_frames_per_s': 1.0}))\n")
-    got = bench.run_reference(tmp_path, "lfan", 2, 4, 696, 2)
+    monkeypatch.chdir(tmp_path.parent)        # a relative folder, as on the command line
+    got = bench.run_reference(tmp_path.name, "lfan", 2, 4, 696, 2)
     assert got == {"model": "lfan", "batch": 4, "window": 696, "threads": 2, "infer_batch": 4,
                    "train_frames_per_s": 1.0}
     with pytest.raises(FileNotFoundError, match="no bench_ref.py"):
