@@ -24,6 +24,10 @@ back, at the same batch and window, both on ``--threads`` threads; the report gi
 side's figures and the ratios of that run only. Without ``--reference`` no ratio is printed:
 figures from different runs or days are never compared.
 
+``--profile``: where each model's training step spends its time (forward, backward,
+optimiser update, the rest), each part timed as its own jitted program, with XLA's flop
+estimates and the op mix of the compiled step (``docs/performance.md`` reads it).
+
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
 video generated for the purpose, per encoder, first call (loading and compiling the
 encoders) and a second, warm call; the real-time factor is warm seconds per second of
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import psutil
 from flax import nnx
@@ -266,6 +271,96 @@ def bench_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAMES)
     return out
 
 
+def _cost(compiled) -> dict:
+    """XLA's own estimate of a compiled computation: flops and bytes accessed."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"gflop": float(cost.get("flops", 0.0)) / 1e9,
+            "gbytes": float(cost.get("bytes accessed", 0.0)) / 1e9}
+
+
+def _op_counts(hlo_text: str) -> dict:
+    """How many of the optimised HLO's instructions are convolutions, dots, fusions, ..."""
+    import re
+    counts: dict = {}
+    for op in re.findall(r"= [^ ]+ ([a-z-]+)\(", hlo_text):
+        counts[op] = counts.get(op, 0) + 1
+    keep = ("convolution", "dot", "fusion", "custom-call", "transpose", "copy", "reduce",
+            "reduce-window", "while", "sort", "scatter", "gather")
+    return {k: counts[k] for k in keep if k in counts}
+
+
+def profile_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAMES) -> dict:
+    """Where one training step of ``name`` spends its time: the forward pass, the backward
+    pass (gradient minus forward), the optimiser update and what is left (step minus the
+    three: state handling, metrics, host-device traffic), each timed as its own jitted
+    program on the same batch; with XLA's flop and byte estimates, the achieved GFLOP/s and
+    the op mix of the optimised HLO of the full step."""
+    entry = MODELS[name]
+    cfg = TrainConfig()
+    mesh = trainer_lib.make_mesh(0)
+    data = entry.sample(np.random.default_rng(0), entry.dims, batch, frames)
+    data["labels"] = np.random.default_rng(1).integers(0, 2, (batch, frames)).astype(np.int32)
+    data["mask"] = np.ones((batch, frames), np.float32)
+    data.setdefault("valid", np.ones((batch, frames), np.float32))
+    model = entry.build(dict(entry.dims), nnx.Rngs(params=0, dropout=1))
+    keys = trainer_lib.input_keys(model, tuple(entry.dims))
+    opt = nnx.Optimizer(model, trainer_lib.make_optimizer(cfg, 1000), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+    on_device = trainer_lib._put(data, (*keys, "labels", "mask"), mesh)
+
+    def loss_of(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+        logits, aux = model({k: batch[k] for k in keys}, train=True)
+        ce, _ = trainer_lib.masked_cross_entropy(logits, batch["labels"], batch["mask"])
+        return ce + jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
+
+    def grads_of(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+
+        def f(model):
+            logits, aux = model({k: batch[k] for k in keys}, train=True)
+            ce, _ = trainer_lib.masked_cross_entropy(logits, batch["labels"], batch["mask"])
+            return ce + jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
+        return nnx.grad(f)(model)
+
+    def update(state, grads):
+        model, opt = nnx.merge(graphdef, state)
+        opt.update(model, grads)
+        return nnx.state((model, opt))
+
+    forward, backward = jax.jit(loss_of), jax.jit(grads_of)
+    upd = jax.jit(update)
+    step = trainer_lib.make_train_step(graphdef, keys, cfg, mesh)
+    grads = backward(state, on_device)
+    key = jax.random.key(0)
+    holder = {"state": jax.device_put(state, trainer_lib.NamedSharding(mesh, trainer_lib.P()))}
+
+    def full():
+        holder["state"], m = step(holder["state"], on_device, key)
+        return m["loss"]
+
+    times = {"forward": _timed(lambda: forward(state, on_device), steps)[1],
+             "forward_and_backward": _timed(lambda: backward(state, on_device), steps)[1],
+             "optimizer_update": _timed(lambda: upd(state, grads), steps)[1]}
+    times["train_step"] = _timed(full, steps)[1]
+    times["backward"] = max(0.0, times["forward_and_backward"] - times["forward"])
+    times["rest_of_step"] = max(0.0, times["train_step"] - times["forward_and_backward"]
+                                - times["optimizer_update"])
+    cost_f = _cost(forward.lower(state, on_device).compile())
+    cost_b = _cost(backward.lower(state, on_device).compile())
+    compiled = step.lower(holder["state"], on_device, key).compile()
+    share = {k: times[k] / times["train_step"] for k in
+             ("forward", "backward", "optimizer_update", "rest_of_step")}
+    return {"batch": [batch, frames], "timed_steps": steps, "seconds": times,
+            "share_of_step": share,
+            "forward_gflop": cost_f["gflop"], "forward_and_backward_gflop": cost_b["gflop"],
+            "forward_gflop_per_s": cost_f["gflop"] / times["forward"],
+            "forward_and_backward_gflop_per_s": cost_b["gflop"] / times["forward_and_backward"],
+            "forward_and_backward_gbytes": cost_b["gbytes"],
+            "train_step_hlo_ops": _op_counts(compiled.as_text())}
+
+
 def demo_video(folder: str | Path, seconds: float = 60.0, seed: int = 0) -> Path:
     """One demo video of exactly ``seconds`` (1 participant, 1 question) made in ``folder``."""
     from ahjax.data import demo
@@ -323,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", metavar="DIR", default=None,
                         help="a folder with the reference PyTorch code and bench_ref.py: time "
                              "its fusion models and ours side by side, ratios from this run")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of throughput: where each model's training step spends "
+                             "its time (forward, backward, optimiser, rest; XLA's flops)")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for each side of --reference (default 2)")
     args = parser.parse_args(argv)
@@ -337,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     # Start the backend and the compiler outside any measurement: otherwise the first model
     # alone would be charged their one-time setup time and memory.
     jax.block_until_ready(jax.jit(lambda x: x + 1)(np.zeros(1, np.float32)))
+    if args.profile:
+        report["profile"] = {n: profile_model(n, steps, args.batch, args.frames) for n in names}
+        print(json.dumps(report, indent=2))
+        return 0
     if args.reference:
         report["side_by_side"] = side_by_side(args.reference, names, steps, args.batch,
                                               args.frames, args.threads)

@@ -183,3 +183,17 @@ def test_bench_quick_reports_json(capsys, monkeypatch):
     assert got["inputs"] == tiny.dims and got["train_peak_rss_mb"] > 0
     assert "side_by_side" not in report     # no ratio without a reference run
     assert {"device", "load_average", "models"} <= set(report) and "extraction" not in report
+
+
+def test_bench_profile_splits_the_step(capsys, monkeypatch):
+    tiny = bench.BenchModel(
+        lambda dims, rngs: ConcatTCN(dims, TCNConfig(video=(8,), audio=(4,), text=(8,)), rngs=rngs),
+        {"video": 6, "audio": 3, "text": 5})
+    monkeypatch.setitem(bench.MODELS, "tiny_tcn", tiny)
+    assert bench.main(["--profile", "--models", "tiny_tcn", "--frames", "24", "--steps", "1"]) == 0
+    got = json.loads(capsys.readouterr().out)["profile"]["tiny_tcn"]
+    secs = got["seconds"]
+    assert all(secs[k] >= 0 for k in ("forward", "backward", "optimizer_update", "rest_of_step"))
+    assert secs["forward_and_backward"] >= secs["forward"] * 0.5
+    assert got["forward_and_backward_gflop"] > got["forward_gflop"] > 0
+    assert got["train_step_hlo_ops"].get("convolution", 0) + got["train_step_hlo_ops"].get("dot", 0) > 0
