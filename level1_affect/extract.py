@@ -57,13 +57,26 @@ class ExtractConfig:
                              "folder of a saved talk-type model")
 
 
+def talk_identity(talk_type: str) -> str:
+    """What makes the change/sustain tracks: the phrase rules, the default model's version or
+    a saved model's content hash, so a store is never reused across different models."""
+    if talk_type == "lexicon":
+        return "lexicon"
+    from level1_affect import talk_type as tt
+    if talk_type == "learned":
+        return f"default-v{tt.DEFAULT_VERSION}"
+    return tt.model_id(talk_type)
+
+
 def default_store_dir(root: str | Path, config: ExtractConfig) -> Path:
     """The feature store used for ``root`` under ``config`` when none is named: under
     ``$AHJAX_CACHE/features``, keyed by the root's absolute path and the config, so that
-    ``python -m ahjax.extract`` and the experiments find the same cached features."""
+    ``python -m ahjax.extract`` and the experiments find the same cached features. The key
+    includes which talk-type model makes the change/sustain tracks (``talk_identity``)."""
     import hashlib
     from ahjax import assets
-    key = json.dumps([str(Path(root).resolve()), dataclasses.asdict(config)], sort_keys=True)
+    key = json.dumps([str(Path(root).resolve()), dataclasses.asdict(config),
+                      talk_identity(config.talk_type)], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return assets.cache_dir() / "features" / f"{Path(root).resolve().name}-{digest}"
 

@@ -259,3 +259,16 @@ def test_video_talk_features_golden(tiny_model):
     per = tt.transcript_talk(["I will quit. But I love it.", ""], model)
     assert per[0].shape == (2, 3) and per[1].shape == (0, 3)
     assert len(tt.model_id(tiny_model)) == 12
+
+
+def test_feature_stores_are_keyed_by_the_talk_type_model(tmp_path, tiny_model, monkeypatch):
+    from level1_affect.extract import ExtractConfig, default_store_dir, talk_identity
+    monkeypatch.setenv("AHJAX_CACHE", str(tmp_path / "cache"))
+    dirs = {t: default_store_dir(tmp_path, ExtractConfig(talk_type=t))
+            for t in ("learned", "lexicon", str(tiny_model))}
+    assert len(set(dirs.values())) == 3
+    assert talk_identity("learned") == f"default-v{tt.DEFAULT_VERSION}"
+    assert talk_identity(str(tiny_model)) == tt.model_id(tiny_model)
+    # a retrained default (a new version) gets a new store
+    monkeypatch.setattr(tt, "DEFAULT_VERSION", tt.DEFAULT_VERSION + 1)
+    assert default_store_dir(tmp_path, ExtractConfig()) != dirs["learned"]
