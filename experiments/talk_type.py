@@ -12,7 +12,9 @@ talk type:
 - ``minilm_logreg``: frozen MiniLM sentence embeddings of the utterance and of the therapist
   turn before, same classifier and C choice;
 - ``talk_type``: the learned model of ``level1_affect.talk_type`` (MiniLM's top layers
-  fine-tuned with the therapist turn as context, class-weighted soft-target loss).
+  fine-tuned with the therapist turn as context, class-weighted soft-target loss);
+  ``talk_type/no_context`` is the same trained model reading each utterance alone, as
+  level 1 reads the sentences of a monologue.
 
 Several annotators: every method trains on the majority label, except ``talk_type`` whose
 loss takes the vote fractions; all are scored against the majority label (ties: the label
@@ -117,9 +119,11 @@ class _Features:
             m = minilm.load()
             self.sentence = np.hstack([m.encode_sentences(texts),
                                        m.encode_sentences([e.therapist for e in examples])])
-        self.encoded = None
+        self.encoded = self.plain = None
         if "talk_type" in methods:
             self.encoded = tt.encode(texts, [e.therapist for e in examples], config.model)
+            # The same utterances with no context: how level 1 reads a monologue (BAH).
+            self.plain = tt.encode(texts, [""] * len(texts), config.model)
 
 
 def _subset(enc: tt.Encoded, idx) -> tt.Encoded:
@@ -127,23 +131,25 @@ def _subset(enc: tt.Encoded, idx) -> tt.Encoded:
 
 
 def _fit_predict(method, feats: _Features, y, votes, groups, tr, te, config: Config, tag: str):
-    """Probabilities-free predictions (n_te,) of ``method`` trained on ``tr``; and info."""
+    """Predictions (n_te,) of ``method`` trained on ``tr``, and ``{variant: predictions}``
+    of the same trained model read another way (``talk_type``: without context)."""
     if method == "lexicon":
         return lexicon_predict([feats.texts[i] for i in te]), {}
     if method == "tfidf_logreg":
         from sklearn.feature_extraction.text import TfidfVectorizer
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         x_tr = vec.fit_transform(_take(feats.texts, tr))
-        model, c = _logreg_oof(x_tr, y[tr], [groups[i] for i in tr], config.logreg_c,
+        model, _ = _logreg_oof(x_tr, y[tr], [groups[i] for i in tr], config.logreg_c,
                                config.inner_folds, config.seed)
-        return model.predict(vec.transform(_take(feats.texts, te))), {"C": c}
+        return model.predict(vec.transform(_take(feats.texts, te))), {}
     if method == "minilm_logreg":
-        model, c = _logreg_oof(feats.sentence[tr], y[tr], [groups[i] for i in tr],
+        model, _ = _logreg_oof(feats.sentence[tr], y[tr], [groups[i] for i in tr],
                                config.logreg_c, config.inner_folds, config.seed)
-        return model.predict(feats.sentence[te]), {"C": c}
+        return model.predict(feats.sentence[te]), {}
     if method == "talk_type":
         model = tt.fit(_subset(feats.encoded, tr), votes[tr], config.model, progress=tag)
-        return model.predict_encoded(_subset(feats.encoded, te)).argmax(1), {}
+        return (model.predict_encoded(_subset(feats.encoded, te)).argmax(1),
+                {"no_context": model.predict_encoded(_subset(feats.plain, te)).argmax(1)})
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
@@ -203,27 +209,33 @@ def run(config: Config, workdir) -> dict:
     results: dict = {"cv": {}, "cv_folds": {}}
     for method in config.methods:
         t0 = time.perf_counter()
-        pred = np.full(len(dev_idx), -1)
-        per_fold = []
+        preds: dict = {method: np.full(len(dev_idx), -1)}
+        per_fold: dict = {method: []}
         for k, (tr, te) in enumerate(folds):
-            p, _ = _fit_predict(method, feats, y, votes, groups, dev_idx[tr], dev_idx[te],
-                                config, f"fold {k + 1}/{len(folds)}")
-            pred[te] = p
-            per_fold.append(annomi.macro_f1(y[dev_idx[te]], p)["macro_F1"])
-        row = annomi.macro_f1(y[dev_idx], pred)
-        row.update(macro_F1_fold_mean=float(np.mean(per_fold)),
-                   macro_F1_fold_sd=float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0,
-                   seconds=round(time.perf_counter() - t0, 1))
-        results["cv"][method] = row
-        results["cv_folds"][method] = {f"fold{k + 1}": f for k, f in enumerate(per_fold)}
-        print(f"[talk_type] cv {method}: macro-F1 {row['macro_F1']:.3f} "
-              f"(folds {row['macro_F1_fold_mean']:.3f} +- {row['macro_F1_fold_sd']:.3f})",
-              file=sys.stderr)
+            p, extra = _fit_predict(method, feats, y, votes, groups, dev_idx[tr], dev_idx[te],
+                                    config, f"fold {k + 1}/{len(folds)}")
+            for name, q in {method: p, **{f"{method}/{v}": q for v, q in extra.items()}}.items():
+                preds.setdefault(name, np.full(len(dev_idx), -1))[te] = q
+                per_fold.setdefault(name, []).append(annomi.macro_f1(y[dev_idx[te]], q)["macro_F1"])
+        for name, pred in preds.items():
+            row = annomi.macro_f1(y[dev_idx], pred)
+            folds_f1 = per_fold[name]
+            row.update(macro_F1_fold_mean=float(np.mean(folds_f1)),
+                       macro_F1_fold_sd=float(np.std(folds_f1, ddof=1)) if len(folds_f1) > 1 else 0.0,
+                       seconds=round(time.perf_counter() - t0, 1))
+            results["cv"][name] = row
+            results["cv_folds"][name] = {f"fold{k + 1}": f for k, f in enumerate(folds_f1)}
+            print(f"[talk_type] cv {name}: macro-F1 {row['macro_F1']:.3f} "
+                  f"(folds {row['macro_F1_fold_mean']:.3f} +- {row['macro_F1_fold_sd']:.3f})",
+                  file=sys.stderr)
     if len(test_idx):
         results["test"] = {}
         for method in config.methods:
-            p, _ = _fit_predict(method, feats, y, votes, groups, dev_idx, test_idx, config, "test")
+            p, extra = _fit_predict(method, feats, y, votes, groups, dev_idx, test_idx, config,
+                                    "test")
             results["test"][method] = annomi.macro_f1(y[test_idx], p)
+            for v, q in extra.items():
+                results["test"][f"{method}/{v}"] = annomi.macro_f1(y[test_idx], q)
     if "talk_type" in config.methods:
         model = tt.fit(_subset(feats.encoded, dev_idx), votes[dev_idx], config.model,
                        progress="deploy")
