@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -369,6 +370,41 @@ def load_default() -> TalkTypeModel:
     return load(ensure_default())
 
 
+# ------------------------------- sentences --------------------------------------------
+# The same clause and sentence ends as level1_affect.text's word tokens.
+_CLAUSE_END = re.compile(r"[.!?;:,…]$|\.\.\.$|[-—]$")
+_SENTENCE_END = re.compile(r"[.!?…]$")
+
+
+def sentences(words: Sequence[str], max_words: int = 40) -> list[tuple[int, int]]:
+    """``(first, end)`` word ranges of the sentences of a word list: split after . ! ? ...
+    and, in a long run without any, after a clause end or every ``max_words`` words."""
+    out, start = [], 0
+    for i, w in enumerate(words):
+        n = i + 1 - start
+        if _SENTENCE_END.search(w) or (n >= max_words // 2 and _CLAUSE_END.search(w)) \
+                or n >= max_words:
+            out.append((start, i + 1))
+            start = i + 1
+    if start < len(words):
+        out.append((start, len(words)))
+    return out
+
+
+def talk_by_sentence(words: Sequence[str], model: "TalkTypeModel", context: str = ""
+                     ) -> np.ndarray:
+    """(n_words, 2) P(change), P(sustain) per word: each sentence's talk type from ``model``,
+    given to every word of that sentence."""
+    spans = sentences(words)
+    out = np.zeros((len(words), 2), np.float32)
+    if not spans:
+        return out
+    probs = model.predict_proba([" ".join(words[a:b]) for a, b in spans], [context] * len(spans))
+    for (a, b), p in zip(spans, probs):
+        out[a:b] = p[[0, 2]]
+    return out
+
+
 # ------------------------------- video level ------------------------------------------
 #: Named video-level summary of an answer's talk types (``video_talk_features``).
 VIDEO_TALK_FEATURES = ("talk_change_mean", "talk_sustain_mean", "talk_change_max",
@@ -401,8 +437,7 @@ def video_talk_features(probs: np.ndarray) -> dict[str, float]:
 
 def transcript_talk(texts: Sequence[str], model: TalkTypeModel) -> list[np.ndarray]:
     """Per transcript, the (n_sentences, 3) talk-type probabilities of its sentences
-    (``level1_affect.text.sentences``; no context, as in a monologue)."""
-    from level1_affect.text import sentences
+    (:func:`sentences`; no context, as in a monologue)."""
     spans, owner = [], []
     for k, text in enumerate(texts):
         words = str(text).split()

@@ -356,34 +356,6 @@ def _as_timed_words(items, fps: float, n_frames: int) -> list[dict]:
                     "word/start/end, (word, start, end) tuples, transcript chunks or a string")
 
 
-def sentences(words: Sequence[str], max_words: int = 40) -> list[tuple[int, int]]:
-    """``(first, end)`` word ranges of the sentences of a word list: split after . ! ? ...
-    and, in a long run without any, after a clause end or every ``max_words`` words."""
-    out, start = [], 0
-    for i, w in enumerate(words):
-        n = i + 1 - start
-        if _SENTENCE_END.search(w) or (n >= max_words // 2 and _CLAUSE_END.search(w)) \
-                or n >= max_words:
-            out.append((start, i + 1))
-            start = i + 1
-    if start < len(words):
-        out.append((start, len(words)))
-    return out
-
-
-def talk_by_sentence(words: Sequence[str], model, context: str = "") -> np.ndarray:
-    """(n_words, 2) P(change), P(sustain) per word: each sentence's talk type from a
-    ``level1_affect.talk_type.TalkTypeModel``, given to every word of that sentence."""
-    spans = sentences(words)
-    out = np.zeros((len(words), 2), np.float32)
-    if not spans:
-        return out
-    probs = model.predict_proba([" ".join(words[a:b]) for a, b in spans], [context] * len(spans))
-    for (a, b), p in zip(spans, probs):
-        out[a:b] = p[[0, 2]]
-    return out
-
-
 class TextEncoder:
     """Text affect and embeddings on video frames.
 
@@ -448,7 +420,10 @@ class TextEncoder:
             return self._pack(affect, emb)
         tokens = [w["word"].strip() for w in timed]
         model = self.talk_model()
-        talk = talk_by_sentence(tokens, model) if model is not None else None
+        talk = None
+        if model is not None:
+            from level1_affect.talk_type import talk_by_sentence
+            talk = talk_by_sentence(tokens, model)
         feats = self.lexicons.word_features(tokens, talk)
         vecs = self._encoder().encode_words(tokens)[1] if self.embeddings else None
         count = np.zeros(n_frames, np.float32)

@@ -208,7 +208,7 @@ def tiny_model(tmp_path_factory, bundled):
 
 
 def test_sentences_golden():
-    from level1_affect.text import sentences
+    from level1_affect.talk_type import sentences
     words = "I want to stop. But I love it, you know, honestly I do".split()
     assert sentences(words) == [(0, 4), (4, 13)]
     assert sentences(["a"] * 50, max_words=40) == [(0, 40), (40, 50)]
@@ -217,7 +217,8 @@ def test_sentences_golden():
 
 def test_frame_tracks_come_from_the_model(tiny_model):
     from level1_affect import schema
-    from level1_affect.text import TextEncoder, talk_by_sentence
+    from level1_affect.talk_type import talk_by_sentence
+    from level1_affect.text import TextEncoder
     words = [("I", 0.0, 0.2), ("will", 0.2, 0.4), ("quit.", 0.4, 0.8), ("But", 1.0, 1.2),
              ("I", 1.2, 1.3), ("love", 1.3, 1.6), ("it.", 1.6, 2.0)]
     learned = TextEncoder(embeddings=False, talk_type=str(tiny_model), window=1)
