@@ -191,3 +191,17 @@ def test_extraction_progress_names_the_dataset_and_failures_name_the_video(tmp_p
     assert "extracting level 1 of BAH" in out.err
     assert summary["failed"] and all("video file not found" in m for m in summary["failed"].values())
     assert "failed: " in out.out + out.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--participants", "0"], "--participants must be >= 1"),
+    (["--questions", "9"], "--questions in 1..7"),
+    ([], "is not empty"),
+])
+def test_demo_generator_refuses_bad_input_in_one_line(tmp_path, args, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = _run("ahjax.data.demo", "--out", out, *args)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -30,6 +30,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, asdict
@@ -581,24 +582,36 @@ def ensure_demo(cache_dir: str | os.PathLike | None = None, seed: int = 0, **kwa
     return target
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m ahjax.data.demo --out DIR [--seed S] ...``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m ahjax.data.demo --out DIR [--seed S] ...``; bad input is
+    one line on stderr and exit status 2 (``--debug`` or ``AHJAX_DEBUG=1``: the traceback)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (absent or empty)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--participants", type=int, default=8)
     ap.add_argument("--questions", type=int, default=7)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = ap.parse_args(argv)
     t0 = time.time()
-    path = make_demo(args.out, seed=args.seed, participants=args.participants, questions=args.questions,
-                     workers=args.workers)
+    try:
+        if args.participants < 1 or not 1 <= args.questions <= len(QUESTIONS):
+            raise ValueError(f"--participants must be >= 1 and --questions in 1..{len(QUESTIONS)}, "
+                             f"got {args.participants} and {args.questions}")
+        path = make_demo(args.out, seed=args.seed, participants=args.participants,
+                         questions=args.questions, workers=args.workers)
+    except (OSError, ValueError) as err:
+        if args.debug or os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     gt = json.loads((path / "ground_truth.json").read_text())["videos"]
     n = sum(v["n_frames"] for v in gt.values())
     pos = sum(s["end"] - s["start"] + 1 for v in gt.values() for s in v["segments"] if s["ah"])
     print(f"wrote {path}: {len(gt)} videos, {n} frames ({n / FPS / 60:.1f} min), "
           f"A/H frames {pos / max(n, 1):.1%}, in {time.time() - t0:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
