@@ -166,13 +166,18 @@ def test_bench_runs_the_reference_script_with_our_settings(tmp_path, monkeypatch
         bench.run_reference(tmp_path / "nowhere", "lfan", 2, 4, 696, 2)
 
 
-def test_bench_quick_reports_json(capsys, monkeypatch):
-    # A tiny model registered the way any family registers: paper-size models take tens of
-    # seconds to compile on two shared cores, and the report's shape does not depend on size.
-    tiny = bench.BenchModel(
+@pytest.fixture
+def tiny(monkeypatch):
+    """A tiny model registered the way any family registers: paper-size models take tens of
+    seconds to compile on two shared cores, and the report's shape does not depend on size."""
+    model = bench.BenchModel(
         lambda dims, rngs: ConcatTCN(dims, TCNConfig(video=(8,), audio=(4,), text=(8,)), rngs=rngs),
         {"video": 6, "audio": 3, "text": 5})
-    monkeypatch.setitem(bench.MODELS, "tiny_tcn", tiny)
+    monkeypatch.setitem(bench.MODELS, "tiny_tcn", model)
+    return model
+
+
+def test_bench_quick_reports_json(capsys, tiny):
     assert bench.main(["--quick", "--models", "tiny_tcn", "--frames", "24", "--steps", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     got = report["models"]["tiny_tcn"]
@@ -185,11 +190,7 @@ def test_bench_quick_reports_json(capsys, monkeypatch):
     assert {"device", "load_average", "models"} <= set(report) and "extraction" not in report
 
 
-def test_bench_profile_splits_the_step(capsys, monkeypatch):
-    tiny = bench.BenchModel(
-        lambda dims, rngs: ConcatTCN(dims, TCNConfig(video=(8,), audio=(4,), text=(8,)), rngs=rngs),
-        {"video": 6, "audio": 3, "text": 5})
-    monkeypatch.setitem(bench.MODELS, "tiny_tcn", tiny)
+def test_bench_profile_splits_the_step(capsys, tiny):
     assert bench.main(["--profile", "--models", "tiny_tcn", "--frames", "24", "--steps", "1"]) == 0
     got = json.loads(capsys.readouterr().out)["profile"]["tiny_tcn"]
     secs = got["seconds"]
