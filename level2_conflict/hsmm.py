@@ -212,3 +212,81 @@ def median_filter(x, k: int, axis: int = 0) -> np.ndarray:
     if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
         med = np.round(med).astype(x.dtype)
     return med
+
+
+class OnlineDecoder:
+    """Fixed-lag semi-Markov decoding of a stream of frame posteriors (NumPy, incremental).
+
+    The same model as :func:`hsmm_decode`: explicit-duration Viterbi with the duration
+    log-pmfs ``log_dur`` (2, max_d), class priors ``log_prior`` and ``emission_weight``.
+    ``push(prob_chunk)`` adds frames and returns the labels of the frames now ``lag``
+    frames or more behind the newest one (committed: they are never revised);
+    ``finish()`` returns the rest. Each provisional decision treats the segment that
+    reaches the newest frame as unfinished (its duration censored with the survival
+    function), as :func:`hsmm_decode` does at the end of a video, so with ``lag`` at least
+    the stream's length the output equals the offline decoding. Work per frame: O(max_d).
+    """
+
+    def __init__(self, log_dur, log_prior, *, lag: int, emission_weight: float = 1.0,
+                 eps: float = 1e-6):
+        if lag < 0:
+            raise ValueError(f"lag={lag}: must be >= 0 frames")
+        self.log_dur = np.asarray(log_dur, np.float64)
+        self.log_prior = np.asarray(log_prior, np.float64)
+        self.max_d = self.log_dur.shape[1]
+        rev = np.logaddexp.accumulate(self.log_dur[:, ::-1], axis=1)[:, ::-1]
+        self.log_surv = rev
+        self.lag, self.w, self.eps = int(lag), float(emission_weight), eps
+        self.cum = [np.zeros(2)]          # cumulative emissions, cum[t] = sum of frames < t
+        self.delta: list[np.ndarray] = []  # best score of frames 0..t ending a complete segment
+        self.back: list[np.ndarray] = []   # its last segment's duration per state
+        self.committed: list[int] = []
+
+    def _best_ending_at(self, t: int, log_dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        durs = np.arange(1, min(self.max_d, t + 1) + 1)
+        start = t + 1 - durs
+        cum_t = self.cum[t + 1]
+        seg = cum_t[None, :] - np.stack([self.cum[s] for s in start])
+        prev = np.stack([self.log_prior if s == 0 else self.delta[s - 1][::-1] for s in start])
+        cand = prev + log_dur[:, :len(durs)].T + seg
+        return cand.max(0), cand.argmax(0) + 1
+
+    def _path(self, t: int) -> np.ndarray:
+        """The best labels of frames 0..t with the last segment unfinished."""
+        best, arg = self._best_ending_at(t, self.log_surv)
+        state = int(np.argmax(best))
+        labels = np.empty(t + 1, np.int64)
+        end, d = t, int(arg[state])
+        while end >= 0:
+            labels[end - d + 1:end + 1] = state
+            end -= d
+            state = 1 - state
+            if end >= 0:
+                d = int(self.back[end][state])
+        return labels
+
+    def push(self, prob) -> np.ndarray:
+        """Add frames; the labels newly committed (possibly none)."""
+        p = np.clip(np.asarray(prob, np.float64).reshape(-1), self.eps, 1.0 - self.eps)
+        for q in p:
+            emis = self.w * (np.log(np.array([1.0 - q, q])) - self.log_prior)
+            self.cum.append(self.cum[-1] + emis)
+            t = len(self.cum) - 2
+            best, arg = self._best_ending_at(t, self.log_dur)
+            self.delta.append(best)
+            self.back.append(arg)
+        n = len(self.delta)
+        upto = n - self.lag
+        if upto <= len(self.committed) or n == 0:
+            return np.zeros(0, np.int64)
+        new = self._path(n - 1)[len(self.committed):upto]
+        self.committed.extend(int(x) for x in new)
+        return new
+
+    def finish(self) -> np.ndarray:
+        """The labels of every frame not committed yet."""
+        if not self.delta or len(self.committed) == len(self.delta):
+            return np.zeros(0, np.int64)
+        new = self._path(len(self.delta) - 1)[len(self.committed):]
+        self.committed.extend(int(x) for x in new)
+        return new

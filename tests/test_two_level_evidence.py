@@ -286,3 +286,33 @@ def test_store_verify_names_the_video_and_array_of_a_corrupt_feature(tmp_path):
     np.save(path, arr[:10])                            # truncated: wrong shape
     with pytest.raises(StoreError, match=r"shape \[10, .*meta says \[30"):
         store.verify("p1/v1.mp4")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_online_fixed_lag_decoding_equals_offline_with_a_full_lag(seed):
+    """Streamed in chunks, the fixed-lag decoder with a lag as long as the stream gives the
+    offline semi-Markov decoding frame for frame; with a short lag every frame is still
+    decided exactly once and committed frames never change."""
+    from level2_conflict import hsmm
+    rng = np.random.default_rng(seed)
+    prior = hsmm.DurationPrior.fit([2.0, 3.0, 2.5, 4.0], [3.0, 5.0, 4.0, 6.0], 8.0)
+    fps, n = 10.0, 230
+    # posteriors with A/H-like runs plus noise
+    truth = (np.sin(np.arange(n) / 9.0 + seed) > 0.4).astype(float)
+    prob = np.clip(0.25 + 0.5 * truth + rng.normal(0, 0.2, n), 0.01, 0.99)
+    log_dur = np.asarray(prior.log_pmf(fps))
+    log_prior = np.log(np.array([0.8, 0.2]))
+    offline = np.asarray(hsmm.hsmm_decode(hsmm.log_post_from_prob(prob), log_dur, log_prior,
+                                          emission_weight=0.5))
+    full = hsmm.OnlineDecoder(log_dur, log_prior, lag=n, emission_weight=0.5)
+    got = [full.push(prob[i:i + 17]) for i in range(0, n, 17)] + [full.finish()]
+    assert sum(len(g) for g in got[:-1]) == 0              # nothing committed before the end
+    np.testing.assert_array_equal(np.concatenate(got), offline)
+    short = hsmm.OnlineDecoder(log_dur, log_prior, lag=20, emission_weight=0.5)
+    parts = [short.push(prob[i:i + 17]) for i in range(0, n, 17)]
+    assert sum(len(p) for p in parts) == n - 20             # all but the last lag frames
+    stream = np.concatenate(parts + [short.finish()])
+    assert len(stream) == n and set(np.unique(stream)) <= {0, 1}
+    assert np.mean(stream == offline) > 0.75               # a 2 s lag mostly agrees
+    with pytest.raises(ValueError, match="lag=-1"):
+        hsmm.OnlineDecoder(log_dur, log_prior, lag=-1)
