@@ -85,3 +85,11 @@ def apply_overrides(cfg: Any, args: Iterable[str]) -> Any:
 def to_dict(cfg: Any) -> dict:
     """A JSON-ready dict of a config tree."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """Whether a command line should show tracebacks: its ``--debug`` ``flag`` or
+    ``AHJAX_DEBUG=1`` (true, yes, on) in the environment. Every CLI asks this one function."""
+    import os
+    return flag or os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on")
+

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+from ahjax.config import debug_requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else default_store_dir(args.root, cfg)
         summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")))
     except (OSError, ValueError) as err:   # bad input: one line naming it, exit 2
-        if args.debug or os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+        if debug_requested(args.debug):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from ahjax.config import debug_requested
 
 
 def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> dict:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = predict(args.video, out, args.checkpoint)
     except (OSError, ValueError, MediaError) as err:   # bad input: one line, exit 2
-        if args.debug or os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+        if debug_requested(args.debug):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -110,12 +110,6 @@ def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
 FAILED = "FAILED.txt"   # written into a run folder whose experiment raised, with the error
 
 
-def debug_env() -> bool:
-    """True when ``AHJAX_DEBUG`` asks for tracebacks."""
-    import os
-    return os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on")
-
-
 def _join_values(args: list[str]) -> list[str]:
     """Accept ``--data.root PATH`` as well as ``--data.root=PATH``."""
     out, i = [], 0
@@ -162,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
     except (OSError, ValueError) as err:   # bad input (data, files, settings): one line, exit 2
-        if args.debug or debug_env():
+        if config_lib.debug_requested(args.debug):
             raise
         where = getattr(err, "run_dir", None)
         print(f"error: {err}", file=sys.stderr)

@@ -42,6 +42,7 @@ import yaml
 
 from ahjax.data import face_anim
 from ahjax.data.speech import synthesize
+from ahjax.config import debug_requested
 
 __all__ = ["DEMO_VERSION", "make_demo", "ensure_demo", "default_cache_dir", "QUESTIONS", "AH_KINDS"]
 
@@ -601,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = make_demo(args.out, seed=args.seed, participants=args.participants,
                          questions=args.questions, workers=args.workers)
     except (OSError, ValueError) as err:
-        if args.debug or os.environ.get("AHJAX_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+        if debug_requested(args.debug):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
