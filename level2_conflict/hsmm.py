@@ -237,17 +237,20 @@ class OnlineDecoder:
         rev = np.logaddexp.accumulate(self.log_dur[:, ::-1], axis=1)[:, ::-1]
         self.log_surv = rev
         self.lag, self.w, self.eps = int(lag), float(emission_weight), eps
-        self.cum = [np.zeros(2)]          # cumulative emissions, cum[t] = sum of frames < t
-        self.delta: list[np.ndarray] = []  # best score of frames 0..t ending a complete segment
-        self.back: list[np.ndarray] = []   # its last segment's duration per state
+        # Grown by doubling: cum[t] = summed emissions of frames < t; delta[t] = best score
+        # of frames 0..t ending a complete segment per state; back[t] its last duration.
+        self.n = 0
+        self.cum = np.zeros((1025, 2))
+        self.delta = np.zeros((1024, 2))
+        self.back = np.zeros((1024, 2), np.int64)
         self.committed: list[int] = []
 
     def _best_ending_at(self, t: int, log_dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         durs = np.arange(1, min(self.max_d, t + 1) + 1)
         start = t + 1 - durs
-        cum_t = self.cum[t + 1]
-        seg = cum_t[None, :] - np.stack([self.cum[s] for s in start])
-        prev = np.stack([self.log_prior if s == 0 else self.delta[s - 1][::-1] for s in start])
+        seg = self.cum[t + 1][None, :] - self.cum[start]
+        prev = np.where((start == 0)[:, None], self.log_prior[None, :],
+                        self.delta[np.maximum(start - 1, 0), ::-1])
         cand = prev + log_dur[:, :len(durs)].T + seg
         return cand.max(0), cand.argmax(0) + 1
 
@@ -268,14 +271,16 @@ class OnlineDecoder:
     def push(self, prob) -> np.ndarray:
         """Add frames; the labels newly committed (possibly none)."""
         p = np.clip(np.asarray(prob, np.float64).reshape(-1), self.eps, 1.0 - self.eps)
-        for q in p:
-            emis = self.w * (np.log(np.array([1.0 - q, q])) - self.log_prior)
-            self.cum.append(self.cum[-1] + emis)
-            t = len(self.cum) - 2
-            best, arg = self._best_ending_at(t, self.log_dur)
-            self.delta.append(best)
-            self.back.append(arg)
-        n = len(self.delta)
+        if self.n + len(p) > len(self.delta):
+            size = max(2 * len(self.delta), self.n + len(p))
+            self.cum = np.resize(self.cum, (size + 1, 2))
+            self.delta = np.resize(self.delta, (size, 2))
+            self.back = np.resize(self.back, (size, 2))
+        emis = self.w * (np.log(np.stack([1.0 - p, p], -1)) - self.log_prior)
+        self.cum[self.n + 1:self.n + 1 + len(p)] = self.cum[self.n] + np.cumsum(emis, 0)
+        for t in range(self.n, self.n + len(p)):   # each frame needs the scores before it
+            self.delta[t], self.back[t] = self._best_ending_at(t, self.log_dur)
+        self.n = n = self.n + len(p)
         upto = n - self.lag
         if upto <= len(self.committed) or n == 0:
             return np.zeros(0, np.int64)
@@ -285,8 +290,8 @@ class OnlineDecoder:
 
     def finish(self) -> np.ndarray:
         """The labels of every frame not committed yet."""
-        if not self.delta or len(self.committed) == len(self.delta):
+        if self.n == 0 or len(self.committed) == self.n:
             return np.zeros(0, np.int64)
-        new = self._path(len(self.delta) - 1)[len(self.committed):]
+        new = self._path(self.n - 1)[len(self.committed):]
         self.committed.extend(int(x) for x in new)
         return new
