@@ -228,17 +228,23 @@ def side_by_side(folder: str | Path, names, steps: int, batch: int, frames: int,
     return out
 
 
-def bench_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAMES) -> dict:
-    """Measurements of one registered model (see the module docstring)."""
-    entry = MODELS[name]
-    cfg = TrainConfig()  # the paper's SGD recipe
-    mesh = trainer_lib.make_mesh(0)
+def _batch(entry: BenchModel, batch: int, frames: int) -> dict:
+    """One random batch of ``entry``'s inputs with labels and a full mask."""
     data = entry.sample(np.random.default_rng(0), entry.dims, batch, frames)
     data["labels"] = np.random.default_rng(1).integers(0, 2, (batch, frames)).astype(np.int32)
     data["mask"] = np.ones((batch, frames), np.float32)
     # Every frame real, as in a full window; models that read ``valid`` (MT/JMT mask padded
     # keys with it, the two-level model pools with it) get it through their extra_inputs.
     data.setdefault("valid", np.ones((batch, frames), np.float32))
+    return data
+
+
+def bench_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAMES) -> dict:
+    """Measurements of one registered model (see the module docstring)."""
+    entry = MODELS[name]
+    cfg = TrainConfig()  # the paper's SGD recipe
+    mesh = trainer_lib.make_mesh(0)
+    data = _batch(entry, batch, frames)
     with PeakRSS() as mem:
         model = entry.build(dict(entry.dims), nnx.Rngs(params=0, dropout=1))
         params = fusion.param_count(model)
@@ -299,30 +305,23 @@ def profile_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAME
     entry = MODELS[name]
     cfg = TrainConfig()
     mesh = trainer_lib.make_mesh(0)
-    data = entry.sample(np.random.default_rng(0), entry.dims, batch, frames)
-    data["labels"] = np.random.default_rng(1).integers(0, 2, (batch, frames)).astype(np.int32)
-    data["mask"] = np.ones((batch, frames), np.float32)
-    data.setdefault("valid", np.ones((batch, frames), np.float32))
+    data = _batch(entry, batch, frames)
     model = entry.build(dict(entry.dims), nnx.Rngs(params=0, dropout=1))
     keys = trainer_lib.input_keys(model, tuple(entry.dims))
     opt = nnx.Optimizer(model, trainer_lib.make_optimizer(cfg, 1000), wrt=nnx.Param)
     graphdef, state = nnx.split((model, opt))
     on_device = trainer_lib._put(data, (*keys, "labels", "mask"), mesh)
 
-    def loss_of(state, batch):
-        model, _ = nnx.merge(graphdef, state)
+    def loss(model, batch):   # the train step's loss (aux loss weight 1, the default)
         logits, aux = model({k: batch[k] for k in keys}, train=True)
         ce, _ = trainer_lib.masked_cross_entropy(logits, batch["labels"], batch["mask"])
         return ce + jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
 
-    def grads_of(state, batch):
-        model, _ = nnx.merge(graphdef, state)
+    def loss_of(state, batch):
+        return loss(nnx.merge(graphdef, state)[0], batch)
 
-        def f(model):
-            logits, aux = model({k: batch[k] for k in keys}, train=True)
-            ce, _ = trainer_lib.masked_cross_entropy(logits, batch["labels"], batch["mask"])
-            return ce + jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
-        return nnx.grad(f)(model)
+    def grads_of(state, batch):
+        return nnx.grad(loss)(nnx.merge(graphdef, state)[0], batch)
 
     def update(state, grads):
         model, opt = nnx.merge(graphdef, state)
