@@ -11,6 +11,9 @@ Step 1, :func:`affect_tracks`: per modality a ``(..., n, 3)`` track of
 
 - face: ``face_desc`` valence/arousal (or, without ``face_desc``, expression probabilities
   mapped to circumplex coordinates, :data:`EXPR_CIRCUMPLEX`); confidence = ``face_present``.
+  Valence is read against the person's own baseline: ``tanh(0.7 z)`` of its z-score over
+  the sequence (``face_baseline="raw"`` keeps level 1's value), because a face's resting
+  look, not its expression, sets most of level 1's valence.
 - voice: arousal = tanh(0.7 energy_z + 0.3 pitch_z), valence proxy = tanh(0.7 pitch_z),
   with energy z-scored over the sequence's active frames (level 1 gives energy in its own
   units). The voice valence proxy is weak (raised pitch reads as brighter, lowered as
@@ -68,6 +71,10 @@ EXPR_CIRCUMPLEX = {
     "angry": (-0.6, 0.7), "disgust": (-0.7, 0.3), "fear": (-0.6, 0.7), "happy": (0.8, 0.5),
     "sad": (-0.7, -0.4), "surprise": (0.3, 0.8), "neutral": (0.0, 0.0),
 }
+#: Face valence is read against each sequence's own baseline by default (affect_tracks).
+FACE_BASELINE = "person"
+#: Floor on the face valence's standard deviation when it is z-scored (level-1 units).
+FACE_VALENCE_FLOOR = 0.05
 _TEXT_AROUSAL = ("nrc_anger", "nrc_anticipation", "nrc_fear", "nrc_joy", "nrc_surprise")
 _EPS = 1e-6
 
@@ -110,19 +117,32 @@ def _weighted_centre(x: Array, w: Array) -> Array:
     return x - mean
 
 
-def _weighted_z(x: Array, w: Array) -> Array:
+def _weighted_z(x: Array, w: Array, floor: float = 0.01) -> Array:
+    """``x`` centred and scaled by its ``w``-weighted standard deviation over axis -1,
+    the deviation floored at ``floor`` (a flat track is not blown up into noise)."""
     centred = _weighted_centre(x, w)
     var = jnp.sum(centred ** 2 * w, -1, keepdims=True) / (jnp.sum(w, -1, keepdims=True) + _EPS)
-    return centred / jnp.sqrt(var + 1e-4)
+    return centred / jnp.sqrt(var + floor ** 2)
 
 
-def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None) -> dict[str, Array]:
+def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
+                  face_baseline: str = FACE_BASELINE) -> dict[str, Array]:
     """Per-modality ``(..., n, 3)`` tracks of (valence, arousal, confidence).
 
     A modality whose arrays are missing gets zeros with confidence 0, so a face-only or
     text-only input still works (its pairs simply never fire). Confidence is multiplied by
     ``mask`` (``(..., n)``, default all ones).
+
+    ``face_baseline``: ``"person"`` (default) reads face valence against the sequence's own
+    baseline, ``tanh(0.7 z)`` with ``z`` the confidence-weighted z-score (deviation floored
+    at :data:`FACE_VALENCE_FLOOR`); ``"raw"`` keeps level 1's face valence as it is.
+    Level-1 face valence carries each face's resting look (on the demo it sits at
+    0.64-0.79 for frowns and smiles alike, so a frown never has negative valence); against
+    the person's baseline a frown reads negative and a smile positive, which is what the
+    opposite-sign and sign-change features need.
     """
+    if face_baseline not in ("person", "raw"):
+        raise ValueError(f"face_baseline must be 'person' or 'raw', got {face_baseline!r}")
     ref = _reference(tracks)
     shape = ref.shape[:-1]
     zeros = jnp.zeros(shape, jnp.float32)
@@ -143,6 +163,8 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None) -> dic
     if "face_present" in tracks:
         fc = fc * jnp.asarray(tracks["face_present"], jnp.float32)[..., 0]
     fc = fc * mask
+    if face_baseline == "person":
+        fv = jnp.tanh(0.7 * _weighted_z(fv, fc, FACE_VALENCE_FLOOR))
     out["face"] = (fv, _weighted_centre(fa, fc), fc)
 
     if "voice_prosody" in tracks:
@@ -208,15 +230,17 @@ def _stats(sums: Array, count: Array, w: int, wx: int, wxx: int | None = None):
 
 def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
                       mask: Array | None = None,
-                      scales: Sequence[float] = SCALES_S) -> dict[str, Array]:
+                      scales: Sequence[float] = SCALES_S, *,
+                      face_baseline: str = FACE_BASELINE) -> dict[str, Array]:
     """The six conflict feature groups, each ``(..., n, k_group)``.
 
     ``tracks``: level-1 arrays with frames on axis -2 (see module docstring);
     ``fps``: frames per second, a number or an array of the batch shape;
     ``mask``: ``(..., n)`` real-frame mask. Padded frames get all-zero features.
-    Columns: :func:`feature_columns` (``scales`` must match).
+    Columns: :func:`feature_columns` (``scales`` must match); ``face_baseline``: as in
+    :func:`affect_tracks`.
     """
-    affect = affect_tracks(tracks, mask)
+    affect = affect_tracks(tracks, mask, face_baseline=face_baseline)
     ref = affect["face"]
     batch_shape, n = ref.shape[:-2], ref.shape[-2]
     count = jnp.ones(batch_shape + (n,), jnp.float32) if mask is None else \

@@ -85,7 +85,7 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
     if valence is None and "face_expr" in tracks:
         # No descriptors: fall back to the expression-probability circumplex mapping.
         expr = {"face_expr": np.asarray(tracks["face_expr"])}
-        face = np.asarray(feats.affect_tracks(expr)["face"])
+        face = np.asarray(feats.affect_tracks(expr, face_baseline="raw")["face"])
         valence, arousal = face[:, 0], face[:, 1]
     if valence is not None:
         ax_face.plot(t, valence, color="#1f77b4", lw=1, label="valence")

@@ -82,7 +82,8 @@ def test_positive_text_negative_face_raises_face_text_disagreement():
         tracks = make_tracks(60)
         setcol(tracks, "face_desc", FACE_DESC, "valence", face_valence)
         setcol(tracks, "text_affect", TEXT_AFFECT, "sentiment", 0.8)
-        return feats.conflict_features(tracks, 10.0)
+        # Level 1's valence as it is (the person-baseline reading is tested below).
+        return feats.conflict_features(tracks, 10.0, face_baseline="raw")
 
     conflict, consistent = face_text(-0.7), face_text(0.7)
     # |-0.7 - 0.8| vs |0.7 - 0.8|; opposite signs only in the conflict.
@@ -92,6 +93,40 @@ def test_positive_text_negative_face_raises_face_text_disagreement():
     assert group_col(consistent, "face_text", "opp@2s").max() < 1e-6
     # The voice is neutral (valence 0), so no face-voice valence-sign conflict either way.
     assert group_col(conflict, "face_voice", "opp@2s").max() < 1e-6
+
+
+def test_face_valence_is_read_against_the_persons_own_baseline():
+    # A face whose resting valence is high (0.7): a smile lifts it to 0.8 and a frown, in
+    # the middle third, lowers it to 0.55; the words stay positive throughout.
+    n, fps = 90, 10.0
+    face = np.where((np.arange(n) >= 30) & (np.arange(n) < 60), 0.55, 0.8)
+
+    def features(offset, baseline="person"):
+        tracks = make_tracks(n)
+        setcol(tracks, "face_desc", FACE_DESC, "valence", face + offset)
+        setcol(tracks, "text_affect", TEXT_AFFECT, "sentiment", 0.8)
+        return feats.conflict_features(tracks, fps, face_baseline=baseline), tracks
+
+    person, tracks = features(0.0)
+    valence = np.asarray(feats.affect_tracks(tracks)["face"])[:, 0]
+    assert valence[45] < -0.3 and valence[10] > 0.2      # the frown reads negative
+    # ... so the frown under positive words is an opposite-sign face-text conflict, only
+    # there; on level 1's raw valence (positive everywhere) it never is.
+    opp = group_col(person, "face_text", "opp@0.5s")
+    assert opp[40:50].min() > 0.1 and opp[:25].max() < 1e-6 and opp[65:].max() < 1e-6
+    raw, _ = features(0.0, "raw")
+    assert group_col(raw, "face_text", "opp@0.5s").max() < 1e-6
+    # A face whose resting look is 0.1 lower gives the same features: only the
+    # person's own changes count.
+    shifted, _ = features(-0.1)
+    for group in feats.GROUPS:
+        np.testing.assert_allclose(shifted[group], person[group], atol=2e-3)
+    # A face that never moves stays at valence 0 instead of having its noise blown up.
+    still = make_tracks(n)
+    setcol(still, "face_desc", FACE_DESC, "valence", 0.7 + 0.001 * np.sin(np.arange(n)))
+    assert np.abs(np.asarray(feats.affect_tracks(still)["face"])[:, 0]).max() < 0.02
+    with pytest.raises(ValueError, match="face_baseline must be 'person' or 'raw'"):
+        feats.affect_tracks(tracks, face_baseline="video")
 
 
 def test_text_confidence_gates_face_text():
@@ -111,7 +146,8 @@ def test_within_face_flip_depends_on_time_scale():
     setcol(flicker, "face_desc", FACE_DESC, "valence", np.where(np.arange(n) // 2 % 2, 0.8, -0.8))
     steady = make_tracks(n)
     setcol(steady, "face_desc", FACE_DESC, "valence", 0.8)
-    fs, ff, fc = (feats.conflict_features(t, fps) for t in (step, flicker, steady))
+    fs, ff, fc = (feats.conflict_features(t, fps, face_baseline="raw")
+                  for t in (step, flicker, steady))
 
     for scale in ("0.5s", "2s", "4s"):  # a step is a flip at every scale, at the step only
         flip = group_col(fs, "within_face", f"vflip@{scale}")
