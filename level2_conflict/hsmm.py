@@ -192,6 +192,124 @@ def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
     return labels
 
 
+def duration_log_probs(shape: Array, scale_s: Array, fps: Array, n: int, *, max_s: float,
+                       floor: float = 1e-3) -> tuple[Array, Array]:
+    """:meth:`DurationPrior.log_pmf` in JAX, for per-window frame rates, cut at ``n``.
+
+    ``shape``, ``scale_s`` (2,) gamma parameters in seconds (not A/H, A/H); ``fps`` any
+    batch shape; returns ``(log_pmf, log_surv)``, each ``fps.shape + (2, n)``: the log-pmf
+    of durations 1..n frames and the log survival ``log P(D >= d)`` of the whole
+    distribution (durations up to ``ceil(max_s * fps)``), so a window of ``n`` frames
+    needs nothing longer. Durations beyond ``ceil(max_s * fps)`` get about -1e9.
+    """
+    fps = jnp.asarray(fps, jnp.float32)[..., None, None]                    # (..., 1, 1)
+    shape = jnp.asarray(shape, jnp.float32)[:, None]                        # (2, 1)
+    scale = jnp.asarray(scale_s, jnp.float32)[:, None]
+    max_d = jnp.maximum(jnp.ceil(max_s * fps), 1.0)
+    d = jnp.arange(1, n + 1, dtype=jnp.float32)                             # (n,)
+    cdf = lambda frames: jax.scipy.special.gammainc(shape, frames / fps / scale)  # noqa
+    total = cdf(max_d)
+    inside = d <= max_d
+    pmf = (1.0 - floor) * (cdf(d) - cdf(d - 1)) / total + floor / max_d
+    surv = (1.0 - floor) * (total - cdf(d - 1)) / total + floor * (max_d - d + 1) / max_d
+    never = jnp.float32(-1e9)
+    log = lambda x: jnp.where(inside, jnp.log(jnp.maximum(x, 1e-30)), never)  # noqa
+    return log(pmf), log(surv)
+
+
+def segment_log_partition(unary: Array, log_dur: Array, allowed: Array | None = None,
+                          log_surv: Array | None = None) -> Array:
+    """Log of the sum over alternating segmentations of a window, semi-Markov forward.
+
+    ``unary`` (B, W, 2) per-frame scores of the two states; ``log_dur`` (2, max_d) or, per
+    window, (B, 2, max_d) duration log-pmfs; ``allowed`` (B, W, 2) bool, the states a
+    frame may take (default: both); ``log_surv`` like ``log_dur``, the survival (default:
+    from ``log_dur``; pass it when ``log_dur`` is cut short of its distribution's end).
+    A segmentation scores the sum of its frames' unaries plus one duration term per
+    segment: ``log P(D = d)`` for a segment inside the window and the survival
+    ``log P(D >= d)`` for one cut by either end (a training window cuts the segments it
+    starts and ends in; a segment spanning the whole window is cut by both). Segments are
+    1..max_d frames. Returns (B,); ``-inf``-like (about -1e9) when nothing is allowed.
+    One ``lax.scan`` over frames with a ring buffer of the last ``max_d`` segment-end
+    scores, as :func:`hsmm_decode`, with log-sum-exp in place of max: differentiable, so
+    it trains a model with the duration structure (:func:`semi_markov_nll`).
+    """
+    unary = jnp.asarray(unary, jnp.float32)
+    b, w, _ = unary.shape
+    log_dur = jnp.broadcast_to(jnp.asarray(log_dur, jnp.float32),
+                               (b,) + jnp.shape(log_dur)[-2:])               # (B, 2, D)
+    if log_surv is None:
+        log_surv = jax.lax.cumlogsumexp(log_dur, axis=2, reverse=True)
+    log_surv = jnp.broadcast_to(jnp.asarray(log_surv, jnp.float32), log_dur.shape)
+    # A window of w frames holds no segment longer than w.
+    log_dur, log_surv = log_dur[..., :w], log_surv[..., :w]
+    max_d = log_dur.shape[-1]
+    if allowed is None:
+        allowed = jnp.ones(unary.shape, bool)
+    # Forbidden frames are counted, not set to -inf, so differences of cumulative sums
+    # stay finite (inf - inf would be NaN) and the unaries keep their precision.
+    zero = jnp.zeros((b, 1, 2))
+    cum = jnp.concatenate([zero, jnp.cumsum(unary, 1)], 1)                     # (B, W+1, 2)
+    bad = jnp.concatenate([zero, jnp.cumsum(1.0 - allowed.astype(jnp.float32), 1)], 1)
+    durs = jnp.arange(1, max_d + 1)
+    never = jnp.float32(-1e9)
+
+    pmf_t, surv_t = jnp.swapaxes(log_dur, 1, 2), jnp.swapaxes(log_surv, 1, 2)  # (B, D, 2)
+
+    def forward(buf, t):
+        # buf[:, i, s]: log-sum of frames 0..t-2-i ending with a complete s segment.
+        # Scores of the segment covering frames t-d..t-1, for d = 1..max_d: (B, D, 2).
+        start = t - durs
+        idx = jnp.clip(start, 0, w)
+        forbidden = (bad[:, t][:, None] - bad[:, idx]) > 0.5
+        ok = (start >= 0)[None, :, None] & ~forbidden
+        seg = jnp.where(ok, cum[:, t][:, None] - cum[:, idx], never)
+        # A segment starting the window is cut on its left (survival, no predecessor).
+        from_start = (start == 0)[None, :, None]
+        prev = jnp.where(from_start, 0.0, buf[:, :, ::-1])
+        inner = seg + prev + jnp.where(from_start, surv_t, pmf_t)
+        # The same frames as the window's last segment, cut on its right: survival.
+        last = seg + prev + surv_t
+        alpha = jax.nn.logsumexp(inner, axis=1)                               # (B, 2)
+        final = jax.nn.logsumexp(last, axis=1)
+        return jnp.concatenate([alpha[:, None], buf[:, :-1]], 1), final
+
+    buf0 = jnp.full((b, max_d, 2), never)
+    buf, finals = jax.lax.scan(forward, buf0, jnp.arange(1, w + 1))
+    return jax.nn.logsumexp(finals[-1], axis=-1)
+
+
+def semi_markov_nll(score: Array, labels: Array, valid: Array, log_dur: Array,
+                    log_surv: Array | None = None) -> Array:
+    """Semi-Markov CRF loss of frame scores: mean over labelled frames of
+    ``log Z - log Z(labels)``.
+
+    ``score`` (B, W) the model's A/H score (logit), read as unaries ``(-score/2,
+    score/2)`` for (not A/H, A/H), the same split as the model's two logits; ``labels``
+    (B, W) 0/1, or -1 where unlabelled (either state allowed there); ``valid`` (B, W) real
+    frames (padding takes unary 0 and either state); ``log_dur`` (2, max_d) duration
+    log-pmfs at the windows' frame rate. ``log Z`` sums over every segmentation of the
+    window, ``log Z(labels)`` over those that agree with the labels
+    (:func:`segment_log_partition`), so the loss is the negative log-likelihood of the
+    labelled frames under the segment model. Windows without a labelled frame add 0.
+    """
+    score = jnp.asarray(score, jnp.float32) * jnp.asarray(valid, jnp.float32)
+    unary = jnp.stack([-score / 2, score / 2], -1)
+    labels = jnp.asarray(labels)
+    labelled = (labels >= 0) & (jnp.asarray(valid) > 0)
+    allowed = jnp.stack([~labelled | (labels == 0), ~labelled | (labels == 1)], -1)
+    # Both partitions in one scan: the window twice, free and constrained.
+    b = unary.shape[0]
+    both = lambda x: None if x is None else jnp.concatenate(  # noqa: E731
+        [jnp.broadcast_to(x, (b,) + jnp.shape(x)[-2:])] * 2)
+    log_z = segment_log_partition(
+        jnp.concatenate([unary, unary]), both(log_dur),
+        jnp.concatenate([jnp.ones_like(allowed), allowed]), both(log_surv))
+    nll = log_z[:b] - log_z[b:]
+    n = jnp.sum(labelled)
+    return jnp.sum(jnp.where(jnp.any(labelled, 1), nll, 0.0)) / jnp.maximum(n, 1)
+
+
 def median_filter(x, k: int, axis: int = 0) -> np.ndarray:
     """Running median of width ``k`` (odd) along ``axis``, edges replicated.
 

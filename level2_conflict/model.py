@@ -34,6 +34,7 @@ from flax import nnx
 
 from level1_affect.schema import ARRAYS
 from level2_conflict import features as feats
+from level2_conflict import hsmm
 
 Array = jax.Array
 
@@ -80,6 +81,11 @@ class TwoLevelConfig:
     # Keep the joint-coverage columns (conf@S: both modalities present) in the cross-modal
     # groups; without them a cross-modal term can only read disagreement, not presence.
     cross_coverage: bool = True
+    # Weight of the semi-Markov CRF loss (hsmm.semi_markov_nll: the labelled frames'
+    # likelihood under the duration prior), added to the frame loss when the batch
+    # carries "labels", "log_dur" and "log_surv" (multirun.train_runs does, given
+    # duration priors). 0: frame cross-entropy only, the prior used in decoding alone.
+    crf_weight: float = 0.0
 
     def __post_init__(self):
         if not (self.use_cross or self.use_within):
@@ -88,6 +94,8 @@ class TwoLevelConfig:
         if self.hidden < 1 or self.n_blocks < 1 or self.kernel < 1:
             raise ValueError(f"TwoLevelConfig: hidden ({self.hidden}), n_blocks "
                              f"({self.n_blocks}) and kernel ({self.kernel}) must be >= 1")
+        if not self.crf_weight >= 0.0:
+            raise ValueError(f"TwoLevelConfig: crf_weight must be >= 0, got {self.crf_weight}")
         for name in ("dropout", "group_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"TwoLevelConfig: {name} must be in [0, 1), got "
@@ -284,6 +292,9 @@ class TwoLevelModel(nnx.Module):
         if "cues" in inputs:
             losses.append(self.cfg.cue_weight * self.cue_loss(
                 contributions, inputs["cues"], inputs.get("cue_mask", mask)))
+        if self.cfg.crf_weight > 0 and all(k in inputs for k in ("labels", "log_dur")):
+            losses.append(self.cfg.crf_weight * hsmm.semi_markov_nll(
+                score, inputs["labels"], mask, inputs["log_dur"], inputs.get("log_surv")))
         if self.cfg.remainder_l2 > 0 and self.remainder is not None:
             losses.append(self.cfg.remainder_l2 * jnp.sum(remainder ** 2 * mask)
                           / jnp.maximum(jnp.sum(mask), 1.0))

@@ -40,6 +40,8 @@ from ahjax.data.windows import window_starts
 from ahjax.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
                                  masked_cross_entropy)
 from level2_conflict import features as feats
+from level2_conflict import hsmm
+from level2_conflict.hsmm import DurationPrior
 from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
 
 # Level-1 tracks the conflict features are computed from (raw level-1 units).
@@ -61,8 +63,8 @@ class Slot:
 class Bank:
     """Level-2 inputs of many videos, frames end to end.
 
-    ``arrays``: name (feature group or ``AFFECT_KEYS`` value, and ``cues`` when present)
-    -> (T, k) float32; ``valid`` (T,) 1 on real frames; ``labels`` (T,) int (-1 where
+    ``arrays``: name (feature group or ``AFFECT_KEYS`` value, ``fps`` (each frame's video
+    frame rate) and ``cues`` when present) -> (T, k) float32; ``valid`` (T,) 1 on real frames; ``labels`` (T,) int (-1 where
     unlabelled or padding); ``slots``: video id -> :class:`Slot`. Each video's block is at
     least ``min_block`` frames (zero-padded), so a window never reads another video.
     """
@@ -126,6 +128,7 @@ def build_bank(store: FeatureStore, video_ids: Sequence[str], *, min_block: int,
             arrays = video_inputs(tracks, float(meta["fps"]))
         except ValueError as err:
             raise ValueError(f"{vid}: {err}") from None
+        arrays["fps"] = np.full((n, 1), float(meta["fps"]), np.float32)
         if use_cues:
             arrays["cues"] = np.asarray(store.read(vid, "cues"), np.float32).reshape(n, -1)
         block = max(n, min_block)
@@ -275,16 +278,31 @@ def _init(model_cfg: TwoLevelConfig, seeds: Sequence[int]):
 
 
 def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
-               cfg: MultiConfig = MultiConfig(), *, desc: str = "two_level") -> Trained:
+               cfg: MultiConfig = MultiConfig(), *, desc: str = "two_level",
+               durations: Sequence[DurationPrior] | None = None) -> Trained:
     """Train every run of ``runs`` with ``model_cfg`` as one vmapped program.
 
     Each run samples only its own ``train`` windows, validates every ``cfg.eval_every``
     epochs on its own ``val`` videos (frame AP) and keeps its best epoch's parameters.
+    With ``model_cfg.crf_weight > 0``, ``durations`` gives each run's duration prior
+    (fitted on its own training videos, in seconds), turned into frames per window with
+    the window's video frame rate for the semi-Markov CRF loss.
     Raises :class:`NonFiniteLossError` naming the runs whose loss stops being finite.
     """
     runs = list(runs)
     if not runs:
         raise ValueError("train_runs: no runs")
+    crf = None
+    if model_cfg.crf_weight > 0:
+        if durations is None or len(durations) != len(runs):
+            raise ValueError("train_runs: crf_weight > 0 needs one duration prior per run "
+                             f"(durations=), got {None if durations is None else len(durations)}"
+                             f" for {len(runs)} runs")
+        if len({(d.max_s, d.floor) for d in durations}) != 1:
+            raise ValueError("train_runs: the runs' duration priors must share max_s and floor")
+        crf = {"shape": jnp.asarray([d.shape for d in durations], jnp.float32),
+               "scale_s": jnp.asarray([d.scale_s for d in durations], jnp.float32),
+               "max_s": float(durations[0].max_s), "floor": float(durations[0].floor)}
     for run in runs:
         if not run.train:
             raise ValueError(f"run {run.name!r} has no training videos")
@@ -299,7 +317,11 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     tx = make_optimizer(cfg.train, steps * cfg.train.epochs)
     opt_state = jax.vmap(tx.init)(params)
     dbank = bank.device
-    epoch_fn = _epoch_fn(graphdef, tx, keys, cfg.window)
+    epoch_fn = _epoch_fn(graphdef, tx, keys, cfg.window,
+                         None if crf is None else (crf["max_s"], crf["floor"]),
+                         model_cfg.fps)
+    dur_params = ((crf["shape"], crf["scale_s"]) if crf is not None else
+                  (jnp.ones((len(runs), 2)), jnp.ones((len(runs), 2))))
 
     best = (params, rest)
     best_ap = np.full(len(runs), -np.inf)
@@ -311,7 +333,8 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
                disable=not cfg.progress, leave=False)
     for epoch in bar:
         idx = _epoch_indices(per_run, [r.seed for r in runs], epoch, cfg.batch_size)
-        params, rest, opt_state, losses = epoch_fn(params, rest, opt_state, dbank, idx)
+        params, rest, opt_state, losses = epoch_fn(params, rest, opt_state, dbank, idx,
+                                                   dur_params)
         losses = np.asarray(losses)                   # (steps, R)
         bad = [runs[r].name for r in np.flatnonzero(~np.isfinite(losses).all(0))]
         if bad:
@@ -343,19 +366,28 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     return Trained(graphdef, best[0], best[1], runs, keys, history, best_epochs)
 
 
-def _epoch_fn(graphdef, tx, keys: tuple, window: int):
-    """The jitted epoch: ``lax.scan`` over steps of the vmapped single-run step."""
+def _epoch_fn(graphdef, tx, keys: tuple, window: int, crf: tuple | None = None,
+              default_fps: float = 24.0):
+    """The jitted epoch: ``lax.scan`` over steps of the vmapped single-run step.
+    ``crf``: ``(max_s, floor)`` of the runs' duration priors when the batch must carry
+    what the semi-Markov CRF loss needs (labels and per-window duration log-probs)."""
 
     def loss_fn(model, inputs, labels, mask):
         logits, aux = model(inputs, train=True)
         loss, _ = masked_cross_entropy(logits, labels, mask)
         return loss + aux["aux_loss"] if "aux_loss" in aux else loss
 
-    def run_step(p, s, o, starts, arrays, valid, labels):
+    def run_step(p, s, o, starts, dur_shape, dur_scale, arrays, valid, labels):
         frames = starts[:, None] + jnp.arange(window)[None, :]          # (B, W)
         inputs = _model_inputs(arrays, valid, frames, keys)
         lab = jnp.take(labels, frames, mode="clip")
         mask = (lab >= 0).astype(jnp.float32) * inputs["valid"]
+        if crf is not None:
+            fps = (jnp.take(arrays["fps"][:, 0], starts, mode="clip") if "fps" in arrays
+                   else jnp.full(starts.shape, default_fps, jnp.float32))
+            inputs["log_dur"], inputs["log_surv"] = hsmm.duration_log_probs(
+                dur_shape, dur_scale, fps, window, max_s=crf[0], floor=crf[1])
+            inputs["labels"] = jnp.where(inputs["valid"] > 0, lab, -1)
         # nnx.value_and_grad, so dropout may advance its RNG count inside the trace.
         model = nnx.merge(graphdef, p, s)
         loss, grads = nnx.value_and_grad(loss_fn)(model, inputs, lab, mask)
@@ -363,13 +395,13 @@ def _epoch_fn(graphdef, tx, keys: tuple, window: int):
         return optax.apply_updates(p, updates), nnx.state(model, nnx.Not(nnx.Param)), o, loss
 
     @jax.jit
-    def epoch(params, rest, opt_state, dbank, idx):
+    def epoch(params, rest, opt_state, dbank, idx, dur_params):
         arrays, valid, labels = dbank
 
         def body(carry, starts):
             p, s, o = carry
-            p, s, o, loss = jax.vmap(run_step, in_axes=(0, 0, 0, 0, None, None, None))(
-                p, s, o, starts, arrays, valid, labels)
+            p, s, o, loss = jax.vmap(run_step, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))(
+                p, s, o, starts, *dur_params, arrays, valid, labels)
             return (p, s, o), loss
 
         (params, rest, opt_state), losses = jax.lax.scan(body, (params, rest, opt_state), idx)

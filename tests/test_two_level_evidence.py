@@ -316,3 +316,98 @@ def test_online_fixed_lag_decoding_equals_offline_with_a_full_lag(seed):
     assert np.mean(stream == offline) > 0.75               # a 2 s lag mostly agrees
     with pytest.raises(ValueError, match="lag=-1"):
         hsmm.OnlineDecoder(log_dur, log_prior, lag=-1)
+
+
+# ------------------------------------------------------------------ semi-Markov CRF loss
+
+def _brute_log_partition(unary, log_dur, allowed):
+    """log-sum over every labelling of the window, scored as segment_log_partition says:
+    survival for the segments the window cuts (first and last), pmf for inner ones."""
+    import itertools
+    n, max_d = unary.shape[0], log_dur.shape[1]
+    log_surv = np.log(np.cumsum(np.exp(log_dur)[:, ::-1], 1)[:, ::-1])
+    scores = []
+    for lab in itertools.product((0, 1), repeat=n):
+        if not all(allowed[t, lab[t]] for t in range(n)):
+            continue
+        runs, a = [], 0
+        for t in range(1, n + 1):
+            if t == n or lab[t] != lab[a]:
+                runs.append((lab[a], t - a))
+                a = t
+        if any(d > max_d for _, d in runs):
+            continue
+        score = sum(unary[t, lab[t]] for t in range(n))
+        for j, (y, d) in enumerate(runs):
+            cut = j == 0 or j == len(runs) - 1
+            score += log_surv[y, d - 1] if cut else log_dur[y, d - 1]
+        scores.append(score)
+    return np.logaddexp.reduce(scores) if scores else -np.inf
+
+
+def test_semi_markov_partition_matches_enumeration():
+    rng = np.random.default_rng(0)
+    for n, max_d in ((1, 1), (5, 2), (7, 4), (7, 7)):
+        unary = rng.normal(size=(n, 2)).astype(np.float32)
+        log_dur = np.log(rng.dirichlet(np.ones(max_d), size=2)).astype(np.float32)
+        allowed = np.ones((n, 2), bool)
+        free = float(hsmm.segment_log_partition(unary[None], log_dur)[0])
+        np.testing.assert_allclose(free, _brute_log_partition(unary, log_dur, allowed), rtol=1e-5)
+        allowed[rng.integers(n), 0] = False            # one frame must be A/H
+        allowed[rng.integers(n), 1] = False            # one (maybe the same) must not
+        got = float(hsmm.segment_log_partition(unary[None], log_dur, allowed[None])[0])
+        want = _brute_log_partition(unary, log_dur, allowed)
+        if np.isfinite(want):
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+        else:
+            assert got < -1e8
+
+
+def test_duration_log_probs_equal_the_prior_at_each_frame_rate():
+    prior = hsmm.DurationPrior((2.0, 4.0), (3.0, 1.0), max_s=6.0)
+    fps = np.asarray([10.0, 24.0], np.float32)
+    log_pmf, log_surv = hsmm.duration_log_probs(np.asarray(prior.shape),
+                                                np.asarray(prior.scale_s), fps, 100,
+                                                max_s=prior.max_s, floor=prior.floor)
+    assert log_pmf.shape == (2, 2, 100)
+    for i, f in enumerate(fps):
+        ref = prior.log_pmf(float(f))                    # (2, ceil(6 fps))
+        d = min(ref.shape[1], 100)
+        np.testing.assert_allclose(np.asarray(log_pmf[i, :, :d]), ref[:, :d], atol=2e-3)
+        surv = np.cumsum(np.exp(ref)[:, ::-1], 1)[:, ::-1]
+        np.testing.assert_allclose(np.exp(np.asarray(log_surv[i, :, :d])), surv[:, :d],
+                                   atol=1e-5)
+        assert np.all(np.asarray(log_pmf[i, :, d:]) < -1e8)   # beyond max_s: impossible
+
+
+def test_semi_markov_loss_pushes_scores_towards_the_labels_and_skips_unlabelled():
+    log_dur = np.log(np.full((2, 8), 1 / 8, np.float32))
+    labels = np.asarray([[0, 0, -1, 1, 1, 1, 0, 0]])
+    valid = np.ones((1, 8), np.float32)
+    grad = np.asarray(jax.grad(lambda s: hsmm.semi_markov_nll(s, labels, valid, log_dur))(
+        np.zeros((1, 8), np.float32)))[0]
+    assert np.all(grad[[3, 4, 5]] < 0) and np.all(grad[[0, 1, 6, 7]] > 0)
+    # A window without any labelled frame adds nothing.
+    none = hsmm.semi_markov_nll(np.ones((1, 8)), np.full((1, 8), -1), valid, log_dur)
+    assert float(none) == 0.0
+    # A perfect, confident score has (nearly) no loss left; the opposite one a large loss.
+    good = hsmm.semi_markov_nll(np.where(labels == 1, 20.0, -20.0), labels, valid, log_dur)
+    bad = hsmm.semi_markov_nll(np.where(labels == 1, -20.0, 20.0), labels, valid, log_dur)
+    assert float(good) < 0.05 < 5.0 < float(bad)
+
+
+def test_runs_train_with_the_semi_markov_loss_given_duration_priors():
+    bank = _bank(4)
+    run = multirun.Run("a", 0, ("v0", "v1", "v2"), ("v3",), ("v3",))
+    crf = dataclasses.replace(SMALL, crf_weight=1.0)
+    with pytest.raises(ValueError, match="one duration prior per run"):
+        multirun.train_runs(crf, bank, [run], MULTI)
+    prior = hsmm.DurationPrior((1.5, 6.0), (3.0, 0.5), max_s=8.0)
+    trained = multirun.train_runs(crf, bank, [run], MULTI, durations=[prior])
+    plain = multirun.train_runs(SMALL, bank, [run], MULTI, durations=[prior])
+    losses = [h["loss"][0] for h in trained.history]
+    assert all(np.isfinite(losses))
+    # The CRF term is added to the frame loss: same seed and data, a different loss.
+    assert losses[0] != plain.history[0]["loss"][0]
+    with pytest.raises(ValueError, match="crf_weight must be >= 0"):
+        TwoLevelConfig(crf_weight=-1.0)
