@@ -79,7 +79,8 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
                              gridspec_kw={"height_ratios": ratios})
     ax_face, ax_voice, ax_text, ax_contrib, ax_prob, ax_seg = axes
 
-    # Face: valence and arousal as level 1 gave them; grey where no face was found.
+    # Face: valence and arousal as level 1 gave them, and the valence level 2 reads;
+    # grey where no face was found.
     valence = _column(tracks, "face_desc", FACE_DESC, "valence", n)
     arousal = _column(tracks, "face_desc", FACE_DESC, "arousal", n)
     if valence is None and "face_expr" in tracks:
@@ -88,8 +89,14 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
         face = np.asarray(feats.affect_tracks(expr, face_baseline="raw")["face"])
         valence, arousal = face[:, 0], face[:, 1]
     if valence is not None:
-        ax_face.plot(t, valence, color="#1f77b4", lw=1, label="valence")
+        ax_face.plot(t, valence, color="#1f77b4", lw=1, alpha=0.45, label="valence (level 1)")
         ax_face.plot(t, arousal, color="#ff7f0e", lw=1, label="arousal")
+        # What level 2 reads: valence against the person's own baseline.
+        face_keys = [k for k in ("face_present", "face_desc", "face_expr") if k in tracks]
+        relative = np.asarray(feats.affect_tracks(
+            {k: np.asarray(tracks[k], np.float32).reshape(n, -1) for k in face_keys})["face"])
+        ax_face.plot(t, relative[:, 0], color="#08306b", lw=1.2,
+                     label="valence vs own baseline (level 2)")
     present = _column(tracks, "face_present", ("face_present",), "face_present", n)
     if present is not None:
         _shade(ax_face, t, present < 0.5, "grey", "no face")
