@@ -7,8 +7,9 @@ RAF-DB or FER2013 exported to images are laid out) and is skipped when none is g
 
 - :class:`EmotionFolder` + :func:`image_dataset`: a grain pipeline with random flips and
   scale-jittered crops.
-- :func:`fit`: cross-entropy with optax, one jitted NNX step, an orbax checkpoint per epoch
-  (resumable), and the best epoch kept when a validation score is given.
+- :func:`fit`: cross-entropy with optax, one jitted NNX step, epochs run by the shared
+  engine (:mod:`ahjax.train.engine`), an orbax checkpoint per epoch (resumable), and the
+  best epoch kept when a validation score is given.
 - :func:`video_face_crops`: aligned face crops of a BAH-layout video (``FaceEncoder``),
   resized and cached on disk; :func:`frame_items` picks labelled frames with negative
   undersampling; :class:`CropFrames` reads them back lazily for grain.
@@ -38,7 +39,9 @@ from flax import nnx
 from ahjax import assets
 from ahjax.data.store import FeatureStore
 from ahjax.train.checkpoint import Checkpointer
-from ahjax.train.trainer import NonFiniteLossError, TrainConfig, make_optimizer
+from ahjax.train import engine
+from ahjax.train.engine import NonFiniteLossError
+from ahjax.train.trainer import TrainConfig, make_optimizer
 from baselines.backbones import normalize_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -170,15 +173,24 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
         ) -> list[dict]:
     """Train ``model`` in place on ``source`` (items ``{"image", "label"}``); returns per-epoch records.
 
+    Epochs run through the project's one engine (:func:`ahjax.train.engine.run_epochs`).
     With ``workdir``, an orbax checkpoint per epoch goes to ``workdir/checkpoints`` and a
     run started again there resumes after its last finished epoch. With ``validate``
-    (model -> score, higher is better, e.g. validation AP) the best epoch's weights are
-    what the model holds at the end. Stops with ``NonFiniteLossError`` on a NaN loss.
+    (model -> score, higher is better, e.g. validation AP) the best epoch's weights (the
+    later epoch on a tie) are what the model holds at the end. A non-finite loss follows
+    ``cfg.optim.on_nonfinite``: ``"raise"`` raises :class:`NonFiniteLossError`, ``"stop"``
+    ends training and keeps the best epoch before it. Batches are split over
+    ``cfg.optim.num_devices`` devices of a ``data`` mesh (0: all), parameters replicated;
+    a last, smaller batch is padded with zero-weight rows to a multiple of the devices.
     """
     steps_per_epoch = math.ceil(len(source) / cfg.batch_size)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, steps_per_epoch * cfg.epochs),
                               wrt=nnx.Param)
-    cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+    mesh = engine.data_mesh(cfg.optim.num_devices)
+    n_dev = mesh.devices.size
+    nnx.update(model, engine.replicate(nnx.state(model), mesh))
+    nnx.update(optimizer, engine.replicate(nnx.state(optimizer, nnx.optimizer.OptState), mesh))
+    cw = None if class_weights is None else np.asarray(class_weights, np.float32)
     ckpt = Checkpointer(Path(workdir) / "checkpoints", best_metric="score") if workdir else None
     history, start = [], 0
     if ckpt is not None and ckpt.latest_step() is not None:
@@ -186,33 +198,58 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
         _restore_state(model, optimizer, state)
         history, start = list(meta["history"]), int(meta["epoch"]) + 1
         log(f"resumed after epoch {start - 1} from {ckpt.directory}")
-    for epoch in range(start, cfg.epochs):
+    in_memory: dict[int, dict] = {}   # without a checkpointer: the best epoch's state
+
+    def batches(epoch):
         if hasattr(source, "set_epoch"):   # sources that re-sample per epoch (video clips)
             source.set_epoch(epoch)
-        losses = []
         for batch in image_dataset(source, cfg, epoch, train=True):
-            labels = jnp.asarray(batch["label"], jnp.int32)
-            weights = jnp.ones(labels.shape, jnp.float32) if cw is None else cw[labels]
-            loss = float(train_step(model, optimizer, jnp.asarray(batch["image"]), labels,
-                                    weights))
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(f"loss {loss} at epoch {epoch}")
-            losses.append(loss)
-        record = {"epoch": epoch, "loss": float(np.mean(losses))}
-        if validate is not None:
-            record["score"] = float(validate(model))
-        history.append(record)
+            labels = np.asarray(batch["label"], np.int32)
+            weights = np.ones(labels.shape, np.float32) if cw is None else cw[labels]
+            images = np.asarray(batch["image"])
+            pad = -len(labels) % n_dev
+            if pad:
+                images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
+                                                          images.dtype)])
+                labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+                weights = np.concatenate([weights, np.zeros(pad, np.float32)])
+            yield engine.shard_batch({"image": images, "label": labels, "weight": weights},
+                                     mesh)
+
+    def step(batch, epoch):
+        return {"loss": train_step(model, optimizer, batch["image"], batch["label"],
+                                   batch["weight"])}
+
+    def end_epoch(record):
         log(json.dumps(record))
         if ckpt is not None:
-            ckpt.save(epoch, _saved_state(model, optimizer), {"epoch": epoch, "history": history},
-                      metrics={"score": record.get("score", -float(epoch))} if validate else None)
-    if ckpt is not None and validate is not None and history:
+            ckpt.save(record["epoch"], _saved_state(model, optimizer),
+                      {"epoch": record["epoch"], "history": history},
+                      metrics={"score": record.get("score", -float(record["epoch"]))}
+                      if validate else None)
+        elif validate is not None and engine.best_epoch(history) == record["epoch"]:
+            in_memory.clear()
+            in_memory[record["epoch"]] = jax.device_get(_saved_state(model, optimizer))
+
+    result = engine.run_epochs(
+        epochs=cfg.epochs, batches=batches, step=step, start_epoch=start, history=history,
+        validate=(lambda epoch: validate(model)) if validate is not None else None,
+        end_epoch=end_epoch, on_nonfinite=cfg.optim.on_nonfinite, desc="image training",
+        flush_every=steps_per_epoch)
+    history = result.history
+    if result.diverged:
+        if not history:
+            raise NonFiniteLossError(result.diverged)
+        log(f"training stopped: {result.diverged}; keeping the best epoch before it")
+    if ckpt is not None and (validate is not None or result.diverged) and history:
         # The checkpointer's best among the epochs it kept (the later one on a tie).
-        best = ckpt.best_step()
+        best = ckpt.best_step() if validate is not None else ckpt.latest_step()
         if best is None:   # restore(None) would quietly give the latest epoch instead
             raise RuntimeError(f"{ckpt.directory}: no scored checkpoint to restore")
         state, _ = ckpt.restore(best, _saved_state(model, optimizer))
         _restore_state(model, optimizer, state)
+    elif in_memory:
+        _restore_state(model, optimizer, next(iter(in_memory.values())))
     if ckpt is not None:
         ckpt.close()
     return history

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ahjax.train import engine
 from level1_affect import annomi
 
 LABELS = annomi.LABELS
@@ -278,22 +278,29 @@ def fit(enc: Encoded, votes: np.ndarray, config: TalkTypeConfig, minilm=None,
     rng = np.random.default_rng(config.seed)
     net.train()
     lengths = np.array([len(s) for s in enc.states])
-    for epoch in range(config.epochs):
-        t0 = time.perf_counter()
+    n_batches = -(-n // config.batch_size)
+
+    def batches(epoch):
         # Batches of similar length (little padding), visited in random order.
         order = np.argsort(lengths + rng.uniform(0, 8, n), kind="stable")
-        batches = [order[b:b + config.batch_size] for b in range(0, n, config.batch_size)]
-        total = 0.0
-        for i in rng.permutation(len(batches)):
-            idx = batches[i]
-            loss = train_step(net, optimizer, *enc.batch(idx), jnp.asarray(votes[idx]), weights)
-            total += float(loss) * len(idx)
-        if not np.isfinite(total):
-            raise FloatingPointError(f"talk-type training: non-finite loss in epoch {epoch + 1}")
+        chunks = [order[b:b + config.batch_size] for b in range(0, n, config.batch_size)]
+        for i in rng.permutation(len(chunks)):
+            yield chunks[i]
+
+    def step(idx, epoch):
+        return {"loss": train_step(net, optimizer, *enc.batch(idx), jnp.asarray(votes[idx]),
+                                   weights)}
+
+    def report(record):
         if progress:
             import sys
-            print(f"[talk_type {progress}] epoch {epoch + 1}/{config.epochs} loss "
-                  f"{total / n:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(f"[talk_type {progress}] epoch {record['epoch'] + 1}/{config.epochs} loss "
+                  f"{record['loss']:.4f} ({record['seconds']:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+    # The project's one epoch loop: a non-finite loss raises NonFiniteLossError.
+    engine.run_epochs(epochs=config.epochs, batches=batches, step=step, end_epoch=report,
+                      desc="talk-type training", flush_every=n_batches)
     net.eval()
     return TalkTypeModel(config, net, {"n_train": int(n)})
 

@@ -156,7 +156,7 @@ def test_shot_keeps_classifier_and_tent_moves_only_norms(problem):
     pos = np.arange(CFG.batch_size)
     batch = {"tgt": tgt.inputs(pos, 1), "tgt_y": tgt.labels[pos], "tgt_idx": pos.astype(np.int32)}
     mstate = shot.refresh(model, shot.init_state(model, None, tgt), None, tgt, 0)
-    state, _, _ = A._step(shot, graphdef, state, mstate, batch, jax.random.key(0))
+    state, _, _ = A.methods._step(shot, graphdef, state, mstate, batch, jax.random.key(0))
     adapted = nnx.merge(graphdef, state)[0]
     np.testing.assert_array_equal(adapted.classifier.kernel[...], model.classifier.kernel[...])
     assert not np.allclose(adapted.backbone.fc1.kernel[...], model.backbone.fc1.kernel[...])
@@ -253,7 +253,7 @@ def test_tcn_backbone_sees_its_own_video_past_only():
     x = rng.standard_normal((40, 3)).astype(np.float32)
     first = np.repeat([0, 20], 20)  # two videos of 20 frames
     model = A.make_net({"x": 3}, cfg)
-    assert A._under_norm(("backbone", "tcns", "x", "norm", "scale"), None)
+    assert A.networks._under_norm(("backbone", "tcns", "x", "norm", "scale"), None)
 
     def logits(arr):
         dom = A.Domain.from_arrays(arr, np.zeros(40), first)
@@ -388,7 +388,7 @@ def test_two_level_adaptation_moves_parameters_and_keeps_the_decomposition(two_l
     # Still a TwoLevelModel whose score is exactly the sum of its named parts, and the
     # adapted network's frame scores are the adapted model's on the whole video.
     assert _decomposition_error(adapted.model, raw_t) < 1e-5
-    logits, _ = A._forward(*nnx.split(adapted), target.inputs(np.arange(VIDEO, 2 * VIDEO),
+    logits, _ = A.networks._forward(*nnx.split(adapted), target.inputs(np.arange(VIDEO, 2 * VIDEO),
                                                               acfg.context))
     np.testing.assert_allclose(logits, _whole_video(adapted.model, raw_t, 1)[0][0], atol=1e-4)
 

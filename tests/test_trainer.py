@@ -395,6 +395,58 @@ def test_four_devices_match_one(tmp_path):
     assert got["ap"][0] == pytest.approx(got["ap"][1], abs=1e-4)
 
 
+ENGINE_MULTI = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    from flax import nnx
+    from baselines import adapt as A, backbones as bb, face_pretrain as fp
+    assert jax.device_count() == 4, jax.devices()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.normal(size=96) > 0).astype(np.int32)
+    source = A.Domain.from_arrays({"x": x}, y)
+    images = [{"image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+               "label": np.int32(i % 2)} for i in range(16)]
+    diffs, losses = {}, {}
+    for name in ("adapt", "image"):
+        params = {}
+        for n in (1, 4):
+            if name == "adapt":
+                # SGD: Adam would turn the float noise in gradients that are exactly zero in
+                # exact arithmetic (a Linear bias before BatchNorm) into full-size steps.
+                cfg = A.AdaptConfig(batch_size=16, source_epochs=2, num_devices=n,
+                                    optimizer="sgd", lr=0.05)
+                model, hist = A.fit(A.SourceTraining(cfg), A.make_net(source.dims, cfg, 0),
+                                    None, source, None, jax.random.key(0))
+            else:
+                cfg = fp.ImageTrainConfig(image_size=32, batch_size=8, epochs=2,
+                                          optim=fp.TrainConfig(optimizer="adam", lr=3e-3,
+                                                               weight_decay=0.0, num_devices=n))
+                model = bb.build_backbone("resnet18", 2, rngs=nnx.Rngs(0), **bb.TINY["resnet18"])
+                hist = fp.fit(model, images, cfg, None, log=lambda _: None)
+            params[n] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            losses.setdefault(name, []).append([h["loss"] for h in hist])
+        diffs[name] = max(jax.tree.leaves(jax.tree.map(
+            lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params[1], params[4])))
+    print(json.dumps({"param_diff": diffs, "loss": losses}))
+""")
+
+
+@pytest.mark.slow
+def test_adaptation_and_image_training_on_four_devices_match_one():
+    # The engine's data parallelism: the same training on 1 and 4 devices (batches split,
+    # parameters replicated, BatchNorm over the global batch) ends with the same weights.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", ENGINE_MULTI], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("adapt", "image"):
+        assert got["param_diff"][name] < 1e-4, (name, got)
+        np.testing.assert_allclose(got["loss"][name][0], got["loss"][name][1], rtol=1e-4)
+
+
 def test_concat_tcn_experiment_end_to_end(tmp_path):
     from experiments import concat_tcn
     root = tmp_path / "store"

@@ -22,6 +22,11 @@ functions of ``(seed, epoch)`` and the step, ends exactly where an uninterrupted
 :func:`train_or_reuse` wraps :func:`train` with a cache of finished trainings keyed by a
 content hash of the features, configs and code, for reference models an experiment
 retrains unchanged on every run.
+
+The pieces every training shares live in :mod:`ahjax.train.engine` (the data mesh, the
+non-finite error, the epoch loop the domain-adaptation and image trainings run through)
+and here (:func:`make_optimizer`); this loop adds what frame-level training needs beyond
+them: mid-epoch checkpoints and resumption at the exact step.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ from tqdm.auto import tqdm
 from ahjax import metrics as metrics_lib
 from ahjax.data import windows as win
 from ahjax.data.store import FeatureStore
+from ahjax.train import engine
 from ahjax.train.checkpoint import Checkpointer, load_params, save_params
+from ahjax.train.engine import NonFiniteLossError
 
 ModelFn = Callable[[Mapping[str, int], nnx.Rngs], nnx.Module]
 METRICS_FILE = "metrics.jsonl"
@@ -117,20 +124,13 @@ class TrainResult:
     diverged: str | None = None       # why training stopped early on NaN/inf, else None
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss, or the model's outputs on validation, became NaN or inf."""
-
-
 # ----------------------------------------------------------------------------------------
 # Pieces: mesh, optimiser, loss, steps.
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0)."""
-    devices = jax.devices()
-    n = len(devices) if num_devices <= 0 else num_devices
-    if n > len(devices):
-        raise ValueError(f"asked for {n} devices, only {len(devices)} available")
-    return Mesh(np.asarray(devices[:n]), ("data",))
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0): the
+    engine's :func:`~ahjax.train.engine.data_mesh`, which every training shares."""
+    return engine.data_mesh(num_devices)
 
 
 @functools.lru_cache(maxsize=16)

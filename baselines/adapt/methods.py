@@ -1,57 +1,10 @@
-"""Domain adaptation for personalisation: the methods of the BAH paper's Table 5.
-
-Every method works on the same network, :class:`AdaptNet` (a backbone that maps one frame,
-optionally with its causal context, to a feature vector ending in BatchNorm, then a linear
-classifier to 2 logits), and starts from the same source-trained weights. Any other network
-with the same interface works too (``level2_conflict.adapt.TwoLevelAdaptNet``, the two-level
-model, does): ``model(inputs, train=...) -> (logits (B, 2), {"features": (B, f)})``, a
-``classifier`` with ``kernel`` (f, 2) and ``bias`` (2,) such that ``logits = features @ kernel
-+ bias`` (T3A reads it), and optionally ``param_groups``, a dict naming which parameters a
-method trains where the defaults do not fit the network: ``"backbone"`` (SHOT: everything
-but the classifier; default :data:`BACKBONE_PARAMS`) and ``"norm"`` (Tent; default
-:data:`NORM_PARAMS`, the BatchNorm scales and biases). A method is a small frozen dataclass
-with two entry points:
-
-- ``adapt(model, source, target, val, key) -> model`` before testing (UDA, SFDA, Oracle);
-  ``target`` is the target's adapt part, *unlabelled* except for the Oracle.
-- ``predict(model, test, key) -> logits (n, 2)``; test-time methods adapt here, online,
-  batch by batch over the test stream, and score each batch as they see it.
-
-Methods (``METHODS``, name -> class; ``build_method(name, cfg)``):
-
-- ``source_only``: the source model as it is.
-- ``mmd`` (UDA): source CE + lambda * multi-kernel Gaussian MMD between source and target
-  features (5 kernels, multiplier 2, bandwidth from the mean pairwise squared distance).
-- ``acpl`` (UDA): progressive pseudo-labels from two augmented views of each target frame,
-  kept when their averaged confidence passes a threshold (0.90, minus 0.02 each round),
-  source CE + target CE on kept pseudo-labels + lambda * MMD. The public implementation
-  detaches the MMD term, which silently turns it off; here its gradient flows.
-- ``shot`` (SFDA): classifier frozen; information maximisation (mean entropy minus the
-  entropy of the mean prediction) + 0.3 x CE on centroid pseudo-labels (cosine distance,
-  two rounds of reassignment), refreshed every ``shot_refresh`` epochs.
-- ``nrc`` (SFDA): feature and score memory banks over the target; K=5 nearest neighbours
-  weighted 1 when reciprocal and 0.1 otherwise, KK=5 expanded neighbours at 0.1, plus
-  a diversity term.
-- ``oracle``: fine-tuned on the target's labelled adapt part (upper bound).
-- ``tent`` (TTA): entropy minimisation on the BatchNorm scale/bias with batch statistics
-  (on a network without BatchNorm, on its ``"norm"`` parameter group).
-- ``t3a`` (TTA): classifier replaced by prototypes from the lowest-entropy test features
-  seen so far (Iwasawa & Matsuo 2021); no text encoder needed.
-
-Not included: the CLIP-based test-time methods of the paper (TPT, TDA, DPE, PromptAlign,
-ReTA, T3AL, TTA-CaP, CLIP-AUTT). They need CLIP image and text weights, which are not
-available offline here. :class:`VisionLanguageEncoder` is the protocol such weights must
-satisfy and :class:`VisionLanguageTTA` the base class one of them would subclass.
-
-Model selection for training-based methods follows the paper's rule (docs/bah_format.md): the
-epoch with the best AP on the target's validation part (``select="last"`` turns it off).
-"""
+"""The methods (Table 5), their training through the shared engine, and test-time adaptation."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,265 +13,28 @@ import optax
 from flax import nnx
 
 from ahjax import metrics as metrics_lib
-
-Inputs = dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptConfig:
-    """Every hyperparameter of the network and of the adaptation methods."""
-    backbone: str = "mlp"              # mlp (frame-wise) | tcn (baselines.tcn over context)
-    context: int = 1                   # frames seen per prediction (causal); 1 for mlp
-    hidden: int = 64
-    feature_dim: int = 32
-    dropout: float = 0.0
-    tcn_channels: tuple[int, ...] = (64, 64, 32)   # every modality's TCN widths
-    optimizer: str = "adam"            # adam | sgd (momentum 0.9, Nesterov)
-    lr: float = 1e-3                   # source training and Oracle
-    adapt_lr: float = 5e-4             # MMD, ACPL, SHOT, NRC
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    eval_batch: int = 512
-    source_epochs: int = 20
-    source_steps: int = 0              # steps per source epoch; 0 = one pass over the source
-    epochs: int = 10                   # adaptation epochs (one pass over the adapt part each)
-    select: str = "val_ap"             # val_ap (paper) | last
-    mmd_weight: float = 1.0
-    mmd_kernels: int = 5
-    mmd_mul: float = 2.0
-    acpl_threshold: float = 0.90
-    acpl_step: float = 0.02
-    acpl_min_threshold: float = 0.5
-    acpl_target_weight: float = 1.0
-    acpl_noise: float = 0.2            # view augmentation: Gaussian noise (standardised units)
-    acpl_drop: float = 0.1             # ... and feature dropout
-    shot_ce_weight: float = 0.3
-    shot_refresh: int = 1              # epochs between centroid pseudo-label refreshes
-    nrc_k: int = 5
-    nrc_kk: int = 5
-    nrc_far_weight: float = 0.1        # non-reciprocal neighbours
-    nrc_expanded_weight: float = 0.1
-    nrc_diversity: float = 1.0
-    tta_batch: int = 64
-    tta_lr: float = 1e-3
-    tta_order: str = "shuffle"         # shuffle (Tent's i.i.d. protocol) | temporal
-    t3a_filter_k: int = 100            # supports kept per class
-    seed: int = 0
+from ahjax.train import engine
+from ahjax.train.trainer import TrainConfig, make_optimizer
+from baselines.adapt.config import AdaptConfig
+from baselines.adapt.domains import Domain
+from baselines.adapt.losses import cross_entropy, entropy, mmd
+from baselines.adapt.networks import (BACKBONE_PARAMS, NORM_PARAMS, AdaptNet, _forward, make_net,
+                                      predict_all)
 
 
-# ----------------------------------------------------------------------------------------
-# Data: frames of one domain.
-
-@dataclasses.dataclass(frozen=True)
-class Domain:
-    """The frames of one domain (or one part of it).
-
-    ``x`` maps modality -> (N, d) float32 rows and ``y`` holds (N,) labels (-1 = unknown);
-    ``first[i]`` is the row of the first frame of row i's video, so a causal context never
-    reaches into another video; ``rows`` are this domain's members. Parts of a target share
-    the arrays: a test frame's context may include (unlabelled) adapt frames before it.
-    """
-    x: Mapping[str, np.ndarray]
-    y: np.ndarray
-    first: np.ndarray
-    rows: np.ndarray
-    name: str = ""
-
-    @classmethod
-    def from_arrays(cls, x: Mapping[str, np.ndarray] | np.ndarray, y: np.ndarray,
-                    first: np.ndarray | None = None, name: str = "") -> "Domain":
-        """A domain of every row; a bare array becomes modality ``"x"``; one video by default."""
-        if not isinstance(x, Mapping):
-            x = {"x": x}
-        x = {m: np.asarray(v, np.float32) for m, v in x.items()}
-        n = len(np.asarray(y))
-        if any(v.ndim != 2 or v.shape[0] != n for v in x.values()):
-            raise ValueError(f"every modality must be (N={n}, d): {[v.shape for v in x.values()]}")
-        first = np.zeros(n, np.int64) if first is None else np.asarray(first, np.int64)
-        return cls(x, np.asarray(y, np.int32), first, np.arange(n), name)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def dims(self) -> dict[str, int]:
-        return {m: int(v.shape[1]) for m, v in self.x.items()}
-
-    @property
-    def labels(self) -> np.ndarray:
-        """(n,) labels of the members."""
-        return self.y[self.rows]
-
-    def part(self, positions: np.ndarray) -> "Domain":
-        """The members at ``positions`` (indices into this domain's rows)."""
-        return dataclasses.replace(self, rows=self.rows[np.asarray(positions, np.int64)])
-
-    def unlabelled(self) -> "Domain":
-        """The same frames with every label hidden (-1): what UDA/SFDA/TTA methods get."""
-        return dataclasses.replace(self, y=np.full_like(self.y, -1))
-
-    def inputs(self, positions: np.ndarray, context: int) -> dict[str, np.ndarray]:
-        """``{modality: (B, context, d)}`` of the members at ``positions``, context causal.
-
-        Before a video's first frame the first frame is repeated (the TCN is causal, so
-        this only affects the first ``context - 1`` frames of each video).
-        """
-        rows = self.rows[np.asarray(positions, np.int64)]
-        idx = rows[:, None] + np.arange(1 - context, 1)[None, :]
-        idx = np.maximum(idx, self.first[rows][:, None])
-        return {m: v[idx] for m, v in self.x.items()}
-
-
-# ----------------------------------------------------------------------------------------
-# The network every method shares.
-
-def _under_norm(path: tuple, value: Any) -> bool:
-    """True inside a BatchNorm: every norm attribute here (and in the TCN) is ``norm*``."""
-    return any(str(p).startswith("norm") for p in path)
-
-
-NORM_PARAMS = nnx.All(nnx.Param, _under_norm)
-BACKBONE_PARAMS = nnx.All(nnx.Param, nnx.PathContains("backbone"))
-
-
-class MLPBackbone(nnx.Module):
-    """Frame-wise: concat modalities -> Linear-BN-ReLU -> Linear-BN (SHOT's bottleneck)."""
-
-    def __init__(self, dims: Mapping[str, int], cfg: AdaptConfig, *, rngs: nnx.Rngs):
-        self.modalities = tuple(sorted(dims))
-        width = sum(int(dims[m]) for m in self.modalities)
-        self.fc1 = nnx.Linear(width, cfg.hidden, rngs=rngs)
-        self.norm1 = nnx.BatchNorm(cfg.hidden, momentum=0.9, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
-        self.fc2 = nnx.Linear(cfg.hidden, cfg.feature_dim, rngs=rngs)
-        self.norm2 = nnx.BatchNorm(cfg.feature_dim, momentum=0.9, rngs=rngs)
-
-    def __call__(self, inputs: Inputs, *, train: bool) -> jax.Array:
-        """``{m: (B, C, d)}`` -> (B, feature_dim), from the last (current) frame only."""
-        x = jnp.concatenate([inputs[m][:, -1] for m in self.modalities], axis=-1)
-        h = jax.nn.relu(self.norm1(self.fc1(x), use_running_average=not train))
-        h = self.drop(h, deterministic=not train)
-        return self.norm2(self.fc2(h), use_running_average=not train)
-
-
-class TCNBackbone(nnx.Module):
-    """The paper's per-modality causal TCN over each frame's context, then Linear-BN."""
-
-    def __init__(self, dims: Mapping[str, int], cfg: AdaptConfig, *, rngs: nnx.Rngs):
-        from baselines.tcn import TCN  # the frame-level baseline's TCN, shared, not copied
-
-        self.modalities = tuple(sorted(dims))
-        self.tcns = nnx.Dict({m: TCN(int(dims[m]), cfg.tcn_channels, dropout=cfg.dropout,
-                                     rngs=rngs) for m in self.modalities})
-        width = sum(self.tcns[m].out_features for m in self.modalities)
-        self.fc = nnx.Linear(width, cfg.feature_dim, rngs=rngs)
-        self.norm_out = nnx.BatchNorm(cfg.feature_dim, momentum=0.9, rngs=rngs)
-
-    def __call__(self, inputs: Inputs, *, train: bool) -> jax.Array:
-        """``{m: (B, C, d)}`` -> (B, feature_dim): each TCN's output at the last frame."""
-        h = jnp.concatenate([self.tcns[m](inputs[m], train=train)[:, -1]
-                             for m in self.modalities], axis=-1)
-        return self.norm_out(self.fc(jax.nn.leaky_relu(h)), use_running_average=not train)
-
-
-class AdaptNet(nnx.Module):
-    """Backbone -> features -> linear classifier; returns ``(logits (B, 2), {"features"})``."""
-
-    def __init__(self, dims: Mapping[str, int], cfg: AdaptConfig, *, rngs: nnx.Rngs):
-        backbones = {"mlp": MLPBackbone, "tcn": TCNBackbone}
-        if cfg.backbone not in backbones:
-            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {sorted(backbones)}")
-        self.backbone = backbones[cfg.backbone](dims, cfg, rngs=rngs)
-        self.classifier = nnx.Linear(cfg.feature_dim, 2, rngs=rngs)
-
-    def __call__(self, inputs: Inputs, *, train: bool = False) -> tuple[jax.Array, dict]:
-        f = self.backbone(inputs, train=train)
-        return self.classifier(f), {"features": f}
-
-
-def make_net(dims: Mapping[str, int], cfg: AdaptConfig, seed: int = 0) -> AdaptNet:
-    """A freshly initialised :class:`AdaptNet` for modality widths ``dims``."""
-    return AdaptNet(dims, cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-
-
-# ----------------------------------------------------------------------------------------
-# Losses.
-
-def mmd(x: jax.Array, y: jax.Array, kernels: int = 5, mul: float = 2.0) -> jax.Array:
-    """Biased multi-kernel Gaussian MMD^2 between samples ``x`` (n, d) and ``y`` (m, d).
-
-    Bandwidths ``b * mul**(i - kernels // 2)``, i < kernels, around ``b`` = mean squared
-    distance over all distinct pairs of the pooled samples (DAN's rule). ``b`` is held
-    constant under differentiation, as DAN's reference does: letting the loss move its own
-    bandwidth would let it shrink MMD by inflating distances instead of aligning domains.
-    """
-    z = jnp.concatenate([x, y], axis=0)
-    sq = jnp.sum(z * z, axis=1)
-    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
-    n_all = z.shape[0]
-    b = jax.lax.stop_gradient(jnp.sum(d2) / (n_all * n_all - n_all))
-    b = b / mul ** (kernels // 2)
-    k = sum(jnp.exp(-d2 / (b * mul ** i + 1e-12)) for i in range(kernels))
-    n = x.shape[0]
-    return jnp.mean(k[:n, :n]) + jnp.mean(k[n:, n:]) - 2.0 * jnp.mean(k[:n, n:])
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
-    """Mean CE over the frames with ``weight`` > 0 (labels < 0 count as weight 0)."""
-    w = (labels >= 0).astype(logits.dtype) if weight is None else weight * (labels >= 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
-    return -jnp.sum(p * jnp.log(p + 1e-6), axis=axis)
-
-
-# ----------------------------------------------------------------------------------------
-# Shared machinery: full passes, optimisers, the jitted step, the training loop.
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, inputs):
-    model = nnx.merge(graphdef, state)
-    logits, aux = model(inputs, train=False)
-    return logits, aux["features"]
-
-
-def predict_all(model: AdaptNet, domain: Domain, cfg: AdaptConfig,
-                transform: Callable[[dict, np.ndarray], dict] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (n, 2), features (n, f)) of every member, eval mode, in padded chunks.
-
-    ``transform(inputs, positions)`` may alter each chunk's inputs first (ACPL's views).
-    """
-    graphdef, state = nnx.split(model)
-    n, b = len(domain), cfg.eval_batch
-    logits, feats = [], []
-    for lo in range(0, n, b):
-        pos = np.arange(lo, lo + b) % max(n, 1)  # wrap-pad so every chunk has one shape
-        inputs = domain.inputs(pos, cfg.context)
-        if transform is not None:
-            inputs = transform(inputs, pos)
-        lg, ft = _forward(graphdef, state, inputs)
-        real = min(b, n - lo)
-        logits.append(np.asarray(lg[:real]))
-        feats.append(np.asarray(ft[:real]))
-    return np.concatenate(logits), np.concatenate(feats)
-
-
-@functools.lru_cache(maxsize=None)
 def make_tx(name: str, lr: float, weight_decay: float) -> optax.GradientTransformation:
-    """Adam(W) or SGD (momentum 0.9, Nesterov) with decoupled / coupled weight decay.
-
-    Cached: the transformation is part of the optimizer's graphdef, a static argument of
-    the jitted step, so an equal object is what lets every target reuse one compilation.
-    """
-    if name == "adam":
-        return optax.adamw(lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(weight_decay),
-                           optax.sgd(lr, momentum=0.9, nesterov=True))
-    raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
+    """The optimiser of a method: AdamW (``"adam"``) or SGD (momentum 0.9, Nesterov,
+    weight decay added to the gradient), built by the trainer's
+    :func:`~ahjax.train.trainer.make_optimizer` like every optimiser of the project.
+    Equal arguments give the same (cached) object: the transformation is part of the
+    optimizer's graphdef, a static argument of the jitted step, so every target reuses one
+    compilation."""
+    if name not in ("adam", "sgd"):
+        raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
+    cfg = TrainConfig(optimizer="adamw" if name == "adam" else "sgd", lr=lr,
+                      weight_decay=weight_decay, momentum=0.9, nesterov=True,
+                      schedule="constant", epochs=1)
+    return make_optimizer(cfg, 0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -362,6 +78,7 @@ def _val_ap(model: AdaptNet, val: Domain | None, cfg: AdaptConfig) -> float:
         return float("nan")
     logits, _ = predict_all(model, val, cfg)
     return metrics_lib.frame_ap(val.labels, metrics_lib.softmax_pos(logits))
+
 
 
 # ----------------------------------------------------------------------------------------
@@ -423,30 +140,41 @@ def fit(method: TrainedMethod, model: AdaptNet, source: Domain | None, target: D
     """Train ``model`` (a copy) with ``method``; returns (model of the selected epoch, history).
 
     One epoch is one shuffled pass over ``target`` in batches of ``cfg.batch_size`` (the last
-    one wrapped around so shapes stay fixed); source batches are drawn uniformly. The kept
-    epoch is the best by validation AP when ``cfg.select == "val_ap"`` and a validation part
-    with both classes is given, else the last.
+    one wrapped around so shapes stay fixed); source batches are drawn uniformly. Epochs
+    run through the project's one engine (:func:`ahjax.train.engine.run_epochs`): its
+    non-finite policy (a NaN loss raises :class:`~ahjax.train.engine.NonFiniteLossError`
+    naming the epoch), its best-epoch rule (the best validation AP, the later epoch on a
+    tie, when ``cfg.select == "val_ap"`` and a validation part with both classes is given;
+    else the last) and its data parallelism (parameters replicated, each batch split over
+    ``cfg.num_devices`` devices of a ``data`` mesh; 0: all).
     """
     cfg = method.cfg
     if method.uses_source and (source is None or len(source) == 0):
         raise ValueError(f"{type(method).__name__} needs source frames")
     if len(target) == 0:
         raise ValueError("no target frames to adapt on")
+    mesh = engine.data_mesh(cfg.num_devices)
+    if cfg.batch_size % mesh.devices.size:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the "
+                         f"{mesh.devices.size} devices of the mesh")
     model = nnx.clone(model)
     tx = make_tx(cfg.optimizer, getattr(cfg, method.lr_field), cfg.weight_decay)
     opt = nnx.Optimizer(model, tx, wrt=method.params(model))
     graphdef, state = nnx.split((model, opt))
-    mstate = method.init_state(model, source, target)
+    state = engine.replicate(state, mesh)
+    mstate = engine.replicate(method.init_state(model, source, target), mesh)
     rng = np.random.default_rng([cfg.seed, 7])
     b, n = cfg.batch_size, len(target)
     steps = max(1, -(-n // b))
-    best, best_state, history = -np.inf, state, []  # state arrays are immutable: no copy
-    for epoch in range(method.epochs()):
-        current = nnx.merge(graphdef, state)[0]
-        mstate = method.refresh(current, mstate, source, target, epoch)
+    current = {"state": state, "mstate": mstate}
+    kept: dict[int, object] = {}   # epoch -> state (immutable arrays: no copy)
+
+    def batches(epoch):
+        model_now = nnx.merge(graphdef, current["state"])[0]
+        current["mstate"] = engine.replicate(
+            method.refresh(model_now, current["mstate"], source, target, epoch), mesh)
         order = rng.permutation(n)
         order = np.concatenate([order, order[:steps * b - n]]) if steps * b > n else order
-        sums: dict[str, float] = {}
         for s in range(steps):
             pos = order[s * b:(s + 1) * b]
             batch = {"tgt": target.inputs(pos, cfg.context), "tgt_y": target.labels[pos],
@@ -454,19 +182,29 @@ def fit(method: TrainedMethod, model: AdaptNet, source: Domain | None, target: D
             if method.uses_source:
                 spos = rng.integers(0, len(source), b)
                 batch.update(src=source.inputs(spos, cfg.context), src_y=source.labels[spos])
-            step_key = jax.random.fold_in(key, epoch * steps + s)
-            state, mstate, m = _step(method, graphdef, state, mstate, batch, step_key)
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / steps
-        loss = sums.get("loss", float("nan"))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"{type(method).__name__}: non-finite loss at epoch {epoch}")
-        ap = _val_ap(nnx.merge(graphdef, state)[0], val, cfg) if cfg.select == "val_ap" else np.nan
-        history.append(dict(sums, epoch=epoch, val_ap=ap))
-        if np.isfinite(ap) and ap > best:
-            best, best_state = ap, state
-    keep = best_state if cfg.select == "val_ap" and np.isfinite(best) else state
-    return nnx.merge(graphdef, keep)[0], history
+            yield s, engine.shard_batch(batch, mesh)
+
+    def step(item, epoch):
+        s, batch = item
+        step_key = jax.random.fold_in(key, epoch * steps + s)
+        current["state"], current["mstate"], m = _step(method, graphdef, current["state"],
+                                                       current["mstate"], batch, step_key)
+        return m
+
+    def validate(epoch):
+        if cfg.select != "val_ap":
+            return float("nan")
+        return _val_ap(nnx.merge(graphdef, current["state"])[0], val, cfg)
+
+    def end_epoch(record):
+        record["val_ap"] = record.pop("score", float("nan"))
+        kept[record["epoch"]] = current["state"]
+
+    result = engine.run_epochs(epochs=method.epochs(), batches=batches, step=step,
+                               validate=validate, end_epoch=end_epoch,
+                               desc=type(method).__name__, flush_every=steps)
+    best = engine.best_epoch(result.history, "val_ap")
+    return nnx.merge(graphdef, kept[best])[0], result.history
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""The one epoch loop every training in the project runs through.
+
+:func:`ahjax.train.trainer.train` (the frame-level models), the domain-adaptation methods
+(``baselines.adapt``) and image/backbone training (``baselines.face_pretrain``) differ in
+their data and their step, not in how an epoch is run. They share, from here:
+
+- :func:`run_epochs`: epochs of steps with a progress bar, losses kept on the device and
+  read in groups, one non-finite policy (``"raise"``: :class:`NonFiniteLossError`;
+  ``"stop"``: end there and keep the best epoch before it), validation after each epoch,
+  one best-epoch rule (the highest validation score, the later epoch on a tie, or the last
+  epoch without a score) and a per-epoch hook for checkpoints;
+- :func:`data_mesh`, :func:`replicate`, :func:`shard_batch`: the same 1-D ``data`` mesh
+  data parallelism (parameters replicated, batches split on their first axis), so a jitted
+  step written for one device runs data-parallel on several unchanged;
+- the optimiser builder :func:`ahjax.train.trainer.make_optimizer` and the orbax
+  :class:`~ahjax.train.checkpoint.Checkpointer`, which every training uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss, or the model's outputs on validation, became NaN or inf."""
+
+
+def data_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0)."""
+    devices = jax.devices()
+    n = len(devices) if num_devices <= 0 else num_devices
+    if n > len(devices):
+        raise ValueError(f"asked for {n} devices, only {len(devices)} available")
+    return Mesh(np.asarray(devices[:n]), ("data",))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` (parameters, optimiser state) copied to every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None = None
+                ) -> dict:
+    """The arrays of ``batch`` (those named in ``keys``, default all) split over ``mesh``'s
+    devices along their first axis, which must be divisible by the number of devices."""
+    n_dev = mesh.devices.size
+    sharding = NamedSharding(mesh, P("data"))
+    out = {}
+    for k in (batch if keys is None else keys):
+        x = batch[k]
+        if isinstance(x, Mapping):
+            out[k] = shard_batch(x, mesh)
+            continue
+        if np.shape(x)[0] % n_dev:
+            raise ValueError(f"batch {k!r}: {np.shape(x)[0]} rows are not divisible by the "
+                             f"{n_dev} devices of the mesh")
+        out[k] = jax.device_put(x, sharding)
+    return out
+
+
+@dataclasses.dataclass
+class EpochResult:
+    """What :func:`run_epochs` returns."""
+    history: list[dict]          # one record per epoch run: epoch, loss, score (if any), ...
+    best_epoch: int | None       # by score (later on ties), else the last; None if none ran
+    diverged: str | None = None  # why training stopped early on NaN/inf (policy "stop")
+
+
+def best_epoch(history: list[dict], key: str = "score") -> int | None:
+    """The epoch with the highest finite ``key`` (the later one on a tie), or the last
+    epoch when no record has one; None for an empty history."""
+    scored = [r for r in history if r.get(key) is not None and math.isfinite(r[key])]
+    if scored:
+        top = max(r[key] for r in scored)
+        return [r for r in scored if r[key] == top][-1]["epoch"]
+    return history[-1]["epoch"] if history else None
+
+
+def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
+               step: Callable[[Any, int], Mapping[str, Any]],
+               validate: Callable[[int], float] | None = None,
+               end_epoch: Callable[[dict], None] | None = None,
+               start_epoch: int = 0, history: list[dict] | None = None,
+               on_nonfinite: str = "raise", desc: str = "training", progress: bool = False,
+               flush_every: int = 16) -> EpochResult:
+    """Run epochs ``start_epoch..epochs-1`` of ``step`` over ``batches(epoch)``.
+
+    ``step(batch, epoch)`` does one update and returns its metrics (device arrays are fine:
+    they are fetched every ``flush_every`` steps, so the host does not wait on each step);
+    it must include ``"loss"``. After each epoch ``validate(epoch)`` (optional) gives a
+    score, higher is better (NaN: no score), and ``end_epoch(record)`` (optional) sees the
+    epoch's record (``epoch``, ``loss`` and the mean of every other metric, ``score``,
+    ``seconds``) after it is appended to ``history`` (a resumed run's earlier records;
+    the list is extended in place and returned): checkpoints are written there.
+    A non-finite loss or score raises :class:`NonFiniteLossError` naming the epoch
+    (``on_nonfinite="raise"``) or ends training there (``"stop"``: the epochs before it
+    stand and :attr:`EpochResult.diverged` says why).
+    """
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    history = [] if history is None else history
+    diverged = None
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        count = 0
+        pending: list = []
+
+        def flush():
+            nonlocal count
+            for m in jax.device_get(pending):
+                loss = float(m["loss"])
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(f"{desc}: loss is {loss} at epoch {epoch} "
+                                             f"(step {count + 1} of the epoch)")
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(np.mean(v))
+                count += 1
+            pending.clear()
+
+        bar = tqdm(desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress,
+                   leave=False)
+        try:
+            for batch in batches(epoch):
+                pending.append(step(batch, epoch))
+                bar.update(1)
+                if len(pending) >= flush_every:
+                    flush()
+                    bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+            flush()
+            if count == 0:
+                raise ValueError(f"{desc}: epoch {epoch} had no batch")
+            record = {"epoch": epoch, **{k: v / count for k, v in sums.items()}}
+            if validate is not None:
+                score = float(validate(epoch))
+                if math.isinf(score):
+                    raise NonFiniteLossError(f"{desc}: validation score {score} after "
+                                             f"epoch {epoch}")
+                record["score"] = score
+        except NonFiniteLossError as err:
+            if on_nonfinite == "raise":
+                raise
+            diverged = str(err)
+            break
+        finally:
+            bar.close()
+        record["seconds"] = time.time() - t0
+        history.append(record)
+        if end_epoch is not None:
+            end_epoch(record)
+    return EpochResult(history, best_epoch(history), diverged)
+
+
+__all__ = ["EpochResult", "NonFiniteLossError", "best_epoch", "data_mesh", "replicate",
+           "run_epochs", "shard_batch"]
