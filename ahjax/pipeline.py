@@ -1,8 +1,10 @@
 """The one data config and its resolver: from ``--data.*`` to an extracted feature store.
 
-``DataConfig`` is what every frame-level experiment takes as ``data`` (``--data.root`` a BAH
-tree, ``--data.store`` a ready feature store, or neither: the embedded demo dataset,
-generated once and cached). ``prepare_store(data, extract)`` resolves it to an extracted
+``DataConfig`` is what every experiment takes as ``data``: frame-level ones read
+``--data.root`` (a BAH tree), ``--data.store`` (a ready feature store) or neither (the
+embedded demo dataset, generated once and cached); ``text_video_level`` reads
+``--data.splits`` (:func:`transcript_splits`), ``talk_type`` ``--data.annomi``
+(:func:`annomi_source`); the ``max_*`` fields make quick subsets. ``prepare_store(data, extract)`` resolves it to an extracted
 feature store (extraction cached per video); ``QUICK_DATA`` and ``QUICK_EXTRACT`` are the
 small demo and extraction every quick (test-sized) config shares, so their caches are
 shared too. ``score_videos`` turns per-video frame probabilities (and optional decoded
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -30,7 +33,10 @@ CUE_KEYS = ("audio", "body", "facial", "inconsistencies", "language")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the videos and their features are."""
+    """Where every experiment's data is: videos and their features, BAH transcript splits,
+    AnnoMI. Each experiment reads the fields of its kind of data and takes the config the
+    same way (``--data.<field>=...``)."""
+    # Videos (frame-level experiments).
     root: str = ""             # a BAH tree; "" = the embedded demo dataset (synthetic)
     store: str = ""            # feature store; "" = under $AHJAX_CACHE, keyed by root
     demo_seed: int = 0
@@ -38,6 +44,42 @@ class DataConfig:
     demo_questions: tuple = (1, 2, 3, 4, 5, 6, 7)   # BAH question numbers to record
     demo_min_duration: float = 8.0
     demo_max_duration: float = 20.0
+    # BAH transcripts with video labels (text_video_level): a folder of split files;
+    # "" = $AHJAX_SPLITS, else the BAH transcript splits beside the repository.
+    splits: str = ""
+    # AnnoMI (talk_type): a folder with AnnoMI-full.csv (or AnnoMI-simple.csv) and, for a
+    # held-out test, test_ids.txt; "" = the copy bundled with level 1.
+    annomi: str = ""
+    # Subsets for quick runs (0 = everything): stratified training / evaluation transcripts
+    # drawn with sample_seed, the first AnnoMI conversations.
+    max_train: int = 0
+    max_eval: int = 0
+    max_conversations: int = 0
+    sample_seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_train", "max_eval", "max_conversations", "demo_participants"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DataConfig: {name} must be >= 0, got {getattr(self, name)}")
+
+
+def transcript_splits(data: DataConfig) -> Path:
+    """The folder of BAH transcript split files for ``data``: ``data.splits``, else
+    ``$AHJAX_SPLITS``, else ``../shared/data/bah-video-splits`` beside the repository."""
+    if data.splits:
+        return Path(data.splits).expanduser().resolve()
+    env = os.environ.get("AHJAX_SPLITS")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (Path(__file__).resolve().parents[2] / "shared" / "data"
+            / "bah-video-splits").resolve()
+
+
+def annomi_source(data: DataConfig) -> Path:
+    """The AnnoMI CSV for ``data`` (``data.annomi``'s full or simple file, else the bundled
+    copy); a clear error when the folder has neither."""
+    from level1_affect import annomi
+    return annomi.resolve(data.annomi)
 
 
 #: The quick configs' demo: 4 participants x questions 4 and 7, 6-8 s videos.

@@ -35,16 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ahjax.pipeline import DataConfig, annomi_source
 from level1_affect import annomi
 from level1_affect import talk_type as tt
 
 METHODS = ("lexicon", "tfidf_logreg", "minilm_logreg", "talk_type")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    annomi: str = ""          # folder with AnnoMI-full.csv (or -simple); "" = the bundled copy
-    max_conversations: int = 0   # >0: only the first N conversations (quick runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +178,7 @@ def run(config: Config, workdir) -> dict:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {METHODS}")
     workdir = Path(workdir)
-    source = annomi.resolve(config.data.annomi)
+    source = annomi_source(config.data)
     examples = annomi.read_annomi(source)
     held = set(annomi.test_ids(config.data.annomi))
     unknown = held - {e.transcript_id for e in examples}

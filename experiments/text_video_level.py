@@ -59,13 +59,13 @@ often the stacked model's out-of-fold AVGF1 (and AP) beats each baseline, and al
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ahjax import assets
+from ahjax.pipeline import DataConfig, transcript_splits
 from ahjax.data.bah import load_video_splits, parse_video_name
 from level2_conflict.text_video import (BASELINES, STACKED, ModelConfig, TextViews,
                                         TwoLevelText, _best_threshold, candidates,
@@ -80,23 +80,6 @@ METHODS = (*BASELINES, "two_level_text", "two_level_text_talk", "two_level_text_
            "two_level_text_concat+q", "two_level_text_lexicon")
 
 
-def default_splits() -> str:
-    """``$AHJAX_SPLITS``, else ``../shared/data/bah-video-splits`` next to the repository."""
-    env = os.environ.get("AHJAX_SPLITS")
-    if env:
-        return str(Path(env).expanduser().resolve())
-    return str((Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-                / "bah-video-splits").resolve())
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    splits: str = ""
-    max_train: int = 0      # 0 = every training video; >0 = a stratified subsample (quick)
-    max_eval: int = 0       # same for val and test
-    seed: int = 0
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
@@ -109,7 +92,7 @@ class Config:
 
 def get_config(quick: bool = False) -> Config:
     """The full run, or (``quick``) a subsample with 3 folds and a short grid for tests."""
-    data = DataConfig(splits=default_splits())
+    data = DataConfig(splits=str(transcript_splits(DataConfig())))
     if not quick:
         return Config(data=data)
     return Config(data=dataclasses.replace(data, max_train=160, max_eval=60),
@@ -170,14 +153,15 @@ def run(config: Config, workdir) -> dict:
     """
     from level1_affect.text import VIDEO_FEATURES, Lexicons, video_text_features
 
-    splits = load_video_splits(config.data.splits or default_splits())
+    folder = transcript_splits(config.data)
+    splits = load_video_splits(folder)
     if "train" not in splits:
-        raise FileNotFoundError(f"{config.data.splits}: no train.txt")
+        raise FileNotFoundError(f"{folder}: no train.txt")
     for method in config.methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {METHODS}")
     data = {s: _subsample(rows, config.data.max_train if s == "train" else config.data.max_eval,
-                          config.data.seed) for s, rows in splits.items()}
+                          config.data.sample_seed) for s, rows in splits.items()}
     cache = Path(config.cache) if config.cache else assets.cache_dir() / "text_video" / "minilm"
     need_emb = bool(set(config.methods) - {"question_only", "tfidf_logreg", "two_level_text_lexicon"})
     lex = Lexicons()

@@ -265,3 +265,28 @@ def test_readme_python_example_runs(tmp_path, quick_run, demo_root, monkeypatch)
     assert repr(namespace["model"]).startswith("ahjax.Model(")
     level1 = ahjax.extract(video)
     assert level1.prob is None and set(level1.tracks) == set(result.tracks)
+
+
+def test_one_data_config_resolves_every_kind_of_data(tmp_path, monkeypatch):
+    from ahjax.pipeline import DataConfig, annomi_source, transcript_splits
+    # Transcript splits: the flag, else $AHJAX_SPLITS, else the folder beside the repository.
+    assert transcript_splits(DataConfig(splits=str(tmp_path))) == tmp_path.resolve()
+    monkeypatch.setenv("AHJAX_SPLITS", str(tmp_path / "env"))
+    assert transcript_splits(DataConfig()) == (tmp_path / "env").resolve()
+    monkeypatch.delenv("AHJAX_SPLITS")
+    assert transcript_splits(DataConfig()).parts[-3:] == ("shared", "data", "bah-video-splits")
+    # AnnoMI: the bundled copy by default, a folder's full file, a clear error otherwise.
+    assert annomi_source(DataConfig()).name.startswith("AnnoMI-full.csv")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no AnnoMI-full.csv or AnnoMI-simple.csv"):
+        annomi_source(DataConfig(annomi=str(empty)))
+    (tmp_path / "AnnoMI-full.csv").write_text("transcript_id\n")
+    assert annomi_source(DataConfig(annomi=str(tmp_path))) == tmp_path / "AnnoMI-full.csv"
+    with pytest.raises(ValueError, match="max_eval must be >= 0"):
+        DataConfig(max_eval=-1)
+    # Every experiment that reads data takes this one config as its ``data``.
+    for name in runner.EXPERIMENTS:
+        cfg = runner.load(name).get_config(quick=True)
+        if hasattr(cfg, "data"):
+            assert type(cfg.data) is DataConfig, name

@@ -1,12 +1,12 @@
 """Video-level A/H from transcripts: selection helpers and a quick end-to-end run."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ahjax.metrics import bah_metrics, frame_ap
+from ahjax.pipeline import DataConfig, transcript_splits
 from experiments import run as runner
 from experiments import text_video_level as tvl
 from level2_conflict import text_video as tv
@@ -86,7 +86,7 @@ def test_crossfit_threshold_never_reads_a_decided_videos_label():
     assert table["a"]["AVGF1"] > table["flat"]["AVGF1"]
 
 
-SPLITS = Path(tvl.default_splits())
+SPLITS = transcript_splits(DataConfig())
 
 
 @pytest.mark.slow
