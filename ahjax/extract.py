@@ -1,9 +1,13 @@
-"""``python -m ahjax.extract --root ROOT [--out DIR]``: level 1 over a BAH tree.
+"""``python -m ahjax.extract --root ROOT [--out DIR] [--workers N]``: level 1 over a BAH tree or a folder of videos.
 
 Runs every encoder (face, voice, text) over each video into the feature store, with a
 progress bar; videos already extracted are skipped, so a killed run resumes; a failing
 video is reported and skipped. Prints a summary (videos done/skipped/failed, seconds per
-encoder, real-time factor) at the end.
+encoder, real-time factor) at the end. ``ROOT`` is a BAH tree (it has a ``split/``
+folder) or any folder of video files (ids: their paths without suffix, no labels).
+``--workers N`` (N > 1) spreads the videos over N Ray actors, each loading the models once,
+on a local Ray (``pip install -e ".[distributed]"``) or, with ``--ray-address``, on an
+existing cluster whose nodes all see ``--out``.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()  # reuse compiled encoders across runs ($AHJAX_JAX_CACHE=0: off)
 
     parser = argparse.ArgumentParser(prog="python -m ahjax.extract", description=__doc__.split("\n")[0])
-    parser.add_argument("--root", required=True, help="BAH dataset root")
+    parser.add_argument("--root", required=True,
+                        help="BAH dataset root, or a folder of video files")
     parser.add_argument("--out", help="feature store folder (default: under AHJAX_CACHE)")
     parser.add_argument("--splits", default="train,val,test")
     parser.add_argument("--asr", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--detect-every", type=int, default=1)
     parser.add_argument("--talk-type", default="learned",
                         help="change/sustain talk: learned (default), lexicon or a model folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="extraction workers; more than 1 runs on Ray (default 1)")
+    parser.add_argument("--ray-address", default=None,
+                        help="join this Ray cluster (e.g. auto, ray://head:10001) instead of "
+                             "starting a local one")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (or AHJAX_DEBUG=1)")
     args = parser.parse_args(argv)
@@ -36,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ExtractConfig(asr=args.asr, detect_every=args.detect_every, talk_type=args.talk_type)
         # Same default folder as the experiments use, so `--data.root` finds these features.
         out = Path(args.out) if args.out else default_store_dir(args.root, cfg)
-        summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")))
-    except (OSError, ValueError) as err:   # bad input: one line naming it, exit 2
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: must be at least 1")
+        summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")),
+                                  workers=args.workers, ray_address=args.ray_address)
+    except (OSError, ValueError, ImportError) as err:   # bad input: one line, exit 2
         if debug_requested(args.debug):
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -2,15 +2,17 @@
 
 ``Extractor.video(path)`` runs face, voice and text on one video and returns the arrays
 named in ``level1_affect.schema`` (plus what it learned: fps, transcript, timings).
-``extract_dataset(root, out)`` does that for every video of a BAH tree: a progress bar,
-resumable (videos already in the store are skipped), atomic per-video writes, and one
-failing video reported and skipped while the rest go on.
+``extract_dataset(root, out)`` does that for every video of a BAH tree or a plain folder
+of videos: a progress bar, resumable (videos already in the store are skipped), atomic
+per-video writes, one failing video reported and skipped while the rest go on, and, with
+``workers > 1``, the videos spread over Ray actors (:mod:`level1_affect.distributed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -231,10 +233,97 @@ class Extractor:
         return words, tr.language, "whisper"
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def folder_records(root: str | Path) -> list:
+    """Records of every video under a plain folder (not a BAH tree): id = the path relative
+    to ``root`` without its suffix, no labels, no split, no transcript (Whisper decides)."""
+    from ahjax.data.bah import VideoRecord
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    paths = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{root}: no video files ({', '.join(VIDEO_SUFFIXES)}) in "
+                                "this folder, and it is not a BAH tree (no split/ folder)")
+    return [VideoRecord(video_id=p.relative_to(root).with_suffix("").as_posix(),
+                        participant="", question=0, split="", video_path=p,
+                        frame_labels=None, video_label=-1) for p in paths]
+
+
+def dataset_records(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
+                    only: Sequence[str] | None = None) -> list:
+    """The videos to extract: a BAH tree's (it has a ``split/`` folder) in ``splits``, else
+    every video file of a plain folder; ``only`` restricts them to those ids."""
+    root = Path(root)
+    if (root / "split").is_dir():
+        from ahjax.data.bah import load_bah
+        records = [r for r in load_bah(root, splits=splits).videos if r.split in splits]
+    else:
+        records = folder_records(root)
+    return [r for r in records if only is None or r.video_id in only]
+
+
+def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: ExtractConfig,
+                   root: str | Path) -> dict:
+    """Extract one video record into ``store`` (atomic). Returns ``{"status": "done" |
+    "skipped" | "failed", ...}`` with the error message, the re-extraction reason, its
+    duration and per-encoder seconds; never raises for a bad video."""
+    from ahjax.data.store import StoreError
+    out: dict = {"video_id": rec.video_id}
+    if store.has(rec.video_id):
+        try:
+            store.verify(rec.video_id)
+            return dict(out, status="skipped")
+        except StoreError as err:   # corrupt since it was written: extract it again
+            out["reextracted"] = str(err)
+    try:
+        if rec.video_path is None:
+            raise FileNotFoundError(f"{rec.video_id}: video file not found under {root}")
+        arrays, info = extractor.video(rec.video_path, chunks=rec.chunks)
+        n = info["n_frames"]
+        arrays["labels"] = fit_labels(rec.frame_labels, n, config.label_slack, rec.video_id)
+        meta = {"split": rec.split, "participant": rec.participant, "question": rec.question,
+                "fps": info["fps"], "video_label": int(rec.video_label),
+                "segments": [list(map(int, s)) for s in rec.segments],
+                "cues": rec.cues, "language": info["language"],
+                "transcript_source": info["transcript_source"], "words": info["words"],
+                "warnings": info["warnings"], "seconds": info["seconds"],
+                "columns": {k: list(c) for k, (_, c) in schema.ARRAYS.items() if c}}
+        store.write(rec.video_id, arrays, meta)
+        return dict(out, status="done", video_seconds=n / info["fps"],
+                    seconds=dict(info["seconds"]))
+    except Exception as err:  # one bad video must not stop a 1,400-video extraction
+        return dict(out, status="failed", error=f"{type(err).__name__}: {err}",
+                    traceback=traceback.format_exc())
+
+
+def _add(summary: dict, res: dict, progress: bool) -> None:
+    vid = res["video_id"]
+    if "reextracted" in res:
+        summary["reextracted"][vid] = res["reextracted"]
+    if res["status"] == "skipped":
+        summary["skipped"] += 1
+    elif res["status"] == "done":
+        summary["done"] += 1
+        summary["video_seconds"] += res["video_seconds"]
+        for k, v in res["seconds"].items():
+            summary["seconds"][k] = summary["seconds"].get(k, 0.0) + v
+    else:
+        summary["failed"][vid] = res["error"]
+        tqdm.write(f"failed: {vid}: {res['error']}")
+        if not progress:
+            print(res["traceback"], file=sys.stderr)
+
+
 def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = ExtractConfig(),
                     splits: Sequence[str] = ("train", "val", "test"),
-                    progress: bool = True, only: Sequence[str] | None = None) -> dict:
-    """Extract every video of the BAH tree at ``root`` into the feature store ``out``.
+                    progress: bool = True, only: Sequence[str] | None = None,
+                    workers: int = 1, ray_address: str | None = None) -> dict:
+    """Extract every video of ``root`` (a BAH tree, or a plain folder of videos) into the
+    feature store ``out``.
 
     ``only`` restricts the run to those video ids. Videos already in the store are
     skipped; a video that fails is reported in the
@@ -242,50 +331,32 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
     ``{"done": n, "skipped": n, "failed": {video_id: message}, "reextracted": {video_id:
     why}, "seconds": {...}}``; a stored video whose arrays no longer pass
     :meth:`FeatureStore.verify` (NaN, wrong shape, unreadable) is extracted again.
-    """
-    from ahjax.data.bah import load_bah
-    from ahjax.data.store import StoreError
 
-    index = load_bah(root, splits=splits)
+    ``workers > 1`` (or a ``ray_address``) runs the videos on Ray: ``workers`` actors, each
+    loading the models once, on a local Ray started here (``ray.init()``) or on the
+    cluster at ``ray_address`` (``"auto"``: the one this machine belongs to). The workers
+    write into ``out`` themselves, so on a cluster it must be a path every node sees (a
+    network file system). Results are the same as the sequential path's.
+    """
+    records = dataset_records(root, splits, only)
     store = FeatureStore(out)
-    extractor = Extractor(config)
     summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
                "reextracted": {}}
-    todo = [r for r in index.videos if r.split in splits and (only is None or r.video_id in only)]
-    bar = tqdm(todo, desc=f"extracting level 1 of {Path(root).name}", unit="video",
-               disable=not progress)
-    for rec in bar:
-        if store.has(rec.video_id):
-            try:
-                store.verify(rec.video_id)
-                summary["skipped"] += 1
-                continue
-            except StoreError as err:   # corrupt since it was written: extract it again
-                summary["reextracted"][rec.video_id] = str(err)
-        bar.set_postfix_str(Path(rec.video_id).name[-40:])
-        try:
-            if rec.video_path is None:
-                raise FileNotFoundError(f"{rec.video_id}: video file not found under {root}")
-            arrays, info = extractor.video(rec.video_path, chunks=rec.chunks)
-            n = info["n_frames"]
-            arrays["labels"] = fit_labels(rec.frame_labels, n, config.label_slack, rec.video_id)
-            meta = {"split": rec.split, "participant": rec.participant, "question": rec.question,
-                    "fps": info["fps"], "video_label": int(rec.video_label),
-                    "segments": [list(map(int, s)) for s in rec.segments],
-                    "cues": rec.cues, "language": info["language"],
-                    "transcript_source": info["transcript_source"], "words": info["words"],
-                    "warnings": info["warnings"], "seconds": info["seconds"],
-                    "columns": {k: list(c) for k, (_, c) in schema.ARRAYS.items() if c}}
-            store.write(rec.video_id, arrays, meta)
-            summary["done"] += 1
-            summary["video_seconds"] += n / info["fps"]
-            for k, v in info["seconds"].items():
-                summary["seconds"][k] = summary["seconds"].get(k, 0.0) + v
-        except Exception as err:  # one bad video must not stop a 1,400-video extraction
-            summary["failed"][rec.video_id] = f"{type(err).__name__}: {err}"
-            tqdm.write(f"failed: {rec.video_id}: {type(err).__name__}: {err}")
-            if not progress:
-                traceback.print_exc()
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be at least 1")
+    desc = f"extracting level 1 of {Path(root).name}"
+    if workers > 1 or ray_address:
+        from level1_affect import distributed
+        for res in distributed.extract_on_ray(records, out, config, root, workers=workers,
+                                              address=ray_address, progress=progress,
+                                              desc=desc):
+            _add(summary, res, progress)
+    else:
+        extractor = Extractor(config)
+        bar = tqdm(records, desc=desc, unit="video", disable=not progress)
+        for rec in bar:
+            bar.set_postfix_str(Path(rec.video_id).name[-40:])
+            _add(summary, extract_record(extractor, rec, store, config, root), progress)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "failures.json").write_text(json.dumps(summary["failed"], indent=1))
     return summary
