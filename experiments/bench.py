@@ -28,6 +28,9 @@ figures from different runs or days are never compared.
 optimiser update, the rest), each part timed as its own jitted program, with XLA's flop
 estimates and the op mix of the compiled step (``docs/performance.md`` reads it).
 
+``--extract-workers N``: level-1 extraction of the quick demo's 8 videos with 1 worker and
+with N Ray workers, back to back in this run (wall time, real-time factor, speed-up).
+
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
 video generated for the purpose, per encoder, first call (loading and compiling the
 encoders) and a second, warm call; the real-time factor is warm seconds per second of
@@ -37,9 +40,11 @@ video (target: 60 s of video in under 30 s, i.e. <= 0.5).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -401,6 +406,35 @@ def bench_extract(seconds: float = 60.0, repeats: int = 2) -> dict:
             "target_met": bool(warm / video_s <= 0.5)}
 
 
+def bench_extract_workers(workers: int) -> dict:
+    """Level-1 extraction of the quick demo's videos (8 videos of 6-8 s; the dataset's
+    own transcripts, face every second frame, no voice embeddings: the quick extraction)
+    with 1 worker and then with ``workers`` Ray workers, back to back from empty stores:
+    wall seconds (model loading and, for Ray, its start included), real-time factor
+    (wall / video seconds) and the speed-up, from this run only."""
+    from ahjax.pipeline import QUICK_DATA, QUICK_EXTRACT, demo_root
+    from level1_affect.extract import extract_dataset
+    with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the JSON report
+        root = demo_root(QUICK_DATA)
+    out: dict = {"videos": None, "config": "QUICK_EXTRACT on the quick demo (ahjax.pipeline)",
+                 "runs": {}}
+    for w in (1, workers):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            summary = extract_dataset(root, Path(tmp) / "store", QUICK_EXTRACT,
+                                      progress=False, workers=w)
+            wall = time.perf_counter() - t0
+        if summary["failed"]:
+            raise RuntimeError(f"extraction failed for {sorted(summary['failed'])[:3]}")
+        out["videos"] = summary["done"]
+        out["video_seconds"] = summary["video_seconds"]
+        out["runs"][str(w)] = {"wall_s": wall,
+                               "real_time_factor": wall / summary["video_seconds"]}
+    one, many = out["runs"]["1"]["wall_s"], out["runs"][str(workers)]["wall_s"]
+    out["speedup"] = one / many
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags, run the benchmark, print JSON."""
     parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
@@ -414,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extract", action="store_true",
                         help="also time level-1 extraction of a 60 s demo video (ASR included)")
     parser.add_argument("--extract-seconds", type=float, default=60.0)
+    parser.add_argument("--extract-workers", type=int, default=0, metavar="N",
+                        help="also time extraction of the quick demo with 1 and with N Ray "
+                             "workers, back to back (needs the [distributed] extra)")
     parser.add_argument("--reference", metavar="DIR", default=None,
                         help="a folder with the reference PyTorch code and bench_ref.py: time "
                              "its fusion models and ours side by side, ratios from this run")
@@ -448,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][name] = bench_model(name, steps, args.batch, args.frames)
     if args.extract:
         report["extraction"] = bench_extract(args.extract_seconds)
+    if args.extract_workers:
+        report["extraction_workers"] = bench_extract_workers(args.extract_workers)
     report["notes"] = NOTES
     print(json.dumps(report, indent=2))
     return 0

@@ -18,6 +18,7 @@ installed on the nodes.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -50,36 +51,80 @@ class ExtractWorker:
         return extract_record(self.extractor, record, self.store, self.config, self.root)
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds, naming ``address``, when a ``host:port`` (or
+    ``ray://host:port``) Ray address does not answer; ``"auto"`` and ``"local"`` are left
+    to Ray, which answers those at once."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r}: expected host:port, ray://host:port "
+                         "or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address} within "
+                              f"{timeout:g} s: {err}") from None
+
+
 def extract_on_ray(records: Sequence, out: str | Path, config: ExtractConfig,
                    root: str | Path, *, workers: int, address: str | None = None,
-                   progress: bool = True, desc: str = "extracting level 1"
-                   ) -> Iterator[dict]:
+                   progress: bool = True, desc: str = "extracting level 1",
+                   worker: type = ExtractWorker) -> Iterator[dict]:
     """Yield :func:`extract_record`'s result for every record, as the actors finish them
-    (in completion order), with a progress bar over videos."""
+    (in completion order), with a progress bar over videos.
+
+    Each actor has one video at a time. An actor that dies mid-video (killed, out of
+    memory) loses only that video: it is reported as failed (nothing of it was written,
+    so a rerun extracts it), a new actor takes its place and the queue goes on.
+    ``worker``: the actor class (an :class:`ExtractWorker`; tests pass one that dies).
+    """
     ray = require_ray()
     if not records:
         return
     started = not ray.is_initialized()
     if started:
         if address:
+            check_address(address)
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        from ray.util import ActorPool
-        actor = ray.remote(num_cpus=1)(ExtractWorker)
-        pool = ActorPool([actor.remote(config, str(out), str(root))
-                          for _ in range(max(1, min(workers, len(records))))])
+        actor_cls = ray.remote(num_cpus=1, max_restarts=0)(worker)
+        new_actor = lambda: actor_cls.remote(config, str(out), str(root))  # noqa: E731
+        actors = [new_actor() for _ in range(max(1, min(workers, len(records))))]
+        queue = list(records)
+        pending: dict = {}
+
+        def submit(i: int) -> None:
+            if queue:
+                rec = queue.pop(0)
+                pending[actors[i].extract.remote(rec)] = (i, rec)
+
+        for i in range(len(actors)):
+            submit(i)
         bar = tqdm(total=len(records), desc=f"{desc} ({workers} Ray workers)", unit="video",
                    disable=not progress)
-        for res in pool.map_unordered(lambda a, rec: a.extract.remote(rec), list(records)):
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i, rec = pending.pop(ref)
+            try:
+                res = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                res = {"video_id": rec.video_id, "status": "failed", "traceback": str(err),
+                       "error": f"WorkerDied: the Ray worker extracting it died ({first[:200]})"}
+                actors[i] = new_actor()
             bar.update(1)
             bar.set_postfix_str(Path(res["video_id"]).name[-40:])
             yield res
+            submit(i)
         bar.close()
     finally:
         if started:
             ray.shutdown()
 
 
-__all__ = ["ExtractWorker", "extract_on_ray", "require_ray"]
+__all__ = ["ExtractWorker", "check_address", "extract_on_ray", "require_ray"]

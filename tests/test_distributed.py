@@ -73,3 +73,62 @@ def test_two_ray_workers_give_the_arrays_of_one(tmp_path):
     again = extract_dataset(folder, tmp_path / "two", QUICK_EXTRACT, progress=False, workers=2)
     assert again["skipped"] == 2 and again["done"] == 0 and set(again["failed"]) == {"broken"}
     assert "broken" in (tmp_path / "two" / "failures.json").read_text()
+
+
+def test_an_unreachable_ray_address_fails_in_seconds_with_one_line(tmp_path):
+    import subprocess
+    import time
+    pytest.importorskip("ray")
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "x.mp4").write_bytes(b"")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ahjax.extract", "--root", str(folder),
+                           "--out", str(tmp_path / "store"), "--workers", "2",
+                           "--ray-address", "127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=120)
+    assert time.time() - t0 < 60
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: cannot reach the Ray cluster at 127.0.0.1:9"), lines
+    assert "Traceback" not in proc.stderr
+    from level1_affect.distributed import check_address
+    with pytest.raises(ValueError, match="expected host:port"):
+        check_address("nonsense")
+
+
+class DyingWorker:
+    """An extraction worker whose process dies on the video ``clip0``."""
+
+    def __init__(self, *args):
+        from level1_affect.distributed import ExtractWorker
+        self.inner = ExtractWorker(*args)
+
+    def extract(self, record):
+        import os
+        if record.video_id == "clip0":
+            os._exit(3)
+        return self.inner.extract(record)
+
+
+@pytest.mark.slow
+def test_a_worker_dying_mid_video_loses_only_that_video(tmp_path):
+    ray = pytest.importorskip("ray")
+    from level1_affect import distributed
+    folder = _folder_of_videos(tmp_path, n=3, broken=False)
+    records = dataset_records(folder)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        results = {r["video_id"]: r for r in distributed.extract_on_ray(
+            records, tmp_path / "store", QUICK_EXTRACT, folder, workers=2, progress=False,
+            worker=DyingWorker)}
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert results["clip0"]["status"] == "failed"
+    assert results["clip0"]["error"].startswith("WorkerDied")
+    assert results["clip1"]["status"] == results["day one/first"]["status"] == "done"
+    store = FeatureStore(tmp_path / "store")
+    assert set(store.video_ids()) == {"clip1", "day one/first"}      # nothing of clip0
+    again = extract_dataset(folder, tmp_path / "store", QUICK_EXTRACT, progress=False,
+                            workers=2)
+    assert again["done"] == 1 and again["skipped"] == 2 and not again["failed"]
