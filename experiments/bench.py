@@ -411,9 +411,12 @@ def bench_extract_workers(workers: int) -> dict:
     own transcripts, face every second frame, no voice embeddings: the quick extraction)
     with 1 worker and then with ``workers`` Ray workers, back to back from empty stores:
     wall seconds (model loading and, for Ray, its start included), real-time factor
-    (wall / video seconds) and the speed-up, from this run only."""
+    (wall / video seconds) and the speed-up, from this run only. The persistent JAX
+    compilation cache is on for both, as ``python -m ahjax.extract`` has it."""
+    from ahjax.assets import enable_compilation_cache
     from ahjax.pipeline import QUICK_DATA, QUICK_EXTRACT, demo_root
     from level1_affect.extract import extract_dataset
+    enable_compilation_cache()   # as the extraction command and every Ray worker do
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the JSON report
         root = demo_root(QUICK_DATA)
     out: dict = {"videos": None, "config": "QUICK_EXTRACT on the quick demo (ahjax.pipeline)",

@@ -43,6 +43,10 @@ class ExtractWorker:
     """One Ray actor: an :class:`Extractor` built once, then one video per call."""
 
     def __init__(self, config: ExtractConfig, out: str, root: str):
+        from ahjax.assets import enable_compilation_cache
+        # Compiled encoders come from the shared persistent cache instead of being
+        # compiled again in every actor ($AHJAX_JAX_CACHE=0 turns it off, as elsewhere).
+        enable_compilation_cache()
         self.extractor = Extractor(config)
         self.store = FeatureStore(out)
         self.config, self.root = config, root
