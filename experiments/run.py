@@ -18,9 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ahjax import config as config_lib
 from ahjax import results as results_lib
 from ahjax.assets import enable_compilation_cache
+from ahjax.train import engine
 
 # Experiment name -> (module path, one line on what it reproduces). A plain dict: nothing is
 # imported until an experiment is asked for.
@@ -86,25 +89,54 @@ def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
         run_dir = resume_dir(resume, config)
         (run_dir / "plots").mkdir(exist_ok=True)
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(workdir) / f"{name}-{stamp}"
-        suffix = 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = Path(workdir) / f"{name}-{stamp}-{suffix}"
-        (run_dir / "plots").mkdir(parents=True)
-        (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=2))
-    (run_dir / FAILED).unlink(missing_ok=True)
+        run_dir = _new_run_dir(Path(workdir), name)
+        if engine.is_main_process():
+            (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(_config_json(config), indent=2))
+        _barrier("run folder made")
+    main_process = engine.is_main_process()   # only process 0 writes the run's own files
+    if main_process:
+        (run_dir / FAILED).unlink(missing_ok=True)
     try:
         results = module.run(config, run_dir)
     except BaseException as err:   # interrupted runs are marked too; resume clears it
         import traceback
-        (run_dir / FAILED).write_text(
-            f"{type(err).__name__}: {err}\n\n" + "".join(traceback.format_exception(err)))
+        if main_process:
+            (run_dir / FAILED).write_text(
+                f"{type(err).__name__}: {err}\n\n" + "".join(traceback.format_exception(err)))
         err.run_dir = run_dir      # for the one-line message of main()
         raise
-    results_lib.write(results, run_dir, title=name)
+    if main_process:
+        results_lib.write(results, run_dir, title=name)
     return results, run_dir
+
+
+def _new_run_dir(workdir: Path, name: str) -> Path:
+    """A new ``<name>-<stamp>`` folder name under ``workdir``; in a multi-process run,
+    process 0's choice, shared with the others."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = workdir / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = workdir / f"{name}-{stamp}-{suffix}"
+    if jax_process_count() > 1:
+        from jax.experimental import multihost_utils
+        code = np.frombuffer(str(run_dir).encode().ljust(1024, b"\0"), np.uint8)
+        code = np.asarray(multihost_utils.broadcast_one_to_all(code))
+        run_dir = Path(code.tobytes().rstrip(b"\0").decode())
+    return run_dir
+
+
+def jax_process_count() -> int:
+    import jax
+    return jax.process_count()
+
+
+def _barrier(name: str) -> None:
+    if jax_process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 FAILED = "FAILED.txt"   # written into a run folder whose experiment raised, with the error
@@ -136,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                              "finished trainings are restored from their checkpoints")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (or AHJAX_DEBUG=1)")
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="multi-process JAX: process 0's address ($AHJAX_COORDINATOR)")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="multi-process JAX: how many processes ($AHJAX_NUM_PROCESSES)")
+    parser.add_argument("--process-id", type=int, default=None,
+                        help="multi-process JAX: this process, 0-based ($AHJAX_PROCESS_ID)")
     args, rest = parser.parse_known_args(argv)
     overrides = _join_values(rest)
     if args.list or not args.name:
@@ -143,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:20s} {EXPERIMENTS[name][1]}")
         return 0
     try:
+        # Before any JAX computation: the mesh of every training then spans all processes.
+        engine.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         config = build_config(args.name, overrides)
     except (config_lib.ConfigError, ValueError) as err:   # ValueError: a config's own check
         print(f"error: {err}", file=sys.stderr)
@@ -164,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(run folder {where} marked failed: {where / FAILED}; --debug shows the "
                   "traceback)", file=sys.stderr)
         return 2
-    print((run_dir / "results.md").read_text())
-    print(f"run folder: {run_dir}")
+    if engine.is_main_process():
+        print((run_dir / "results.md").read_text())
+        print(f"run folder: {run_dir}")
     return 0
 
 

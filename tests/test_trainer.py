@@ -447,6 +447,68 @@ def test_adaptation_and_image_training_on_four_devices_match_one():
         np.testing.assert_allclose(got["loss"][name][0], got["loss"][name][1], rtol=1e-4)
 
 
+PROCESS = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    pid, nproc, root = int(sys.argv[1]), int(sys.argv[2]), {root!r}
+    from ahjax.train import engine
+    engine.initialize_distributed({coordinator!r}, nproc, pid)
+    import jax, numpy as np
+    from flax import nnx
+    from ahjax.data import windows as win
+    from ahjax.data.store import FeatureStore
+    from ahjax.train import trainer as T
+    from test_trainer import tiny_model
+    from test_windows import SPEC
+    cfg = T.TrainConfig(epochs=2, lr=0.05, progress=False)
+    res = T.train(tiny_model, FeatureStore(root + "/s"), SPEC,
+                  win.WindowConfig(window=16, hop=8, batch_size=4), cfg, root + f"/w{{nproc}}")
+    params = nnx.to_pure_dict(engine.local_copy(nnx.state(res.model, nnx.Param)))
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+    np.save(root + f"/params_{{nproc}}_{{pid}}.npy", flat)
+    print(json.dumps({{"loss": [h["train_loss"] for h in res.history],
+                      "ap": res.best_val["AP"], "devices": jax.device_count()}}))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_train_like_one(tmp_path):
+    # Multi-process JAX on CPU: the mesh spans both processes' devices, each process reads
+    # only its rows of every batch, only process 0 writes metrics.jsonl; the parameters
+    # end as one process's with the same global batch.
+    import socket
+    from test_windows import make_store
+    make_store(str(tmp_path / "s"), lengths=(50, 40, 60, 30), learnable=True)
+    make_store(str(tmp_path / "s"), lengths=(45, 35), split="val", seed=3, learnable=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = PROCESS.format(tests=str(ROOT / "tests"), root=str(tmp_path),
+                          coordinator=f"127.0.0.1:{port}")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    run = lambda pid, n: subprocess.Popen(  # noqa: E731
+        [sys.executable, "-c", code, str(pid), str(n)], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [run(0, 2), run(1, 2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single = run(0, 1)
+    out1, err1 = single.communicate(timeout=300)
+    assert single.returncode == 0, err1[-3000:]
+    two = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    one = json.loads(out1.strip().splitlines()[-1])
+    assert two[0]["devices"] == 2 and one["devices"] == 1
+    np.testing.assert_allclose(two[0]["loss"], one["loss"], rtol=1e-5)
+    assert two[0]["ap"] == pytest.approx(one["ap"], abs=1e-5) == two[1]["ap"]
+    p1 = np.load(tmp_path / "params_1_0.npy")
+    for pid in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"params_2_{pid}.npy"), p1, atol=1e-5)
+    assert len((tmp_path / "w2" / "metrics.jsonl").read_text().splitlines()) == \
+        len((tmp_path / "w1" / "metrics.jsonl").read_text().splitlines())
+
+
 def test_concat_tcn_experiment_end_to_end(tmp_path):
     from experiments import concat_tcn
     root = tmp_path / "store"

@@ -165,3 +165,30 @@ def test_bad_spec_names_the_array(tmp_path):
         win.Windows(store, {"audio": ("voice_emb",)}, "train", window=8, hop=4)
     with pytest.raises(StoreError, match="no videos"):
         win.Windows(store, SPEC, "test", window=8, hop=4)
+
+
+def test_process_shards_concatenate_to_the_one_process_batch(tmp_path):
+    # Each process of a multi-process run reads only its rows of every batch; in process
+    # order they are the one-process batch, padding of the last batch included.
+    store = make_store(tmp_path / "s", lengths=(23, 9, 40))
+    ws = win.make_windows(store, SPEC, "train", win.WindowConfig(window=8, hop=4))
+    cfg = win.WindowConfig(window=8, hop=4, batch_size=4, seed=5)
+    whole = list(win.WindowLoader(ws, cfg).iterator({"epoch": 1, "position": 0}))
+    parts = [list(win.WindowLoader(ws, cfg, shard=(i, 2)).iterator({"epoch": 1, "position": 0}))
+             for i in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for b, (p0, p1) in enumerate(zip(*parts)):
+        for k in whole[b]:
+            assert p0[k].shape[0] == 2
+            np.testing.assert_array_equal(np.concatenate([p0[k], p1[k]]), whole[b][k])
+    with pytest.raises(ValueError, match="must split evenly over 3 processes"):
+        win.WindowLoader(ws, cfg, shard=(0, 3))
+
+
+def test_multi_process_settings_are_checked():
+    from ahjax.train import engine
+    assert engine.initialize_distributed(None, 1, 0) == (0, 1)     # one process: nothing
+    with pytest.raises(ValueError, match="need a coordinator address"):
+        engine.initialize_distributed(None, 2, 0)
+    with pytest.raises(ValueError, match="process id 2 outside 0..1"):
+        engine.initialize_distributed("127.0.0.1:1", 2, 2)

@@ -287,10 +287,14 @@ class WindowLoader:
     ``batch_size`` windows: shapes stay static for ``jit`` and divisible over devices.
     """
 
-    def __init__(self, windows: Windows, cfg: WindowConfig):
+    def __init__(self, windows: Windows, cfg: WindowConfig, shard: tuple[int, int] = (0, 1)):
         if not 0.0 < cfg.neg_window_keep <= 1.0:
             raise ValueError(f"neg_window_keep must be in (0, 1], got {cfg.neg_window_keep}")
-        self.windows, self.cfg = windows, cfg
+        index, count = shard
+        if count < 1 or not 0 <= index < count or cfg.batch_size % count:
+            raise ValueError(f"shard {shard}: the batch size {cfg.batch_size} must split "
+                             f"evenly over {count} processes, index in 0..{count - 1}")
+        self.windows, self.cfg, self.shard = windows, cfg, (index, count)
 
     def selection(self, epoch: int) -> np.ndarray:
         """Indices of the windows used in ``epoch`` (all, or undersampled negatives)."""
@@ -302,15 +306,27 @@ class WindowLoader:
         return idx
 
     def dataset(self, epoch: int) -> grain.MapDataset:
-        """The epoch's batches; deterministic in ``(cfg.seed, epoch)``."""
+        """The epoch's batches; deterministic in ``(cfg.seed, epoch)``.
+
+        With ``shard=(i, n)`` (one process of ``n``), each batch holds only rows
+        ``i * b/n .. (i + 1) * b/n`` of the global batch and reads only those windows;
+        the processes' batches, concatenated in order, are the one-process batch.
+        """
         ds = grain.MapDataset.source(self.selection(epoch).tolist())
         if self.cfg.shuffle:
             ds = ds.shuffle(seed=epoch_seed(self.cfg.seed, epoch))
-        ds = ds.map(self.windows.__getitem__)
-        return ds.batch(self.cfg.batch_size, batch_fn=self._stack)
+        index, count = self.shard
+        if count == 1:
+            ds = ds.map(self.windows.__getitem__)
+            return ds.batch(self.cfg.batch_size, batch_fn=self._stack)
+        local = self.cfg.batch_size // count
+        ds = ds.batch(self.cfg.batch_size, batch_fn=list)       # window indices per batch
+        return ds.map(lambda idx: self._stack(
+            [self.windows[i] for i in idx[index * local:(index + 1) * local]], local))
 
-    def _stack(self, items: Sequence[dict]) -> dict[str, np.ndarray]:
-        items = list(items) + [self.windows.empty()] * (self.cfg.batch_size - len(items))
+    def _stack(self, items: Sequence[dict], size: int | None = None) -> dict[str, np.ndarray]:
+        size = self.cfg.batch_size if size is None else size
+        items = list(items) + [self.windows.empty()] * (size - len(items))
         return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
     def num_batches(self, epoch: int) -> int:

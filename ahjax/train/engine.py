@@ -43,8 +43,17 @@ def data_mesh(num_devices: int = 0) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` (parameters, optimiser state) copied to every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """``tree`` (parameters, optimiser state) copied to every device of ``mesh``; in a
+    multi-process run each process places its own (identical) copy on its devices."""
+    sharding = NamedSharding(mesh, P())
+    if not mesh.is_multi_process:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        x = x if isinstance(x, jax.Array) else jax.numpy.asarray(x)
+        return jax.make_array_from_single_device_arrays(
+            x.shape, sharding, [jax.device_put(x, d) for d in sharding.addressable_devices])
+    return jax.tree.map(one, tree)
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None = None
@@ -64,6 +73,63 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None
                              f"{n_dev} devices of the mesh")
         out[k] = jax.device_put(x, sharding)
     return out
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> tuple[int, int]:
+    """Join a multi-process JAX run; returns ``(process_index, process_count)``.
+
+    Arguments default to ``$AHJAX_COORDINATOR`` (``host:port`` of process 0),
+    ``$AHJAX_NUM_PROCESSES`` and ``$AHJAX_PROCESS_ID``; with one process (the default)
+    nothing happens. On CPUs the cross-process collectives use gloo. After this,
+    ``jax.devices()`` lists every process's devices, so :func:`data_mesh` spans them all.
+    """
+    import os
+    coordinator = coordinator or os.environ.get("AHJAX_COORDINATOR") or None
+    num_processes = int(num_processes or os.environ.get("AHJAX_NUM_PROCESSES") or 1)
+    if process_id is None:
+        process_id = int(os.environ.get("AHJAX_PROCESS_ID") or 0)
+    if num_processes <= 1:
+        return 0, 1
+    if not coordinator:
+        raise ValueError(f"{num_processes} processes need a coordinator address (host:port "
+                         "of process 0): --coordinator or $AHJAX_COORDINATOR")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process id {process_id} outside 0..{num_processes - 1}")
+    if jax.distributed.is_initialized():
+        return jax.process_index(), jax.process_count()
+    if (os.environ.get("JAX_PLATFORMS") or "cpu").split(",")[0] == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return jax.process_index(), jax.process_count()
+
+
+def is_main_process() -> bool:
+    """True on process 0, the one that writes results, logs and reports."""
+    return jax.process_index() == 0
+
+
+def local_copy(tree: Any) -> Any:
+    """``tree`` with every array that spans other processes' devices replaced by this
+    process's copy (for replicated arrays: the whole value), so the host can read it."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x.addressable_data(0)
+        return x
+    return jax.tree.map(one, tree)
+
+
+def put_batch(batch: Mapping[str, Any], keys: Iterable[str], mesh: Mesh) -> dict:
+    """This process's rows of a batch as global arrays split over ``mesh``'s ``data``
+    axis: with one process the batch is all of it; with several, each process passes
+    only its own rows (:class:`ahjax.data.windows.WindowLoader` with ``shard``) and the
+    global batch is their concatenation in process order."""
+    sharding = NamedSharding(mesh, P("data"))
+    if jax.process_count() == 1 or not mesh.is_multi_process:
+        return {k: jax.device_put(batch[k], sharding) for k in keys}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
+            for k in keys}
 
 
 @dataclasses.dataclass
@@ -159,5 +225,6 @@ def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
     return EpochResult(history, best_epoch(history), diverged)
 
 
-__all__ = ["EpochResult", "NonFiniteLossError", "best_epoch", "data_mesh", "replicate",
-           "run_epochs", "shard_batch"]
+__all__ = ["EpochResult", "NonFiniteLossError", "best_epoch", "data_mesh",
+           "initialize_distributed", "is_main_process", "local_copy", "put_batch",
+           "replicate", "run_epochs", "shard_batch"]

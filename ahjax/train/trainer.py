@@ -254,8 +254,7 @@ def _cached(builder: Callable, *key) -> Callable:
 
 
 def _put(batch: Mapping[str, np.ndarray], keys: Sequence[str], mesh: Mesh) -> dict:
-    sharding = NamedSharding(mesh, P("data"))
-    return {k: jax.device_put(batch[k], sharding) for k in keys}
+    return engine.put_batch(batch, keys, mesh)
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,6 +340,9 @@ class _Log:
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
+        self.active = engine.is_main_process()   # one writer in a multi-process run
+        if not self.active:
+            return
         if resume_step is None:
             path.write_text("")
         elif path.is_file():
@@ -350,6 +352,8 @@ class _Log:
             path.write_text("".join(ln + "\n" for ln in keep))
 
     def write(self, record: Mapping) -> None:
+        if not self.active:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
 
@@ -383,12 +387,18 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
     if windows_cfg.batch_size % n_dev:
         raise ValueError(f"batch size {windows_cfg.batch_size} is not divisible by the "
                          f"{n_dev} devices of the mesh")
+    # Validation runs whole on each process, on its own devices (the same numbers on all,
+    # so every process keeps the same best epoch).
+    eval_mesh = mesh if jax.process_count() == 1 else Mesh(np.asarray(jax.local_devices()),
+                                                          ("data",))
     train_ws = win.make_windows(store, spec, train_split, windows_cfg)
     val_ws = None
     if val_split is not None:
         val_ws = win.Windows(store, spec, val_split, window=windows_cfg.window,
                              hop=cfg.eval_hop or windows_cfg.window, stats=train_ws.stats)
-    loader = win.WindowLoader(train_ws, windows_cfg)
+    # In a multi-process run each process reads only its rows of every batch.
+    loader = win.WindowLoader(train_ws, windows_cfg,
+                              shard=(jax.process_index(), jax.process_count()))
     model = model_fn(dict(train_ws.dims), nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
     modalities = input_keys(model, spec)
     tx = make_optimizer(cfg, loader.num_batches(0) * cfg.epochs)
@@ -404,8 +414,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
         restored, meta = ckpt.restore(resume_step, nnx.to_pure_dict(saved))
         nnx.replace_by_pure_dict(saved, restored)
     log = _Log(workdir / METRICS_FILE, resume_step)
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(nnx.merge_state(saved, rng_state), replicated)
+    state = engine.replicate(nnx.merge_state(saved, rng_state), mesh)
     step_fn = _cached(make_train_step, graphdef, modalities, cfg, mesh)
     # Validation runs the model part of the state through the same compiled step that
     # predict_windows uses on the trained model afterwards.
@@ -415,7 +424,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
 
     def checkpoint(metrics=None):
         # Drop the RNG streams again: they are reseeded from (seed, step) anyway.
-        pure = nnx.to_pure_dict(state.split(nnx.RngState, ...)[1])
+        pure = nnx.to_pure_dict(engine.local_copy(state.split(nnx.RngState, ...)[1]))
         ckpt.save(meta["step"], pure, meta, metrics)
 
     pending: list[tuple[int, int, dict]] = []
@@ -424,7 +433,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
         # Losses stay on device between flushes so the host does not wait on every step.
         if not pending:
             return
-        got = jax.device_get([m for _, _, m in pending])
+        got = jax.device_get(engine.local_copy([m for _, _, m in pending]))
         for (s, e, _), m in zip(pending, got):
             if not math.isfinite(float(m["loss"])):
                 raise NonFiniteLossError(
@@ -472,7 +481,9 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
             val_metrics = None
             if val_ws is not None:
                 val_metrics, _ = evaluate(None, val_ws, batch_size=windows_cfg.batch_size,
-                                          mesh=mesh, step=(eval_step, state[0], modalities),
+                                          mesh=eval_mesh,
+                                          step=(eval_step, engine.local_copy(state[0]),
+                                                modalities),
                                           where=f"validation after epoch {epoch} (step "
                                                 f"{meta['step']})")
                 record["val"] = val_metrics
