@@ -13,6 +13,9 @@
 - ``two_level/semi_markov_crf`` (with ``--config.crf_evidence=True``): the full model
   trained with the semi-Markov CRF loss beside the frame loss (the duration prior inside
   training, :func:`level2_conflict.hsmm.semi_markov_nll`), default split and folds;
+- ``two_level/causal``: the same model on the past only (causal convolutions and conflict
+  features, running statistics; ``TwoLevelConfig.causal``), default split, deployed under
+  ``deploy_causal/`` for live use beside the offline model in ``deploy/``;
 - the concatenation TCN, a text-only TCN and the best fusion baseline (by val AP) at the
   paper's widths, one seed each on the default split (cached between runs, labelled so).
 
@@ -69,6 +72,9 @@ class Config:
     # about 3.5 minutes on this 2-core machine.
     crf_evidence: bool = False
     crf_weight: float = 1.0           # that row's TwoLevelConfig.crf_weight
+    # Train the two_level/causal row (the past only: causal convolutions and conflict
+    # features, for live use; default split), deployed beside the offline model.
+    causal_row: bool = True
     # The paper's supervised recipe for the baselines (SGD, Nesterov) at the paper's widths,
     # with fewer epochs: on the demo their validation AP peaks within the first few epochs
     # and they dominate the run's time on a CPU.
@@ -218,7 +224,8 @@ VARIANTS = (("two_level", {}, True),
             ("no_cross_modal", {"use_cross": False}, True),
             ("no_within_modality", {"use_within": False}, True),
             ("two_level/with_remainder", {"use_remainder": True}, False),
-            ("two_level/semi_markov_crf", {"crf_weight": None}, True))
+            ("two_level/semi_markov_crf", {"crf_weight": None}, True),
+            ("two_level/causal", {"causal": True}, False))
 METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1", "VIDEO_AVGF1", "VIDEO_AP",
            "VIDEO_AVGF1_SEGMENTS", "named_share", "AP_without_remainder",
            "AVGF1_without_remainder")
@@ -302,7 +309,8 @@ def _paired(per_row: dict, reference: str = "two_level") -> dict:
 
 
 def _train_two_level(config: Config, store: FeatureStore, bank, runs: list[Run], labels: dict,
-                     vlab: dict, fps: dict, workdir: Path, timings: dict) -> dict:
+                     vlab: dict, fps: dict, workdir: Path, timings: dict,
+                     causal_bank=None) -> dict:
     """Train and evaluate every two-level configuration; returns the per-run records."""
     durations_by_train: dict = {}
     for run in runs:   # each run's duration prior, fitted on its own training videos
@@ -312,18 +320,20 @@ def _train_two_level(config: Config, store: FeatureStore, bank, runs: list[Run],
     records: dict = {}
     for row, change, on_folds in VARIANTS:
         if (row == "two_level/with_remainder" and not config.remainder_evidence) or (
-                row == "two_level/semi_markov_crf" and not config.crf_evidence):
+                row == "two_level/semi_markov_crf" and not config.crf_evidence) or (
+                row == "two_level/causal" and causal_bank is None):
             continue
+        row_bank = causal_bank if change.get("causal") else bank
         mine = [r for r in runs if on_folds or r.name.startswith("default/")]
         if "crf_weight" in change:
             change = {"crf_weight": config.crf_weight}
         mcfg = dataclasses.replace(config.model, **change)
         t0 = time.time()
         trained = multirun.train_runs(
-            mcfg, bank, mine, config.multi, desc=row,
+            mcfg, row_bank, mine, config.multi, desc=row,
             durations=[durations_by_train[r.train][0].prior for r in mine])
         trained.save_history(workdir / "models" / row.replace("/", "__") / "metrics.jsonl")
-        outs = trained.outputs(bank, [r.val + r.test for r in mine])
+        outs = trained.outputs(row_bank, [r.val + r.test for r in mine])
         timings[f"{row}_train_seconds"] = time.time() - t0
         evals = []
         for r, run in enumerate(mine):
@@ -376,9 +386,13 @@ def run(config: Config, workdir: Path) -> dict:
     bank = multirun.build_bank(store, all_ids, min_block=config.multi.window,
                                use_cues=config.model.use_cues,
                                progress=config.multi.progress)
+    causal_bank = multirun.build_bank(store, all_ids, min_block=config.multi.window,
+                                      use_cues=config.model.use_cues, progress=False,
+                                      causal=True) if config.causal_row else None
     timings["level2_features_seconds"] = time.time() - t0
     runs, folds = make_runs(store, config)
-    records = _train_two_level(config, store, bank, runs, labels, vlab, fps, workdir, timings)
+    records = _train_two_level(config, store, bank, runs, labels, vlab, fps, workdir, timings,
+                               causal_bank)
     tables, per_run, selected = _tables(records)
     results: dict = {"test": tables["test"], "val": tables["val"]}
     for key in ("test_folds", "val_folds"):
@@ -394,6 +408,13 @@ def run(config: Config, workdir: Path) -> dict:
     deploy = full["evals"][best]
     save_trained(full["trained"].model(best), full["config"], deploy["durations"],
                  deploy["decode"], workdir / "deploy")
+    if "two_level/causal" in records:   # the live model, chosen the same way
+        rec = records["two_level/causal"]
+        aps = [ev["rows"][("", "val")]["AP"] if ("", "val") in ev["rows"] else 0.0
+               for ev in rec["evals"]]
+        pick = int(np.argmax(aps))
+        save_trained(rec["trained"].model(pick), rec["config"], rec["evals"][pick]["durations"],
+                     rec["evals"][pick]["decode"], workdir / "deploy_causal")
 
     t0 = time.time()
     baseline_rows, reused = _baselines(config, store, test_ids, val_ids, labels, vlab,

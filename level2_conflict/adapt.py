@@ -108,10 +108,11 @@ class CentredDomain(adapt_lib.Domain):
         return out
 
 
-@functools.partial(jax.jit, static_argnames=("scales",))
-def _video_features(tracks: dict, mask: Array, fps: Array, scales: tuple) -> dict:
-    groups = feats.conflict_features(tracks, fps, mask, scales)
-    affect = feats.affect_tracks(tracks, mask)
+@functools.partial(jax.jit, static_argnames=("scales", "causal"))
+def _video_features(tracks: dict, mask: Array, fps: Array, scales: tuple,
+                    causal: bool = False) -> dict:
+    groups = feats.conflict_features(tracks, fps, mask, scales, causal=causal)
+    affect = feats.affect_tracks(tracks, mask, causal=causal)
     return dict(groups, **{AFFECT_KEYS[m]: a for m, a in affect.items()})
 
 
@@ -126,7 +127,8 @@ def video_features(tracks: Mapping[str, np.ndarray], cfg: TwoLevelConfig
     padded = {k: jnp.asarray(np.pad(np.asarray(v, np.float32), ((0, size - n), (0, 0))))
               for k, v in tracks.items()}
     mask = jnp.asarray(np.arange(size) < n, jnp.float32)
-    out = _video_features(padded, mask, jnp.float32(cfg.fps), tuple(cfg.scales))
+    out = _video_features(padded, mask, jnp.float32(cfg.fps), tuple(cfg.scales),
+                          causal=cfg.causal)
     return {k: np.asarray(v[:n]) for k, v in out.items()}
 
 

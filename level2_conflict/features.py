@@ -112,21 +112,34 @@ def _reference(tracks: Mapping[str, Array]) -> Array:
         f"voice_prosody, text_affect; got {sorted(tracks)}")
 
 
-def _weighted_centre(x: Array, w: Array) -> Array:
-    mean = jnp.sum(x * w, -1, keepdims=True) / (jnp.sum(w, -1, keepdims=True) + _EPS)
-    return x - mean
+def _weighted_moments(x: Array, w: Array, causal: bool) -> tuple[Array, Array]:
+    """``w``-weighted mean and variance of ``x`` over axis -1: of the whole sequence, or
+    (``causal``) of frames ``0..t`` for each frame ``t`` (running sums: the past only)."""
+    if causal:
+        sw = jnp.cumsum(w, -1) + _EPS
+        mean = jnp.cumsum(x * w, -1) / sw
+        var = jnp.maximum(jnp.cumsum(x * x * w, -1) / sw - mean ** 2, 0.0)
+        return mean, var
+    sw = jnp.sum(w, -1, keepdims=True) + _EPS
+    mean = jnp.sum(x * w, -1, keepdims=True) / sw
+    return mean, jnp.sum((x - mean) ** 2 * w, -1, keepdims=True) / sw
 
 
-def _weighted_z(x: Array, w: Array, floor: float = 0.01) -> Array:
+def _weighted_centre(x: Array, w: Array, causal: bool = False) -> Array:
+    return x - _weighted_moments(x, w, causal)[0]
+
+
+def _weighted_z(x: Array, w: Array, floor: float = 0.01, causal: bool = False) -> Array:
     """``x`` centred and scaled by its ``w``-weighted standard deviation over axis -1,
-    the deviation floored at ``floor`` (a flat track is not blown up into noise)."""
-    centred = _weighted_centre(x, w)
-    var = jnp.sum(centred ** 2 * w, -1, keepdims=True) / (jnp.sum(w, -1, keepdims=True) + _EPS)
-    return centred / jnp.sqrt(var + floor ** 2)
+    the deviation floored at ``floor`` (a flat track is not blown up into noise);
+    ``causal``: with the running statistics of frames ``0..t``."""
+    mean, var = _weighted_moments(x, w, causal)
+    return (x - mean) / jnp.sqrt(var + floor ** 2)
 
 
 def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
-                  face_baseline: str = FACE_BASELINE) -> dict[str, Array]:
+                  face_baseline: str = FACE_BASELINE, causal: bool = False
+                  ) -> dict[str, Array]:
     """Per-modality ``(..., n, 3)`` tracks of (valence, arousal, confidence).
 
     A modality whose arrays are missing gets zeros with confidence 0, so a face-only or
@@ -140,6 +153,10 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
     0.64-0.79 for frowns and smiles alike, so a frown never has negative valence); against
     the person's baseline a frown reads negative and a smile positive, which is what the
     opposite-sign and sign-change features need.
+
+    ``causal``: every per-sequence statistic (the face baseline, arousal centring, the
+    voice energy's z-score) uses only frames up to each frame, so a frame's tracks never
+    depend on what comes after it (for live use).
     """
     if face_baseline not in ("person", "raw"):
         raise ValueError(f"face_baseline must be 'person' or 'raw', got {face_baseline!r}")
@@ -164,17 +181,26 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
         fc = fc * jnp.asarray(tracks["face_present"], jnp.float32)[..., 0]
     fc = fc * mask
     if face_baseline == "person":
-        fv = jnp.tanh(0.7 * _weighted_z(fv, fc, FACE_VALENCE_FLOOR))
-    out["face"] = (fv, _weighted_centre(fa, fc), fc)
+        fv = jnp.tanh(0.7 * _weighted_z(fv, fc, FACE_VALENCE_FLOOR, causal))
+    out["face"] = (fv, _weighted_centre(fa, fc, causal), fc)
 
     if "voice_prosody" in tracks:
         pros = jnp.asarray(tracks["voice_prosody"], jnp.float32)
         vc = _col(pros, VOICE_PROSODY, "voice_active") * mask
         pitch_z = _col(pros, VOICE_PROSODY, "pitch_z")
-        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy"), vc)
+        if causal:
+            # Level 1 z-scores log-pitch over the whole video: redo it with running
+            # statistics of the voiced frames so far (scale floored at one semitone).
+            hz = _col(pros, VOICE_PROSODY, "pitch_hz")
+            voiced = (hz > 0).astype(jnp.float32) * mask
+            log_f0 = jnp.log2(jnp.maximum(hz, 1.0))
+            mean, var = _weighted_moments(log_f0, voiced, True)
+            pitch_z = jnp.where(voiced > 0,
+                                (log_f0 - mean) / jnp.maximum(jnp.sqrt(var), 1.0 / 12), 0.0)
+        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy"), vc, causal=causal)
         vv = jnp.tanh(0.7 * pitch_z)
         va = jnp.tanh(0.7 * energy_z + 0.3 * pitch_z)
-        out["voice"] = (vv, _weighted_centre(va, vc), vc)
+        out["voice"] = (vv, _weighted_centre(va, vc, causal), vc)
     else:
         out["voice"] = (zeros, zeros, zeros)
 
@@ -183,20 +209,21 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
         tc = _col(text, TEXT_AFFECT, "word_present") * mask
         tv = jnp.clip(_col(text, TEXT_AFFECT, "sentiment"), -1.0, 1.0)
         ta = jnp.tanh(sum(_col(text, TEXT_AFFECT, c) for c in _TEXT_AROUSAL))
-        out["text"] = (tv, _weighted_centre(ta, tc), tc)
+        out["text"] = (tv, _weighted_centre(ta, tc, causal), tc)
     else:
         out["text"] = (zeros, zeros, zeros)
     return {m: jnp.stack(v, -1) for m, v in out.items()}
 
 
-def _window_sums(cum: Array, half: Array, n: int) -> dict[str, Array]:
+def _window_sums(cum: Array, half: Array, n: int, causal: bool = False) -> dict[str, Array]:
     """Sums over centred, past and future windows from a cumulative sum.
 
     ``cum`` (..., n + 1, K) is the cumulative sum (with a leading zero row) of K per-frame
     quantities and ``half`` (..., S, 1) the half-widths of S scales; window
     ``[t + lo, t + hi)`` clipped to the sequence is ``cum[hi] - cum[lo]``, so the cost is
     O(n) whatever the width, and widths may differ per batch element (they are index
-    offsets, not kernel shapes). Returns window -> (..., S, n, K). Float32 cumulative sums
+    offsets, not kernel shapes). Returns window -> (..., S, n, K). ``causal``: windows
+    ``[t - 2 half, t]`` ending at the frame, split into an older and a recent half. Float32 cumulative sums
     lose about 1e-7 x n absolutely: negligible for windows and videos of thousands of frames.
     """
     t = jnp.arange(n)
@@ -209,6 +236,9 @@ def _window_sums(cum: Array, half: Array, n: int) -> dict[str, Array]:
         hi = jnp.broadcast_to(jnp.clip(hi, 0, n)[..., None], full)
         return jnp.take_along_axis(cum, hi, -2) - jnp.take_along_axis(cum, lo, -2)
 
+    if causal:   # the window ends at t: its older half against its recent half
+        return {"centre": total(t - 2 * half, t + 1), "past": total(t - 2 * half, t - half),
+                "future": total(t - half, t + 1)}
     return {"centre": total(t - half, t + half + 1), "past": total(t - half, t + 0 * half),
             "future": total(t + 0 * half, t + half)}
 
@@ -231,16 +261,19 @@ def _stats(sums: Array, count: Array, w: int, wx: int, wxx: int | None = None):
 def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
                       mask: Array | None = None,
                       scales: Sequence[float] = SCALES_S, *,
-                      face_baseline: str = FACE_BASELINE) -> dict[str, Array]:
+                      face_baseline: str = FACE_BASELINE, causal: bool = False
+                      ) -> dict[str, Array]:
     """The six conflict feature groups, each ``(..., n, k_group)``.
 
     ``tracks``: level-1 arrays with frames on axis -2 (see module docstring);
     ``fps``: frames per second, a number or an array of the batch shape;
     ``mask``: ``(..., n)`` real-frame mask. Padded frames get all-zero features.
     Columns: :func:`feature_columns` (``scales`` must match); ``face_baseline``: as in
-    :func:`affect_tracks`.
+    :func:`affect_tracks`. ``causal``: features from the past only (windows ending at the
+    frame, flips between their older and recent halves, running statistics), so a
+    frame's features never change when later frames arrive.
     """
-    affect = affect_tracks(tracks, mask, face_baseline=face_baseline)
+    affect = affect_tracks(tracks, mask, face_baseline=face_baseline, causal=causal)
     ref = affect["face"]
     batch_shape, n = ref.shape[:-2], ref.shape[-2]
     count = jnp.ones(batch_shape + (n,), jnp.float32) if mask is None else \
@@ -270,7 +303,7 @@ def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
     seconds = jnp.asarray(scales, jnp.float32)
     half = jnp.maximum(1, jnp.round(seconds * fps[..., None] / 2)).astype(jnp.int32)
     half = jnp.broadcast_to(half, batch_shape + (len(scales),))[..., None]  # (..., S, 1)
-    win = _window_sums(cum, half, n)
+    win = _window_sums(cum, half, n, causal)
     c_all = {k: v[..., index["count"]] for k, v in win.items()}
 
     def stat(m, x, which="centre", second=True):

@@ -61,7 +61,9 @@ class TwoLevelConfig:
     hidden: int = 16                  # TCN channels per branch
     n_blocks: int = 4                 # dilations 1, 2, 4, ... 2^(n_blocks-1)
     kernel: int = 3
-    causal: bool = False              # False: centred convolutions (offline analysis)
+    # False: centred convolutions and windows (offline analysis); True: the past only
+    # (causal convolutions, conflict features and running statistics), for live use.
+    causal: bool = False
     dropout: float = 0.1
     use_cross: bool = True            # face_voice, face_text, voice_text branches
     use_within: bool = True           # within_face, within_voice, within_text branches
@@ -238,12 +240,13 @@ class TwoLevelModel(nnx.Module):
             affect = {m: jnp.asarray(inputs[k], jnp.float32).at[..., 2].multiply(mask)
                       for m, k in AFFECT_KEYS.items()}
         else:
-            affect = feats.affect_tracks(inputs, mask)
+            affect = feats.affect_tracks(inputs, mask, causal=self.cfg.causal)
         if all(g in inputs for g in self.groups):
             groups = {g: jnp.asarray(inputs[g], jnp.float32) * mask[..., None]
                       for g in self.groups}
         else:
-            groups = feats.conflict_features(inputs, fps, mask, self.cfg.scales)
+            groups = feats.conflict_features(inputs, fps, mask, self.cfg.scales,
+                                             causal=self.cfg.causal)
             groups = {g: groups[g] for g in self.groups}
         if not self.cfg.cross_coverage:
             keep = dict(self._keep)

@@ -84,16 +84,18 @@ class Bank:
                 jnp.asarray(self.labels))
 
 
-@jax.jit
-def _video_inputs(tracks, mask, fps):
-    groups = feats.conflict_features(tracks, fps, mask)
-    affect = feats.affect_tracks(tracks, mask)
+@functools.partial(jax.jit, static_argnames=("causal",))
+def _video_inputs(tracks, mask, fps, causal=False):
+    groups = feats.conflict_features(tracks, fps, mask, causal=causal)
+    affect = feats.affect_tracks(tracks, mask, causal=causal)
     return groups, {AFFECT_KEYS[m]: a for m, a in affect.items()}
 
 
-def video_inputs(tracks: Mapping[str, np.ndarray], fps: float) -> dict[str, np.ndarray]:
+def video_inputs(tracks: Mapping[str, np.ndarray], fps: float, causal: bool = False
+                 ) -> dict[str, np.ndarray]:
     """Feature groups and affect tracks ``{name: (n, k)}`` of one whole video's level-1
-    ``tracks`` (``n`` frames each), exactly as :class:`TwoLevelModel` computes them."""
+    ``tracks`` (``n`` frames each), exactly as :class:`TwoLevelModel` computes them
+    (``causal``: from the past only, for a model with ``TwoLevelConfig.causal``)."""
     n = int(np.asarray(tracks["face_present"]).shape[0])
     if n < 1:
         raise ValueError("video_inputs: a video with no frames")
@@ -105,7 +107,8 @@ def video_inputs(tracks: Mapping[str, np.ndarray], fps: float) -> dict[str, np.n
                         ((0, size - n), (0, 0)))[None] for k in TRACKS if k in tracks}
     mask = np.zeros((1, size), np.float32)
     mask[0, :n] = 1.0
-    groups, affect = jax.device_get(_video_inputs(padded, mask, np.float32(fps)))
+    groups, affect = jax.device_get(_video_inputs(padded, mask, np.float32(fps),
+                                                  causal=causal))
     out = {g: np.asarray(a[0, :n]) for g, a in groups.items()}
     out.update({k: np.asarray(a[0, :n]) for k, a in affect.items()})
     for name, arr in out.items():
@@ -115,8 +118,9 @@ def video_inputs(tracks: Mapping[str, np.ndarray], fps: float) -> dict[str, np.n
 
 
 def build_bank(store: FeatureStore, video_ids: Sequence[str], *, min_block: int,
-               use_cues: bool = False, progress: bool = True) -> Bank:
-    """A :class:`Bank` of ``video_ids`` from ``store`` (level-1 tracks, labels, meta)."""
+               use_cues: bool = False, progress: bool = True, causal: bool = False) -> Bank:
+    """A :class:`Bank` of ``video_ids`` from ``store`` (level-1 tracks, labels, meta);
+    ``causal``: level-2 inputs from the past only (for causal models)."""
     parts: dict[str, list] = {}
     valid, labels, slots, offset = [], [], {}, 0
     for vid in tqdm(video_ids, desc="level-2 features", disable=not progress, leave=False):
@@ -125,7 +129,7 @@ def build_bank(store: FeatureStore, video_ids: Sequence[str], *, min_block: int,
         store.verify(vid, [k for k in TRACKS if k in meta.get("shapes", {})] + ["labels"])
         tracks = {k: np.asarray(store.read(vid, k), np.float32).reshape(n, -1) for k in TRACKS}
         try:
-            arrays = video_inputs(tracks, float(meta["fps"]))
+            arrays = video_inputs(tracks, float(meta["fps"]), causal)
         except ValueError as err:
             raise ValueError(f"{vid}: {err}") from None
         arrays["fps"] = np.full((n, 1), float(meta["fps"]), np.float32)

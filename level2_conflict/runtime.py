@@ -107,7 +107,8 @@ class TrainedTwoLevel:
     def predict(self, arrays: dict, fps: float) -> dict:
         """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,),
         ``remainder`` included) for one video's level-1 ``arrays`` (schema names)."""
-        inputs = multirun.video_inputs({k: arrays[k] for k in TRACKS}, fps)
+        inputs = multirun.video_inputs({k: arrays[k] for k in TRACKS}, fps,
+                                       causal=self.model.cfg.causal)
         n = next(iter(inputs.values())).shape[0]
         size = -(-n // 128) * 128
         batch = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in inputs.items()}

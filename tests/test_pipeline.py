@@ -141,6 +141,10 @@ def test_two_level_quick_run_writes_tables_figures_report(quick_run):
     assert deployed["decode"]["evidence_rate"] == chosen["two_level"][deployed_run]["hsmm"]
     assert deployed["decode"]["evidence_rate"] in QUICK.decode.evidence_rates
     assert deployed["durations"]["max_s"] == QUICK.decode.max_duration_s
+    # The live model: trained on the past only, scored beside the offline one, deployed.
+    assert test["two_level/causal"]["n_runs"] == QUICK.seeds
+    causal = json.loads((run_dir / "deploy_causal" / "level2.json").read_text())
+    assert causal["model"]["causal"] is True and deployed["model"]["causal"] is False
 
 
 def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo_root):

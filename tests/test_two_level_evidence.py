@@ -411,3 +411,29 @@ def test_runs_train_with_the_semi_markov_loss_given_duration_priors():
     assert losses[0] != plain.history[0]["loss"][0]
     with pytest.raises(ValueError, match="crf_weight must be >= 0"):
         TwoLevelConfig(crf_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------ causal
+
+def test_the_causal_model_never_reads_later_frames():
+    # A causal model (the past-only conflict features, running statistics and causal
+    # convolutions) scores frames 0..59 the same whatever comes after them; the offline
+    # model does not (so the test can fail).
+    a = make_tracks(90, random=True, seed=4)
+    b = {k: v.copy() for k, v in a.items()}
+    rng = np.random.default_rng(9)
+    for k, v in b.items():
+        if k != "face_present":
+            v[60:] = rng.uniform(-1, 1, v[60:].shape)
+    for causal in (True, False):
+        model = TwoLevelModel(dataclasses.replace(SMALL, causal=causal), rngs=nnx.Rngs(0))
+        early = np.abs(_score(model, a)[0][:60] - _score(model, b)[0][:60]).max()
+        if causal:
+            assert early < 1e-5
+        else:
+            assert early > 1e-3
+    # The whole-video inputs of a causal model are past-only too.
+    fa = multirun.video_inputs(a, 10.0, causal=True)
+    fb = multirun.video_inputs(b, 10.0, causal=True)
+    for name in fa:
+        np.testing.assert_allclose(fa[name][:60], fb[name][:60], atol=1e-6, err_msg=name)
