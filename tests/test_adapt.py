@@ -70,6 +70,7 @@ def test_source_only_is_poor_on_the_shifted_target(accuracies):
     assert 0.3 <= accuracies["source_only"] <= 0.7
 
 
+@pytest.mark.slow   # the shared fixture trains every method (about 20 s)
 @pytest.mark.parametrize("name", ["mmd", "acpl", "shot", "nrc", "tent", "t3a"])
 def test_method_beats_source_only(accuracies, name):
     assert accuracies[name] >= accuracies["source_only"] + MARGIN, accuracies

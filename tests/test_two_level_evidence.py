@@ -396,6 +396,7 @@ def test_semi_markov_loss_pushes_scores_towards_the_labels_and_skips_unlabelled(
     assert float(good) < 0.05 < 5.0 < float(bad)
 
 
+@pytest.mark.slow
 def test_runs_train_with_the_semi_markov_loss_given_duration_priors():
     bank = _bank(4)
     run = multirun.Run("a", 0, ("v0", "v1", "v2"), ("v3",), ("v3",))
