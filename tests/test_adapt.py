@@ -248,6 +248,7 @@ def test_target_parts_rows_match_the_split():
     np.testing.assert_array_equal(ctx, [len(labels[0])] * 3)
 
 
+@pytest.mark.slow
 def test_tcn_backbone_sees_its_own_video_past_only():
     cfg = A.AdaptConfig(backbone="tcn", context=6, tcn_channels=(4, 4), feature_dim=4)
     rng = np.random.default_rng(0)
@@ -334,6 +335,7 @@ def _decomposition_error(model, raw):
     return float(jnp.abs(total - aux["score"]).max())
 
 
+@pytest.mark.slow
 def test_two_level_net_scores_frames_as_the_model_does_on_whole_videos(two_level):
     from level2_conflict import adapt as L
     cfg, (raw, dom), _ = two_level
@@ -374,6 +376,7 @@ def test_two_level_parameter_groups():
     assert paths("tent") == {p for p in every if "/inp/" in p} and len(paths("tent")) == 8
 
 
+@pytest.mark.slow
 def test_two_level_adaptation_moves_parameters_and_keeps_the_decomposition(two_level):
     from level2_conflict import adapt as L
     cfg, (_, source), (raw_t, target) = two_level

@@ -250,6 +250,7 @@ def _linear(i, o):
     return i * o + o
 
 
+@pytest.mark.slow
 def test_parameter_counts_at_paper_settings():
     """Counts at the paper's input widths (video 512, audio 128, text 768), all three given."""
     cfg = F.FusionConfig()

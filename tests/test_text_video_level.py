@@ -239,6 +239,7 @@ def test_stack_cv_scores_every_design_out_of_fold():
     np.testing.assert_array_equal(oof_p, oof[key])
 
 
+@pytest.mark.slow
 def test_resampled_threshold_is_the_median_of_val_sized_draws():
     rng = np.random.default_rng(0)
     groups = np.repeat([f"p{i}" for i in range(20)], 6)

@@ -68,6 +68,7 @@ def test_temporal_modulation_mixes_frames_and_spatial_only_does_not():
         assert bool(jnp.abs(a[1:] - b[1:]).max() > 1e-6) == mixes
 
 
+@pytest.mark.slow
 def test_clip_style_uses_prompt_embeddings_and_trains():
     enc = bb.build_backbone("resnet18", 2, rngs=nnx.Rngs(0), **bb.TINY["resnet18"])
     text = np.random.default_rng(0).normal(size=(2, 384)).astype(np.float32)
