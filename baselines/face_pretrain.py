@@ -213,7 +213,7 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
                                                           images.dtype)])
                 labels = np.concatenate([labels, np.zeros(pad, np.int32)])
                 weights = np.concatenate([weights, np.zeros(pad, np.float32)])
-            yield engine.shard_batch({"image": images, "label": labels, "weight": weights},
+            yield engine.put_batch({"image": images, "label": labels, "weight": weights},
                                      mesh)
 
     def step(batch, epoch):

@@ -163,7 +163,7 @@ def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
     n, max_d = log_post.shape[0], log_dur.shape[1]
     emis = emission_weight * (log_post - log_prior)
     cum = jnp.concatenate([jnp.zeros((1, 2)), jnp.cumsum(emis, 0)], 0)       # (n+1, 2)
-    log_surv = jax.lax.cumlogsumexp(log_dur, axis=1, reverse=True)
+    log_surv = log_survival(log_dur)
     durs = jnp.arange(1, max_d + 1)
 
     def forward(buf, t):
@@ -190,6 +190,11 @@ def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
 
     _, labels = jax.lax.scan(backward, (1 - last, jnp.int32(0)), jnp.arange(n), reverse=True)
     return labels
+
+
+def log_survival(log_pmf: Array, axis: int = -1) -> Array:
+    """``log P(D >= d)`` from duration log-pmfs ``log P(D = d)`` along ``axis``."""
+    return jax.lax.cumlogsumexp(log_pmf, axis=axis % jnp.ndim(log_pmf), reverse=True)
 
 
 def duration_log_probs(shape: Array, scale_s: Array, fps: Array, n: int, *, max_s: float,
@@ -239,7 +244,7 @@ def segment_log_partition(unary: Array, log_dur: Array, allowed: Array | None = 
     log_dur = jnp.broadcast_to(jnp.asarray(log_dur, jnp.float32),
                                (b,) + jnp.shape(log_dur)[-2:])               # (B, 2, D)
     if log_surv is None:
-        log_surv = jax.lax.cumlogsumexp(log_dur, axis=2, reverse=True)
+        log_surv = log_survival(log_dur)
     log_surv = jnp.broadcast_to(jnp.asarray(log_surv, jnp.float32), log_dur.shape)
     # A window of w frames holds no segment longer than w.
     log_dur, log_surv = log_dur[..., :w], log_surv[..., :w]
@@ -361,7 +366,7 @@ class OnlineDecoder:
         self.cum = np.zeros((1025, 2))
         self.delta = np.zeros((1024, 2))
         self.back = np.zeros((1024, 2), np.int64)
-        self.committed: list[int] = []
+        self.n_committed = 0   # frames whose labels were returned (final)
 
     def _best_ending_at(self, t: int, log_dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         durs = np.arange(1, min(self.max_d, t + 1) + 1)
@@ -400,16 +405,16 @@ class OnlineDecoder:
             self.delta[t], self.back[t] = self._best_ending_at(t, self.log_dur)
         self.n = n = self.n + len(p)
         upto = n - self.lag
-        if upto <= len(self.committed) or n == 0:
+        if upto <= self.n_committed or n == 0:
             return np.zeros(0, np.int64)
-        new = self._path(n - 1)[len(self.committed):upto]
-        self.committed.extend(int(x) for x in new)
+        new = self._path(n - 1)[self.n_committed:upto]
+        self.n_committed = upto
         return new
 
     def finish(self) -> np.ndarray:
         """The labels of every frame not committed yet."""
-        if self.n == 0 or len(self.committed) == self.n:
+        if self.n == 0 or self.n_committed == self.n:
             return np.zeros(0, np.int64)
-        new = self._path(self.n - 1)[len(self.committed):]
-        self.committed.extend(int(x) for x in new)
+        new = self._path(self.n - 1)[self.n_committed:]
+        self.n_committed = self.n
         return new

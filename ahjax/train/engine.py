@@ -9,7 +9,7 @@ their data and their step, not in how an epoch is run. They share, from here:
   ``"stop"``: end there and keep the best epoch before it), validation after each epoch,
   one best-epoch rule (the highest validation score, the later epoch on a tie, or the last
   epoch without a score) and a per-epoch hook for checkpoints;
-- :func:`data_mesh`, :func:`replicate`, :func:`shard_batch`: the same 1-D ``data`` mesh
+- :func:`data_mesh`, :func:`replicate`, :func:`put_batch`: the same 1-D ``data`` mesh
   data parallelism (parameters replicated, batches split on their first axis), so a jitted
   step written for one device runs data-parallel on several unchanged;
 - the optimiser builder :func:`ahjax.train.trainer.make_optimizer` and the orbax
@@ -33,9 +33,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss, or the model's outputs on validation, became NaN or inf."""
 
 
-def data_mesh(num_devices: int = 0) -> Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0)."""
-    devices = jax.devices()
+def data_mesh(num_devices: int = 0, *, local: bool = False) -> Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0): every
+    process's devices, or (``local``) this process's only."""
+    devices = jax.local_devices() if local else jax.devices()
     n = len(devices) if num_devices <= 0 else num_devices
     if n > len(devices):
         raise ValueError(f"asked for {n} devices, only {len(devices)} available")
@@ -54,25 +55,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_single_device_arrays(
             x.shape, sharding, [jax.device_put(x, d) for d in sharding.addressable_devices])
     return jax.tree.map(one, tree)
-
-
-def shard_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None = None
-                ) -> dict:
-    """The arrays of ``batch`` (those named in ``keys``, default all) split over ``mesh``'s
-    devices along their first axis, which must be divisible by the number of devices."""
-    n_dev = mesh.devices.size
-    sharding = NamedSharding(mesh, P("data"))
-    out = {}
-    for k in (batch if keys is None else keys):
-        x = batch[k]
-        if isinstance(x, Mapping):
-            out[k] = shard_batch(x, mesh)
-            continue
-        if np.shape(x)[0] % n_dev:
-            raise ValueError(f"batch {k!r}: {np.shape(x)[0]} rows are not divisible by the "
-                             f"{n_dev} devices of the mesh")
-        out[k] = jax.device_put(x, sharding)
-    return out
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -120,16 +102,31 @@ def local_copy(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def put_batch(batch: Mapping[str, Any], keys: Iterable[str], mesh: Mesh) -> dict:
-    """This process's rows of a batch as global arrays split over ``mesh``'s ``data``
-    axis: with one process the batch is all of it; with several, each process passes
-    only its own rows (:class:`ahjax.data.windows.WindowLoader` with ``shard``) and the
-    global batch is their concatenation in process order."""
+def put_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None = None
+              ) -> dict:
+    """The arrays of ``batch`` (those named in ``keys``, default all; nested mappings
+    too) as global arrays split over ``mesh``'s ``data`` axis along their first axis.
+
+    With one process the batch is all of it; with several, each process passes only its
+    own rows (:class:`ahjax.data.windows.WindowLoader` with ``shard``) and the global batch
+    is their concatenation in process order. The rows a process passes must divide
+    evenly over its devices of the mesh.
+    """
     sharding = NamedSharding(mesh, P("data"))
-    if jax.process_count() == 1 or not mesh.is_multi_process:
-        return {k: jax.device_put(batch[k], sharding) for k in keys}
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
-            for k in keys}
+    n_local = len(sharding.addressable_devices)
+    spans_processes = mesh.is_multi_process
+    out = {}
+    for k in (batch if keys is None else keys):
+        x = batch[k]
+        if isinstance(x, Mapping):
+            out[k] = put_batch(x, mesh)
+            continue
+        if np.shape(x)[0] % n_local:
+            raise ValueError(f"batch {k!r}: {np.shape(x)[0]} rows are not divisible by the "
+                             f"{n_local} devices of the mesh")
+        out[k] = (jax.make_array_from_process_local_data(sharding, np.asarray(x))
+                  if spans_processes else jax.device_put(x, sharding))
+    return out
 
 
 @dataclasses.dataclass
@@ -227,4 +224,4 @@ def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
 
 __all__ = ["EpochResult", "NonFiniteLossError", "best_epoch", "data_mesh",
            "initialize_distributed", "is_main_process", "local_copy", "put_batch",
-           "replicate", "run_epochs", "shard_batch"]
+           "replicate", "run_epochs"]

@@ -254,7 +254,7 @@ def _cached(builder: Callable, *key) -> Callable:
 
 
 def _put(batch: Mapping[str, np.ndarray], keys: Sequence[str], mesh: Mesh) -> dict:
-    return engine.put_batch(batch, keys, mesh)
+    return engine.put_batch(batch, mesh, keys)
 
 
 # ----------------------------------------------------------------------------------------
@@ -389,8 +389,7 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
                          f"{n_dev} devices of the mesh")
     # Validation runs whole on each process, on its own devices (the same numbers on all,
     # so every process keeps the same best epoch).
-    eval_mesh = mesh if jax.process_count() == 1 else Mesh(np.asarray(jax.local_devices()),
-                                                          ("data",))
+    eval_mesh = mesh if jax.process_count() == 1 else engine.data_mesh(local=True)
     train_ws = win.make_windows(store, spec, train_split, windows_cfg)
     val_ws = None
     if val_split is not None:

@@ -182,7 +182,7 @@ def fit(method: TrainedMethod, model: AdaptNet, source: Domain | None, target: D
             if method.uses_source:
                 spos = rng.integers(0, len(source), b)
                 batch.update(src=source.inputs(spos, cfg.context), src_y=source.labels[spos])
-            yield s, engine.shard_batch(batch, mesh)
+            yield s, engine.put_batch(batch, mesh)
 
     def step(item, epoch):
         s, batch = item
