@@ -366,6 +366,19 @@ def _tables(records: dict) -> tuple[dict, dict, dict]:
     return tables, per_run, selected
 
 
+def _deploy(record: dict, folder: Path) -> dict:
+    """Save ``record``'s default-split run with the best val AP into ``folder``; returns
+    that run's evaluation."""
+    evals = record["evals"]
+    default = [i for i, ev in enumerate(evals) if ev["run"].name.startswith("default/")]
+    val_aps = [evals[i]["rows"][("", "val")]["AP"] if ("", "val") in evals[i]["rows"]
+               else 0.0 for i in default]
+    best = default[int(np.argmax(val_aps))]
+    save_trained(record["trained"].model(best), record["config"], evals[best]["durations"],
+                 evals[best]["decode"], folder)
+    return evals[best]
+
+
 def run(config: Config, workdir: Path) -> dict:
     """Train and compare everything; returns ``{split: {method: metrics}}`` and extras."""
     t_start = time.time()
@@ -399,22 +412,11 @@ def run(config: Config, workdir: Path) -> dict:
         if tables[key]:
             results[key] = tables[key]
 
-    # The deployed model: the default split's full-model run with the best val AP.
-    full = records["two_level"]
-    default = [i for i, ev in enumerate(full["evals"]) if ev["run"].name.startswith("default/")]
-    val_aps = [full["evals"][i]["rows"][("", "val")]["AP"] if ("", "val") in
-               full["evals"][i]["rows"] else 0.0 for i in default]
-    best = default[int(np.argmax(val_aps))]
-    deploy = full["evals"][best]
-    save_trained(full["trained"].model(best), full["config"], deploy["durations"],
-                 deploy["decode"], workdir / "deploy")
-    if "two_level/causal" in records:   # the live model, chosen the same way
-        rec = records["two_level/causal"]
-        aps = [ev["rows"][("", "val")]["AP"] if ("", "val") in ev["rows"] else 0.0
-               for ev in rec["evals"]]
-        pick = int(np.argmax(aps))
-        save_trained(rec["trained"].model(pick), rec["config"], rec["evals"][pick]["durations"],
-                     rec["evals"][pick]["decode"], workdir / "deploy_causal")
+    # The deployed models: the default split's run with the best val AP, of the full
+    # model and (when trained) of its causal twin for live use.
+    deploy = _deploy(records["two_level"], workdir / "deploy")
+    if "two_level/causal" in records:
+        _deploy(records["two_level/causal"], workdir / "deploy_causal")
 
     t0 = time.time()
     baseline_rows, reused = _baselines(config, store, test_ids, val_ids, labels, vlab,
