@@ -293,30 +293,11 @@ class FaceEncoder:
         self.expression = expression_model or ExpressionModel.load(
             self.config.fer_path, batch_size=self.config.batch_size)
 
-    def _observations(self, frames: Iterable[np.ndarray], fps: float
-                      ) -> Iterator[tuple[np.ndarray, _Obs]]:
-        """(frame, observation) per frame; the landmarker runs on every k-th frame only."""
-        k = self.config.detect_every
-        with _Finder(self._landmarker_path, self.config, fps) as finder:
-            key_i, key_obs = None, None
-            pending: list[tuple[int, np.ndarray]] = []  # frames since the last keyframe
-            for i, frame in enumerate(frames):
-                frame = _as_rgb(frame, i)
-                if i % k:
-                    pending.append((i, frame))
-                    continue
-                obs = finder.find(i, frame)
-                for j, f in pending:
-                    yield f, _interpolate(key_obs, obs, (j - key_i) / (i - key_i))
-                pending = []
-                key_i, key_obs = i, obs
-                yield frame, obs
-            if pending:  # the video ended between keyframes: the last frame becomes one
-                i, frame = pending.pop()
-                obs = finder.find(i, frame)
-                for j, f in pending:
-                    yield f, _interpolate(key_obs, obs, (j - key_i) / (i - key_i))
-                yield frame, obs
+    def session(self, fps: float, *, return_crops: bool = False,
+                return_landmarks: bool = False) -> "FaceSession":
+        """An incremental encoder for one video: ``push(frames)`` as frames arrive."""
+        return FaceSession(self, fps, return_crops=return_crops,
+                           return_landmarks=return_landmarks)
 
     def encode(self, frames: Iterable[np.ndarray], fps: float, *, return_crops: bool = False,
                return_landmarks: bool = False) -> dict[str, np.ndarray]:
@@ -329,16 +310,88 @@ class FaceEncoder:
         uint8 (n, S, S, 3); with ``return_landmarks``: ``landmarks`` (n, 478, 3) in
         MediaPipe's normalised image coordinates (x, y in [0, 1], z relative depth).
         """
+        with self.session(fps, return_crops=return_crops,
+                          return_landmarks=return_landmarks) as session:
+            parts = [session.push(frames), session.close()]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def encode_file(self, path: str | os.PathLike, **kwargs) -> dict[str, np.ndarray]:
+        """``encode`` on a video file read with ``read_video_frames``; adds ``fps``."""
+        frames, fps, _ = read_video_frames(path)
+        result = self.encode(frames, fps, **kwargs)
+        result["fps"] = np.float32(fps)
+        return result
+
+class FaceSession(contextlib.ExitStack):
+    """The face track of one video, computed as its frames arrive (``FaceEncoder.session``).
+
+    ``push(frames)`` takes the next frames (any number, in order) and returns the arrays of
+    ``FaceEncoder.encode`` for the frames now final; ``close()`` returns the rest. With
+    ``detect_every`` k > 1, the frames after the latest keyframe wait for the next one
+    (their landmarks are interpolated between the two), so a push may return fewer rows
+    than it took. ``detect_every`` may be changed between pushes (a live stream that falls
+    behind runs the landmarker less often): the next keyframe is then that many frames
+    after the latest one. The
+    concatenated rows equal ``encode`` on the same frames.
+    """
+
+    def __init__(self, encoder: FaceEncoder, fps: float, *, return_crops: bool = False,
+                 return_landmarks: bool = False):
+        super().__init__()
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        state = _Carry()
+        self.encoder, self.config = encoder, encoder.config
+        self.detect_every = self.config.detect_every
+        self.return_crops, self.return_landmarks = return_crops, return_landmarks
+        self._finder = self.enter_context(_Finder(encoder._landmarker_path, self.config, fps))
+        self._state = _Carry()
+        self._i = 0                                  # frames pushed so far
+        self._key: tuple[int, _Obs] | None = None    # the latest keyframe
+        self._pending: list[tuple[int, np.ndarray]] = []  # frames since it
+        self.n_done = 0                              # rows returned so far
+
+    def _observe(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, _Obs]]:
+        """(frame, observation) of each frame now final; the landmarker runs on keyframes."""
+        for frame in frames:
+            i, self._i = self._i, self._i + 1
+            frame = _as_rgb(frame, i)
+            if self._key is not None and i - self._key[0] < max(1, self.detect_every):
+                self._pending.append((i, frame))
+                continue
+            yield from self._keyframe(i, frame)
+
+    def _keyframe(self, i: int, frame: np.ndarray) -> Iterator[tuple[np.ndarray, _Obs]]:
+        obs = self._finder.find(i, frame)
+        if self._key is not None:
+            key_i, key_obs = self._key
+            for j, f in self._pending:
+                yield f, _interpolate(key_obs, obs, (j - key_i) / (i - key_i))
+        self._pending = []
+        self._key = (i, obs)
+        yield frame, obs
+
+    def push(self, frames: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays of the frames made final by these ``frames`` (see the class)."""
+        return self._encode(self._observe(frames))
+
+    def close(self) -> dict[str, np.ndarray]:
+        """The arrays of the frames still waiting for a keyframe (the last becomes one)."""
+        def rest():
+            if self._pending:
+                i, frame = self._pending.pop()
+                yield from self._keyframe(i, frame)
+        out = self._encode(rest())
+        super().close()
+        return out
+
+    def _encode(self, observations: Iterable[tuple[np.ndarray, _Obs]]) -> dict[str, np.ndarray]:
+        s = self.config.crop_size
         out: dict[str, list[np.ndarray]] = {k: [] for k in
                                             ("face_present", "face_expr", "face_blend",
                                              "face_desc", "face_crops", "landmarks")}
-        s = self.config.crop_size
         # A chunk keeps crops, not frames, so a chunk of HD frames stays small.
         chunk: list[tuple[_Obs, np.ndarray | None, np.ndarray | None]] = []
-        for frame, obs in self._observations(frames, fps):
+        for frame, obs in observations:
             if obs.found:
                 h, w = frame.shape[:2]
                 px = obs.landmarks[:, :2] * (w, h)
@@ -346,15 +399,15 @@ class FaceEncoder:
             else:
                 chunk.append((obs, None, None))
             if len(chunk) == self.config.batch_size:
-                self._flush(chunk, state, out, return_crops, return_landmarks)
+                self._flush(chunk, self._state, out, self.return_crops, self.return_landmarks)
                 chunk = []
         if chunk:
-            self._flush(chunk, state, out, return_crops, return_landmarks)
+            self._flush(chunk, self._state, out, self.return_crops, self.return_landmarks)
         empty = {"face_present": (1,), "face_expr": (len(FACE_EXPR),),
                  "face_blend": (len(BLENDSHAPES),), "face_desc": (len(FACE_DESC),),
                  "face_crops": (s, s, 3), "landmarks": (N_LANDMARKS, 3)}
-        skip = {name for name, keep in (("face_crops", return_crops),
-                                        ("landmarks", return_landmarks)) if not keep}
+        skip = {name for name, keep in (("face_crops", self.return_crops),
+                                        ("landmarks", self.return_landmarks)) if not keep}
         result = {}
         for name, parts in out.items():
             if name in skip:
@@ -362,13 +415,7 @@ class FaceEncoder:
             dtype = np.uint8 if name == "face_crops" else np.float32
             result[name] = (np.concatenate(parts) if parts
                             else np.zeros((0,) + empty[name], dtype)).astype(dtype, copy=False)
-        return result
-
-    def encode_file(self, path: str | os.PathLike, **kwargs) -> dict[str, np.ndarray]:
-        """``encode`` on a video file read with ``read_video_frames``; adds ``fps``."""
-        frames, fps, _ = read_video_frames(path)
-        result = self.encode(frames, fps, **kwargs)
-        result["fps"] = np.float32(fps)
+        self.n_done += len(result["face_present"])
         return result
 
     def _flush(self, chunk, state: "_Carry", out, return_crops, return_landmarks) -> None:
@@ -384,7 +431,7 @@ class FaceEncoder:
                 lms[t], blend[t], crops[t], px[t] = obs.landmarks, obs.blend, crop, points
         expr = np.zeros((n, len(FACE_EXPR)), np.float32)
         if found.any():
-            expr[found] = self.expression(crops[found])
+            expr[found] = self.encoder.expression(crops[found])
         motion = np.zeros(n, np.float32)
         # Forward-fill frames without a face from the last one seen (possibly in an earlier
         # chunk), as BAH does; head motion only counts between two detected faces.
@@ -405,6 +452,8 @@ class FaceEncoder:
             out["face_crops"].append(crops)
         if return_landmarks:
             out["landmarks"].append(lms)
+
+
 
 
 class _Finder(contextlib.ExitStack):

@@ -202,3 +202,33 @@ def test_bad_videos_raise_media_error(tmp_path):
     with pytest.raises(MediaError, match="missing.mp4"):
         face_lib.read_video_frames(tmp_path / "missing.mp4")
     assert issubclass(MediaError, ValueError)
+
+
+def test_session_pushed_in_pieces_equals_encode(encoder, astronaut):
+    """A live stream pushes frames as they arrive: uneven pieces, with detect_every > 1
+    holding back the frames after the latest keyframe, give the rows of one encode call;
+    a change of detect_every mid-stream applies at once."""
+    blank = np.full_like(astronaut, 128)
+    frames = [cv2.warpAffine(astronaut, np.float32([[1, 0, 3 * i], [0, 1, i]]), (512, 512))
+              for i in range(11)]
+    frames[4] = blank
+    sub = face_lib.FaceEncoder(detect_every=3, batch_size=4, expression_model=encoder.expression)
+    whole = sub.encode(iter(frames), fps=25, return_landmarks=True)
+    with sub.session(25, return_landmarks=True) as session:
+        parts, given = [], 0
+        for piece in (1, 3, 2, 5):
+            got = session.push(frames[given:given + piece])
+            given += piece
+            assert session.n_done <= given and len(got["face_present"]) <= piece + 2
+            parts.append(got)
+        parts.append(session.close())
+    assert session.n_done == 11
+    for key in whole:
+        np.testing.assert_allclose(np.concatenate([p[key] for p in parts]), whole[key],
+                                   atol=1e-5, err_msg=key)
+    # Keyframes every 3rd frame hold back at most 2 frames after each push.
+    with sub.session(25) as session:
+        assert len(session.push(frames[:2])["face_present"]) == 1   # frame 0 is a keyframe
+        session.detect_every = 1
+        assert len(session.push(frames[2:5])["face_present"]) == 4  # frames 1 to 4
+        assert session.n_done == 5 and len(session.close()["face_present"]) == 0
