@@ -91,18 +91,30 @@ def _video_inputs(tracks, mask, fps, causal=False):
     return groups, {AFFECT_KEYS[m]: a for m, a in affect.items()}
 
 
-def video_inputs(tracks: Mapping[str, np.ndarray], fps: float, causal: bool = False
-                 ) -> dict[str, np.ndarray]:
+def padded_length(n: int, bucket: str = "multiple") -> int:
+    """Frames a video of ``n`` frames is padded to: the next multiple of 128 ("multiple",
+    offline), or the next power of two from 512 on ("pow2": a growing live stream then
+    compiles a handful of shapes, not one per 128 frames)."""
+    if bucket == "pow2":
+        return max(512, 1 << max(0, n - 1).bit_length())
+    if bucket != "multiple":
+        raise ValueError(f"bucket={bucket!r}: 'multiple' or 'pow2'")
+    return -(-n // _PAD) * _PAD
+
+
+def video_inputs(tracks: Mapping[str, np.ndarray], fps: float, causal: bool = False,
+                 bucket: str = "multiple") -> dict[str, np.ndarray]:
     """Feature groups and affect tracks ``{name: (n, k)}`` of one whole video's level-1
     ``tracks`` (``n`` frames each), exactly as :class:`TwoLevelModel` computes them
-    (``causal``: from the past only, for a model with ``TwoLevelConfig.causal``)."""
+    (``causal``: from the past only, for a model with ``TwoLevelConfig.causal``;
+    ``bucket``: the padding, see :func:`padded_length`)."""
     n = int(np.asarray(tracks["face_present"]).shape[0])
     if n < 1:
         raise ValueError("video_inputs: a video with no frames")
     for k in TRACKS:
         if k in tracks and not np.all(np.isfinite(np.asarray(tracks[k], np.float32))):
             raise ValueError(f"level-1 track {k!r} holds NaN or inf values")
-    size = -(-n // _PAD) * _PAD
+    size = padded_length(n, bucket)
     padded = {k: np.pad(np.asarray(tracks[k], np.float32).reshape(n, -1),
                         ((0, size - n), (0, 0)))[None] for k in TRACKS if k in tracks}
     mask = np.zeros((1, size), np.float32)

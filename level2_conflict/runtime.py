@@ -104,23 +104,42 @@ class TrainedTwoLevel:
     def __init__(self, model: TwoLevelModel, durations: Durations, decode: DecodeConfig):
         self.model, self.durations, self.decode = model, durations, decode
 
-    def predict(self, arrays: dict, fps: float) -> dict:
-        """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,),
-        ``remainder`` included) for one video's level-1 ``arrays`` (schema names)."""
+    @property
+    def causal(self) -> bool:
+        return bool(self.model.cfg.causal)
+
+    def scores(self, arrays: dict, fps: float, bucket: str = "multiple") -> dict:
+        """A/H ``prob`` (n,) and ``contributions`` (name -> (n,), ``remainder`` included)
+        for one video's level-1 ``arrays`` (schema names), before decoding. ``bucket``:
+        the padding (``multirun.padded_length``); for a causal model, frame t's values do
+        not depend on frames after t, so a growing stream's prefix gives the same values."""
         inputs = multirun.video_inputs({k: arrays[k] for k in TRACKS}, fps,
-                                       causal=self.model.cfg.causal)
+                                       causal=self.causal, bucket=bucket)
         n = next(iter(inputs.values())).shape[0]
-        size = -(-n // 128) * 128
+        size = multirun.padded_length(n, bucket)
         batch = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in inputs.items()}
         valid = np.zeros((1, size), np.float32)
         valid[0, :n] = 1.0
         batch["valid"] = valid
         prob, aux = jax.device_get(_forward(self.model, batch))
-        prob = prob[0, :n]
-        decoded = decode_hsmm(prob, fps, self.durations, self.decode.evidence_rate)
         contributions = {g: c[0, :n] for g, c in aux["contributions"].items()}
         contributions["remainder"] = aux["remainder"][0, :n]
-        return {"prob": prob, "decoded": decoded, "contributions": contributions}
+        return {"prob": prob[0, :n], "contributions": contributions}
+
+    def predict(self, arrays: dict, fps: float) -> dict:
+        """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,),
+        ``remainder`` included) for one video's level-1 ``arrays`` (schema names)."""
+        out = self.scores(arrays, fps)
+        out["decoded"] = decode_hsmm(out["prob"], fps, self.durations, self.decode.evidence_rate)
+        return out
+
+    def online_decoder(self, fps: float, lag_s: float) -> hsmm.OnlineDecoder:
+        """Fixed-lag decoding with this model's duration prior and evidence rate: a frame's
+        label is final ``lag_s`` seconds after it (``lag_s`` = inf: the offline decoding)."""
+        lag = int(round(lag_s * fps)) if np.isfinite(lag_s) else 2 ** 62
+        return hsmm.OnlineDecoder(np.asarray(self.durations.log_pmf(fps)),
+                                  np.log(self.durations.class_prior), lag=lag,
+                                  emission_weight=self.decode.evidence_rate / fps)
 
 
 @nnx.jit

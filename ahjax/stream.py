@@ -1,0 +1,519 @@
+"""``python -m ahjax.stream SOURCE --checkpoint RUN``: A/H while the person is still talking.
+
+SOURCE is a video file (played as fast as possible, or at its real pace with
+``--realtime``) or a capture device (``cam:0``, or a ``/dev/video*`` path; video only). One
+JSON line per chunk goes to stdout, for an app to read; logs go to stderr; at the end the
+same files as ``python -m ahjax.predict`` are written (``--out``).
+
+Each line holds ``t_start``/``t_end`` (seconds into the source), ``frames`` ([first, end)),
+``tracks`` (the chunk's per-frame level-1 columns, as in ``tracks.csv``), with a checkpoint
+``ah_prob`` and ``contributions`` (group -> per-frame values) of the causal two-level model,
+``segments`` (A/H segments decided so far, seconds; the last one may still grow while
+``open``), ``decided_until_s`` (labels before it are final), ``words`` (the words confirmed
+in this chunk), ``latency_s`` (median and max delay from a frame's capture to its line),
+``behind_s`` (how far the stream runs behind the source's clock) and ``level`` (0 normal;
+higher: the stream degraded on purpose to keep up, see :data:`DEGRADE`). The last line has
+``"final": true`` and the run's summary.
+
+Python: ``for chunk in ahjax.stream("answer.mp4", "runs/two_level-..."): ...`` yields the
+same content as dicts with NumPy arrays. The pieces: ``level1_affect.live`` (incremental
+level 1), :meth:`TrainedTwoLevel.scores` (a causal model's prefix is final) and
+``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ahjax.config import debug_requested
+
+SAMPLE_RATE = 16000
+# (landmarker every k-th frame x, Whisper pass interval x) per degradation level.
+DEGRADE = ((1, 1.0), (2, 2.0), (4, 3.0), (8, 5.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """How the stream runs (seconds unless named otherwise)."""
+    chunk_s: float = 1.0         # media per chunk (and per JSON line when keeping up)
+    lag_s: float = 2.0           # decoding lag: a frame's A/H label is final this long after it
+    realtime: bool = False       # play a file at its real pace (a device always is)
+    stall_s: float = 5.0         # no media for this long: the source stalled, the stream ends
+    asr: bool = True             # Whisper on the audio (words, text features)
+    asr_every_s: float = 2.0     # new audio between Whisper passes (level 0)
+    detect_every: int = 1        # face landmarker every k-th frame (level 0)
+    degrade: bool = True         # run lighter when behind the source's clock
+    behind_s: float = 1.0        # behind by more than this: one level lighter
+    language: str | None = None  # Whisper language code (None: detected once)
+
+    def __post_init__(self):
+        for name in ("chunk_s", "stall_s", "asr_every_s", "behind_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be positive")
+        if not self.lag_s >= 0:
+            raise ValueError(f"lag_s={self.lag_s}: must be >= 0 (inf: offline decoding)")
+        if self.detect_every < 1:
+            raise ValueError(f"detect_every={self.detect_every}: must be at least 1")
+
+
+# ------------------------------- sources ----------------------------------------------
+class Source:
+    """Media in chunks: ``fps``, ``has_audio`` and ``chunks()`` yielding
+    ``(frames, audio, capture)``: a list of RGB frames (``None`` for a frame the source
+    dropped), 16 kHz audio samples for the same stretch (or None) and the wall-clock
+    capture time of each frame (``time.monotonic`` seconds)."""
+    name = "source"
+    fps: float = 0.0
+    has_audio: bool = False
+
+    def chunks(self, chunk_s: float) -> Iterator[tuple[list, np.ndarray | None, np.ndarray]]:
+        raise NotImplementedError
+
+
+class MediaSource(Source):
+    """Frames (any iterable) and optional audio, paced by the clock when ``realtime``."""
+
+    def __init__(self, frames, fps: float, audio: np.ndarray | None = None, *,
+                 realtime: bool = False, name: str = "frames"):
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.frames, self.fps, self.name, self.realtime = frames, float(fps), name, realtime
+        self.audio = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
+        self.has_audio = self.audio is not None and len(self.audio) > 0
+
+    def chunks(self, chunk_s: float):
+        per = max(1, int(round(chunk_s * self.fps)))
+        start = time.monotonic()
+        batch, i0, i = [], 0, 0
+        for frame in self.frames:
+            batch.append(frame)
+            i += 1
+            if len(batch) == per:
+                yield self._chunk(batch, i0, i, start)
+                batch, i0 = [], i
+        if batch:
+            yield self._chunk(batch, i0, i, start)
+
+    def _chunk(self, batch, i0, i1, start):
+        # Played as fast as possible, a frame has no capture time (no latency to measure).
+        capture = (start + np.arange(i0, i1) / self.fps if self.realtime
+                   else np.full(i1 - i0, np.nan))
+        if self.realtime:   # the chunk exists once its last frame was shown
+            wait = start + i1 / self.fps - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        audio = None
+        if self.has_audio:
+            a, b = (int(round(k / self.fps * SAMPLE_RATE)) for k in (i0, i1))
+            audio = self.audio[a:b]
+        return batch, audio, capture
+
+
+def file_source(path: str | os.PathLike, realtime: bool = False) -> MediaSource:
+    """A video file (frames decoded as they are needed; the audio track, if any)."""
+    from level1_affect import audio as audio_lib
+    from level1_affect.face import read_video_frames
+    frames, fps, _ = read_video_frames(path)
+    try:
+        audio = audio_lib.load_audio(path, sr=SAMPLE_RATE)
+    except audio_lib.NoAudioError:
+        audio = None
+    return MediaSource(frames, fps, audio, realtime=realtime, name=str(path))
+
+
+class DeviceSource(Source):
+    """A capture device through OpenCV (video only: voice and text stay empty)."""
+
+    def __init__(self, device: int | str):
+        import cv2
+        self.name = f"device {device}"
+        self.cap = cv2.VideoCapture(device)
+        if not self.cap.isOpened():
+            raise OSError(f"{self.name}: cannot be opened as a capture device")
+        fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 1.0 <= fps <= 120.0 else 30.0
+
+    def chunks(self, chunk_s: float):
+        import cv2
+        start = time.monotonic()
+        batch, capture, grid = [], [], 0
+        try:
+            while True:
+                ok, frame = self.cap.read()
+                now = time.monotonic()
+                if not ok:
+                    break
+                # Frames the device skipped (its clock ran past their slot) become None.
+                slot = int((now - start) * self.fps)
+                while grid < slot:
+                    batch.append(None)
+                    capture.append(start + grid / self.fps)
+                    grid += 1
+                batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                capture.append(now)
+                grid += 1
+                if capture[-1] - capture[0] >= chunk_s:
+                    yield batch, None, np.array(capture)
+                    batch, capture = [], []
+            if batch:
+                yield batch, None, np.array(capture)
+        finally:
+            self.cap.release()
+
+
+def open_source(source, realtime: bool = False) -> Source:
+    """A :class:`Source` for a file path, ``cam:N``/``/dev/video*``, an int or a Source."""
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, int):
+        return DeviceSource(source)
+    text = str(source)
+    if text.startswith("cam:"):
+        try:
+            return DeviceSource(int(text[4:]))
+        except ValueError:
+            raise ValueError(f"{text}: a capture device is cam:N with N an integer") from None
+    if text.startswith("/dev/video"):
+        return DeviceSource(text)
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such video file (or cam:N for a capture device)")
+    return file_source(path, realtime)
+
+
+def _reader(source: Source, chunk_s: float, out: queue.Queue, stop: threading.Event) -> None:
+    """Puts the source's chunks into ``out`` (decoding overlaps the compute), then END or
+    the exception that ended it."""
+    try:
+        for item in source.chunks(chunk_s):
+            if stop.is_set():
+                return
+            out.put(item)
+        out.put(_END)
+    except Exception as err:   # noqa: BLE001 - handed to the consumer, which reports it
+        out.put(err)
+
+
+_END = object()
+
+
+# ------------------------------- the stream -------------------------------------------
+def load_live_model(checkpoint: str | os.PathLike):
+    """The causal model of a two_level run (``deploy_causal/``), else its ``deploy/`` one
+    (an offline model reads centred windows: its newest frames lack their future; a
+    warning says so), or a model folder given directly."""
+    from level2_conflict.runtime import load_trained
+    path = Path(checkpoint)
+    if (path / "deploy_causal" / "level2.json").is_file():
+        path = path / "deploy_causal"
+    model = load_trained(path)
+    return model
+
+
+class _Run:
+    """The state of one stream: level 1, level 2, the decoder and what was emitted."""
+
+    def __init__(self, src: Source, model, config: StreamConfig, face_encoder=None,
+                 whisper=None):
+        from level1_affect.face import FaceEncoder
+        from level1_affect.live import LiveLevel1
+        self.src, self.model, self.config = src, model, config
+        self.fps = src.fps
+        if face_encoder is None:
+            face_encoder = FaceEncoder(detect_every=config.detect_every)
+        if whisper is None and config.asr and src.has_audio:
+            from level1_affect.whisper.transcribe import WhisperJax
+            whisper = WhisperJax.load()
+        self.live = LiveLevel1(self.fps, face_encoder, whisper=whisper if config.asr else None,
+                               audio=src.has_audio, asr_every_s=config.asr_every_s,
+                               language=config.language, asr_thread=True)
+        self.decoder = model.online_decoder(self.fps, config.lag_s) if model is not None else None
+        self.emitted = 0
+        self.prob: list[np.ndarray] = []
+        self.contrib: dict[str, list[np.ndarray]] = {}
+        self.labels: list[np.ndarray] = []
+        self.capture: list[np.ndarray] = []
+        self.latency: list[np.ndarray] = []
+        self.level, self.calm = 0, 0
+        self.levels: list[int] = []   # the level of each chunk
+        self.warm_s = 0.0
+        self.dropped = 0
+        self.warnings: list[str] = []
+        self.last_frame = None
+
+    def push(self, frames: list, audio, capture) -> list[dict]:
+        filled = []
+        for f in frames:
+            if f is None:   # a dropped frame: the previous one again (counted)
+                self.dropped += 1
+                f = self.last_frame if self.last_frame is not None else np.zeros((64, 64, 3), np.uint8)
+            self.last_frame = f
+            filled.append(f)
+        self.capture.append(np.asarray(capture, np.float64))
+        return self.live.push(filled, audio)
+
+    def emit(self, words: list[dict], final: bool = False) -> dict:
+        from ahjax.api import segments_from_decoded, track_columns
+        n = self.live.ready()
+        first, self.emitted = self.emitted, n
+        arrays = self.live.arrays(n)
+        chunk_arrays = {k: v[first:n] for k, v in arrays.items()}
+        tracks = track_columns(chunk_arrays, self.fps) if n > first else {}
+        if tracks:
+            tracks["frame"] = tracks["frame"] + first
+            tracks["time_s"] = tracks["time_s"] + first / self.fps
+        out = {"t_start": first / self.fps, "t_end": n / self.fps, "frames": [first, n],
+               "tracks": tracks, "words": words, "level": self.level, "final": final}
+        self.levels.append(self.level)
+        if self.model is not None and n > 0:
+            scores = self.model.scores(arrays, self.fps, bucket="pow2")
+            prob = scores["prob"][first:n]
+            self.prob.append(prob)
+            contrib = {g: c[first:n] for g, c in scores["contributions"].items()}
+            for g, c in contrib.items():
+                self.contrib.setdefault(g, []).append(c)
+            self.labels.append(self.decoder.push(prob))
+            if final:
+                self.labels.append(self.decoder.finish())
+            decided = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+            segments = segments_from_decoded(decided, self.fps)
+            if not final and segments and segments[-1]["end_frame"] >= len(decided) - 1:
+                segments[-1]["open"] = True
+            out.update(ah_prob=prob, contributions=contrib, segments=segments,
+                       decided_until_s=len(decided) / self.fps)
+        now = time.monotonic()
+        capture = np.concatenate(self.capture) if self.capture else np.zeros(0)
+        lat = now - capture[first:n]
+        lat = lat[np.isfinite(lat)]
+        self.latency.append(lat)
+        out["latency_s"] = ({"median": float(np.median(lat)), "max": float(lat.max())}
+                            if len(lat) else None)
+        out["behind_s"] = (float(now - capture[-1]) if len(capture) and np.isfinite(capture[-1])
+                           else None)
+        out["dropped"] = self.dropped
+        return out
+
+    def warm_up(self) -> None:
+        """Run each encoder and the model once on dummy input (loading and compiling them),
+        so the first chunk does not pay for it."""
+        from level1_affect.whisper.transcribe import transcribe_speech  # noqa: F401
+        t0 = time.monotonic()
+        self.live.text_encoder.encode([{"word": "well", "start": 0.0, "end": 0.4}], self.fps,
+                                      max(1, int(self.fps)))
+        if self.live.asr is not None:
+            rng = np.random.default_rng(0)
+            self.live.asr.whisper.transcribe(0.01 * rng.standard_normal(SAMPLE_RATE).astype(np.float32),
+                                             language=self.config.language or "en")
+        if self.model is not None:
+            blank = {k: np.zeros((1,) + v.shape[1:], np.float32)
+                     for k, v in self.live.arrays(0).items()}
+            self.model.scores(blank, self.fps, bucket="pow2")
+        self.warm_s = time.monotonic() - t0
+
+    def adapt(self, behind_s: float) -> None:
+        """One level lighter when behind the clock; one back after 3 calm chunks."""
+        cfg = self.config
+        if behind_s > cfg.behind_s and self.level < len(DEGRADE) - 1:
+            self.level, self.calm = self.level + 1, 0
+        elif behind_s < 0.5 * cfg.behind_s and self.level > 0:
+            self.calm += 1
+            if self.calm >= 3:
+                self.level, self.calm = self.level - 1, 0
+        else:
+            self.calm = 0
+        k, a = DEGRADE[self.level]
+        self.live.face.detect_every = cfg.detect_every * k
+        self.live.asr_every_s = cfg.asr_every_s * a
+
+    def result(self):
+        """The whole stream as an ``ahjax.api.Result`` (for the files ``predict`` writes)."""
+        from ahjax.api import Result, segments_from_decoded, track_columns
+        n = self.emitted
+        arrays = self.live.arrays(n)
+        words = self.live.words
+        transcript = {"language": self.live.asr.language if self.live.asr else None,
+                      "text": " ".join(w["word"].strip() for w in words),
+                      "words": words, "warnings": list(self.warnings)}
+        res = Result(self.src.name, self.fps, n, arrays, track_columns(arrays, self.fps),
+                     transcript, list(self.warnings), dict(self.live.seconds))
+        if self.model is not None and n > 0:
+            res.prob = np.concatenate(self.prob)
+            res.decoded = np.concatenate(self.labels)
+            res.contributions = {g: np.concatenate(c) for g, c in self.contrib.items()}
+            res.segments = segments_from_decoded(res.decoded, self.fps)
+        return res
+
+
+def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
+           out: str | os.PathLike | None = None, face_encoder=None, whisper=None
+           ) -> Iterator[dict]:
+    """Chunks of A/H while ``source`` plays (see the module docstring for their keys).
+
+    ``source``: a video path, ``cam:N``, an int device or a :class:`Source`;
+    ``checkpoint``: a two_level run folder (its causal model) or a model folder (None:
+    level 1 only); ``out``: a folder for ``predict``'s files at the end. A source that
+    ends early, fails or stalls (no media for ``config.stall_s``) ends the stream cleanly:
+    the last chunk says why in ``ended``, and what was decided is written out.
+    ``face_encoder``/``whisper``: loaded encoders to reuse across streams.
+    """
+    from ahjax.assets import enable_compilation_cache
+    enable_compilation_cache()
+    model = load_live_model(checkpoint) if checkpoint is not None else None
+    src = open_source(source, config.realtime)
+    run = _Run(src, model, config, face_encoder, whisper)
+    run.warm_up()   # load and compile everything before the source's clock starts
+    if model is not None and not model.causal:
+        run.warnings.append("the checkpoint's model is not causal (no deploy_causal/): its "
+                            "newest frames are read without the future it was trained with")
+    chunks: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, args=(src, config.chunk_s, chunks, stop),
+                              daemon=True, name="ahjax-stream-reader")
+    started = time.monotonic()
+    reader.start()
+    ended = "end of source"
+    try:
+        while True:
+            try:
+                item = chunks.get(timeout=config.stall_s)
+            except queue.Empty:
+                ended = f"stalled: no media for {config.stall_s:g} s"
+                break
+            items = [item]
+            while not chunks.empty() and items[-1] is not _END and not isinstance(items[-1], Exception):
+                items.append(chunks.get_nowait())   # behind: everything that is waiting at once
+            stop_now = None
+            frames, audio, capture = [], [], []
+            for it in items:
+                if it is _END:
+                    stop_now = "end of source"
+                elif isinstance(it, Exception):
+                    stop_now = f"source ended early: {it}"
+                else:
+                    frames += it[0]
+                    capture.append(it[2])
+                    if it[1] is not None:
+                        audio.append(it[1])
+            if frames:
+                words = run.push(frames, np.concatenate(audio) if audio else None,
+                                 np.concatenate(capture))
+                line = run.emit(words)
+                if config.degrade and line["behind_s"] is not None:
+                    run.adapt(line["behind_s"])
+                yield line
+            if stop_now:
+                ended = stop_now
+                break
+    finally:
+        stop.set()
+    if ended != "end of source":
+        run.warnings.append(ended)
+    words = run.live.finish()
+    last = run.emit(words, final=True)
+    media_s = run.emitted / run.fps
+    wall = time.monotonic() - started
+    lat = np.concatenate(run.latency) if run.latency else np.zeros(0)
+    last["ended"] = ended
+    last["summary"] = {
+        "frames": run.emitted, "media_s": media_s, "wall_s": wall,
+        "real_time_factor": wall / media_s if media_s else None,
+        "latency_median_s": float(np.median(lat)) if len(lat) else None,
+        "latency_p95_s": float(np.percentile(lat, 95)) if len(lat) else None,
+        "dropped": run.dropped, "seconds": dict(run.live.seconds),
+        "whisper_passes": run.live.asr.passes if run.live.asr else 0,
+        "warm_up_s": run.warm_s, "levels": run.levels,
+        "warnings": run.warnings}
+    if out is not None:
+        last["written"] = _write(run.result(), Path(out))
+    yield last
+
+
+def _write(result, out: Path) -> str:
+    """``predict``'s files, moved into ``out`` at once (no half output on failure)."""
+    from ahjax.predict import OUTPUTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result.save(tmp)
+        out.mkdir(exist_ok=True)
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for path in tmp.iterdir():
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def to_json(chunk: dict, digits: int = 4) -> str:
+    """One chunk as a JSON line (arrays as lists, floats rounded)."""
+    def conv(x):
+        if isinstance(x, np.ndarray):
+            return [conv(v) for v in x.tolist()]
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [conv(v) for v in x]
+        if isinstance(x, (float, np.floating)):
+            return round(float(x), digits)
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+    return json.dumps(conv(chunk), separators=(",", ":"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ahjax.stream",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("source", help="a video file, cam:N or /dev/videoN")
+    parser.add_argument("--checkpoint", default=None, help="a two_level run folder")
+    parser.add_argument("--out", default=None,
+                        help="folder for the final files (default: <source stem>_ahjax_live)")
+    parser.add_argument("--realtime", action="store_true", help="play a file at its real pace")
+    parser.add_argument("--chunk-s", type=float, default=StreamConfig.chunk_s)
+    parser.add_argument("--lag-s", type=float, default=StreamConfig.lag_s,
+                        help="decoding lag in seconds (inf: offline decoding at the end)")
+    parser.add_argument("--stall-s", type=float, default=StreamConfig.stall_s)
+    parser.add_argument("--no-asr", action="store_true", help="no Whisper (no words)")
+    parser.add_argument("--no-degrade", action="store_true",
+                        help="never run lighter when behind the clock")
+    parser.add_argument("--language", default=None, help="Whisper language code, e.g. en")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    args = parser.parse_args(argv)
+    from level1_affect.errors import MediaError
+    try:
+        config = StreamConfig(chunk_s=args.chunk_s, lag_s=args.lag_s, realtime=args.realtime,
+                              stall_s=args.stall_s, asr=not args.no_asr,
+                              degrade=not args.no_degrade, language=args.language)
+        stem = Path(args.source).stem if not str(args.source).startswith("cam:") else "camera"
+        out = Path(args.out) if args.out else Path(f"{stem}_ahjax_live")
+        for chunk in stream(args.source, args.checkpoint, config, out=out):
+            print(to_json(chunk), flush=True)
+            if chunk["final"]:
+                s = chunk["summary"]
+                print(f"{s['frames']} frames ({s['media_s']:.1f} s) in {s['wall_s']:.1f} s; "
+                      f"latency median {s['latency_median_s']} s, p95 {s['latency_p95_s']} s; "
+                      f"ended: {chunk['ended']}; written to {out}", file=sys.stderr)
+    except (OSError, ValueError, MediaError) as err:   # bad input: one line, exit 2
+        if debug_requested(args.debug):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Level 1 while the person is still talking: the tracks level 2 reads, grown chunk by chunk.
+
+``LiveLevel1(fps)`` takes a video's frames and audio as they arrive (``push``) and keeps,
+for every frame received so far, the level-1 arrays the two-level model reads
+(``face_present``, ``face_expr``, ``face_desc``, ``voice_prosody``, ``text_affect``; plus
+``face_blend`` for the figures):
+
+- **face**: a :class:`level1_affect.face.FaceSession`, frame by frame (its rows equal the
+  offline encoder's; with ``detect_every`` k the latest k-1 frames wait for a keyframe);
+- **voice**: prosody of each new stretch of frames computed on that stretch with
+  ``voice_context_s`` seconds of audio before it (the offline track uses the whole file:
+  voice activity thresholds and the pitch z-score then come from the recent past only);
+- **speech**: :class:`LocalAgreement`, Whisper on the audio since the last confirmed
+  word, run every ``asr_every_s`` seconds; a word is confirmed (and never re-emitted)
+  when two consecutive passes agree on it, with its timestamps kept (``asr_thread``: in
+  its own thread, :class:`AsrWorker`, so a pass does not hold up the frames);
+- **text**: the text features of the confirmed words on their frames (as offline), so a
+  frame's text features arrive a few seconds after the frame itself.
+
+``ready()`` is the number of frames whose face and voice rows exist; text rows of earlier
+frames may still change when their words are confirmed. ``finish()`` confirms the last
+words. Nothing here is JAX-specific; the heavy work is the encoders of level 1.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+
+import numpy as np
+
+from level1_affect import schema
+
+SAMPLE_RATE = 16000
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+class LocalAgreement:
+    """Streaming Whisper: confirmed words from consecutive passes over a growing buffer.
+
+    Each ``step()`` transcribes the audio since the last confirmed word (speech only, as
+    the offline path does); the longest common prefix of this pass's words and the previous
+    pass's unconfirmed words is confirmed and returned, and the buffer is cut at the end of
+    the last confirmed word. A buffer longer than ``max_buffer_s`` without agreement
+    confirms the words that end ``settle_s`` before its end. ``finish()`` confirms every
+    word of a last pass. Times are seconds from the start of the stream.
+    """
+
+    def __init__(self, whisper, language: str | None = None, *, max_buffer_s: float = 15.0,
+                 settle_s: float = 3.0, min_buffer_s: float = 0.5):
+        self.whisper, self.language = whisper, language
+        self.max_buffer_s, self.settle_s, self.min_buffer_s = max_buffer_s, settle_s, min_buffer_s
+        self.buffer = np.zeros(0, np.float32)
+        self.offset = 0.0            # stream time of buffer[0]
+        self.previous: list[dict] = []
+        self.confirmed: list[dict] = []
+        self.passes = 0
+        self.warnings: list[str] = []
+
+    @property
+    def heard_s(self) -> float:
+        """Stream time up to which audio was received."""
+        return self.offset + len(self.buffer) / SAMPLE_RATE
+
+    def push(self, audio: np.ndarray) -> None:
+        self.buffer = np.concatenate([self.buffer, np.asarray(audio, np.float32).reshape(-1)])
+
+    def _pass(self) -> list[dict]:
+        from level1_affect.whisper.transcribe import transcribe_speech
+        self.passes += 1
+        tr, _notes = transcribe_speech(self.whisper, self.buffer, language=self.language)
+        if tr.language is not None and self.language is None:
+            self.language = tr.language      # fixed once speech was heard
+        last = self.confirmed[-1]["end"] if self.confirmed else -np.inf
+        words = [{"word": w["word"], "start": round(float(w["start"]) + self.offset, 3),
+                  "end": round(float(w["end"]) + self.offset, 3)} for w in tr.words]
+        return [w for w in words if w["end"] > last and _norm(w["word"])]
+
+    def _confirm(self, words: list[dict]) -> list[dict]:
+        if words:
+            self.confirmed.extend(words)
+            cut = int(round((words[-1]["end"] - self.offset) * SAMPLE_RATE))
+            cut = min(max(cut, 0), len(self.buffer))
+            self.buffer, self.offset = self.buffer[cut:], self.offset + cut / SAMPLE_RATE
+        return words
+
+    def step(self) -> list[dict]:
+        """One pass; the words confirmed by it (possibly none)."""
+        if len(self.buffer) < self.min_buffer_s * SAMPLE_RATE:
+            return []
+        hyp = self._pass()
+        n = 0
+        while (n < min(len(hyp), len(self.previous))
+               and _norm(hyp[n]["word"]) == _norm(self.previous[n]["word"])):
+            n += 1
+        new = hyp[:n]
+        if not new and len(self.buffer) > self.max_buffer_s * SAMPLE_RATE:
+            new = [w for w in hyp if w["end"] <= self.heard_s - self.settle_s]
+            n = len(new)
+        self.previous = hyp[n:]
+        return self._confirm(new)
+
+    def finish(self) -> list[dict]:
+        """A last pass whose words are all confirmed."""
+        if len(self.buffer) < 0.1 * SAMPLE_RATE:
+            return []
+        self.previous = []
+        return self._confirm(self._pass())
+
+
+class AsrWorker(threading.Thread):
+    """:class:`LocalAgreement` in its own thread, so face, voice and level 2 keep pace
+    while Whisper runs (on a 2-core machine a pass takes seconds). ``feed(audio)`` hands
+    it samples; a pass runs once ``every_s`` seconds of new audio arrived (a slow pass
+    simply makes the next one longer); ``collect()`` returns the words confirmed since the
+    last call; ``finish()`` runs the last pass and returns every word not collected yet."""
+
+    def __init__(self, asr: LocalAgreement, every_s: float):
+        super().__init__(daemon=True, name="ahjax-asr")
+        self.asr, self.every_s = asr, every_s
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self._inbox: queue.Queue = queue.Queue()
+        self._out: queue.Queue = queue.Queue()
+        self.start()
+
+    def feed(self, audio: np.ndarray) -> None:
+        self._inbox.put(audio)
+
+    def run(self) -> None:
+        heard = 0.0
+        try:
+            while True:
+                items = [self._inbox.get()]
+                while not self._inbox.empty():
+                    items.append(self._inbox.get_nowait())
+                for item in items:
+                    if item is not None:
+                        self.asr.push(item)
+                t0 = time.perf_counter()
+                if any(item is None for item in items):
+                    self._out.put(self.asr.finish())
+                    self.seconds += time.perf_counter() - t0
+                    return
+                if self.asr.heard_s - heard >= self.every_s:
+                    heard = self.asr.heard_s
+                    self._out.put(self.asr.step())
+                    self.seconds += time.perf_counter() - t0
+        except BaseException as err:   # noqa: BLE001 - reported by collect/finish
+            self.error = err
+            self._out.put([])
+
+    def collect(self) -> list[dict]:
+        words = []
+        while not self._out.empty():
+            words += self._out.get_nowait()
+        return words
+
+    def finish(self) -> list[dict]:
+        self._inbox.put(None)
+        self.join()
+        if self.error is not None:
+            raise RuntimeError(f"speech recognition failed: {self.error}") from self.error
+        return self.collect()
+
+
+class LiveLevel1:
+    """The level-1 arrays of a stream, grown as frames and audio arrive (see the module).
+
+    Args:
+      fps: the stream's frame rate.
+      face_encoder: a :class:`level1_affect.face.FaceEncoder` (loaded once, shareable).
+      whisper: a ``WhisperJax`` for speech (None: no words, text features stay zero).
+      text_encoder: a :class:`level1_affect.text.TextEncoder` (default: learned talk type,
+        no word embeddings).
+      audio: whether the source has audio (without it voice rows are zero and silent).
+      asr_every_s: seconds of new audio between Whisper passes (raised by a stream that
+        falls behind).
+      voice_context_s: seconds of audio before a stretch of frames used for its prosody.
+    """
+
+    def __init__(self, fps: float, face_encoder, *, whisper=None, text_encoder=None,
+                 audio: bool = True, asr_every_s: float = 2.0, voice_context_s: float = 3.0,
+                 language: str | None = None, asr_thread: bool = False):
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps, self.has_audio = float(fps), bool(audio)
+        self.face = face_encoder.session(fps)
+        self.asr = LocalAgreement(whisper, language) if (whisper is not None and audio) else None
+        self._worker = (AsrWorker(self.asr, asr_every_s)
+                        if self.asr is not None and asr_thread else None)
+        self._words: list[dict] = []
+        if text_encoder is None:
+            from level1_affect.text import TextEncoder
+            text_encoder = TextEncoder(embeddings=False)
+        self.text_encoder = text_encoder
+        self.asr_every_s, self.voice_context_s = asr_every_s, voice_context_s
+        self.audio = np.zeros(0, np.float32)   # every sample received (for voice context)
+        self.audio_ended = not audio
+        self.n_frames = 0                       # frames pushed
+        self._rows: dict[str, list[np.ndarray]] = {k: [] for k in
+                                                   ("face_present", "face_expr", "face_blend",
+                                                    "face_desc")}
+        self._rows["voice_prosody"] = [np.zeros((0, len(schema.VOICE_PROSODY)), np.float32)]
+        self._voice_done = 0
+        self._asr_heard = 0.0                    # audio seconds at the last Whisper pass
+        self._text = np.zeros((0, len(schema.TEXT_AFFECT)), np.float32)
+        self._text_words = 0
+        self.seconds = {"face": 0.0, "voice": 0.0, "asr": 0.0, "text": 0.0}
+
+    @property
+    def words(self) -> list[dict]:
+        """Every word confirmed so far (stream seconds)."""
+        return self._words
+
+    @property
+    def asr_every_s(self) -> float:
+        return self._asr_every_s
+
+    @asr_every_s.setter
+    def asr_every_s(self, value: float) -> None:
+        self._asr_every_s = value
+        if getattr(self, "_worker", None) is not None:
+            self._worker.every_s = value
+
+    def push(self, frames=(), audio: np.ndarray | None = None) -> list[dict]:
+        """Add frames (RGB uint8) and audio samples (16 kHz mono); the words confirmed now."""
+        t0 = time.perf_counter()
+        frames = list(frames)
+        self.n_frames += len(frames)
+        face = self.face.push(frames)
+        for k in ("face_present", "face_expr", "face_blend", "face_desc"):
+            self._rows[k].append(face[k])
+        self.seconds["face"] += time.perf_counter() - t0
+        new_words: list[dict] = []
+        if audio is not None and self.has_audio:
+            audio = np.asarray(audio, np.float32).reshape(-1)
+            self.audio = np.concatenate([self.audio, audio])
+            if self._worker is not None:
+                self._worker.feed(audio)
+            elif self.asr is not None:
+                self.asr.push(audio)
+                if self.asr.heard_s - self._asr_heard >= self.asr_every_s:
+                    t0 = time.perf_counter()
+                    self._asr_heard = self.asr.heard_s
+                    new_words = self.asr.step()
+                    self.seconds["asr"] += time.perf_counter() - t0
+        if self._worker is not None:
+            new_words = self._worker.collect()
+            self.seconds["asr"] = self._worker.seconds
+        self._words += new_words
+        self._voice()
+        return new_words
+
+    def end_audio(self) -> None:
+        """No more audio will come (frames past its end get silent voice rows)."""
+        self.audio_ended = True
+        self._voice()
+
+    def finish(self) -> list[dict]:
+        """End of the stream: the face's last frames and the speech's last words."""
+        face = self.face.close()
+        for k in ("face_present", "face_expr", "face_blend", "face_desc"):
+            self._rows[k].append(face[k])
+        self.end_audio()
+        words = []
+        if self._worker is not None:
+            words = self._worker.finish()
+            self.seconds["asr"] = self._worker.seconds
+        elif self.asr is not None:
+            t0 = time.perf_counter()
+            words = self.asr.finish()
+            self.seconds["asr"] += time.perf_counter() - t0
+        self._words += words
+        return words
+
+    def _voice(self) -> None:
+        """Prosody rows for the frames whose audio has fully arrived."""
+        from level1_affect import audio as audio_lib
+        t0 = time.perf_counter()
+        have = (self.n_frames if self.audio_ended
+                else min(self.n_frames, int(len(self.audio) / SAMPLE_RATE * self.fps + 1e-6)))
+        first = self._voice_done
+        if have <= first:
+            return
+        if not self.has_audio or len(self.audio) == 0:
+            rows = np.zeros((have - first, len(schema.VOICE_PROSODY)), np.float32)
+        else:
+            start = max(0, first - int(round(self.voice_context_s * self.fps)))
+            a = int(round(start / self.fps * SAMPLE_RATE))
+            b = int(round(have / self.fps * SAMPLE_RATE))
+            rows = audio_lib.prosody(self.audio[a:b], SAMPLE_RATE, self.fps, have - start)[first - start:]
+        self._rows["voice_prosody"].append(rows.astype(np.float32))
+        self._voice_done = have
+        self.seconds["voice"] += time.perf_counter() - t0
+
+    def ready(self) -> int:
+        """Frames whose face and voice rows exist."""
+        face = sum(len(r) for r in self._rows["face_present"])
+        return min(face, self._voice_done)
+
+    def arrays(self, n: int | None = None) -> dict[str, np.ndarray]:
+        """The level-1 arrays of frames ``0..n`` (default: ``ready()``), text as known now."""
+        n = self.ready() if n is None else n
+        if n > self.ready():
+            raise ValueError(f"{n} frames asked, {self.ready()} ready")
+        if not self._rows["face_present"]:
+            self.push([])
+        out = {k: np.concatenate(v)[:n] for k, v in self._rows.items()}
+        out["text_affect"] = self._text_rows(n)
+        return out
+
+    def _text_rows(self, n: int) -> np.ndarray:
+        words = self.words
+        # Recomputed when words were confirmed or a word runs past the rows computed;
+        # otherwise the new frames have no word: zero rows.
+        stale = len(words) != self._text_words or (
+            words and words[-1]["end"] * self.fps > len(self._text) and n > len(self._text))
+        if stale:
+            t0 = time.perf_counter()
+            grid = max(n, self.n_frames)
+            self._text = self.text_encoder.encode(words, self.fps, grid)["text_affect"]
+            self._text_words = len(words)
+            self.seconds["text"] += time.perf_counter() - t0
+        if len(self._text) < n:
+            self._text = np.concatenate(
+                [self._text, np.zeros((n - len(self._text), self._text.shape[1]), np.float32)])
+        return self._text[:n]
