@@ -71,15 +71,17 @@ class StreamConfig:
 
 # ------------------------------- sources ----------------------------------------------
 class Source:
-    """Media in chunks: ``fps``, ``has_audio`` and ``chunks()`` yielding
-    ``(frames, audio, capture)``: a list of RGB frames (``None`` for a frame the source
-    dropped), 16 kHz audio samples for the same stretch (or None) and the wall-clock
-    capture time of each frame (``time.monotonic`` seconds)."""
+    """Media frame by frame: ``fps``, ``has_audio``, ``name`` and ``frames()`` yielding
+    ``(frame, audio, capture)``: an RGB uint8 frame (``None`` for a frame the source
+    dropped), the 16 kHz audio samples of that frame's time slot (or None) and its
+    wall-clock capture time (``time.monotonic`` seconds; NaN when played as fast as
+    possible: no clock, no latency)."""
     name = "source"
     fps: float = 0.0
     has_audio: bool = False
+    clocked = False      # frames come at the pace of a clock (that does not wait for us)
 
-    def chunks(self, chunk_s: float) -> Iterator[tuple[list, np.ndarray | None, np.ndarray]]:
+    def frames(self) -> Iterator[tuple[np.ndarray | None, np.ndarray | None, float]]:
         raise NotImplementedError
 
 
@@ -90,36 +92,30 @@ class MediaSource(Source):
                  realtime: bool = False, name: str = "frames"):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        self.frames, self.fps, self.name, self.realtime = frames, float(fps), name, realtime
+        self._frames, self.fps, self.name = frames, float(fps), name
+        self.clocked = bool(realtime)
         self.audio = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
         self.has_audio = self.audio is not None and len(self.audio) > 0
 
-    def chunks(self, chunk_s: float):
-        per = max(1, int(round(chunk_s * self.fps)))
-        start = time.monotonic()
-        batch, i0, i = [], 0, 0
-        for frame in self.frames:
-            batch.append(frame)
-            i += 1
-            if len(batch) == per:
-                yield self._chunk(batch, i0, i, start)
-                batch, i0 = [], i
-        if batch:
-            yield self._chunk(batch, i0, i, start)
-
-    def _chunk(self, batch, i0, i1, start):
-        # Played as fast as possible, a frame has no capture time (no latency to measure).
-        capture = (start + np.arange(i0, i1) / self.fps if self.realtime
-                   else np.full(i1 - i0, np.nan))
-        if self.realtime:   # the chunk exists once its last frame was shown
-            wait = start + i1 / self.fps - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        audio = None
-        if self.has_audio:
-            a, b = (int(round(k / self.fps * SAMPLE_RATE)) for k in (i0, i1))
-            audio = self.audio[a:b]
-        return batch, audio, capture
+    def frames(self):
+        start, n = time.monotonic(), 0
+        for i, frame in enumerate(self._frames):
+            n = i + 1
+            capture = np.nan
+            if self.clocked:   # frame i exists once its slot has passed
+                capture = start + i / self.fps
+                wait = start + (i + 1) / self.fps - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            audio = None
+            if self.has_audio:
+                a, b = (int(round(k / self.fps * SAMPLE_RATE)) for k in (i, i + 1))
+                audio = self.audio[a:b]
+            yield frame, audio, capture
+        if self.has_audio:   # audio longer than the frames: its tail, with the last frame
+            b = int(round(n / self.fps * SAMPLE_RATE))
+            if b < len(self.audio):
+                yield _TAIL, self.audio[b:], np.nan
 
 
 def file_source(path: str | os.PathLike, realtime: bool = False) -> MediaSource:
@@ -136,6 +132,7 @@ def file_source(path: str | os.PathLike, realtime: bool = False) -> MediaSource:
 
 class DeviceSource(Source):
     """A capture device through OpenCV (video only: voice and text stay empty)."""
+    clocked = True
 
     def __init__(self, device: int | str):
         import cv2
@@ -146,30 +143,21 @@ class DeviceSource(Source):
         fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 1.0 <= fps <= 120.0 else 30.0
 
-    def chunks(self, chunk_s: float):
+    def frames(self):
         import cv2
-        start = time.monotonic()
-        batch, capture, grid = [], [], 0
+        start, slot = time.monotonic(), 0
         try:
             while True:
                 ok, frame = self.cap.read()
                 now = time.monotonic()
                 if not ok:
-                    break
-                # Frames the device skipped (its clock ran past their slot) become None.
-                slot = int((now - start) * self.fps)
-                while grid < slot:
-                    batch.append(None)
-                    capture.append(start + grid / self.fps)
-                    grid += 1
-                batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-                capture.append(now)
-                grid += 1
-                if capture[-1] - capture[0] >= chunk_s:
-                    yield batch, None, np.array(capture)
-                    batch, capture = [], []
-            if batch:
-                yield batch, None, np.array(capture)
+                    return
+                # Slots the device skipped (its clock ran past them) become dropped frames.
+                while slot < int((now - start) * self.fps):
+                    yield None, None, start + slot / self.fps
+                    slot += 1
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), None, now
+                slot += 1
         finally:
             self.cap.release()
 
@@ -194,20 +182,29 @@ def open_source(source, realtime: bool = False) -> Source:
     return file_source(path, realtime)
 
 
-def _reader(source: Source, chunk_s: float, out: queue.Queue, stop: threading.Event) -> None:
-    """Puts the source's chunks into ``out`` (decoding overlaps the compute), then END or
-    the exception that ended it."""
+def _reader(source: Source, out: queue.Queue, stop: threading.Event) -> None:
+    """Puts the source's frames into ``out`` (decoding overlaps the compute), then END or
+    the exception that ended it. A bounded ``out`` holds the reader back (a file played
+    as fast as possible is not decoded ahead into memory)."""
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
     try:
-        for item in source.chunks(chunk_s):
-            if stop.is_set():
+        for item in source.frames():
+            if not put(item):
                 return
-            out.put(item)
-        out.put(_END)
+        put(_END)
     except Exception as err:   # noqa: BLE001 - handed to the consumer, which reports it
-        out.put(err)
+        put(err)
 
 
 _END = object()
+_TAIL = object()   # in place of a frame: audio after the last frame
 
 
 # ------------------------------- the stream -------------------------------------------
@@ -378,47 +375,55 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     if model is not None and not model.causal:
         run.warnings.append("the checkpoint's model is not causal (no deploy_causal/): its "
                             "newest frames are read without the future it was trained with")
-    chunks: queue.Queue = queue.Queue()
+    # On a clock (realtime file, device) the source cannot wait: whatever queued up while
+    # a chunk was processed is taken at once. Played as fast as possible, chunk by chunk.
+    clocked = src.clocked
+    frames_q: queue.Queue = queue.Queue() if clocked else queue.Queue(maxsize=256)
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(src, config.chunk_s, chunks, stop),
+    reader = threading.Thread(target=_reader, args=(src, frames_q, stop),
                               daemon=True, name="ahjax-stream-reader")
+    per_chunk = max(1, int(round(config.chunk_s * src.fps)))
     started = time.monotonic()
     reader.start()
     ended = "end of source"
+    pending: list = []
+
+    def process(items):
+        frames = [f for f, _, _ in items if f is not _TAIL]
+        audio = [a for _, a, _ in items if a is not None]
+        capture = np.array([c for f, _, c in items if f is not _TAIL], np.float64)
+        words = run.push(frames, np.concatenate(audio) if audio else None, capture)
+        line = run.emit(words)
+        if config.degrade and line["behind_s"] is not None:
+            run.adapt(line["behind_s"])
+        return line
+
     try:
         while True:
             try:
-                item = chunks.get(timeout=config.stall_s)
+                item = frames_q.get(timeout=config.stall_s)
             except queue.Empty:
                 ended = f"stalled: no media for {config.stall_s:g} s"
                 break
-            items = [item]
-            while not chunks.empty() and items[-1] is not _END and not isinstance(items[-1], Exception):
-                items.append(chunks.get_nowait())   # behind: everything that is waiting at once
-            stop_now = None
-            frames, audio, capture = [], [], []
-            for it in items:
-                if it is _END:
-                    stop_now = "end of source"
-                elif isinstance(it, Exception):
-                    stop_now = f"source ended early: {it}"
-                else:
-                    frames += it[0]
-                    capture.append(it[2])
-                    if it[1] is not None:
-                        audio.append(it[1])
-            if frames:
-                words = run.push(frames, np.concatenate(audio) if audio else None,
-                                 np.concatenate(capture))
-                line = run.emit(words)
-                if config.degrade and line["behind_s"] is not None:
-                    run.adapt(line["behind_s"])
-                yield line
-            if stop_now:
-                ended = stop_now
+            if item is _END:
                 break
+            if isinstance(item, Exception):
+                ended = f"source ended early: {item}"
+                break
+            pending.append(item)
+            while clocked and not frames_q.empty() and len(pending) >= per_chunk:
+                nxt = frames_q.get_nowait()   # behind: everything that is waiting at once
+                if nxt is _END or isinstance(nxt, Exception):
+                    frames_q.put(nxt)
+                    break
+                pending.append(nxt)
+            if len(pending) >= per_chunk:
+                yield process(pending)
+                pending = []
     finally:
         stop.set()
+    if pending:   # the frames of an unfinished chunk
+        yield process(pending)
     if ended != "end of source":
         run.warnings.append(ended)
     words = run.live.finish()

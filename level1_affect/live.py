@@ -52,8 +52,11 @@ class LocalAgreement:
     """
 
     def __init__(self, whisper, language: str | None = None, *, max_buffer_s: float = 15.0,
-                 settle_s: float = 3.0, min_buffer_s: float = 0.5):
+                 settle_s: float = 3.0, min_buffer_s: float = 0.5, transcribe=None):
+        # ``transcribe(audio, language) -> (language, words)`` (times from the buffer's
+        # start); default: Whisper where there is speech (``transcribe_speech``).
         self.whisper, self.language = whisper, language
+        self._transcribe = transcribe or self._whisper_words
         self.max_buffer_s, self.settle_s, self.min_buffer_s = max_buffer_s, settle_s, min_buffer_s
         self.buffer = np.zeros(0, np.float32)
         self.offset = 0.0            # stream time of buffer[0]
@@ -70,15 +73,19 @@ class LocalAgreement:
     def push(self, audio: np.ndarray) -> None:
         self.buffer = np.concatenate([self.buffer, np.asarray(audio, np.float32).reshape(-1)])
 
-    def _pass(self) -> list[dict]:
+    def _whisper_words(self, audio: np.ndarray, language: str | None):
         from level1_affect.whisper.transcribe import transcribe_speech
+        tr, _notes = transcribe_speech(self.whisper, audio, language=language)
+        return tr.language, tr.words
+
+    def _pass(self) -> list[dict]:
         self.passes += 1
-        tr, _notes = transcribe_speech(self.whisper, self.buffer, language=self.language)
-        if tr.language is not None and self.language is None:
-            self.language = tr.language      # fixed once speech was heard
+        language, found = self._transcribe(self.buffer, self.language)
+        if language is not None and self.language is None:
+            self.language = language      # fixed once speech was heard
         last = self.confirmed[-1]["end"] if self.confirmed else -np.inf
         words = [{"word": w["word"], "start": round(float(w["start"]) + self.offset, 3),
-                  "end": round(float(w["end"]) + self.offset, 3)} for w in tr.words]
+                  "end": round(float(w["end"]) + self.offset, 3)} for w in found]
         return [w for w in words if w["end"] > last and _norm(w["word"])]
 
     def _confirm(self, words: list[dict]) -> list[dict]:

@@ -10,7 +10,7 @@ CORE = [*sorted((REPO / "ahjax" / "data").rglob("*.py")), *sorted((REPO / "ahjax
         REPO / "ahjax" / "metrics.py", REPO / "ahjax" / "assets.py", REPO / "ahjax" / "config.py",
         REPO / "ahjax" / "results.py"]
 ABOVE = ("experiments", "baselines", "level1_affect", "level2_conflict", "ahjax.api",
-         "ahjax.predict", "ahjax.extract", "ahjax.pipeline")
+         "ahjax.predict", "ahjax.extract", "ahjax.pipeline", "ahjax.stream")
 
 
 def imported(path: Path) -> set[str]:
