@@ -24,6 +24,7 @@ words. Nothing here is JAX-specific; the heavy work is the encoders of level 1.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import re
 import threading
@@ -43,27 +44,32 @@ def _norm(word: str) -> str:
 class LocalAgreement:
     """Streaming Whisper: confirmed words from consecutive passes over a growing buffer.
 
-    Each ``step()`` transcribes the audio since the last confirmed word (speech only, as
-    the offline path does); the longest common prefix of this pass's words and the previous
-    pass's unconfirmed words is confirmed and returned, and the buffer is cut at the end of
-    the last confirmed word. A buffer longer than ``max_buffer_s`` without agreement
-    confirms the words that end ``settle_s`` before its end. ``finish()`` confirms every
-    word of a last pass. Times are seconds from the start of the stream.
+    Each ``step()`` transcribes the buffer (speech only, as the offline path does). Words
+    that start before the end of the last confirmed word (``overlap_s`` of timestamp
+    jitter allowed) and a repeat of the last confirmed words at the head of the pass are
+    dropped; of the rest, the longest common prefix with the previous pass's unconfirmed
+    words is confirmed and returned. The buffer keeps the confirmed audio as context for
+    Whisper and is trimmed, once longer than ``trim_s``, after the last confirmed word
+    that ends a sentence (else after the last confirmed word). A buffer longer than
+    ``max_buffer_s`` without agreement confirms the words that end ``settle_s`` before its
+    end. ``finish()`` confirms every word of a last pass. Times are seconds from the
+    start of the stream.
     """
 
-    def __init__(self, whisper, language: str | None = None, *, max_buffer_s: float = 15.0,
-                 settle_s: float = 3.0, min_buffer_s: float = 0.5, transcribe=None):
+    def __init__(self, whisper, language: str | None = None, *, trim_s: float = 10.0,
+                 max_buffer_s: float = 20.0, settle_s: float = 3.0, min_buffer_s: float = 0.5,
+                 overlap_s: float = 0.1, transcribe=None):
         # ``transcribe(audio, language) -> (language, words)`` (times from the buffer's
         # start); default: Whisper where there is speech (``transcribe_speech``).
         self.whisper, self.language = whisper, language
         self._transcribe = transcribe or self._whisper_words
-        self.max_buffer_s, self.settle_s, self.min_buffer_s = max_buffer_s, settle_s, min_buffer_s
+        self.trim_s, self.max_buffer_s = trim_s, max_buffer_s
+        self.settle_s, self.min_buffer_s, self.overlap_s = settle_s, min_buffer_s, overlap_s
         self.buffer = np.zeros(0, np.float32)
         self.offset = 0.0            # stream time of buffer[0]
         self.previous: list[dict] = []
         self.confirmed: list[dict] = []
         self.passes = 0
-        self.warnings: list[str] = []
 
     @property
     def heard_s(self) -> float:
@@ -79,20 +85,33 @@ class LocalAgreement:
         return tr.language, tr.words
 
     def _pass(self) -> list[dict]:
+        """This pass's words after the confirmed ones (stream times)."""
         self.passes += 1
         language, found = self._transcribe(self.buffer, self.language)
         if language is not None and self.language is None:
             self.language = language      # fixed once speech was heard
-        last = self.confirmed[-1]["end"] if self.confirmed else -np.inf
         words = [{"word": w["word"], "start": round(float(w["start"]) + self.offset, 3),
                   "end": round(float(w["end"]) + self.offset, 3)} for w in found]
-        return [w for w in words if w["end"] > last and _norm(w["word"])]
+        words = [w for w in words if _norm(w["word"])]
+        if not self.confirmed:
+            return words
+        last = self.confirmed[-1]["end"]
+        words = [w for w in words if w["start"] >= last - self.overlap_s]
+        # A pass may re-read the last confirmed words with shifted times: drop the repeat.
+        tail = [_norm(w["word"]) for w in self.confirmed[-5:]]
+        for k in range(min(len(tail), len(words)), 0, -1):
+            if ([_norm(w["word"]) for w in words[:k]] == tail[-k:]
+                    and words[0]["start"] < last + 1.0):
+                return words[k:]
+        return words
 
     def _confirm(self, words: list[dict]) -> list[dict]:
-        if words:
-            self.confirmed.extend(words)
-            cut = int(round((words[-1]["end"] - self.offset) * SAMPLE_RATE))
-            cut = min(max(cut, 0), len(self.buffer))
+        self.confirmed.extend(words)
+        if len(self.buffer) > self.trim_s * SAMPLE_RATE and self.confirmed:
+            ends = [w["end"] for w in self.confirmed if w["end"] > self.offset
+                    and w["word"].rstrip()[-1:] in ".?!"]
+            end = ends[-1] if ends else self.confirmed[-1]["end"]
+            cut = min(max(int(round((end - self.offset) * SAMPLE_RATE)), 0), len(self.buffer))
             self.buffer, self.offset = self.buffer[cut:], self.offset + cut / SAMPLE_RATE
         return words
 
@@ -105,12 +124,11 @@ class LocalAgreement:
         while (n < min(len(hyp), len(self.previous))
                and _norm(hyp[n]["word"]) == _norm(self.previous[n]["word"])):
             n += 1
-        new = hyp[:n]
-        if not new and len(self.buffer) > self.max_buffer_s * SAMPLE_RATE:
-            new = [w for w in hyp if w["end"] <= self.heard_s - self.settle_s]
-            n = len(new)
+        if n == 0 and len(self.buffer) > self.max_buffer_s * SAMPLE_RATE:
+            n = sum(1 for _ in itertools.takewhile(
+                lambda w: w["end"] <= self.heard_s - self.settle_s, hyp))
         self.previous = hyp[n:]
-        return self._confirm(new)
+        return self._confirm(hyp[:n])
 
     def finish(self) -> list[dict]:
         """A last pass whose words are all confirmed."""

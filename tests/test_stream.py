@@ -61,7 +61,7 @@ def _run(source, checkpoint, tmp_path, **cfg):
 
 
 # ------------------------------ speech: local agreement -------------------------------
-TRUTH = [("I", 0.0, 0.3), ("want", 0.3, 0.6), ("to", 0.6, 0.8), ("stop", 0.8, 1.2),
+TRUTH = [("I", 0.0, 0.3), ("want", 0.3, 0.6), ("to", 0.6, 0.8), ("stop.", 0.8, 1.2),
          ("but", 1.6, 1.9), ("it", 1.9, 2.1), ("helps", 2.1, 2.6), ("me", 2.6, 2.9)]
 
 
@@ -83,7 +83,7 @@ def _scripted(asr_ref, garble="stuff"):
 
 def test_local_agreement_confirms_agreed_words_once_with_their_times():
     ref = [None]
-    asr = LocalAgreement(None, transcribe=_scripted(ref))
+    asr = LocalAgreement(None, transcribe=_scripted(ref), trim_s=1.5)
     ref[0] = asr
     emitted = []
     for _ in range(7):   # 0.5 s of audio per step
@@ -95,7 +95,16 @@ def test_local_agreement_confirms_agreed_words_once_with_their_times():
     assert [(w["start"], w["end"]) for w in words] == [(a, b) for _, a, b in TRUTH]
     # A word is confirmed only once two passes agree: never in the pass that first hears it.
     assert emitted[0] == [] and "stuff" not in [w["word"] for w in words]
-    assert asr.offset > 0 and asr.language == "en"   # the buffer was cut at confirmed words
+    # The buffer was trimmed once past trim_s, after the confirmed sentence end "stop.".
+    assert asr.offset >= 1.2 and asr.language == "en"
+
+
+def test_local_agreement_drops_a_reread_of_confirmed_words():
+    reread = [{"word": "it", "start": 2.02, "end": 2.2}, {"word": "helps", "start": 2.2, "end": 2.6}]
+    asr = LocalAgreement(None, transcribe=lambda audio, language: ("en", reread))
+    asr.confirmed = [{"word": "but", "start": 1.6, "end": 1.9}, {"word": "it", "start": 1.9, "end": 2.1}]
+    asr.push(np.zeros(16000, np.float32))
+    assert [w["word"] for w in asr._pass()] == ["helps"]   # "it" again, 0.1 s later: a repeat
 
 
 def test_local_agreement_settles_words_when_passes_never_agree():
@@ -106,7 +115,7 @@ def test_local_agreement_settles_words_when_passes_never_agree():
         k = next(passes)
         return "en", [{"word": f"w{k}_{i}", "start": i * 0.5, "end": i * 0.5 + 0.4}
                       for i in range(int(n / 0.5))]
-    asr = LocalAgreement(None, transcribe=fickle, max_buffer_s=4.0, settle_s=1.0)
+    asr = LocalAgreement(None, transcribe=fickle, trim_s=3.0, max_buffer_s=4.0, settle_s=1.0)
     got = []
     for _ in range(12):
         asr.push(np.zeros(8000, np.float32))
