@@ -268,10 +268,9 @@ class _Run:
         first, self.emitted = self.emitted, n
         arrays = self.live.arrays(n)
         chunk_arrays = {k: v[first:n] for k, v in arrays.items()}
-        tracks = track_columns(chunk_arrays, self.fps) if n > first else {}
-        if tracks:
-            tracks["frame"] = tracks["frame"] + first
-            tracks["time_s"] = tracks["time_s"] + first / self.fps
+        tracks = track_columns(chunk_arrays, self.fps)
+        tracks["frame"] = tracks["frame"] + first
+        tracks["time_s"] = tracks["time_s"] + first / self.fps
         out = {"t_start": first / self.fps, "t_end": n / self.fps, "frames": [first, n],
                "tracks": tracks, "words": words, "level": self.level, "final": final}
         self.levels.append(self.level)
@@ -422,8 +421,10 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
                 pending = []
     finally:
         stop.set()
-    if pending:   # the frames of an unfinished chunk
+    if any(f is not _TAIL for f, _, _ in pending):   # the frames of an unfinished chunk
         yield process(pending)
+    elif pending:   # only the audio after the last frame: into the final line
+        run.push([], np.concatenate([a for _, a, _ in pending if a is not None]), [])
     if ended != "end of source":
         run.warnings.append(ended)
     words = run.live.finish()

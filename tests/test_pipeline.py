@@ -192,6 +192,44 @@ def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo
     assert json.loads((out / "summary.json").read_text())["video"] == str(other.video_path)
 
 
+def test_stream_a_demo_video_in_real_time(tmp_path, quick_run, demo_root):
+    """``python -m ahjax.stream VIDEO --checkpoint RUN --realtime``: JSON lines on stdout,
+    the causal model's A/H, words confirmed as they are heard, predict's files at the end."""
+    _, run_dir = quick_run
+    assert (run_dir / "deploy_causal" / "level2.json").is_file()
+    rec = load_bah(demo_root).split("test")[0]
+    out = tmp_path / "live"
+    proc = subprocess.run([sys.executable, "-m", "ahjax.stream", str(rec.video_path),
+                           "--checkpoint", str(run_dir), "--realtime", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(lines) >= 3 and lines[-1]["final"] and not any(x["final"] for x in lines[:-1])
+    n = len(rec.frame_labels)
+    assert lines[-1]["summary"]["frames"] == n
+    ends = [x["frames"][1] for x in lines]
+    assert ends == sorted(ends) and ends[-1] == n
+    for x in lines[:-1]:
+        k = x["frames"][1] - x["frames"][0]
+        assert len(x["ah_prob"]) == k and all(0 <= p <= 1 for p in x["ah_prob"])
+        assert set(x["contributions"]) >= {"face_text", "within_voice", "remainder"}
+        assert all(len(v) == k for v in x["contributions"].values())
+        assert len(x["tracks"]["face_present"]) == k and x["latency_s"]["median"] >= 0
+    s = lines[-1]["summary"]
+    assert 0 <= s["latency_median_s"] <= s["latency_p95_s"]
+    assert s["wall_s"] >= n / 24.0 * 0.95   # played at its own pace
+    words = [w for x in lines for w in x["words"]]
+    transcript = json.loads((out / "transcript.json").read_text())
+    assert [w["word"] for w in words] == [w["word"] for w in transcript["words"]]
+    assert wer(rec.transcript, transcript["text"]) < 0.85
+    with open(out / "tracks.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n
+    np.testing.assert_allclose([float(r["ah_prob"]) for r in rows],
+                               [p for x in lines for p in x.get("ah_prob", [])], atol=1e-4)
+    assert (out / "ah.png").is_file() and (out / "segments.json").is_file()
+
+
 def test_whisper_on_demo_speech(demo_root):
     """Corpus word error rate of our JAX Whisper over the held-out demo videos."""
     from level1_affect.audio import load_audio
