@@ -31,6 +31,10 @@ estimates and the op mix of the compiled step (``docs/performance.md`` reads it)
 ``--extract-workers N``: level-1 extraction of the quick demo's 8 videos with 1 worker and
 with N Ray workers, back to back in this run (wall time, real-time factor, speed-up).
 
+``--stream RUN``: ``ahjax.stream`` on a 60-second demo video with RUN's causal model,
+played in real time (capture-to-A/H latency, median and p95) and as fast as possible (the
+live pipeline's real-time factor), back to back (:func:`bench_stream`).
+
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
 video generated for the purpose, per encoder, first call (loading and compiling the
 encoders) and a second, warm call; the real-time factor is warm seconds per second of
@@ -406,6 +410,47 @@ def bench_extract(seconds: float = 60.0, repeats: int = 2) -> dict:
             "target_met": bool(warm / video_s <= 0.5)}
 
 
+def bench_stream(checkpoint: str | Path, seconds: float = 60.0) -> dict:
+    """``ahjax.stream`` on one ``seconds``-long demo video, twice back to back with the
+    encoders loaded once: played in real time (the delay from a frame's capture to the
+    line that carries its A/H probability: median, p95, max; the degradation levels the
+    stream chose) and as fast as possible (the live pipeline's real-time factor: wall
+    seconds per second of video). Word error rate of the streamed and of the offline
+    transcript against the demo's script, for the cost of streaming speech."""
+    from ahjax import stream as live
+    from ahjax.data.bah import load_bah
+    from level1_affect.audio import load_audio
+    from level1_affect.face import FaceEncoder
+    from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech, wer
+    out: dict = {"video_seconds": seconds, "checkpoint": str(checkpoint), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = demo_video(tmp, seconds)
+        script = load_bah(Path(tmp) / "demo").videos[0].transcript
+        face, whisper = FaceEncoder(), WhisperJax.load()
+        for name, realtime in (("realtime", True), ("as_fast_as_possible", False)):
+            load = list(os.getloadavg())
+            lines = list(live.stream(path, checkpoint, live.StreamConfig(realtime=realtime),
+                                     face_encoder=face, whisper=whisper))
+            s = lines[-1]["summary"]
+            text = " ".join(w["word"] for ln in lines for w in ln["words"])
+            worst = max((ln["latency_s"]["max"] for ln in lines if ln["latency_s"]), default=None)
+            out["runs"][name] = {
+                "load_average_before": load, "wall_s": s["wall_s"],
+                "real_time_factor": s["real_time_factor"],
+                "latency_median_s": s["latency_median_s"], "latency_p95_s": s["latency_p95_s"],
+                "latency_max_s": worst,
+                "levels": s["levels"], "whisper_passes": s["whisper_passes"],
+                "seconds": s["seconds"], "warm_up_s": s["warm_up_s"],
+                "wer_vs_script": wer(script, text), "lines": len(lines)}
+        offline, _ = transcribe_speech(whisper, load_audio(path))
+        out["offline_wer_vs_script"] = wer(script, offline.text)
+    out["notes"] = ("real time: latency = time a frame's line was yielded minus the frame's "
+                    "capture time on the playback clock; as fast as possible: the real-time "
+                    "factor is wall seconds / video seconds (encoders loaded and compiled "
+                    "before, warm_up_s)")
+    return out
+
+
 def bench_extract_workers(workers: int) -> dict:
     """Level-1 extraction of the quick demo's videos (8 videos of 6-8 s; the dataset's
     own transcripts, face every second frame, no voice embeddings: the quick extraction)
@@ -454,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extract-workers", type=int, default=0, metavar="N",
                         help="also time extraction of the quick demo with 1 and with N Ray "
                              "workers, back to back (needs the [distributed] extra)")
+    parser.add_argument("--stream", metavar="RUN", default=None,
+                        help="also time ahjax.stream on a 60 s demo video with this two_level "
+                             "run's causal model: real-time latency and real-time factor")
     parser.add_argument("--reference", metavar="DIR", default=None,
                         help="a folder with the reference PyTorch code and bench_ref.py: time "
                              "its fusion models and ours side by side, ratios from this run")
@@ -490,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         report["extraction"] = bench_extract(args.extract_seconds)
     if args.extract_workers:
         report["extraction_workers"] = bench_extract_workers(args.extract_workers)
+    if args.stream:
+        report["stream"] = bench_stream(args.stream, args.extract_seconds)
     report["notes"] = NOTES
     print(json.dumps(report, indent=2))
     return 0
