@@ -521,5 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _CallableModule(type(sys)):
+    """``ahjax.stream(...)`` calls :func:`stream`; the module's names stay reachable
+    (``ahjax.stream.StreamConfig``) and ``python -m ahjax.stream`` runs :func:`main`."""
+
+    def __call__(self, *args, **kwargs):
+        return stream(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -182,8 +182,9 @@ def test_prefix_scores_of_a_causal_model_do_not_change(causal_dir):
 
 
 def test_fixed_lag_labels_are_final_lag_seconds_behind(causal_dir, face_encoder, tmp_path):
+    import ahjax
     src = live_stream.MediaSource(_frames(60, 1), FPS, None, name="noise")
-    lines = list(live_stream.stream(src, causal_dir,
+    lines = list(ahjax.stream(src, causal_dir,   # the module is callable: the Python API
                                     live_stream.StreamConfig(asr=False, chunk_s=1.0, lag_s=2.0),
                                     face_encoder=face_encoder))
     # Decided up to 2 s behind the newest frame of each line, everything at the end.
