@@ -38,7 +38,10 @@ live pipeline's real-time factor), back to back (:func:`bench_stream`).
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
 video generated for the purpose, per encoder, first call (loading and compiling the
 encoders) and a second, warm call; the real-time factor is warm seconds per second of
-video (target: 60 s of video in under 30 s, i.e. <= 0.5).
+video (target: 60 s of video in under 30 s, i.e. <= 0.5). ``--extract-baseline REV``
+first times the extractor of git revision REV on the same video (a temporary worktree)
+and reports the speed-up of this run; ``--extract-detect-every K`` runs the face
+landmarker on every K-th frame.
 """
 
 from __future__ import annotations
@@ -380,15 +383,16 @@ def demo_video(folder: str | Path, seconds: float = 60.0, seed: int = 0) -> Path
     return videos[0]
 
 
-def bench_extract(seconds: float = 60.0, repeats: int = 2) -> dict:
+def bench_extract(seconds: float = 60.0, repeats: int = 2, detect_every: int = 1) -> dict:
     """Level-1 extraction of one ``seconds``-long demo video with ASR: per-encoder seconds of
-    each call (the first loads and compiles the encoders) and the warm real-time factor."""
+    each call (the first loads and compiles the encoders) and the warm real-time factor.
+    ``detect_every`` > 1 runs the face landmarker on every k-th frame only."""
     from level1_affect.extract import ExtractConfig, Extractor
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = demo_video(tmp, seconds)
         made = time.perf_counter() - t0
-        extractor = Extractor(ExtractConfig(asr="always"))
+        extractor = Extractor(ExtractConfig(asr="always", detect_every=detect_every))
         calls = []
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
@@ -408,6 +412,35 @@ def bench_extract(seconds: float = 60.0, repeats: int = 2) -> dict:
             "real_time_factor": warm / video_s,
             "target": "60 s of video in under 30 s (real-time factor <= 0.5)",
             "target_met": bool(warm / video_s <= 0.5)}
+
+
+def bench_extract_against(rev: str, seconds: float = 60.0, detect_every: int = 1) -> dict:
+    """``bench_extract`` of the code at git revision ``rev`` (a temporary worktree, in a
+    child process) and of this code, back to back on the same generated video, and the
+    ratio of their warm seconds: before/after figures from one sitting."""
+    import subprocess
+    repo = Path(__file__).resolve().parent.parent
+    out: dict = {"baseline_rev": rev}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=repo,
+                       check=True, capture_output=True)
+        try:
+            code = ("import json; from experiments.bench import bench_extract; "
+                    f"print(json.dumps(bench_extract({seconds!r})))")
+            proc = subprocess.run([sys.executable, "-c", code], cwd=tree, text=True,
+                                  capture_output=True,
+                                  env={**os.environ, "PYTHONPATH": str(tree)})
+            if proc.returncode:
+                raise RuntimeError(f"baseline {rev} failed: {proc.stderr[-2000:]}")
+            out["baseline"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=repo,
+                           capture_output=True)
+    out["load_average_between"] = list(os.getloadavg())
+    out["current"] = bench_extract(seconds, detect_every=detect_every)
+    out["speedup"] = out["baseline"]["warm_s"] / out["current"]["warm_s"]
+    return out
 
 
 def bench_stream(checkpoint: str | Path, seconds: float = 60.0) -> dict:
@@ -496,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extract", action="store_true",
                         help="also time level-1 extraction of a 60 s demo video (ASR included)")
     parser.add_argument("--extract-seconds", type=float, default=60.0)
+    parser.add_argument("--extract-baseline", metavar="REV", default=None,
+                        help="with --extract: time the extractor of git revision REV first, "
+                             "on the same video, and report the speed-up of this run")
+    parser.add_argument("--extract-detect-every", type=int, default=1, metavar="K",
+                        help="with --extract: face landmarker on every K-th frame")
     parser.add_argument("--extract-workers", type=int, default=0, metavar="N",
                         help="also time extraction of the quick demo with 1 and with N Ray "
                              "workers, back to back (needs the [distributed] extra)")
@@ -534,8 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if not MODELS[n].reference]   # measured above
     for name in names:
         report["models"][name] = bench_model(name, steps, args.batch, args.frames)
-    if args.extract:
-        report["extraction"] = bench_extract(args.extract_seconds)
+    if args.extract and args.extract_baseline:
+        report["extraction"] = bench_extract_against(args.extract_baseline, args.extract_seconds,
+                                                     args.extract_detect_every)
+    elif args.extract:
+        report["extraction"] = bench_extract(args.extract_seconds,
+                                             detect_every=args.extract_detect_every)
     if args.extract_workers:
         report["extraction_workers"] = bench_extract_workers(args.extract_workers)
     if args.stream:

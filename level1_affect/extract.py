@@ -10,6 +10,7 @@ per-video writes, one failing video reported and skipped while the rest go on, a
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import sys
@@ -145,18 +146,45 @@ class Extractor:
         cfg = self.config
         timings: dict[str, float] = {}
         arrays: dict[str, np.ndarray] = {}
-        t0 = time.perf_counter()
-        frames, fps, n_frames = read_video_frames(path)
-        if cfg.face:
-            face = self._face_encoder(fps).encode(frames, fps)
-            arrays.update({k: face[k] for k in ("face_present", "face_expr", "face_blend",
-                                               "face_desc")})
-            n_frames = len(arrays["face_present"])
-        else:
-            n_frames = n_frames or sum(1 for _ in frames)
-        timings["face"] = time.perf_counter() - t0
+        frames, fps, n_guess = read_video_frames(path)
+        warnings: list[str] = []
 
-        info: dict = {"fps": float(fps), "n_frames": int(n_frames), "warnings": []}
+        # The face track (MediaPipe on one core) runs in a thread while this one decodes the
+        # audio, transcribes it and encodes it for the voice embeddings (Whisper in XLA):
+        # the two sides overlap on two cores. Their results are those of the sequential
+        # order; ``timings`` then holds overlapping seconds.
+        def face_track():
+            t0 = time.perf_counter()
+            face = self._face_encoder(fps).encode(frames, fps)
+            timings["face"] = time.perf_counter() - t0
+            return face
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahjax-face") as pool:
+            face_job = pool.submit(face_track) if cfg.face else None
+            audio = None
+            if cfg.voice or cfg.asr != "never":
+                try:
+                    audio = audio_lib.load_audio(path, sr=16000)
+                except audio_lib.NoAudioError as err:
+                    warnings.append(str(err))
+            t0 = time.perf_counter()
+            words, language, source = self._words(audio, chunks, warnings)
+            timings["asr"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            states = None
+            if cfg.voice and cfg.voice_embeddings and audio is not None and len(audio):
+                states = self._whisper_model().embed_states(audio, n_guess / fps)
+            timings["voice"] = time.perf_counter() - t0
+            if face_job is not None:
+                face = face_job.result()
+                arrays.update({k: face[k] for k in ("face_present", "face_expr", "face_blend",
+                                                   "face_desc")})
+                n_frames = len(arrays["face_present"])
+            else:
+                timings["face"] = 0.0
+                n_frames = n_guess or sum(1 for _ in frames)
+
+        info: dict = {"fps": float(fps), "n_frames": int(n_frames), "warnings": warnings}
         # Voice and text are computed on a constant grid at ``fps`` that spans the video's
         # real duration; a variable-frame-rate video's frames then take the grid rows at
         # their presentation times (for a constant rate this is the identity).
@@ -169,21 +197,11 @@ class Extractor:
                                     f"times ({times[-1]:.2f} s for {n_frames} frames at a mean "
                                     f"{fps:.2f} fps)")
         info["frame_times"] = times
-        audio = None
-        if cfg.voice or cfg.asr != "never":
-            try:
-                audio = audio_lib.load_audio(path, sr=16000)
-            except audio_lib.NoAudioError as err:
-                info["warnings"].append(str(err))
         t0 = time.perf_counter()
         if cfg.voice:
-            voice = self._voice_arrays(audio, fps, grid_n)
+            voice = self._voice_arrays(audio, fps, grid_n, states)
             arrays.update({k: v if take is None else v[take] for k, v in voice.items()})
-        timings["voice"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        words, language, source = self._words(audio, chunks, info["warnings"])
-        timings["asr"] = time.perf_counter() - t0
+        timings["voice"] += time.perf_counter() - t0
         info.update(language=language, transcript_source=source,
                     transcript=" ".join(w["word"] for w in words).strip())
         t0 = time.perf_counter()
@@ -199,7 +217,7 @@ class Extractor:
         info["words"] = words
         return {k: np.asarray(v, np.float32) for k, v in arrays.items()}, info
 
-    def _voice_arrays(self, audio, fps, n_frames) -> dict:
+    def _voice_arrays(self, audio, fps, n_frames, states=None) -> dict:
         from level1_affect import audio as audio_lib
         if audio is None or len(audio) == 0:
             # No audio track: zero features and voice_active 0, so level 2 sees no voice.
@@ -211,7 +229,12 @@ class Extractor:
         out = {"voice_mel": audio_lib.log_mel(audio, 16000, fps, n_frames),
                "voice_prosody": audio_lib.prosody(audio, 16000, fps, n_frames)}
         if self.config.voice_embeddings:
-            out["voice_emb"] = self._whisper_model().embed(audio, fps, n_frames)
+            # Encoder states computed beside the face track cover the guessed length; a
+            # longer video than guessed encodes them again.
+            emb = None if states is None else self._whisper_model().states_on_frames(
+                states, fps, n_frames)
+            out["voice_emb"] = (emb if emb is not None
+                                else self._whisper_model().embed(audio, fps, n_frames))
         return out
 
     def _words(self, audio, chunks, warnings: list) -> tuple[list[dict], str | None, str]:

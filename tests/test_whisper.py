@@ -191,6 +191,19 @@ def test_embed_shape_and_content(whisper, speech):
     assert np.linalg.norm(talk - quiet) > 0.1 * np.linalg.norm(quiet)
 
 
+def test_embedding_states_computed_ahead_give_the_same_frames(whisper, speech):
+    """Extraction encodes the audio for the voice embeddings beside the face track, for
+    the container's guessed length; states covering more give the same frames, states
+    covering too little are refused (and computed again)."""
+    x, _ = speech
+    fps, n = 25.0, 150
+    wide = whisper.embed_states(x, 40.0)            # two 30 s windows
+    assert len(wide) == 3000
+    np.testing.assert_array_equal(whisper.states_on_frames(wide, fps, n), whisper.embed(x, fps, n))
+    short = whisper.embed_states(x, 0.0)            # one window: 30 s
+    assert whisper.states_on_frames(short, fps, 31 * 25) is None
+
+
 @pytest.mark.slow
 def test_speech_in_another_language_is_detected_and_transcribed_in_it(whisper):
     """Documented outcome for non-English speech: the language is detected and reported

@@ -230,12 +230,26 @@ class WhisperJax:
         windows are concatenated and averaged onto frames; frames past the end of the audio
         see the encoding of silence, as the audio there is silent.
         """
-        need = max(len(audio), int(np.ceil(n_frames / fps * SAMPLE_RATE)), 1)
+        return states_to_frames(self.embed_states(audio, n_frames / fps), fps, n_frames)
+
+    def embed_states(self, audio: np.ndarray, seconds: float = 0.0) -> np.ndarray:
+        """The 50 Hz encoder states (T, d) of ``audio`` in 30 s windows covering at least
+        ``seconds`` (silence past the audio's end)."""
+        need = max(len(audio), int(np.ceil(seconds * SAMPLE_RATE)), 1)
         n_win = -(-need // (CHUNK_S * SAMPLE_RATE))
         pad = n_win * CHUNK_S * SAMPLE_RATE - len(audio)
         mel = log_mel_whisper(audio, self.dims.n_mels, pad=pad)[: n_win * N_FRAMES]
         states = self.encode_windows(mel.reshape(n_win, N_FRAMES, self.dims.n_mels))
-        return states_to_frames(states.reshape(-1, states.shape[-1]), fps, n_frames)
+        return states.reshape(-1, states.shape[-1])
+
+    @staticmethod
+    def states_on_frames(states: np.ndarray, fps: float, n_frames: int) -> np.ndarray | None:
+        """``embed_states`` averaged onto ``n_frames`` video frames; None when the states do
+        not cover them (computed for a shorter video: compute them again). Windows are
+        encoded independently, so states that cover more give the same frames."""
+        if n_frames / fps > len(states) * TIME_PRECISION + 1e-9:
+            return None
+        return states_to_frames(states, fps, n_frames)
 
     # ------------------------------------------------------------------ decoding
     def _detect_fn(self, params, xk, xv):
