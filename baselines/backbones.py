@@ -302,6 +302,22 @@ def build_backbone(name: str, num_classes: int, *, rngs: nnx.Rngs, **overrides) 
     return BACKBONES[name](num_classes, rngs=rngs, **overrides)
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def set_compute_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
+    """Mixed precision: every convolution, dense and normalisation layer of ``model``
+    computes in ``dtype`` ("float32" or "bfloat16") while the parameters and batch-norm
+    statistics stay float32 (the optimiser updates float32 weights; normalisation
+    statistics are reduced in float32 by flax). Returns ``model``, changed in place."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {dtype!r}: one of {', '.join(COMPUTE_DTYPES)}")
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, (nnx.Conv, nnx.Linear, nnx.LayerNorm, nnx.BatchNorm)):
+            module.dtype = COMPUTE_DTYPES[dtype]
+    return model
+
+
 def replace_head(model: nnx.Module, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """Give ``model`` a fresh ``num_classes`` head (fine-tuning after pretraining)."""
     model.head = nnx.Linear(model.feature_dim, num_classes, rngs=rngs)

@@ -42,7 +42,7 @@ from ahjax.train.checkpoint import Checkpointer
 from ahjax.train import engine
 from ahjax.train.engine import NonFiniteLossError
 from ahjax.train.trainer import TrainConfig, make_optimizer
-from baselines.backbones import normalize_images
+from baselines.backbones import normalize_images, set_compute_dtype
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -58,6 +58,15 @@ class ImageTrainConfig:
     min_crop: float = 0.8        # scale-jittered crops cover 80-100% of the side
     flip: bool = True
     seed: int = 0
+    # "bfloat16": layers compute in bfloat16 during training, weights stay float32 (for
+    # GPUs; on a CPU it is slower). Prediction after fit computes in float32 again.
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        from baselines.backbones import COMPUTE_DTYPES
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype={self.compute_dtype!r}: one of "
+                             f"{', '.join(COMPUTE_DTYPES)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +148,7 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images, labels, weig
     """One optimiser step of weighted cross-entropy on a uint8 image batch; returns the loss."""
     def loss_fn(m):
         logits, _ = m(normalize_images(images), train=True)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
         return (ce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
@@ -231,11 +240,15 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
             in_memory.clear()
             in_memory[record["epoch"]] = jax.device_get(_saved_state(model, optimizer))
 
-    result = engine.run_epochs(
-        epochs=cfg.epochs, batches=batches, step=step, start_epoch=start, history=history,
-        validate=(lambda epoch: validate(model)) if validate is not None else None,
-        end_epoch=end_epoch, on_nonfinite=cfg.optim.on_nonfinite, desc="image training",
-        flush_every=steps_per_epoch)
+    set_compute_dtype(model, cfg.compute_dtype)   # validation during fit computes so too
+    try:
+        result = engine.run_epochs(
+            epochs=cfg.epochs, batches=batches, step=step, start_epoch=start, history=history,
+            validate=(lambda epoch: validate(model)) if validate is not None else None,
+            end_epoch=end_epoch, on_nonfinite=cfg.optim.on_nonfinite, desc="image training",
+            flush_every=steps_per_epoch)
+    finally:
+        set_compute_dtype(model, "float32")
     history = result.history
     if result.diverged:
         if not history:

@@ -168,3 +168,39 @@ def test_finetune_on_demo_crops_and_write_features(tmp_path):
     assert store.meta(rec.video_id)["shapes"]["face_other"] == [len(crops), 3]
     with pytest.raises(ValueError, match="feature rows"):
         fp.write_visual_features(store, rec.video_id, "bad", feats[:5])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "apvit"])
+def test_bfloat16_compute_keeps_float32_weights_and_close_outputs(name):
+    """Mixed precision for GPUs: layers compute in bfloat16, weights stay float32, and the
+    logits stay close to float32's (bfloat16 keeps 8 bits of mantissa)."""
+    model = bb.build_backbone(name, 3, rngs=nnx.Rngs(0), **bb.TINY[name])
+    x = bb.normalize_images(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)))
+    ref, _ = model(x)
+    bb.set_compute_dtype(model, "bfloat16")
+    low, aux = model(x)
+    assert low.dtype == jnp.bfloat16
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    scale = float(jnp.abs(ref).max())
+    assert float(jnp.abs(low.astype(jnp.float32) - ref).max()) < 0.05 * scale + 0.05
+    bb.set_compute_dtype(model, "float32")
+    np.testing.assert_allclose(model(x)[0], ref, atol=1e-6)
+    with pytest.raises(ValueError, match="compute dtype 'float16': one of float32, bfloat16"):
+        bb.set_compute_dtype(model, "float16")
+
+
+def test_fit_in_bfloat16_trains_float32_weights(emotion_folder):
+    source = fp.EmotionFolder(emotion_folder, 32)
+    cfg = fp.ImageTrainConfig(image_size=32, batch_size=8, epochs=2, compute_dtype="bfloat16",
+                              optim=fp.TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0))
+    model = bb.build_backbone("resnet18", 2, rngs=nnx.Rngs(0), **bb.TINY["resnet18"])
+    before = jax.tree.map(np.array, nnx.state(model, nnx.Param))
+    history = fp.fit(model, source, cfg, None, log=lambda _: None)
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    after = nnx.state(model, nnx.Param)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(after))
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    x = np.stack([source[0]["image"]])
+    assert fp.predict_frames(model, x, 1)[0].dtype == np.float32   # back to float32 after fit
+    with pytest.raises(ValueError, match="compute_dtype='half'"):
+        fp.ImageTrainConfig(compute_dtype="half")
