@@ -189,6 +189,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_outputs(name):
         bb.set_compute_dtype(model, "float16")
 
 
+@pytest.mark.slow
 def test_fit_in_bfloat16_trains_float32_weights(emotion_folder):
     source = fp.EmotionFolder(emotion_folder, 32)
     cfg = fp.ImageTrainConfig(image_size=32, batch_size=8, epochs=2, compute_dtype="bfloat16",
