@@ -38,12 +38,19 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
     if checkpoint is not None:
         from level2_conflict.runtime import load_trained
         level2_model = load_trained(checkpoint)
+    return write_outputs(out, lambda tmp: _predict_into(video, tmp, level2_model))
+
+
+def write_outputs(out: Path, fill):
+    """``fill(folder)`` writes a video's files into a temporary folder beside ``out``; they
+    are then moved into ``out`` at once, so a failure leaves no half output and a rerun
+    never leaves another video's files (any of :data:`OUTPUTS`) beside these. Returns what
+    ``fill`` returns."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written into a temporary folder and moved into place at the end, so a failure leaves
-    # no half output and a rerun never leaves another video's files beside these.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        summary = _predict_into(video, tmp, level2_model)
+        value = fill(tmp)
         out.mkdir(exist_ok=True)
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
@@ -51,7 +58,7 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return summary
+    return value
 
 
 # Every file predict may write; a run removes them all from --out before moving its own in.

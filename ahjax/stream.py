@@ -28,9 +28,7 @@ import dataclasses
 import json
 import os
 import queue
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -442,25 +440,17 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
         "whisper_passes": run.live.asr.passes if run.live.asr else 0,
         "warm_up_s": run.warm_s, "levels": run.levels,
         "warnings": run.warnings}
-    if out is not None:
+    if out is not None and run.emitted:
         last["written"] = _write(run.result(), Path(out))
+    elif out is not None:
+        last["summary"]["warnings"].append("no frame arrived: nothing written")
     yield last
 
 
 def _write(result, out: Path) -> str:
     """``predict``'s files, moved into ``out`` at once (no half output on failure)."""
-    from ahjax.predict import OUTPUTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        result.save(tmp)
-        out.mkdir(exist_ok=True)
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-        for path in tmp.iterdir():
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from ahjax.predict import write_outputs
+    write_outputs(out, result.save)
     return str(out)
 
 

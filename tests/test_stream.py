@@ -229,6 +229,19 @@ def test_a_source_that_ends_early_or_drops_frames_ends_cleanly(causal_dir, face_
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["frames"] == 20
 
 
+def test_a_source_that_never_delivers_writes_nothing(causal_dir, face_encoder, tmp_path):
+    def frozen():
+        time.sleep(60)
+        yield from _frames(1)
+    lines = list(live_stream.stream(live_stream.MediaSource(frozen(), FPS, None), causal_dir,
+                                    live_stream.StreamConfig(asr=False, stall_s=0.5),
+                                    out=tmp_path / "out", face_encoder=face_encoder))
+    assert len(lines) == 1 and lines[0]["ended"].startswith("stalled")
+    assert lines[0]["summary"]["frames"] == 0 and "written" not in lines[0]
+    assert "no frame arrived: nothing written" in lines[0]["summary"]["warnings"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_realtime_play_reports_latency_and_degrades_when_behind(causal_dir, face_encoder):
     src = live_stream.MediaSource(_frames(24, 5), FPS, None, realtime=True, name="live")
     lines = list(live_stream.stream(src, causal_dir,
