@@ -369,6 +369,9 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     src = open_source(source, config.realtime)
     run = _Run(src, model, config, face_encoder, whisper)
     run.warm_up()   # load and compile everything before the source's clock starts
+    if not src.has_audio:
+        run.warnings.append(f"{src.name}: no audio: voice features are zero and there are "
+                            "no words")
     if model is not None and not model.causal:
         run.warnings.append("the checkpoint's model is not causal (no deploy_causal/): its "
                             "newest frames are read without the future it was trained with")
@@ -500,9 +503,14 @@ def main(argv: list[str] | None = None) -> int:
             print(to_json(chunk), flush=True)
             if chunk["final"]:
                 s = chunk["summary"]
+                latency = (f"latency median {s['latency_median_s']:.2f} s, p95 "
+                           f"{s['latency_p95_s']:.2f} s" if s["latency_median_s"] is not None
+                           else "latency not measured (not played in real time)")
+                written = f"written to {out}" if "written" in chunk else "nothing written"
                 print(f"{s['frames']} frames ({s['media_s']:.1f} s) in {s['wall_s']:.1f} s; "
-                      f"latency median {s['latency_median_s']} s, p95 {s['latency_p95_s']} s; "
-                      f"ended: {chunk['ended']}; written to {out}", file=sys.stderr)
+                      f"{latency}; ended: {chunk['ended']}; {written}", file=sys.stderr)
+                for w in s["warnings"]:
+                    print(f"warning: {w}", file=sys.stderr)
     except (OSError, ValueError, MediaError) as err:   # bad input: one line, exit 2
         if debug_requested(args.debug):
             raise

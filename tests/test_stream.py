@@ -191,6 +191,7 @@ def test_fixed_lag_labels_are_final_lag_seconds_behind(causal_dir, face_encoder,
     assert [ln["decided_until_s"] for ln in lines[:-1]] == [0.0, 0.0, 1.0, 2.0, 3.0]
     assert lines[-1]["decided_until_s"] == 5.0
     assert lines[0]["latency_s"] is None   # played as fast as possible: no capture clock
+    assert any("noise: no audio" in w for w in lines[-1]["summary"]["warnings"])
 
 
 # ------------------------------ sources that misbehave --------------------------------
