@@ -420,6 +420,10 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
             if len(pending) >= per_chunk:
                 yield process(pending)
                 pending = []
+    except GeneratorExit:   # the caller stopped reading: free the reader and Whisper threads
+        stop.set()
+        run.live.close()
+        raise
     finally:
         stop.set()
     if any(f is not _TAIL for f, _, _ in pending):   # the frames of an unfinished chunk

@@ -138,6 +138,9 @@ class LocalAgreement:
         return self._confirm(self._pass())
 
 
+_STOP = object()
+
+
 class AsrWorker(threading.Thread):
     """:class:`LocalAgreement` in its own thread, so face, voice and level 2 keep pace
     while Whisper runs (on a 2-core machine a pass takes seconds). ``feed(audio)`` hands
@@ -164,6 +167,8 @@ class AsrWorker(threading.Thread):
                 items = [self._inbox.get()]
                 while not self._inbox.empty():
                     items.append(self._inbox.get_nowait())
+                if any(item is _STOP for item in items):
+                    return
                 for item in items:
                     if item is not None:
                         self.asr.push(item)
@@ -185,6 +190,11 @@ class AsrWorker(threading.Thread):
         while not self._out.empty():
             words += self._out.get_nowait()
         return words
+
+    def stop(self) -> None:
+        """End the thread without a last pass (the stream was abandoned)."""
+        self._inbox.put(_STOP)
+        self.join()
 
     def finish(self) -> list[dict]:
         self._inbox.put(None)
@@ -303,6 +313,12 @@ class LiveLevel1:
             self.seconds["asr"] += time.perf_counter() - t0
         self._words += words
         return words
+
+    def close(self) -> None:
+        """Abandon the stream: stop the Whisper thread and release the face landmarker."""
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.stop()
+        self.face.close()
 
     def _voice(self) -> None:
         """Prosody rows for the frames whose audio has fully arrived."""

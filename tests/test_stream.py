@@ -107,6 +107,26 @@ def test_local_agreement_drops_a_reread_of_confirmed_words():
     assert [w["word"] for w in asr._pass()] == ["helps"]   # "it" again, 0.1 s later: a repeat
 
 
+def test_a_stream_left_early_stops_its_threads(causal_dir, face_encoder):
+    import threading
+    src = live_stream.MediaSource(_frames(48, 6), FPS, _tone_speech(4.0), name="noise")
+    calls = []
+
+    class Quiet:   # a recogniser stand-in: the thread must stop without a last pass
+        def transcribe(self, audio, language=None, **kw):
+            calls.append(len(audio))
+            from level1_affect.whisper.transcribe import Transcript
+            return Transcript("en", "", [], [])
+    gen = live_stream.stream(src, causal_dir, live_stream.StreamConfig(asr=True, asr_every_s=0.5),
+                             face_encoder=face_encoder, whisper=Quiet())
+    next(gen)
+    before = len(calls)
+    gen.close()
+    assert not any(t.name in ("ahjax-asr", "ahjax-stream-reader") and t.is_alive()
+                   for t in threading.enumerate())
+    assert len(calls) <= before + 1   # no last pass after the close
+
+
 def test_local_agreement_settles_words_when_passes_never_agree():
     passes = iter(range(1000))
 
