@@ -31,6 +31,7 @@ import queue
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 from typing import Iterator
 
@@ -68,22 +69,24 @@ class StreamConfig:
 
 
 # ------------------------------- sources ----------------------------------------------
-class Source:
-    """Media frame by frame: ``fps``, ``has_audio``, ``name`` and ``frames()`` yielding
+@typing.runtime_checkable
+class Source(typing.Protocol):
+    """What the stream reads: ``fps``, ``has_audio``, ``name``, ``clocked`` (frames come
+    at the pace of a clock that does not wait for us) and ``frames()`` yielding
     ``(frame, audio, capture)``: an RGB uint8 frame (``None`` for a frame the source
     dropped), the 16 kHz audio samples of that frame's time slot (or None) and its
     wall-clock capture time (``time.monotonic`` seconds; NaN when played as fast as
-    possible: no clock, no latency)."""
-    name = "source"
-    fps: float = 0.0
-    has_audio: bool = False
-    clocked = False      # frames come at the pace of a clock (that does not wait for us)
+    possible: no clock, no latency). :class:`MediaSource` and :class:`DeviceSource` are
+    the two kinds ahjax has."""
+    name: str
+    fps: float
+    has_audio: bool
+    clocked: bool
 
-    def frames(self) -> Iterator[tuple[np.ndarray | None, np.ndarray | None, float]]:
-        raise NotImplementedError
+    def frames(self) -> Iterator[tuple[np.ndarray | None, np.ndarray | None, float]]: ...
 
 
-class MediaSource(Source):
+class MediaSource:
     """Frames (any iterable) and optional audio, paced by the clock when ``realtime``."""
 
     def __init__(self, frames, fps: float, audio: np.ndarray | None = None, *,
@@ -128,9 +131,9 @@ def file_source(path: str | os.PathLike, realtime: bool = False) -> MediaSource:
     return MediaSource(frames, fps, audio, realtime=realtime, name=str(path))
 
 
-class DeviceSource(Source):
+class DeviceSource:
     """A capture device through OpenCV (video only: voice and text stay empty)."""
-    clocked = True
+    clocked, has_audio = True, False
 
     def __init__(self, device: int | str):
         import cv2
@@ -214,8 +217,7 @@ def load_live_model(checkpoint: str | os.PathLike):
     path = Path(checkpoint)
     if (path / "deploy_causal" / "level2.json").is_file():
         path = path / "deploy_causal"
-    model = load_trained(path)
-    return model
+    return load_trained(path)
 
 
 class _Run:
@@ -234,13 +236,13 @@ class _Run:
             whisper = WhisperJax.load()
         self.live = LiveLevel1(self.fps, face_encoder, whisper=whisper if config.asr else None,
                                audio=src.has_audio, asr_every_s=config.asr_every_s,
-                               language=config.language, asr_thread=True)
+                               language=config.language)
         self.decoder = model.online_decoder(self.fps, config.lag_s) if model is not None else None
         self.emitted = 0
         self.prob: list[np.ndarray] = []
         self.contrib: dict[str, list[np.ndarray]] = {}
-        self.labels: list[np.ndarray] = []
-        self.capture: list[np.ndarray] = []
+        self.decided = np.zeros(0, np.int64)    # final A/H labels so far
+        self.capture = np.zeros(0)              # capture time of every frame pushed
         self.latency: list[np.ndarray] = []
         self.level, self.calm = 0, 0
         self.levels: list[int] = []   # the level of each chunk
@@ -257,7 +259,7 @@ class _Run:
                 f = self.last_frame if self.last_frame is not None else np.zeros((64, 64, 3), np.uint8)
             self.last_frame = f
             filled.append(f)
-        self.capture.append(np.asarray(capture, np.float64))
+        self.capture = np.concatenate([self.capture, np.asarray(capture, np.float64)])
         return self.live.push(filled, audio)
 
     def emit(self, words: list[dict], final: bool = False) -> dict:
@@ -279,17 +281,15 @@ class _Run:
             contrib = {g: c[first:n] for g, c in scores["contributions"].items()}
             for g, c in contrib.items():
                 self.contrib.setdefault(g, []).append(c)
-            self.labels.append(self.decoder.push(prob))
-            if final:
-                self.labels.append(self.decoder.finish())
-            decided = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
-            segments = segments_from_decoded(decided, self.fps)
-            if not final and segments and segments[-1]["end_frame"] >= len(decided) - 1:
+            new = [self.decoder.push(prob)] + ([self.decoder.finish()] if final else [])
+            self.decided = np.concatenate([self.decided, *new])
+            segments = segments_from_decoded(self.decided, self.fps)
+            if not final and segments and segments[-1]["end_frame"] >= len(self.decided) - 1:
                 segments[-1]["open"] = True
             out.update(ah_prob=prob, contributions=contrib, segments=segments,
-                       decided_until_s=len(decided) / self.fps)
+                       decided_until_s=len(self.decided) / self.fps)
         now = time.monotonic()
-        capture = np.concatenate(self.capture) if self.capture else np.zeros(0)
+        capture = self.capture
         lat = now - capture[first:n]
         lat = lat[np.isfinite(lat)]
         self.latency.append(lat)
@@ -303,7 +303,6 @@ class _Run:
     def warm_up(self) -> None:
         """Run each encoder and the model once on dummy input (loading and compiling them),
         so the first chunk does not pay for it."""
-        from level1_affect.whisper.transcribe import transcribe_speech  # noqa: F401
         t0 = time.monotonic()
         self.live.text_encoder.encode([{"word": "well", "start": 0.0, "end": 0.4}], self.fps,
                                       max(1, int(self.fps)))
@@ -345,7 +344,7 @@ class _Run:
                      transcript, list(self.warnings), dict(self.live.seconds))
         if self.model is not None and n > 0:
             res.prob = np.concatenate(self.prob)
-            res.decoded = np.concatenate(self.labels)
+            res.decoded = self.decided
             res.contributions = {g: np.concatenate(c) for g, c in self.contrib.items()}
             res.segments = segments_from_decoded(res.decoded, self.fps)
         return res
@@ -421,7 +420,6 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
                 yield process(pending)
                 pending = []
     except GeneratorExit:   # the caller stopped reading: free the reader and Whisper threads
-        stop.set()
         run.live.close()
         raise
     finally:

@@ -322,6 +322,7 @@ class FaceEncoder:
         result["fps"] = np.float32(fps)
         return result
 
+
 class FaceSession(contextlib.ExitStack):
     """The face track of one video, computed as its frames arrive (``FaceEncoder.session``).
 
@@ -331,8 +332,7 @@ class FaceSession(contextlib.ExitStack):
     (their landmarks are interpolated between the two), so a push may return fewer rows
     than it took. ``detect_every`` may be changed between pushes (a live stream that falls
     behind runs the landmarker less often): the next keyframe is then that many frames
-    after the latest one. The
-    concatenated rows equal ``encode`` on the same frames.
+    after the latest one. The concatenated rows equal ``encode`` on the same frames.
     """
 
     def __init__(self, encoder: FaceEncoder, fps: float, *, return_crops: bool = False,
@@ -399,10 +399,10 @@ class FaceSession(contextlib.ExitStack):
             else:
                 chunk.append((obs, None, None))
             if len(chunk) == self.config.batch_size:
-                self._flush(chunk, self._state, out, self.return_crops, self.return_landmarks)
+                self._flush(chunk, out)
                 chunk = []
         if chunk:
-            self._flush(chunk, self._state, out, self.return_crops, self.return_landmarks)
+            self._flush(chunk, out)
         empty = {"face_present": (1,), "face_expr": (len(FACE_EXPR),),
                  "face_blend": (len(BLENDSHAPES),), "face_desc": (len(FACE_DESC),),
                  "face_crops": (s, s, 3), "landmarks": (N_LANDMARKS, 3)}
@@ -418,8 +418,9 @@ class FaceSession(contextlib.ExitStack):
         self.n_done += len(result["face_present"])
         return result
 
-    def _flush(self, chunk, state: "_Carry", out, return_crops, return_landmarks) -> None:
+    def _flush(self, chunk, out) -> None:
         """Crops, expressions and descriptors of one chunk; carries the last face forward."""
+        state = self._state
         n, s = len(chunk), self.config.crop_size
         found = np.array([obs.found for obs, _, _ in chunk])
         crops = np.zeros((n, s, s, 3), np.uint8)
@@ -448,12 +449,10 @@ class FaceSession(contextlib.ExitStack):
         out["face_expr"].append(expr)
         out["face_blend"].append(blend)
         out["face_desc"].append(face_descriptors(expr, blend, motion))
-        if return_crops:
+        if self.return_crops:
             out["face_crops"].append(crops)
-        if return_landmarks:
+        if self.return_landmarks:
             out["landmarks"].append(lms)
-
-
 
 
 class _Finder(contextlib.ExitStack):

@@ -12,8 +12,8 @@ for every frame received so far, the level-1 arrays the two-level model reads
   voice activity thresholds and the pitch z-score then come from the recent past only);
 - **speech**: :class:`LocalAgreement`, Whisper on the audio since the last confirmed
   word, run every ``asr_every_s`` seconds; a word is confirmed (and never re-emitted)
-  when two consecutive passes agree on it, with its timestamps kept (``asr_thread``: in
-  its own thread, :class:`AsrWorker`, so a pass does not hold up the frames);
+  when two consecutive passes agree on it, with its timestamps kept; it runs in its own
+  thread (:class:`AsrWorker`), so a pass does not hold up the frames;
 - **text**: the text features of the confirmed words on their frames (as offline), so a
   frame's text features arrive a few seconds after the frame itself.
 
@@ -210,7 +210,8 @@ class LiveLevel1:
     Args:
       fps: the stream's frame rate.
       face_encoder: a :class:`level1_affect.face.FaceEncoder` (loaded once, shareable).
-      whisper: a ``WhisperJax`` for speech (None: no words, text features stay zero).
+      whisper: a ``WhisperJax`` for speech, run in an :class:`AsrWorker` thread (None: no
+        words, text features stay zero).
       text_encoder: a :class:`level1_affect.text.TextEncoder` (default: learned talk type,
         no word embeddings).
       audio: whether the source has audio (without it voice rows are zero and silent).
@@ -219,78 +220,69 @@ class LiveLevel1:
       voice_context_s: seconds of audio before a stretch of frames used for its prosody.
     """
 
+    _FACE = ("face_present", "face_expr", "face_blend", "face_desc")
+
     def __init__(self, fps: float, face_encoder, *, whisper=None, text_encoder=None,
                  audio: bool = True, asr_every_s: float = 2.0, voice_context_s: float = 3.0,
-                 language: str | None = None, asr_thread: bool = False):
+                 language: str | None = None):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.fps, self.has_audio = float(fps), bool(audio)
         self.face = face_encoder.session(fps)
         self.asr = LocalAgreement(whisper, language) if (whisper is not None and audio) else None
-        self._worker = (AsrWorker(self.asr, asr_every_s)
-                        if self.asr is not None and asr_thread else None)
-        self._words: list[dict] = []
+        self._worker = AsrWorker(self.asr, asr_every_s) if self.asr is not None else None
+        self.words: list[dict] = []             # every word confirmed so far (stream seconds)
         if text_encoder is None:
             from level1_affect.text import TextEncoder
             text_encoder = TextEncoder(embeddings=False)
         self.text_encoder = text_encoder
-        self.asr_every_s, self.voice_context_s = asr_every_s, voice_context_s
-        self.audio = np.zeros(0, np.float32)   # every sample received (for voice context)
+        self.voice_context_s = voice_context_s
+        # Only the audio the next voice rows need (their context onwards) is kept.
+        self._audio = np.zeros(0, np.float32)
+        self._audio_start = 0                   # stream sample index of _audio[0]
         self.audio_ended = not audio
         self.n_frames = 0                       # frames pushed
-        self._rows: dict[str, list[np.ndarray]] = {k: [] for k in
-                                                   ("face_present", "face_expr", "face_blend",
-                                                    "face_desc")}
-        self._rows["voice_prosody"] = [np.zeros((0, len(schema.VOICE_PROSODY)), np.float32)]
-        self._voice_done = 0
-        self._asr_heard = 0.0                    # audio seconds at the last Whisper pass
+        self._rows = {k: [np.zeros((0, schema.ARRAYS[k][0]), np.float32)]
+                      for k in (*self._FACE, "voice_prosody")}
         self._text = np.zeros((0, len(schema.TEXT_AFFECT)), np.float32)
         self._text_words = 0
         self.seconds = {"face": 0.0, "voice": 0.0, "asr": 0.0, "text": 0.0}
 
     @property
-    def words(self) -> list[dict]:
-        """Every word confirmed so far (stream seconds)."""
-        return self._words
-
-    @property
-    def asr_every_s(self) -> float:
-        return self._asr_every_s
+    def asr_every_s(self) -> float | None:
+        """New audio between Whisper passes (None without speech recognition)."""
+        return self._worker.every_s if self._worker is not None else None
 
     @asr_every_s.setter
     def asr_every_s(self, value: float) -> None:
-        self._asr_every_s = value
-        if getattr(self, "_worker", None) is not None:
+        if self._worker is not None:
             self._worker.every_s = value
 
+    def _add_face(self, face: dict) -> None:
+        for k in self._FACE:
+            self._rows[k].append(face[k])
+
     def push(self, frames=(), audio: np.ndarray | None = None) -> list[dict]:
-        """Add frames (RGB uint8) and audio samples (16 kHz mono); the words confirmed now."""
+        """Add frames (RGB uint8) and audio samples (16 kHz mono); the words confirmed since
+        the last push."""
         t0 = time.perf_counter()
         frames = list(frames)
         self.n_frames += len(frames)
-        face = self.face.push(frames)
-        for k in ("face_present", "face_expr", "face_blend", "face_desc"):
-            self._rows[k].append(face[k])
+        self._add_face(self.face.push(frames))
         self.seconds["face"] += time.perf_counter() - t0
-        new_words: list[dict] = []
         if audio is not None and self.has_audio:
             audio = np.asarray(audio, np.float32).reshape(-1)
-            self.audio = np.concatenate([self.audio, audio])
+            self._audio = np.concatenate([self._audio, audio])
             if self._worker is not None:
                 self._worker.feed(audio)
-            elif self.asr is not None:
-                self.asr.push(audio)
-                if self.asr.heard_s - self._asr_heard >= self.asr_every_s:
-                    t0 = time.perf_counter()
-                    self._asr_heard = self.asr.heard_s
-                    new_words = self.asr.step()
-                    self.seconds["asr"] += time.perf_counter() - t0
-        if self._worker is not None:
-            new_words = self._worker.collect()
-            self.seconds["asr"] = self._worker.seconds
-        self._words += new_words
         self._voice()
-        return new_words
+        return self._collect(self._worker.collect() if self._worker is not None else [])
+
+    def _collect(self, words: list[dict]) -> list[dict]:
+        self.words += words
+        if self._worker is not None:
+            self.seconds["asr"] = self._worker.seconds
+        return words
 
     def end_audio(self) -> None:
         """No more audio will come (frames past its end get silent voice rows)."""
@@ -299,20 +291,9 @@ class LiveLevel1:
 
     def finish(self) -> list[dict]:
         """End of the stream: the face's last frames and the speech's last words."""
-        face = self.face.close()
-        for k in ("face_present", "face_expr", "face_blend", "face_desc"):
-            self._rows[k].append(face[k])
+        self._add_face(self.face.close())
         self.end_audio()
-        words = []
-        if self._worker is not None:
-            words = self._worker.finish()
-            self.seconds["asr"] = self._worker.seconds
-        elif self.asr is not None:
-            t0 = time.perf_counter()
-            words = self.asr.finish()
-            self.seconds["asr"] += time.perf_counter() - t0
-        self._words += words
-        return words
+        return self._collect(self._worker.finish() if self._worker is not None else [])
 
     def close(self) -> None:
         """Abandon the stream: stop the Whisper thread and release the face landmarker."""
@@ -324,49 +305,49 @@ class LiveLevel1:
         """Prosody rows for the frames whose audio has fully arrived."""
         from level1_affect import audio as audio_lib
         t0 = time.perf_counter()
+        heard = self._audio_start + len(self._audio)
         have = (self.n_frames if self.audio_ended
-                else min(self.n_frames, int(len(self.audio) / SAMPLE_RATE * self.fps + 1e-6)))
-        first = self._voice_done
+                else min(self.n_frames, int(heard / SAMPLE_RATE * self.fps + 1e-6)))
+        first = sum(len(r) for r in self._rows["voice_prosody"])
         if have <= first:
             return
-        if not self.has_audio or len(self.audio) == 0:
+        if not self.has_audio or heard == 0:
             rows = np.zeros((have - first, len(schema.VOICE_PROSODY)), np.float32)
         else:
             start = max(0, first - int(round(self.voice_context_s * self.fps)))
-            a = int(round(start / self.fps * SAMPLE_RATE))
-            b = int(round(have / self.fps * SAMPLE_RATE))
-            rows = audio_lib.prosody(self.audio[a:b], SAMPLE_RATE, self.fps, have - start)[first - start:]
+            a = int(round(start / self.fps * SAMPLE_RATE)) - self._audio_start
+            b = int(round(have / self.fps * SAMPLE_RATE)) - self._audio_start
+            rows = audio_lib.prosody(self._audio[a:b], SAMPLE_RATE, self.fps,
+                                     have - start)[first - start:]
+            # The next rows' context starts no earlier than this: drop what comes before.
+            keep = int(round(max(0, have - int(round(self.voice_context_s * self.fps)))
+                             / self.fps * SAMPLE_RATE)) - self._audio_start
+            if keep > 0:
+                self._audio, self._audio_start = self._audio[keep:], self._audio_start + keep
         self._rows["voice_prosody"].append(rows.astype(np.float32))
-        self._voice_done = have
         self.seconds["voice"] += time.perf_counter() - t0
 
     def ready(self) -> int:
         """Frames whose face and voice rows exist."""
-        face = sum(len(r) for r in self._rows["face_present"])
-        return min(face, self._voice_done)
+        return min(sum(len(r) for r in self._rows[k]) for k in ("face_present", "voice_prosody"))
 
     def arrays(self, n: int | None = None) -> dict[str, np.ndarray]:
         """The level-1 arrays of frames ``0..n`` (default: ``ready()``), text as known now."""
         n = self.ready() if n is None else n
         if n > self.ready():
             raise ValueError(f"{n} frames asked, {self.ready()} ready")
-        if not self._rows["face_present"]:
-            self.push([])
         out = {k: np.concatenate(v)[:n] for k, v in self._rows.items()}
         out["text_affect"] = self._text_rows(n)
         return out
 
     def _text_rows(self, n: int) -> np.ndarray:
-        words = self.words
-        # Recomputed when words were confirmed or a word runs past the rows computed;
-        # otherwise the new frames have no word: zero rows.
-        stale = len(words) != self._text_words or (
-            words and words[-1]["end"] * self.fps > len(self._text) and n > len(self._text))
-        if stale:
+        # Recomputed when words were confirmed (on every frame pushed: a word never ends
+        # after the audio heard); frames added since have no word: zero rows.
+        if len(self.words) != self._text_words:
             t0 = time.perf_counter()
-            grid = max(n, self.n_frames)
-            self._text = self.text_encoder.encode(words, self.fps, grid)["text_affect"]
-            self._text_words = len(words)
+            self._text = self.text_encoder.encode(self.words, self.fps,
+                                                  max(n, self.n_frames))["text_affect"]
+            self._text_words = len(self.words)
             self.seconds["text"] += time.perf_counter() - t0
         if len(self._text) < n:
             self._text = np.concatenate(
