@@ -317,19 +317,30 @@ def _dense(x, p):
 
 
 def _heads(x, n_head):
+    """(B, T, D) -> (B, H, T, D/H)."""
     b, t, d = x.shape
     return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
 
 
-def _attend(q, k, v, n_head, mask=None):
-    """Scaled dot-product attention; returns (output (B,T,D), logits (B,H,T,S))."""
-    qh, kh, vh = _heads(q, n_head), _heads(k, n_head), _heads(v, n_head)
-    logits = qh @ kh.transpose(0, 1, 3, 2) * (qh.shape[-1] ** -0.5)
+def _attend_heads(q, kh, vh, n_head, mask=None):
+    """Attention of queries ``q`` (B, T, D) on keys/values already split into heads,
+    (B, H, S, D/H); returns (output (B,T,D), logits (B,H,T,S)).
+
+    Keys and values that are reused across decoding steps (the cross-attention ones, the
+    self-attention cache) are kept in this layout so a step never copies them: the
+    contractions below read them in place."""
+    qh = _heads(q, n_head)
+    logits = jnp.einsum("bhtd,bhsd->bhts", qh, kh) * (qh.shape[-1] ** -0.5)
     if mask is not None:
         logits = jnp.where(mask, logits, -jnp.inf)
-    out = jax.nn.softmax(logits, axis=-1) @ vh
-    b, h, t, dh = out.shape
-    return out.transpose(0, 2, 1, 3).reshape(b, t, h * dh), logits
+    out = jnp.einsum("bhts,bhsd->bthd", jax.nn.softmax(logits, axis=-1), vh)
+    b, t, h, dh = out.shape
+    return out.reshape(b, t, h * dh), logits
+
+
+def _attend(q, k, v, n_head, mask=None):
+    """Scaled dot-product attention; returns (output (B,T,D), logits (B,H,T,S))."""
+    return _attend_heads(q, _heads(k, n_head), _heads(v, n_head), n_head, mask)
 
 
 def _mlp(x, p):
@@ -359,17 +370,22 @@ def encode(params: Params, mel: jax.Array, dims: WhisperDims) -> jax.Array:
 
 
 def cross_kv(params: Params, enc: jax.Array, dims: WhisperDims) -> tuple[jax.Array, jax.Array]:
-    """Cross-attention keys and values of every decoder layer, (L, B, S, d) each, computed
-    once per window so decoding steps do not redo them."""
+    """Cross-attention keys and values of every decoder layer, split into heads: two
+    tuples of L arrays (B, H, S, d/H), computed once per window so decoding steps do not
+    redo them. One array per layer (not a stacked one) so a step reads a layer without
+    slicing a copy of it out."""
     layers = params["model"]["decoder"]["layers"]
-    ks = [_dense(enc, layers[str(i)]["encoder_attn"]["k_proj"]) for i in range(dims.n_text_layer)]
-    vs = [_dense(enc, layers[str(i)]["encoder_attn"]["v_proj"]) for i in range(dims.n_text_layer)]
-    return jnp.stack(ks), jnp.stack(vs)
+    h = dims.n_text_head
+    ks = [_heads(_dense(enc, layers[str(i)]["encoder_attn"]["k_proj"]), h) for i in range(dims.n_text_layer)]
+    vs = [_heads(_dense(enc, layers[str(i)]["encoder_attn"]["v_proj"]), h) for i in range(dims.n_text_layer)]
+    return tuple(ks), tuple(vs)
 
 
 def empty_cache(dims: WhisperDims, batch: int, length: int | None = None):
-    """Zeroed self-attention key/value cache: two arrays (L, B, length, d)."""
-    shape = (dims.n_text_layer, batch, length or dims.n_text_ctx, dims.n_text_state)
+    """Zeroed self-attention key/value cache, split into heads: two arrays
+    (L, B, H, length, d/H)."""
+    h = dims.n_text_head
+    shape = (dims.n_text_layer, batch, h, length or dims.n_text_ctx, dims.n_text_state // h)
     return jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
 
 
@@ -387,7 +403,7 @@ def decode(params: Params, tokens: jax.Array, offset, cache, xk, xv, dims: Whisp
     b, t = tokens.shape
     pos = jax.lax.dynamic_slice_in_dim(p["embed_positions"]["embedding"], offset, t)
     x = p["embed_tokens"]["embedding"][tokens] + pos
-    n_ctx = ck.shape[2]
+    n_ctx = ck.shape[3]
     # query at position offset+i sees cached keys at positions <= offset+i
     mask = (jnp.arange(n_ctx)[None, :] <= (offset + jnp.arange(t))[:, None])[None, None]
     crosses = []
@@ -397,18 +413,20 @@ def decode(params: Params, tokens: jax.Array, offset, cache, xk, xv, dims: Whisp
         h = _ln(x, lp["self_attn_layer_norm"])
         # One dynamic_update_slice on the whole stack, so XLA updates the cache in place
         # inside the decoding loop instead of copying a layer per step.
-        at = (i, 0, offset, 0)
-        ck = jax.lax.dynamic_update_slice(ck, _dense(h, a["k_proj"])[None], at)
-        cv = jax.lax.dynamic_update_slice(cv, _dense(h, a["v_proj"])[None], at)
-        x = x + _dense(_attend(_dense(h, a["q_proj"]), ck[i], cv[i], dims.n_text_head, mask)[0],
+        at = (i, 0, 0, offset, 0)
+        nh = dims.n_text_head
+        ck = jax.lax.dynamic_update_slice(ck, _heads(_dense(h, a["k_proj"]), nh)[None], at)
+        cv = jax.lax.dynamic_update_slice(cv, _heads(_dense(h, a["v_proj"]), nh)[None], at)
+        x = x + _dense(_attend_heads(_dense(h, a["q_proj"]), ck[i], cv[i], nh, mask)[0],
                        a["out_proj"])
         c = lp["encoder_attn"]
         h = _ln(x, lp["encoder_attn_layer_norm"])
-        out, logits = _attend(_dense(h, c["q_proj"]), xk[i], xv[i], dims.n_text_head)
+        out, logits = _attend_heads(_dense(h, c["q_proj"]), xk[i], xv[i], dims.n_text_head)
         x = x + _dense(out, c["out_proj"])
         if want_cross:
             crosses.append(logits)
         x = x + _mlp(_ln(x, lp["final_layer_norm"]), lp)
     x = _ln(x, p["layer_norm"])
-    logits = x @ p["embed_tokens"]["embedding"].T  # output projection tied to the embedding
+    # output projection tied to the embedding, contracted in place (no transposed copy)
+    logits = jnp.einsum("btd,vd->btv", x, p["embed_tokens"]["embedding"])
     return logits, (ck, cv), (jnp.stack(crosses) if want_cross else None)

@@ -253,8 +253,8 @@ class WhisperJax:
 
     # ------------------------------------------------------------------ decoding
     def _detect_fn(self, params, xk, xv):
-        logits, _, _ = wm.decode(params, jnp.full((xk.shape[1], 1), self.sot, jnp.int32), 0,
-                                 wm.empty_cache(self.dims, xk.shape[1], 8), xk, xv, self.dims)
+        logits, _, _ = wm.decode(params, jnp.full((xk[0].shape[0], 1), self.sot, jnp.int32), 0,
+                                 wm.empty_cache(self.dims, xk[0].shape[0], 8), xk, xv, self.dims)
         ids = jnp.array(list(self.lang_ids.values()))
         return jax.nn.log_softmax(logits[:, 0, ids], axis=-1)
 
