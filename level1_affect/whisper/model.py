@@ -369,7 +369,8 @@ def encode(params: Params, mel: jax.Array, dims: WhisperDims) -> jax.Array:
     return _ln(x, p["layer_norm"])
 
 
-def cross_kv(params: Params, enc: jax.Array, dims: WhisperDims) -> tuple[jax.Array, jax.Array]:
+def cross_kv(params: Params, enc: jax.Array, dims: WhisperDims
+             ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
     """Cross-attention keys and values of every decoder layer, split into heads: two
     tuples of L arrays (B, H, S, d/H), computed once per window so decoding steps do not
     redo them. One array per layer (not a stacked one) so a step reads a layer without
