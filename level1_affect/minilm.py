@@ -56,7 +56,8 @@ class MiniLM:
         path = Path(path)
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             if not (path / name).exists():
-                raise FileNotFoundError(f"MiniLM folder {path} lacks {name}")
+                raise FileNotFoundError(f"encoder folder {path} lacks {name} (a BERT-architecture "
+                                        "model in transformers' format is needed)")
         transformers.logging.set_verbosity_error()  # the unused position_ids warning is expected
         self._model = transformers.FlaxBertModel.from_pretrained(str(path))
         self.params = self._model.params

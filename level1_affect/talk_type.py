@@ -6,16 +6,19 @@ three talk types from AnnoMI's expert labels (``level1_affect.annomi``).
 
 Input: the sequence ``[CLS] context [SEP] utterance [SEP]`` (segment ids 0 and 1), where the
 context is the therapist turn just before (its last ``context_tokens`` tokens; in BAH the
-interviewer's question). MiniLM's lower layers are frozen and run once per input
-(``MiniLM.token_states``); its top ``trainable_layers`` encoder layers are rebuilt here as
-Flax NNX modules initialised from MiniLM's weights and fine-tuned with a linear head on
-the mean of the utterance's token vectors and the mean over the whole sequence.
+interviewer's question). The encoder is the bundled MiniLM, or any BERT-architecture
+encoder in a folder the user gives (``TalkTypeConfig.encoder``: a larger BERT of their
+own). Its lower layers are frozen and run once per input (``MiniLM.token_states``); its
+top ``trainable_layers`` encoder layers are rebuilt here as Flax NNX modules initialised
+from its weights and fine-tuned with a linear head on the mean of the utterance's token
+vectors and the mean over the whole sequence.
 
 Class imbalance (sustain is about 11% of client turns): the loss weights each class by
 ``(n / (3 n_class)) ** class_weight_power``; targets are the annotators' vote fractions.
 
 ``TalkTypeModel.save(dir)`` writes ``talk_type.json`` and ``weights.npz``; ``load(dir)``
-reads them back (the frozen layers come from the MiniLM asset). ``ensure_default()``
+reads them back (the frozen layers come from the same encoder: the MiniLM asset, or the
+folder named in the saved config). ``ensure_default()``
 trains the packaged default on the bundled AnnoMI copy once and caches it under
 ``$AHJAX_CACHE/talk_type``; nothing is downloaded.
 """
@@ -47,7 +50,8 @@ DEFAULT_VERSION = 2   # bump when the default recipe changes: the cached default
 @dataclasses.dataclass(frozen=True)
 class TalkTypeConfig:
     """Every hyperparameter of the talk-type model, written beside its weights."""
-    trainable_layers: int = 2      # top MiniLM layers fine-tuned (the rest frozen), 1..6
+    trainable_layers: int = 2      # top encoder layers fine-tuned (the rest frozen), 1..layers
+    encoder: str = ""              # folder of a BERT-architecture encoder; "": bundled MiniLM
     context_tokens: int = 32       # last tokens of the preceding therapist turn / question
     utterance_tokens: int = 64     # first tokens of the utterance
     epochs: int = 3
@@ -60,8 +64,8 @@ class TalkTypeConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 1 <= self.trainable_layers <= 6:
-            raise ValueError(f"trainable_layers={self.trainable_layers}: MiniLM has 6 layers (1..6)")
+        if self.trainable_layers < 1:
+            raise ValueError(f"trainable_layers={self.trainable_layers}: must be at least 1")
         for name in ("context_tokens", "utterance_tokens"):
             if getattr(self, name) < 0 or getattr(self, name) > 120:
                 raise ValueError(f"{name}={getattr(self, name)}: must be in 0..120")
@@ -121,7 +125,7 @@ class TalkTypeNet(nnx.Module):
     """
 
     def __init__(self, config: TalkTypeConfig, bert_params: dict, heads: int, rngs: nnx.Rngs):
-        first = 6 - config.trainable_layers
+        first = _first_trained(config, len(bert_params["encoder"]["layer"]))
         self.layers = nnx.List([BertLayer(bert_params["encoder"]["layer"][str(first + j)], heads,
                                           config.dropout, rngs)
                                 for j in range(config.trainable_layers)])
@@ -163,11 +167,25 @@ class Encoded:
         return x, mask, seg
 
 
+def _first_trained(config: TalkTypeConfig, n_layers: int) -> int:
+    """Index of the first fine-tuned layer of an ``n_layers`` encoder."""
+    if config.trainable_layers > n_layers:
+        raise ValueError(f"trainable_layers={config.trainable_layers}: the encoder "
+                         f"{config.encoder or '(bundled MiniLM)'} has {n_layers} layers")
+    return n_layers - config.trainable_layers
+
+
+def encoder(config: TalkTypeConfig, minilm=None):
+    """The encoder a config names (``minilm`` if given): the bundled MiniLM or the
+    BERT-architecture folder ``config.encoder``, loaded once per process."""
+    from level1_affect import minilm as minilm_lib
+    return minilm or minilm_lib.load(config.encoder or None)
+
+
 def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
            minilm=None) -> Encoded:
-    """Token states after MiniLM's frozen layers for ``[CLS] context [SEP] text [SEP]``."""
-    from level1_affect import minilm as minilm_lib
-    m = minilm or minilm_lib.load()
+    """Token states after the encoder's frozen layers for ``[CLS] context [SEP] text [SEP]``."""
+    m = encoder(config, minilm)
     if len(texts) != len(contexts):
         raise ValueError(f"{len(texts)} texts but {len(contexts)} contexts")
     tok = m.tokenizer
@@ -178,7 +196,8 @@ def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig
     for c, u in zip(ctx, utt):
         seqs.append([m.cls_id] + c + [m.sep_id] + u + [m.sep_id])
         segs.append(np.array([0] * (len(c) + 2) + [1] * (len(u) + 1), np.int32))
-    states = m.token_states(seqs, segs, layer=6 - config.trainable_layers)
+    layer = _first_trained(config, int(m.config.num_hidden_layers))
+    states = m.token_states(seqs, segs, layer=layer)
     return Encoded([s.astype(np.float16) for s in states], segs)
 
 
@@ -250,9 +269,8 @@ class TalkTypeModel:
 
 
 def build(config: TalkTypeConfig, minilm=None, seed: int | None = None) -> TalkTypeNet:
-    """A fresh network whose layers start from MiniLM's weights."""
-    from level1_affect import minilm as minilm_lib
-    m = minilm or minilm_lib.load()
+    """A fresh network whose layers start from the encoder's weights."""
+    m = encoder(config, minilm)
     heads = int(m.config.num_attention_heads)
     return TalkTypeNet(config, m.params, heads, nnx.Rngs(config.seed if seed is None else seed))
 

@@ -192,6 +192,48 @@ def test_one_real_step_save_and_load(tmp_path, bundled):
     assert not np.allclose(np.asarray(fresh.head.kernel.value), np.asarray(again.net.head.kernel.value))
 
 
+@pytest.fixture(scope="module")
+def small_bert(tmp_path_factory):
+    """A 3-layer BERT of random weights in transformers' format, with MiniLM's tokenizer:
+    what a user's own encoder folder looks like (config.json, model.safetensors,
+    tokenizer.json)."""
+    import shutil
+    import transformers
+    from ahjax import assets
+    folder = tmp_path_factory.mktemp("bert") / "small-bert"
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=512)
+    transformers.FlaxBertModel(cfg, seed=0).save_pretrained(str(folder), safe_serialization=True)
+    shutil.copy(assets.fetch("minilm") / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+def test_another_bert_encoder_by_path(tmp_path, bundled, small_bert):
+    config = tt.TalkTypeConfig(trainable_layers=2, epochs=1, batch_size=8, utterance_tokens=24,
+                               context_tokens=8, encoder=str(small_bert))
+    few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:8]
+    enc = tt.encode([e.text for e in few], [e.therapist for e in few], config)
+    assert enc.states[0].shape[1] == 32        # the folder's width, not MiniLM's 384
+    model = tt.fit(enc, np.stack([e.votes for e in few]), config)
+    assert len(model.net.layers) == 2
+    probs = model.predict_proba([e.text for e in few], [e.therapist for e in few])
+    chex.assert_shape(probs, (8, 3))
+    chex.assert_tree_all_finite(probs)
+    model.save(tmp_path / "m")                 # the folder is part of the saved config
+    again = tt.load(tmp_path / "m")
+    assert again.config.encoder == str(small_bert)
+    chex.assert_trees_all_close(
+        again.predict_proba([e.text for e in few], [e.therapist for e in few]), probs, atol=1e-5)
+    with pytest.raises(ValueError, match="trainable_layers=4: the encoder .*small-bert has 3 layers"):
+        tt.build(tt.TalkTypeConfig(trainable_layers=4, encoder=str(small_bert)))
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    (broken / "config.json").write_bytes((small_bert / "config.json").read_bytes())
+    with pytest.raises(FileNotFoundError, match="no-weights lacks model.safetensors"):
+        tt.build(tt.TalkTypeConfig(encoder=str(broken)))
+
+
 def test_load_refuses_other_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a talk-type model"):
         tt.load(tmp_path)
