@@ -64,6 +64,7 @@ import numpy as np
 import psutil
 from flax import nnx
 
+from ahjax.train import engine
 from ahjax.train import trainer as trainer_lib
 from ahjax.train.trainer import TrainConfig
 from baselines import fusion
@@ -166,6 +167,7 @@ def _timed(fn: Callable[[], object], steps: int) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     first = time.perf_counter() - t0
+    engine.release_freed_memory()   # as the training loop does after its first step
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         for _ in range(steps):

@@ -535,3 +535,22 @@ def test_progress_bar_names_what_trains(store, tmp_path, capsys):
     T.train(tiny_model, store, SPEC, WCFG, dataclasses.replace(TCFG, epochs=1, progress=True),
             tmp_path / "table2" / "V+A+T")
     assert "training table2/V+A+T epoch 1/1" in capsys.readouterr().err
+
+
+def test_epoch_loop_hands_back_freed_memory_after_compiling_and_each_epoch(monkeypatch):
+    # Once the first step has run (so XLA has compiled and freed its working memory) and
+    # after every epoch; the loss of that first step still counts.
+    from ahjax.train import engine
+    if sys.platform == "linux":   # glibc here: the real call goes through
+        assert engine.release_freed_memory() is True
+    events = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: events.append("release"))
+
+    def step(batch, epoch):
+        events.append(("step", epoch, batch))
+        return {"loss": jnp.float32(batch)}
+
+    res = engine.run_epochs(epochs=2, batches=lambda e: [1.0, 3.0, 5.0], step=step)
+    assert events == [("step", 0, 1.0), "release", ("step", 0, 3.0), ("step", 0, 5.0), "release",
+                      ("step", 1, 1.0), ("step", 1, 3.0), ("step", 1, 5.0), "release"]
+    assert [r["loss"] for r in res.history] == [3.0, 3.0]

@@ -29,6 +29,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 
+def release_freed_memory() -> bool:
+    """Give memory that the process freed back to the operating system (glibc's
+    ``malloc_trim``); returns whether it could. XLA's compiler frees its working memory
+    after compiling, but the C allocator keeps the pages, so a training process would go on
+    holding its compile-time peak; the epoch loop calls this once the first step (and so
+    the compilation) is done and after each epoch (evaluation compiles too)."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):   # not glibc (macOS, musl): nothing to do
+        return False
+    trim(0)
+    return True
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss, or the model's outputs on validation, became NaN or inf."""
 
@@ -195,6 +212,9 @@ def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
             for batch in batches(epoch):
                 pending.append(step(batch, epoch))
                 bar.update(1)
+                if epoch == start_epoch and count == 0 and len(pending) == 1:
+                    flush()                   # the first step compiled: hand back the
+                    release_freed_memory()    # compiler's memory before training on
                 if len(pending) >= flush_every:
                     flush()
                     bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
@@ -216,6 +236,7 @@ def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
         finally:
             bar.close()
         record["seconds"] = time.time() - t0
+        release_freed_memory()
         history.append(record)
         if end_epoch is not None:
             end_epoch(record)
@@ -224,4 +245,4 @@ def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
 
 __all__ = ["EpochResult", "NonFiniteLossError", "best_epoch", "data_mesh",
            "initialize_distributed", "is_main_process", "local_copy", "put_batch",
-           "replicate", "run_epochs"]
+           "release_freed_memory", "replicate", "run_epochs"]
