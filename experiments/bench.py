@@ -371,7 +371,18 @@ def profile_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAME
             "forward_gflop_per_s": cost_f["gflop"] / times["forward"],
             "forward_and_backward_gflop_per_s": cost_b["gflop"] / times["forward_and_backward"],
             "forward_and_backward_gbytes": cost_b["gbytes"],
+            "train_step_memory_mb": _memory(compiled),
             "train_step_hlo_ops": _op_counts(compiled.as_text())}
+
+
+def _memory(compiled) -> dict:
+    """XLA's buffer plan of a compiled step, in MB: its arguments (state and batch), its
+    temporary buffers (activations kept for the backward pass included) and its outputs."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    return {name: getattr(m, f"{name}_size_in_bytes") / 2 ** 20
+            for name in ("argument", "temp", "output", "alias")}
 
 
 def demo_video(folder: str | Path, seconds: float = 60.0, seed: int = 0) -> Path:

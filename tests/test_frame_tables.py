@@ -198,3 +198,5 @@ def test_bench_profile_splits_the_step(capsys, tiny):
     assert secs["forward_and_backward"] >= secs["forward"] * 0.5
     assert got["forward_and_backward_gflop"] > got["forward_gflop"] > 0
     assert got["train_step_hlo_ops"].get("convolution", 0) + got["train_step_hlo_ops"].get("dot", 0) > 0
+    mem = got["train_step_memory_mb"]      # XLA's buffer plan: the state and batch at least
+    assert mem["argument"] > 0 and mem["temp"] >= 0 and mem["output"] > 0
