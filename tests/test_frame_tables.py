@@ -200,3 +200,10 @@ def test_bench_profile_splits_the_step(capsys, tiny):
     assert got["train_step_hlo_ops"].get("convolution", 0) + got["train_step_hlo_ops"].get("dot", 0) > 0
     mem = got["train_step_memory_mb"]      # XLA's buffer plan: the state and batch at least
     assert mem["argument"] > 0 and mem["temp"] >= 0 and mem["output"] > 0
+
+
+def test_bench_warm_figure_is_the_median_of_the_calls_after_the_first():
+    calls = [{"total_s": t} for t in (40.0, 12.0, 30.0, 14.0)]
+    assert bench._warm_seconds(calls) == 14.0           # the compiling first call left out
+    assert bench._warm_seconds(calls[:2]) == 12.0
+    assert bench._warm_seconds(calls[:1]) == 40.0       # one call: it is all there is
