@@ -53,11 +53,7 @@ class MiniLM:
         if path is None:
             from ahjax import assets
             path = assets.fetch("minilm")
-        path = Path(path)
-        for name in ("config.json", "model.safetensors", "tokenizer.json"):
-            if not (path / name).exists():
-                raise FileNotFoundError(f"encoder folder {path} lacks {name} (a BERT-architecture "
-                                        "model in transformers' format is needed)")
+        path = check_folder(path)
         transformers.logging.set_verbosity_error()  # the unused position_ids warning is expected
         self._model = transformers.FlaxBertModel.from_pretrained(str(path))
         self.params = self._model.params
@@ -185,6 +181,17 @@ class MiniLM:
             out[pos[take]] = h[1:-1][take]
             best[pos[take]] = centrality[take]
         return out
+
+
+def check_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it holds an encoder this module can load (``config.json``,
+    ``model.safetensors``, ``tokenizer.json``); else FileNotFoundError naming what lacks."""
+    path = Path(path)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"encoder folder {path} lacks {name} (a BERT-architecture "
+                                    "model in transformers' format is needed)")
+    return path
 
 
 @functools.lru_cache(maxsize=2)

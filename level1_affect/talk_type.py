@@ -71,6 +71,12 @@ class TalkTypeConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be in 0..120")
         if self.utterance_tokens < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("utterance_tokens, epochs and batch_size must be at least 1")
+        if self.encoder:   # checked now, not after minutes of other work
+            from level1_affect.minilm import check_folder
+            try:
+                check_folder(self.encoder)
+            except FileNotFoundError as err:
+                raise ValueError(f"encoder={self.encoder}: {err}") from None
 
 
 # ------------------------------- network ----------------------------------------------

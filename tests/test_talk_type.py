@@ -230,8 +230,8 @@ def test_another_bert_encoder_by_path(tmp_path, bundled, small_bert):
     broken = tmp_path / "no-weights"
     broken.mkdir()
     (broken / "config.json").write_bytes((small_bert / "config.json").read_bytes())
-    with pytest.raises(FileNotFoundError, match="no-weights lacks model.safetensors"):
-        tt.build(tt.TalkTypeConfig(encoder=str(broken)))
+    with pytest.raises(ValueError, match="no-weights lacks model.safetensors"):
+        tt.TalkTypeConfig(encoder=str(broken))   # at once, not after the data is encoded
 
 
 def test_load_refuses_other_folders(tmp_path):
