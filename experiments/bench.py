@@ -375,6 +375,24 @@ def profile_model(name: str, steps: int, batch: int = BATCH, frames: int = FRAME
             "train_step_hlo_ops": _op_counts(compiled.as_text())}
 
 
+def matmul_peak(size: int = 2048, steps: int = 5) -> dict:
+    """GFLOP/s of one jitted ``size`` x ``size`` matmul on this machine: float32, and
+    bfloat16 operands with float32 accumulation. The ceiling a compute-bound step's
+    achieved GFLOP/s is to be read against."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(size, size)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(size, size)), jnp.float32)
+    f32 = jax.jit(lambda x, y: x @ y)
+    bf16 = jax.jit(lambda x, y: jnp.matmul(x.astype(jnp.bfloat16), y.astype(jnp.bfloat16),
+                                           preferred_element_type=jnp.float32))
+    flop = 2 * size ** 3
+    out = {"size": size}
+    for name, fn in (("float32", f32), ("bfloat16_operands_float32_accumulation", bf16)):
+        _, seconds, _ = _timed(lambda: fn(a, b), steps)
+        out[f"{name}_gflop_per_s"] = flop / seconds / 1e9
+    return out
+
+
 def _memory(compiled) -> dict:
     """XLA's buffer plan of a compiled step, in MB: its arguments (state and batch), its
     temporary buffers (activations kept for the backward pass included) and its outputs."""
@@ -597,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     jax.block_until_ready(jax.jit(lambda x: x + 1)(np.zeros(1, np.float32)))
     if args.profile:
         report["profile"] = {n: profile_model(n, steps, args.batch, args.frames) for n in names}
+        report["matmul_peak"] = matmul_peak(steps=max(steps, 5))
         print(json.dumps(report, indent=2))
         return 0
     if args.reference:

@@ -202,6 +202,13 @@ def test_bench_profile_splits_the_step(capsys, tiny):
     assert mem["argument"] > 0 and mem["temp"] >= 0 and mem["output"] > 0
 
 
+def test_bench_matmul_peak_measures_both_precisions():
+    got = bench.matmul_peak(size=128, steps=1)
+    assert got["size"] == 128
+    assert got["float32_gflop_per_s"] > 0
+    assert got["bfloat16_operands_float32_accumulation_gflop_per_s"] > 0
+
+
 def test_bench_warm_figure_is_the_median_of_the_calls_after_the_first():
     calls = [{"total_s": t} for t in (40.0, 12.0, 30.0, 14.0)]
     assert bench._warm_seconds(calls) == 14.0           # the compiling first call left out
