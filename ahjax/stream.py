@@ -488,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lag-s", type=float, default=StreamConfig.lag_s,
                         help="decoding lag in seconds (inf: offline decoding at the end)")
     parser.add_argument("--stall-s", type=float, default=StreamConfig.stall_s)
+    parser.add_argument("--detect-every", type=int, default=StreamConfig.detect_every,
+                        help="face landmarker on every K-th frame (at level 0)")
     parser.add_argument("--no-asr", action="store_true", help="no Whisper (no words)")
     parser.add_argument("--no-degrade", action="store_true",
                         help="never run lighter when behind the clock")
@@ -498,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = StreamConfig(chunk_s=args.chunk_s, lag_s=args.lag_s, realtime=args.realtime,
                               stall_s=args.stall_s, asr=not args.no_asr,
+                              detect_every=args.detect_every,
                               degrade=not args.no_degrade, language=args.language)
         stem = Path(args.source).stem if not str(args.source).startswith("cam:") else "camera"
         out = Path(args.out) if args.out else Path(f"{stem}_ahjax_live")

@@ -42,7 +42,7 @@ from ahjax.train.checkpoint import Checkpointer
 from ahjax.train import engine
 from ahjax.train.engine import NonFiniteLossError
 from ahjax.train.trainer import TrainConfig, make_optimizer
-from baselines.backbones import normalize_images, set_compute_dtype
+from baselines.backbones import COMPUTE_DTYPES, normalize_images, set_compute_dtype
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -63,7 +63,6 @@ class ImageTrainConfig:
     compute_dtype: str = "float32"
 
     def __post_init__(self):
-        from baselines.backbones import COMPUTE_DTYPES
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype={self.compute_dtype!r}: one of "
                              f"{', '.join(COMPUTE_DTYPES)}")

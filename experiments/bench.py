@@ -447,8 +447,9 @@ def bench_extract(seconds: float = 60.0, repeats: int = 2, detect_every: int = 1
     video_s = calls[-1]["n_frames"] / float(info["fps"])
     warm = _warm_seconds(calls)
     return {"video_seconds": video_s, "fps": float(info["fps"]), "demo_generation_s": made,
-            "config": "ExtractConfig(asr='always'): face every frame, voice with Whisper "
-                      "embeddings, Whisper ASR, text with MiniLM",
+            "config": f"ExtractConfig(asr='always', detect_every={detect_every}): face "
+                      "landmarker on every k-th frame, voice with Whisper embeddings, "
+                      "Whisper ASR, text with MiniLM",
             "detect_every": detect_every, "face_deviation_from_every_frame": deviation,
             "calls": calls, "first_call_s": calls[0]["total_s"], "warm_s": warm,
             "real_time_factor": warm / video_s,

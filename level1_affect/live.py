@@ -336,7 +336,11 @@ class LiveLevel1:
         n = self.ready() if n is None else n
         if n > self.ready():
             raise ValueError(f"{n} frames asked, {self.ready()} ready")
-        out = {k: np.concatenate(v)[:n] for k, v in self._rows.items()}
+        out = {}
+        for k, parts in self._rows.items():
+            if len(parts) > 1:   # joined once, so the next call does not join them again
+                self._rows[k] = parts = [np.concatenate(parts)]
+            out[k] = parts[0][:n]
         out["text_affect"] = self._text_rows(n)
         return out
 

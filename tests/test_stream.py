@@ -301,3 +301,5 @@ def test_cli_refuses_bad_sources_and_settings_in_one_line(tmp_path):
     assert res.returncode == 2 and "bad.mp4" in res.stderr and "Traceback" not in res.stderr
     res = cli(bad, "--chunk-s", "0")
     assert res.returncode == 2 and "chunk_s=0.0: must be positive" in res.stderr
+    res = cli(bad, "--detect-every", "0")
+    assert res.returncode == 2 and "detect_every=0: must be at least 1" in res.stderr
