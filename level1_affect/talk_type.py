@@ -40,7 +40,7 @@ import optax
 from flax import nnx
 
 from ahjax.train import engine
-from level1_affect import annomi
+from level1_affect import annomi, encoders
 
 LABELS = annomi.LABELS
 _BUCKETS = (16, 32, 64, 100, 128)
@@ -51,7 +51,7 @@ DEFAULT_VERSION = 2   # bump when the default recipe changes: the cached default
 class TalkTypeConfig:
     """Every hyperparameter of the talk-type model, written beside its weights."""
     trainable_layers: int = 2      # top encoder layers fine-tuned (the rest frozen), 1..layers
-    encoder: str = ""              # folder of a BERT-architecture encoder; "": bundled MiniLM
+    encoder: str = ""              # "minilm" (also ""), "mpnet" or a BERT/MPNet folder
     context_tokens: int = 32       # last tokens of the preceding therapist turn / question
     utterance_tokens: int = 64     # first tokens of the utterance
     epochs: int = 3
@@ -71,78 +71,47 @@ class TalkTypeConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be in 0..120")
         if self.utterance_tokens < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("utterance_tokens, epochs and batch_size must be at least 1")
-        if self.encoder:   # checked now, not after minutes of other work
-            from level1_affect.minilm import check_folder
+        if self.encoder and self.encoder not in encoders.NAMED:   # checked now, not later
             try:
-                check_folder(self.encoder)
+                encoders.check_folder(self.encoder)
             except FileNotFoundError as err:
                 raise ValueError(f"encoder={self.encoder}: {err}") from None
 
 
 # ------------------------------- network ----------------------------------------------
-class BertLayer(nnx.Module):
-    """One post-LayerNorm BERT encoder layer (self-attention + GELU feed-forward), with
-    weights copied from a transformers Flax BERT layer's parameter dict."""
-
-    def __init__(self, params: dict, heads: int, dropout: float, rngs: nnx.Rngs):
-        att, dim = params["attention"], params["attention"]["self"]["query"]["kernel"].shape[0]
-        hidden = params["intermediate"]["dense"]["kernel"].shape[1]
-        self.heads = heads
-
-        def dense(src, d_in, d_out):
-            layer = nnx.Linear(d_in, d_out, rngs=rngs)
-            layer.kernel.value = jnp.asarray(src["kernel"])
-            layer.bias.value = jnp.asarray(src["bias"])
-            return layer
-
-        def norm(src):
-            layer = nnx.LayerNorm(dim, epsilon=1e-12, rngs=rngs)
-            layer.scale.value = jnp.asarray(src["scale"])
-            layer.bias.value = jnp.asarray(src["bias"])
-            return layer
-
-        self.query = dense(att["self"]["query"], dim, dim)
-        self.key = dense(att["self"]["key"], dim, dim)
-        self.value = dense(att["self"]["value"], dim, dim)
-        self.attn_out = dense(att["output"]["dense"], dim, dim)
-        self.attn_norm = norm(att["output"]["LayerNorm"])
-        self.up = dense(params["intermediate"]["dense"], dim, hidden)
-        self.down = dense(params["output"]["dense"], hidden, dim)
-        self.out_norm = norm(params["output"]["LayerNorm"])
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
-
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        b, n, d = x.shape
-        split = lambda z: z.reshape(b, n, self.heads, d // self.heads)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // self.heads)
-        logits = logits + jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9)
-        att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v).reshape(b, n, d)
-        x = self.attn_norm(self.drop(self.attn_out(att)) + x)
-        return self.out_norm(self.drop(self.down(jax.nn.gelu(self.up(x), approximate=False))) + x)
-
-
 class TalkTypeNet(nnx.Module):
-    """Top MiniLM layers + a linear head over [utterance mean ; sequence mean].
+    """The encoder's top layers + a linear head over [utterance mean ; sequence mean].
 
-    ``__call__(states, mask, segment)`` takes the frozen layers' token states (b, n, 384),
+    ``__call__(states, mask, segment)`` takes the frozen layers' token states (b, n, dim),
     the real-token mask and the segment ids (1 on the utterance) and returns
-    ``(logits, aux)`` with ``aux = {"pooled": (b, 768), "probs": (b, 3)}``.
+    ``(logits, aux)`` with ``aux = {"pooled": (b, 2 dim), "probs": (b, 3)}``.
     """
 
-    def __init__(self, config: TalkTypeConfig, bert_params: dict, heads: int, rngs: nnx.Rngs):
-        first = _first_trained(config, len(bert_params["encoder"]["layer"]))
-        self.layers = nnx.List([BertLayer(bert_params["encoder"]["layer"][str(first + j)], heads,
-                                          config.dropout, rngs)
-                                for j in range(config.trainable_layers)])
-        dim = bert_params["embeddings"]["word_embeddings"]["embedding"].shape[1]
-        self.head = nnx.Linear(2 * dim, len(LABELS), rngs=rngs)
+    def __init__(self, config: TalkTypeConfig, source: encoders.PretrainedEncoder,
+                 rngs: nnx.Rngs):
+        c = source.config
+        first = _first_trained(config, c.num_hidden_layers)
+
+        def copy(module, fresh):
+            nnx.update(fresh, nnx.state(module, nnx.Param))
+            return fresh
+
+        self.layers = nnx.List([
+            copy(source.model.layers[first + j],
+                 encoders.Layer(c.hidden_size, c.intermediate_size, c.num_attention_heads,
+                                c.layer_norm_eps, config.dropout, rngs))
+            for j in range(config.trainable_layers)])
+        self.rel = (copy(source.model.rel, encoders.RelativeBias(
+            c.relative_attention_num_buckets, c.num_attention_heads, rngs))
+            if source.model.rel is not None else None)
+        self.head = nnx.Linear(2 * c.hidden_size, len(LABELS), rngs=rngs)
         self.drop = nnx.Dropout(config.dropout, rngs=rngs)
 
     def __call__(self, states, mask, segment):
         x = states
+        bias = None if self.rel is None else self.rel(x.shape[1])
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, bias)
         utt = (mask * segment)[..., None].astype(x.dtype)
         every = mask[..., None].astype(x.dtype)
         pooled = jnp.concatenate([(x * utt).sum(1) / jnp.maximum(utt.sum(1), 1.0),
@@ -181,11 +150,9 @@ def _first_trained(config: TalkTypeConfig, n_layers: int) -> int:
     return n_layers - config.trainable_layers
 
 
-def encoder(config: TalkTypeConfig, minilm=None):
-    """The encoder a config names (``minilm`` if given): the bundled MiniLM or the
-    BERT-architecture folder ``config.encoder``, loaded once per process."""
-    from level1_affect import minilm as minilm_lib
-    return minilm or minilm_lib.load(config.encoder or None)
+def encoder(config: TalkTypeConfig, minilm=None) -> encoders.PretrainedEncoder:
+    """The encoder a config names (``minilm`` if given), loaded once per process."""
+    return minilm or encoders.load(config.encoder or "minilm")
 
 
 def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
@@ -200,8 +167,9 @@ def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig
            for e in tok.encode_batch(list(contexts), add_special_tokens=False)]
     seqs, segs = [], []
     for c, u in zip(ctx, utt):
-        seqs.append([m.cls_id] + c + [m.sep_id] + u + [m.sep_id])
-        segs.append(np.array([0] * (len(c) + 2) + [1] * (len(u) + 1), np.int32))
+        ids, seg = m.pair(c, u)
+        seqs.append(ids)
+        segs.append(np.array(seg, np.int32))
     layer = _first_trained(config, int(m.config.num_hidden_layers))
     states = m.token_states(seqs, segs, layer=layer)
     return Encoded([s.astype(np.float16) for s in states], segs)
@@ -276,9 +244,8 @@ class TalkTypeModel:
 
 def build(config: TalkTypeConfig, minilm=None, seed: int | None = None) -> TalkTypeNet:
     """A fresh network whose layers start from the encoder's weights."""
-    m = encoder(config, minilm)
-    heads = int(m.config.num_attention_heads)
-    return TalkTypeNet(config, m.params, heads, nnx.Rngs(config.seed if seed is None else seed))
+    return TalkTypeNet(config, encoder(config, minilm),
+                       nnx.Rngs(config.seed if seed is None else seed))
 
 
 def fit(enc: Encoded, votes: np.ndarray, config: TalkTypeConfig, minilm=None,

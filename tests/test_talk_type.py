@@ -204,7 +204,9 @@ def small_bert(tmp_path_factory):
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
                                   num_attention_heads=2, intermediate_size=64,
                                   max_position_embeddings=512)
-    transformers.FlaxBertModel(cfg, seed=0).save_pretrained(str(folder), safe_serialization=True)
+    import torch
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(str(folder), safe_serialization=True)
     shutil.copy(assets.fetch("minilm") / "tokenizer.json", folder / "tokenizer.json")
     return folder
 

@@ -7,7 +7,9 @@ import dataclasses
 import itertools
 import time
 
+import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict
 import numpy as np
 import pytest
 
@@ -65,7 +67,11 @@ def test_ct2_mapping_fills_every_parameter(asset):
     from flax.traverse_util import flatten_dict
     flat = flatten_dict(params)
     assert len(flat) == 245 and all(v.dtype == np.float32 for v in flat.values())
-    assert {k: v.shape for k, v in flat.items()} == wm.hf_param_shapes(dims)
+    assert {k: v.shape for k, v in flat.items()} == wm.param_shapes(dims)
+    # our shape table is transformers' Flax Whisper tree for the same dimensions
+    hf = _hf_model(dims)
+    tree = jax.eval_shape(lambda: hf.init_weights(jax.random.PRNGKey(0), (1, dims.n_mels, 3000)))
+    assert {k: tuple(v.shape) for k, v in flatten_dict(tree).items()} == wm.param_shapes(dims)
     # fused q/k/v really split: q of layer 0 equals the first third of the fused matrix
     fused = variables["encoder/layer_0/self_attention/linear_0/weight"].astype(np.float32)
     np.testing.assert_array_equal(params["model"]["encoder"]["layers"]["0"]["self_attn"]["v_proj"]["kernel"],
@@ -149,6 +155,22 @@ def test_openai_state_dict_mapping_agrees_with_ct2_mapping():
         wm.params_from_openai({k: v for k, v in state.items() if k != "decoder.ln.bias"}, dims)
 
 
+def _hf_model(dims):
+    """transformers' FlaxWhisperForConditionalGeneration for ``dims`` (the reference only)."""
+    import warnings
+    from transformers import WhisperConfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import FlaxWhisperForConditionalGeneration
+    config = WhisperConfig(
+        vocab_size=dims.n_vocab, num_mel_bins=dims.n_mels, d_model=dims.n_audio_state,
+        encoder_layers=dims.n_audio_layer, decoder_layers=dims.n_text_layer,
+        encoder_attention_heads=dims.n_audio_head, decoder_attention_heads=dims.n_text_head,
+        encoder_ffn_dim=4 * dims.n_audio_state, decoder_ffn_dim=4 * dims.n_text_state,
+        max_source_positions=dims.n_audio_ctx, max_target_positions=dims.n_text_ctx)
+    return FlaxWhisperForConditionalGeneration(config, _do_init=False)
+
+
 @pytest.mark.slow
 def test_forward_matches_transformers(whisper):
     # Our lean forward against transformers' FlaxWhisperForConditionalGeneration on the
@@ -157,7 +179,7 @@ def test_forward_matches_transformers(whisper):
     # transcription compiles anyway.
     import jax
     dims, params = whisper.dims, whisper.params
-    hf = wm.hf_model(dims)
+    hf = _hf_model(dims)
     mel = np.random.default_rng(0).normal(scale=0.5, size=(1, 3000, 80)).astype(np.float32)
     enc = whisper._encode(params, jnp.asarray(mel))
     ref = jax.jit(lambda p, m: hf.encode(m, params=p).last_hidden_state)(

@@ -3,8 +3,8 @@ and a lean JAX forward pass over them.
 
 Weights come from the CTranslate2 asset (``params_from_ct2``) or from an openai-whisper
 state dict (``params_from_openai``); both are checked against the parameter tree that
-transformers builds for the same dimensions, so every parameter is filled with the right
-shape and nothing is left over. This is the only module of ours that imports transformers.
+transformers builds for the same dimensions (``param_shapes``), so every parameter is filled
+with the right shape and nothing is left over.
 
 The forward pass (``encode``, ``cross_kv``, ``decode``) is our own rather than the
 transformers module because that module recomputes the cross-attention keys and values
@@ -51,40 +51,56 @@ class WhisperDims:
     n_text_layer: int = 6
 
 
-def hf_config(dims: WhisperDims):
-    """The ``transformers.WhisperConfig`` for ``dims``."""
-    from transformers import WhisperConfig
-    return WhisperConfig(
-        vocab_size=dims.n_vocab, num_mel_bins=dims.n_mels, d_model=dims.n_audio_state,
-        encoder_layers=dims.n_audio_layer, decoder_layers=dims.n_text_layer,
-        encoder_attention_heads=dims.n_audio_head, decoder_attention_heads=dims.n_text_head,
-        encoder_ffn_dim=4 * dims.n_audio_state, decoder_ffn_dim=4 * dims.n_text_state,
-        max_source_positions=dims.n_audio_ctx, max_target_positions=dims.n_text_ctx)
-
-
-def hf_model(dims: WhisperDims):
-    """An uninitialised ``FlaxWhisperForConditionalGeneration`` for ``dims`` (pass params)."""
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Flax classes are deprecated" on import
-        from transformers import FlaxWhisperForConditionalGeneration
-    return FlaxWhisperForConditionalGeneration(hf_config(dims), _do_init=False)
-
-
 @functools.lru_cache(maxsize=8)
-def hf_param_shapes(dims: WhisperDims) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Flattened ``{path: shape}`` of the transformers parameter tree (no weights allocated)."""
-    from flax.traverse_util import flatten_dict
-    model = hf_model(dims)
-    tree = jax.eval_shape(lambda: model.init_weights(jax.random.PRNGKey(0),
-                                                     (1, dims.n_mels, 2 * dims.n_audio_ctx)))
-    return {k: tuple(v.shape) for k, v in flatten_dict(tree).items()}
+def param_shapes(dims: WhisperDims) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flattened ``{path: shape}`` of the parameter tree, in the layout of transformers'
+    Flax Whisper (``tests/test_whisper.py`` checks the two agree)."""
+    out: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def norm(*path, d):
+        out[path + ("scale",)] = out[path + ("bias",)] = (d,)
+
+    def dense(*path, d_in, d_out, bias=True):
+        out[path + ("kernel",)] = (d_in, d_out)
+        if bias:
+            out[path + ("bias",)] = (d_out,)
+
+    def attention(*path, d):
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            dense(*path, name, d_in=d, d_out=d, bias=name != "k_proj")
+
+    def mlp(*path, d):
+        dense(*path, "fc1", d_in=d, d_out=4 * d)
+        dense(*path, "fc2", d_in=4 * d, d_out=d)
+        norm(*path, "final_layer_norm", d=d)
+
+    e, t = dims.n_audio_state, dims.n_text_state
+    out[("model", "encoder", "conv1", "kernel")] = (3, dims.n_mels, e)
+    out[("model", "encoder", "conv2", "kernel")] = (3, e, e)
+    out[("model", "encoder", "conv1", "bias")] = out[("model", "encoder", "conv2", "bias")] = (e,)
+    out[("model", "encoder", "embed_positions", "embedding")] = (dims.n_audio_ctx, e)
+    norm("model", "encoder", "layer_norm", d=e)
+    for i in range(dims.n_audio_layer):
+        layer = ("model", "encoder", "layers", str(i))
+        attention(*layer, "self_attn", d=e)
+        norm(*layer, "self_attn_layer_norm", d=e)
+        mlp(*layer, d=e)
+    out[("model", "decoder", "embed_tokens", "embedding")] = (dims.n_vocab, t)
+    out[("model", "decoder", "embed_positions", "embedding")] = (dims.n_text_ctx, t)
+    norm("model", "decoder", "layer_norm", d=t)
+    for i in range(dims.n_text_layer):
+        layer = ("model", "decoder", "layers", str(i))
+        for name in ("self_attn", "encoder_attn"):
+            attention(*layer, name, d=t)
+            norm(*layer, f"{name}_layer_norm", d=t)
+        mlp(*layer, d=t)
+    return out
 
 
 def _fill(flat: dict, dims: WhisperDims, source: str) -> Params:
     """Check ``flat`` against the transformers tree exactly and unflatten it (float32)."""
     from flax.traverse_util import unflatten_dict
-    want = hf_param_shapes(dims)
+    want = param_shapes(dims)
     missing = sorted("/".join(k) for k in want if k not in flat)
     extra = sorted("/".join(k) for k in flat if k not in want)
     bad = [f"{'/'.join(k)}: {flat[k].shape} != {s}" for k, s in want.items()
