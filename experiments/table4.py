@@ -141,8 +141,8 @@ def run_text(config: Config, method: str, data: dict) -> tuple[dict, str]:
         elif method == "tfidf_logreg":
             feats[s] = [r.transcript for r in recs]
         else:
-            feats[s] = tvl.minilm_embeddings([r.transcript for r in recs],
-                                             assets.cache_dir() / "text_video" / "minilm")
+            feats[s] = tvl.sentence_embeddings([r.transcript for r in recs],
+                                               assets.cache_dir() / "text_video" / "emb")
     y = np.array([r.video_label for r, _, _ in data["train"]])
     groups = [r.participant for r, _, _ in data["train"]]
     evals = {s: feats[s] for s in ("val", "test") if data.get(s)}

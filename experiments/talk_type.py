@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from ahjax.pipeline import DataConfig, annomi_source
-from level1_affect import annomi
+from ahjax import assets
+from level1_affect import annomi, encoders
 from level1_affect import talk_type as tt
 
-METHODS = ("lexicon", "tfidf_logreg", "minilm_logreg", "talk_type")
+METHODS = ("lexicon", "tfidf_logreg", "minilm_logreg", "mpnet_logreg", "talk_type")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Config:
     seed: int = 0
     logreg_c: tuple = (0.03, 0.1, 0.3, 1.0, 3.0)
     inner_folds: int = 3
+    # Variants of ``model`` for the learned method, as (field, value) overrides; with more
+    # than one, each outer training part chooses by an inner grouped CV (nested).
+    choices: tuple = ((),)
     install_default: bool = False   # copy the trained model to the packaged default's folder
     quick: bool = False
 
@@ -108,43 +112,86 @@ class _Features:
         texts = [e.text for e in examples]
         self.texts = texts
         self.tfidf_texts = texts
-        self.sentence = None
-        if "minilm_logreg" in methods:
-            from level1_affect import minilm
-            m = minilm.load()
-            self.sentence = np.hstack([m.encode_sentences(texts),
-                                       m.encode_sentences([e.therapist for e in examples])])
-        self.encoded = self.plain = None
+        cache = assets.cache_dir() / "sentence_emb"
+        self.sentence = {}
+        for name in ("minilm", "mpnet"):
+            if f"{name}_logreg" in methods:
+                m = encoders.load(name)
+                self.sentence[name] = np.hstack([
+                    tt.sentence_rows(texts, m, cache),
+                    tt.sentence_rows([e.therapist for e in examples], m, cache)])
+        self.examples, self.cache, self._inputs = examples, cache, {}
+        self.behaviour = np.array([e.behaviour for e in examples])
         if "talk_type" in methods:
-            self.encoded = tt.encode(texts, [e.therapist for e in examples], config.model)
-            # The same utterances with no context: how level 1 reads a monologue (BAH).
-            self.plain = tt.encode(texts, [""] * len(texts), config.model)
+            for model in candidates(config):
+                self.inputs(model)
+
+    def inputs(self, model: tt.TalkTypeConfig, plain: bool = False):
+        """The encoded inputs for a model config (computed once per encoder setting);
+        ``plain``: the same utterances with no context, as level 1 reads a monologue."""
+        key = (model.encoder or "minilm", model.trainable_layers, model.context_tokens,
+               model.utterance_tokens, plain)
+        if key not in self._inputs:
+            ex = self.examples
+            self._inputs[key] = tt.encode(
+                self.texts, [""] * len(ex) if plain else [e.therapist for e in ex], model,
+                previous=None if plain else [e.previous for e in ex], cache=self.cache)
+        return self._inputs[key]
 
 
-def _subset(enc: tt.Encoded, idx) -> tt.Encoded:
-    return tt.Encoded([enc.states[i] for i in idx], [enc.segments[i] for i in idx])
+def candidates(config: Config) -> list[tt.TalkTypeConfig]:
+    """The learned method's model configs: ``model`` with each override of ``choices``."""
+    return [dataclasses.replace(config.model, **dict(c)) for c in config.choices]
+
+
+def _choose(feats: _Features, votes, y, groups, tr, config: Config) -> tuple[int, list]:
+    """Index of the candidate with the best inner grouped-CV macro-F1 on ``tr`` alone,
+    and every candidate's inner score."""
+    models = candidates(config)
+    if len(models) == 1:
+        return 0, []
+    inner = annomi.grouped_folds([groups[i] for i in tr], config.inner_folds, config.seed)
+    scores = []
+    for model in models:
+        pred = np.zeros(len(tr), int)
+        enc = feats.inputs(model)
+        for itr, ite in inner:
+            fitted = tt.fit(enc.subset(tr[itr]), votes[tr[itr]], model,
+                            behaviour=feats.behaviour[tr[itr]])
+            pred[ite] = fitted.predict_encoded(enc.subset(tr[ite])).argmax(1)
+        scores.append(annomi.macro_f1(y[tr], pred)["macro_F1"])
+    return int(np.argmax(scores)), scores
 
 
 def _fit_predict(method, feats: _Features, y, votes, groups, tr, te, config: Config, tag: str):
-    """Predictions (n_te,) of ``method`` trained on ``tr``, and ``{variant: predictions}``
-    of the same trained model read another way (``talk_type``: without context)."""
+    """Predictions (n_te,) of ``method`` trained on ``tr``, ``{variant: predictions}`` of
+    the same trained model read another way (``talk_type``: without context), and the
+    index of the chosen candidate (``talk_type``; else None)."""
     if method == "lexicon":
-        return lexicon_predict([feats.texts[i] for i in te]), {}
+        return lexicon_predict([feats.texts[i] for i in te]), {}, None
     if method == "tfidf_logreg":
         from sklearn.feature_extraction.text import TfidfVectorizer
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         x_tr = vec.fit_transform(_take(feats.texts, tr))
         model, _ = _logreg_oof(x_tr, y[tr], [groups[i] for i in tr], config.logreg_c,
                                config.inner_folds, config.seed)
-        return model.predict(vec.transform(_take(feats.texts, te))), {}
-    if method == "minilm_logreg":
-        model, _ = _logreg_oof(feats.sentence[tr], y[tr], [groups[i] for i in tr],
+        return model.predict(vec.transform(_take(feats.texts, te))), {}, None
+    if method in ("minilm_logreg", "mpnet_logreg"):
+        x = feats.sentence[method.split("_")[0]]
+        model, _ = _logreg_oof(x[tr], y[tr], [groups[i] for i in tr],
                                config.logreg_c, config.inner_folds, config.seed)
-        return model.predict(feats.sentence[te]), {}
+        return model.predict(x[te]), {}, None
     if method == "talk_type":
-        model = tt.fit(_subset(feats.encoded, tr), votes[tr], config.model, progress=tag)
-        return (model.predict_encoded(_subset(feats.encoded, te)).argmax(1),
-                {"no_context": model.predict_encoded(_subset(feats.plain, te)).argmax(1)})
+        best, scores = _choose(feats, votes, y, groups, tr, config)
+        chosen = candidates(config)[best]
+        if scores:
+            print(f"[talk_type {tag}] chosen {dict(config.choices[best])} (inner macro-F1 "
+                  + ", ".join(f"{s:.3f}" for s in scores) + ")", file=sys.stderr, flush=True)
+        model = tt.fit(feats.inputs(chosen).subset(tr), votes[tr], chosen, progress=tag,
+                       behaviour=feats.behaviour[tr])
+        return (model.predict_encoded(feats.inputs(chosen).subset(te)).argmax(1),
+                {"no_context": model.predict_encoded(
+                    feats.inputs(chosen, plain=True).subset(te)).argmax(1)}, best)
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
@@ -207,8 +254,10 @@ def run(config: Config, workdir) -> dict:
         preds: dict = {method: np.full(len(dev_idx), -1)}
         per_fold: dict = {method: []}
         for k, (tr, te) in enumerate(folds):
-            p, extra = _fit_predict(method, feats, y, votes, groups, dev_idx[tr], dev_idx[te],
-                                    config, f"fold {k + 1}/{len(folds)}")
+            p, extra, chosen = _fit_predict(method, feats, y, votes, groups, dev_idx[tr],
+                                            dev_idx[te], config, f"fold {k + 1}/{len(folds)}")
+            if chosen is not None and len(config.choices) > 1:
+                results.setdefault("chosen", {})[f"fold{k + 1}"] = dict(config.choices[chosen])
             for name, q in {method: p, **{f"{method}/{v}": q for v, q in extra.items()}}.items():
                 preds.setdefault(name, np.full(len(dev_idx), -1))[te] = q
                 per_fold.setdefault(name, []).append(annomi.macro_f1(y[dev_idx[te]], q)["macro_F1"])
@@ -226,14 +275,16 @@ def run(config: Config, workdir) -> dict:
     if len(test_idx):
         results["test"] = {}
         for method in config.methods:
-            p, extra = _fit_predict(method, feats, y, votes, groups, dev_idx, test_idx, config,
-                                    "test")
+            p, extra, _ = _fit_predict(method, feats, y, votes, groups, dev_idx, test_idx,
+                                       config, "test")
             results["test"][method] = annomi.macro_f1(y[test_idx], p)
             for v, q in extra.items():
                 results["test"][f"{method}/{v}"] = annomi.macro_f1(y[test_idx], q)
     if "talk_type" in config.methods:
-        model = tt.fit(_subset(feats.encoded, dev_idx), votes[dev_idx], config.model,
-                       progress="deploy")
+        best, _ = _choose(feats, votes, y, groups, dev_idx, config)
+        chosen = candidates(config)[best]
+        model = tt.fit(feats.inputs(chosen).subset(dev_idx), votes[dev_idx], chosen,
+                       progress="deploy", behaviour=feats.behaviour[dev_idx])
         model.info.update(data=str(source), n_conversations=len({groups[i] for i in dev_idx}))
         model.save(workdir / "models" / "talk_type")
         if config.install_default:
@@ -253,6 +304,7 @@ def run(config: Config, workdir) -> dict:
         f"({n_dev}); macro_F1 on the pooled out-of-fold predictions, fold mean and sd beside it",
         "labels: majority of annotators (ties: the label given first); talk_type trains on "
         "the vote fractions, the others on the majority label",
-        f"MiniLM encoding of every input: {encode_s:.0f} s",
+        f"encoding of every input (sentence embeddings cached under $AHJAX_CACHE/sentence_emb): "
+        f"{encode_s:.0f} s",
     ]
     return results

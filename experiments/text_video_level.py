@@ -1,4 +1,4 @@
-"""Video-level A/H from the transcript alone: question prior, TF-IDF, MiniLM, two-level text.
+"""Video-level A/H from the transcript alone: question prior, TF-IDF, MiniLM, MPNet, two-level text.
 
 ``python -m experiments.run text_video_level [--data.splits=DIR] [--quick=True]`` on the
 v1 video-level splits (``video_id,label,transcript`` lines; default
@@ -7,10 +7,11 @@ v1 video-level splits (``video_id,label,transcript`` lines; default
 Methods (class-1 probability per video):
 - ``question_only``: the train-set A/H rate of the video's question (number in its id).
 - ``tfidf_logreg``: word 1-2 gram TF-IDF + logistic regression.
-- ``minilm_logreg``: the MiniLM sentence embedding of the transcript + logistic regression.
+- ``minilm_logreg``, ``mpnet_logreg``: the MiniLM / MPNet sentence embedding of the
+  transcript + logistic regression.
 - ``two_level_text`` (ours, stacked). Level 1 scores each video from five views, each a
   model of its own with its own grouped-CV choice of C: ``question_prior`` (the question's
-  train-set A/H rate), ``tfidf`` and ``minilm`` (as the two baselines), ``affect`` (logistic
+  train-set A/H rate), ``tfidf`` and ``embedding`` (as the TF-IDF baseline and the ``encoder``'s logistic regression), ``affect`` (logistic
   regression over the 19 level-1 text descriptors of
   ``level1_affect.text.video_text_features``: length, VADER, NRC emotions, hedge /
   hesitation / change / sustain / contrast rates) and ``conflict`` (logistic regression over
@@ -30,7 +31,7 @@ Methods (class-1 probability per video):
   (the same without the person design). The conflict input left the default on val
   evidence: the same AP, a lower AVGF1 under every threshold protocol.
 - Ablations of an earlier single-model design: ``two_level_text_concat`` (the 34
-  descriptors plus the MiniLM embedding in one logistic regression), ``+q`` (with the
+  descriptors plus the sentence embedding in one logistic regression), ``+q`` (with the
   question one-hot) and ``two_level_text_lexicon`` (only the 34 named descriptors, in a
   logistic regression or a small gradient-boosted model, whichever wins the training CV).
 
@@ -70,9 +71,9 @@ from ahjax.data.bah import load_video_splits, parse_video_name
 from level2_conflict.text_video import (BASELINES, STACKED, ModelConfig, TextViews,
                                         TwoLevelText, _best_threshold, candidates,
                                         crossfit_threshold, fit_two_level, level1_shift_table,
-                                        minilm_embeddings, question_onehot, resample_participants,
-                                        resampled_threshold, score, select_and_fit, stack_cv,
-                                        talk_features)
+                                        question_onehot, resample_participants,
+                                        resampled_threshold, score, select_and_fit,
+                                        sentence_embeddings, stack_cv, talk_features)
 
 METHODS = (*BASELINES, "two_level_text", "two_level_text_talk", "two_level_text_conflict",
            "two_level_text_conflict_no_person",
@@ -85,7 +86,8 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     methods: tuple = METHODS
-    cache: str = ""                    # MiniLM embedding cache; "" = $AHJAX_CACHE/text_video
+    cache: str = ""                    # embedding cache; "" = $AHJAX_CACHE/text_video
+    encoder: str = "mpnet"             # the two-level model's embedding view: minilm | mpnet | folder
     talk_model: str = ""               # talk-type model folder; "" = the packaged default
     quick: bool = False
 
@@ -95,7 +97,8 @@ def get_config(quick: bool = False) -> Config:
     data = DataConfig(splits=str(transcript_splits(DataConfig())))
     if not quick:
         return Config(data=data)
-    return Config(data=dataclasses.replace(data, max_train=160, max_eval=60),
+    return Config(data=dataclasses.replace(data, max_train=160, max_eval=60), encoder="minilm",
+                  methods=tuple(m for m in METHODS if m != "mpnet_logreg"),
                   model=ModelConfig(cv_folds=3, logreg_c=(0.03, 0.3, 3.0), gbm_depth=(2,),
                                     gbm_iters=60, level2_c=(0.1, 1.0), crossfit_repeats=5,
                                     resample_draws=50),
@@ -162,8 +165,9 @@ def run(config: Config, workdir) -> dict:
             raise ValueError(f"unknown method {method!r}; known: {METHODS}")
     data = {s: _subsample(rows, config.data.max_train if s == "train" else config.data.max_eval,
                           config.data.sample_seed) for s, rows in splits.items()}
-    cache = Path(config.cache) if config.cache else assets.cache_dir() / "text_video" / "minilm"
-    need_emb = bool(set(config.methods) - {"question_only", "tfidf_logreg", "two_level_text_lexicon"})
+    cache = Path(config.cache) if config.cache else assets.cache_dir() / "text_video" / "emb"
+    need_emb = bool(set(config.methods) - {"question_only", "tfidf_logreg", "two_level_text_lexicon",
+                                           "minilm_logreg", "mpnet_logreg"})
     lex = Lexicons()
     feats, views = {}, {}
     for s, rows in data.items():
@@ -172,13 +176,18 @@ def run(config: Config, workdir) -> dict:
         q = np.array([k for _, k in parsed])
         desc = np.array([[d[k] for k in VIDEO_FEATURES]
                          for d in (video_text_features(t, lex) for t in texts)], np.float32)
-        emb = minilm_embeddings(texts, cache) if need_emb else np.zeros((len(rows), 384), np.float32)
+        rows_of = {name: sentence_embeddings(texts, cache, name)
+                   for name in ("minilm", "mpnet") if f"{name}_logreg" in config.methods}
+        emb = (rows_of.get(config.encoder) if config.encoder in rows_of
+               else sentence_embeddings(texts, cache, config.encoder) if need_emb
+               else np.zeros((len(rows), 384), np.float32))
         talk = (talk_features(texts, cache.parent / "talk", config.talk_model)
                 if "two_level_text_talk" in config.methods
                 else np.zeros((len(rows), 8), np.float32))
         views[s] = TextViews(texts, emb, desc, q, np.array([p for p, _ in parsed]), talk)
         feats[s] = {
-            "question_only": q[:, None], "tfidf_logreg": texts, "minilm_logreg": emb,
+            "question_only": q[:, None], "tfidf_logreg": texts,
+            **{f"{name}_logreg": x for name, x in rows_of.items()},
             "two_level_text_concat": np.hstack([desc, emb]),
             "two_level_text_concat+q": np.hstack([desc, emb, question_onehot(q)]),
             "two_level_text_lexicon": desc,

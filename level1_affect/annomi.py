@@ -29,6 +29,8 @@ from typing import Sequence
 import numpy as np
 
 LABELS = ("change", "neutral", "sustain")
+#: The therapist's main behaviour in a turn (AnnoMI's ``main_therapist_behaviour``).
+BEHAVIOURS = ("question", "reflection", "therapist_input", "other")
 _REQUIRED = ("transcript_id", "utterance_id", "interlocutor", "utterance_text", "client_talk_type")
 _SPEAKERS = ("client", "therapist")
 
@@ -51,6 +53,7 @@ class Example:
     previous: str           # the client's previous turn in the conversation ("" when none)
     votes: np.ndarray
     label: int
+    behaviour: int = -1     # index in BEHAVIOURS of the therapist turn before (-1: unknown)
 
 
 def default_path() -> Path:
@@ -123,7 +126,11 @@ def read_annomi(path: str | os.PathLike | None = None) -> list[Example]:
             raise AnnoMIError(f"{where}, column client_talk_type: {talk!r} is not one of {LABELS}")
         key = (str(r["transcript_id"]).strip(), uid)
         turn = turns.setdefault(key, {"speaker": speaker, "text": r["utterance_text"] or "",
-                                      "votes": collections.Counter(), "order": []})
+                                      "votes": collections.Counter(), "order": [],
+                                      "behaviour": collections.Counter()})
+        act = (r.get("main_therapist_behaviour") or "").strip()
+        if speaker == "therapist" and act in BEHAVIOURS:
+            turn["behaviour"][act] += 1
         if speaker == "client":
             if talk not in turn["order"]:
                 turn["order"].append(talk)
@@ -134,16 +141,19 @@ def read_annomi(path: str | os.PathLike | None = None) -> list[Example]:
     out: list[Example] = []
     for tid in conv_order:
         therapist = previous = ""
+        behaviour = -1
         for uid in sorted(u for t, u in turns if t == tid):
             turn = turns[(tid, uid)]
             if turn["speaker"] == "therapist":
                 therapist = turn["text"]
+                votes = turn["behaviour"]
+                behaviour = BEHAVIOURS.index(max(votes, key=votes.get)) if votes else -1
                 continue
             counts = np.array([turn["votes"][k] for k in LABELS], np.float32)
             top = counts.max()
             label = next(k for k in turn["order"] if turn["votes"][k] == top)
             out.append(Example(tid, uid, turn["text"], therapist, previous,
-                               counts / counts.sum(), LABELS.index(label)))
+                               counts / counts.sum(), LABELS.index(label), behaviour))
             previous = turn["text"]
     return out
 

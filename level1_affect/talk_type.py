@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -50,8 +51,13 @@ DEFAULT_VERSION = 2   # bump when the default recipe changes: the cached default
 @dataclasses.dataclass(frozen=True)
 class TalkTypeConfig:
     """Every hyperparameter of the talk-type model, written beside its weights."""
-    trainable_layers: int = 2      # top encoder layers fine-tuned (the rest frozen), 1..layers
+    # Top encoder layers fine-tuned on [context ; utterance] (the rest frozen), 1..layers;
+    # 0: the encoder stays frozen and an MLP reads the sentence embeddings of the
+    # utterance, the therapist turn before and the client's previous turn.
+    trainable_layers: int = 2
     encoder: str = ""              # "minilm" (also ""), "mpnet" or a BERT/MPNet folder
+    hidden: int = 256              # MLP width (trainable_layers=0)
+    aux_weight: float = 0.0        # weight of the auxiliary loss: the therapist turn's behaviour
     context_tokens: int = 32       # last tokens of the preceding therapist turn / question
     utterance_tokens: int = 64     # first tokens of the utterance
     epochs: int = 3
@@ -64,8 +70,17 @@ class TalkTypeConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.trainable_layers < 1:
-            raise ValueError(f"trainable_layers={self.trainable_layers}: must be at least 1")
+        if self.trainable_layers < 0:
+            raise ValueError(f"trainable_layers={self.trainable_layers}: must be at least 0")
+        if self.hidden < 1:
+            raise ValueError(f"hidden={self.hidden}: must be at least 1")
+        for name in ("learning_rate", "weight_decay", "dropout", "aux_weight", "warmup",
+                     "class_weight_power"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}={value}: must be a finite number >= 0")
+        if self.dropout >= 1:
+            raise ValueError(f"dropout={self.dropout}: must be below 1")
         for name in ("context_tokens", "utterance_tokens"):
             if getattr(self, name) < 0 or getattr(self, name) > 120:
                 raise ValueError(f"{name}={getattr(self, name)}: must be in 0..120")
@@ -105,6 +120,7 @@ class TalkTypeNet(nnx.Module):
             c.relative_attention_num_buckets, c.num_attention_heads, rngs))
             if source.model.rel is not None else None)
         self.head = nnx.Linear(2 * c.hidden_size, len(LABELS), rngs=rngs)
+        self.behaviour = nnx.Linear(2 * c.hidden_size, len(annomi.BEHAVIOURS), rngs=rngs)
         self.drop = nnx.Dropout(config.dropout, rngs=rngs)
 
     def __call__(self, states, mask, segment):
@@ -118,7 +134,26 @@ class TalkTypeNet(nnx.Module):
                                   (x * every).sum(1) / jnp.maximum(every.sum(1), 1.0)], -1)
         logits = self.head(self.drop(pooled))
         chex.assert_shape(logits, (states.shape[0], len(LABELS)))
-        return logits, {"pooled": pooled, "probs": jax.nn.softmax(logits, -1)}
+        return logits, {"pooled": pooled, "probs": jax.nn.softmax(logits, -1),
+                        "behaviour": self.behaviour(self.drop(pooled))}
+
+
+class ContextHead(nnx.Module):
+    """An MLP over frozen sentence embeddings [utterance ; therapist turn ; previous client
+    turn ; presence flags]; returns ``(logits, aux)`` as :class:`TalkTypeNet` does."""
+
+    def __init__(self, config: TalkTypeConfig, dim: int, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(3 * dim + 2, config.hidden, rngs=rngs)
+        self.head = nnx.Linear(config.hidden, len(LABELS), rngs=rngs)
+        self.behaviour = nnx.Linear(config.hidden, len(annomi.BEHAVIOURS), rngs=rngs)
+        self.drop = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, features):
+        h = self.drop(jax.nn.gelu(self.hidden(self.drop(features))))
+        logits = self.head(h)
+        chex.assert_shape(logits, (features.shape[0], len(LABELS)))
+        return logits, {"hidden": h, "probs": jax.nn.softmax(logits, -1),
+                        "behaviour": self.behaviour(h)}
 
 
 # ------------------------------- inputs -----------------------------------------------
@@ -155,12 +190,59 @@ def encoder(config: TalkTypeConfig, minilm=None) -> encoders.PretrainedEncoder:
     return minilm or encoders.load(config.encoder or "minilm")
 
 
+@dataclasses.dataclass
+class Pooled:
+    """Frozen sentence embeddings of inputs with their context, one row each."""
+    features: np.ndarray
+
+    def batch(self, idx: Sequence[int]) -> tuple[np.ndarray]:
+        return (self.features[np.asarray(idx)],)
+
+    def subset(self, idx: Sequence[int]) -> "Pooled":
+        return Pooled(self.features[np.asarray(idx)])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def _encoded_subset(self: Encoded, idx: Sequence[int]) -> Encoded:
+    return Encoded([self.states[i] for i in idx], [self.segments[i] for i in idx])
+
+
+Encoded.subset = _encoded_subset
+Encoded.__len__ = lambda self: len(self.states)
+
+
+def sentence_rows(texts: Sequence[str], m: encoders.PretrainedEncoder,
+                  cache: str | os.PathLike | None = None) -> np.ndarray:
+    """(n, dim) sentence embeddings of ``texts`` (zero rows for empty ones), through an
+    on-disk cache per text when ``cache`` names a folder."""
+    texts = [str(t).strip() for t in texts]
+    out = np.zeros((len(texts), m.dim), np.float32)
+    todo = [i for i, t in enumerate(texts) if t]
+    if todo:
+        some = [texts[i] for i in todo]
+        out[todo] = (encoders.cached_rows(some, Path(cache) / m.id, m.id, m.dim, m.encode_sentences)
+                     if cache else m.encode_sentences(some))
+    return out
+
+
 def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
-           minilm=None) -> Encoded:
-    """Token states after the encoder's frozen layers for ``[CLS] context [SEP] text [SEP]``."""
+           minilm=None, previous: Sequence[str] | None = None,
+           cache: str | os.PathLike | None = None) -> Encoded | Pooled:
+    """The model's inputs: with ``trainable_layers`` >= 1, token states after the frozen
+    layers for ``[CLS] context [SEP] text [SEP]``; with 0, sentence embeddings of each
+    text, its context and its ``previous`` turn (``cache``: a folder for those rows)."""
     m = encoder(config, minilm)
-    if len(texts) != len(contexts):
-        raise ValueError(f"{len(texts)} texts but {len(contexts)} contexts")
+    if len(texts) != len(contexts) or (previous is not None and len(previous) != len(texts)):
+        raise ValueError(f"{len(texts)} texts but {len(contexts)} contexts"
+                         + ("" if previous is None else f" and {len(previous)} previous turns"))
+    if config.trainable_layers == 0:
+        previous = [""] * len(texts) if previous is None else list(previous)
+        flags = np.array([[bool(str(c).strip()), bool(str(p).strip())]
+                          for c, p in zip(contexts, previous)], np.float32).reshape(-1, 2)
+        return Pooled(np.hstack([sentence_rows(texts, m, cache), sentence_rows(contexts, m, cache),
+                                 sentence_rows(previous, m, cache), flags]))
     tok = m.tokenizer
     utt = [e.ids[:config.utterance_tokens] for e in tok.encode_batch(list(texts), add_special_tokens=False)]
     ctx = [e.ids[len(e.ids) - config.context_tokens:] if config.context_tokens else []
@@ -182,24 +264,29 @@ def class_weights(votes: np.ndarray, power: float) -> np.ndarray:
     return ((counts.sum() / (len(LABELS) * counts)) ** power).astype(np.float32)
 
 
-def _loss(model: TalkTypeNet, x, mask, seg, targets, weights):
-    logits, _ = model(x, mask, seg)
+def _loss(model, inputs, targets, behaviour, weights, aux_weight):
+    logits, aux = model(*inputs)
     per = optax.softmax_cross_entropy(logits, targets)
     w = targets @ weights
-    return (per * w).sum() / w.sum()
+    loss = (per * w).sum() / w.sum()
+    known = (behaviour >= 0).astype(logits.dtype)
+    aux_per = optax.softmax_cross_entropy_with_integer_labels(
+        aux["behaviour"], jnp.maximum(behaviour, 0))
+    return loss + aux_weight * (aux_per * known).sum() / jnp.maximum(known.sum(), 1.0)
 
 
 @nnx.jit
-def train_step(model: TalkTypeNet, optimizer: nnx.Optimizer, x, mask, seg, targets, weights):
+def train_step(model, optimizer: nnx.Optimizer, inputs, targets, behaviour, weights, aux_weight):
     """One bounded step: loss, gradient, update. Returns the loss."""
-    loss, grads = nnx.value_and_grad(_loss)(model, x, mask, seg, targets, weights)
+    loss, grads = nnx.value_and_grad(_loss)(model, inputs, targets, behaviour, weights,
+                                            aux_weight)
     optimizer.update(model, grads)
     return loss
 
 
 @nnx.jit
-def _probs(model: TalkTypeNet, x, mask, seg):
-    return model(x, mask, seg)[1]["probs"]
+def _probs(model, inputs):
+    return model(*inputs)[1]["probs"]
 
 
 class TalkTypeModel:
@@ -211,21 +298,27 @@ class TalkTypeModel:
     def predict_encoded(self, enc: Encoded, batch_size: int = 64) -> np.ndarray:
         """(n, 3) probabilities over :data:`LABELS` for encoded inputs."""
         self.net.eval()
-        out = np.zeros((len(enc.states), len(LABELS)), np.float32)
-        order = sorted(range(len(enc.states)), key=lambda i: len(enc.states[i]))
+        out = np.zeros((len(enc), len(LABELS)), np.float32)
+        order = (sorted(range(len(enc)), key=lambda i: len(enc.states[i]))
+                 if isinstance(enc, Encoded) else list(range(len(enc))))
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            out[idx] = np.asarray(_probs(self.net, *enc.batch(idx)))
+            if len(idx) < batch_size and isinstance(enc, Pooled):   # one compiled shape
+                idx = idx + [idx[-1]] * (batch_size - len(idx))
+            out[idx] = np.asarray(_probs(self.net, enc.batch(idx)))
         return out
 
-    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+                      previous: Sequence[str] | None = None) -> np.ndarray:
         """(n, 3) P(change), P(neutral), P(sustain) for ``texts``; ``contexts`` are the
-        preceding therapist turns or questions ("" or None: no context)."""
+        preceding therapist turns or questions, ``previous`` the speaker's turns before
+        ("" or None: none)."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(LABELS)), np.float32)
         contexts = [c or "" for c in (contexts or [""] * len(texts))]
-        return self.predict_encoded(encode(texts, contexts, self.config))
+        previous = [p or "" for p in (previous or [""] * len(texts))]
+        return self.predict_encoded(encode(texts, contexts, self.config, previous=previous))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``talk_type.json`` (config, info) and ``weights.npz`` into ``path``."""
@@ -244,19 +337,22 @@ class TalkTypeModel:
 
 def build(config: TalkTypeConfig, minilm=None, seed: int | None = None) -> TalkTypeNet:
     """A fresh network whose layers start from the encoder's weights."""
-    return TalkTypeNet(config, encoder(config, minilm),
-                       nnx.Rngs(config.seed if seed is None else seed))
+    rngs = nnx.Rngs(config.seed if seed is None else seed)
+    if config.trainable_layers == 0:
+        return ContextHead(config, encoder(config, minilm).dim, rngs)
+    return TalkTypeNet(config, encoder(config, minilm), rngs)
 
 
-def fit(enc: Encoded, votes: np.ndarray, config: TalkTypeConfig, minilm=None,
-        progress: str | None = None) -> TalkTypeModel:
-    """Train a talk-type model on encoded inputs and their vote fractions (n, 3).
-
-    ``progress``: a label for a one-line-per-epoch report on stderr (None: silent).
-    """
+def fit(enc: Encoded | Pooled, votes: np.ndarray, config: TalkTypeConfig, minilm=None,
+        progress: str | None = None, behaviour: np.ndarray | None = None) -> TalkTypeModel:
+    """Train on encoded inputs and their vote fractions (n, 3); ``behaviour`` (n,) the
+    therapist turn's behaviour index (-1: unknown) for the auxiliary loss; ``progress`` a
+    label for a line per epoch on stderr."""
     votes = np.asarray(votes, np.float32)
-    if len(votes) != len(enc.states):
-        raise ValueError(f"{len(enc.states)} inputs but {len(votes)} targets")
+    if len(votes) != len(enc):
+        raise ValueError(f"{len(enc)} inputs but {len(votes)} targets")
+    behaviour = (np.full(len(votes), -1, np.int32) if behaviour is None
+                 else np.asarray(behaviour, np.int32))
     net = build(config, minilm)
     n = len(votes)
     steps = config.epochs * max(1, -(-n // config.batch_size))
@@ -268,19 +364,25 @@ def fit(enc: Encoded, votes: np.ndarray, config: TalkTypeConfig, minilm=None,
     weights = jnp.asarray(class_weights(votes, config.class_weight_power))
     rng = np.random.default_rng(config.seed)
     net.train()
-    lengths = np.array([len(s) for s in enc.states])
+    pooled = isinstance(enc, Pooled)
+    lengths = np.zeros(n) if pooled else np.array([len(s) for s in enc.states])
     n_batches = -(-n // config.batch_size)
+    aux_weight = jnp.float32(config.aux_weight)
 
     def batches(epoch):
-        # Batches of similar length (little padding), visited in random order.
-        order = np.argsort(lengths + rng.uniform(0, 8, n), kind="stable")
-        chunks = [order[b:b + config.batch_size] for b in range(0, n, config.batch_size)]
+        # Batches of similar length (little padding), visited in random order; pooled
+        # inputs: full batches (the last one topped up from the start) so one shape compiles.
+        order = (rng.permutation(n) if pooled
+                 else np.argsort(lengths + rng.uniform(0, 8, n), kind="stable"))
+        if pooled and n % config.batch_size:
+            order = np.concatenate([order, order[:config.batch_size - n % config.batch_size]])
+        chunks = [order[b:b + config.batch_size] for b in range(0, len(order), config.batch_size)]
         for i in rng.permutation(len(chunks)):
             yield chunks[i]
 
     def step(idx, epoch):
-        return {"loss": train_step(net, optimizer, *enc.batch(idx), jnp.asarray(votes[idx]),
-                                   weights)}
+        return {"loss": train_step(net, optimizer, enc.batch(idx), jnp.asarray(votes[idx]),
+                                   jnp.asarray(behaviour[idx]), weights, aux_weight)}
 
     def report(record):
         if progress:
@@ -298,9 +400,12 @@ def fit(enc: Encoded, votes: np.ndarray, config: TalkTypeConfig, minilm=None,
 
 def train_examples(examples: Sequence[annomi.Example], config: TalkTypeConfig = TalkTypeConfig(),
                    progress: str | None = None) -> TalkTypeModel:
-    """Encode AnnoMI examples (utterance with the therapist turn before) and fit."""
-    enc = encode([e.text for e in examples], [e.therapist for e in examples], config)
-    return fit(enc, np.stack([e.votes for e in examples]), config, progress=progress)
+    """Encode AnnoMI examples (utterance, the therapist turn before, the client's previous
+    turn) and fit, with the therapist's behaviour as the auxiliary target."""
+    enc = encode([e.text for e in examples], [e.therapist for e in examples], config,
+                 previous=[e.previous for e in examples])
+    return fit(enc, np.stack([e.votes for e in examples]), config, progress=progress,
+               behaviour=np.array([e.behaviour for e in examples]))
 
 
 # ------------------------------- storage ----------------------------------------------

@@ -3,14 +3,15 @@
 The library behind ``python -m experiments.run text_video_level`` (and the text rows of
 ``table4``):
 
-- features: MiniLM embeddings of whole transcripts and the learned talk-type summary, both
-  cached on disk by text (``minilm_embeddings``, ``talk_features``), the question one-hot;
-- baselines: the question's A/H rate (``QuestionRate``), TF-IDF and MiniLM logistic
+- features: sentence embeddings of whole transcripts (MiniLM or MPNet) and the learned
+  talk-type summary, both cached on disk by text (``sentence_embeddings``,
+  ``talk_features``), the question one-hot;
+- baselines: the question's A/H rate (``QuestionRate``), TF-IDF, MiniLM and MPNet logistic
   regressions (``candidates``), one chosen by participant-grouped out-of-fold AP on train
   (``select_and_fit``), scored with the paper's metrics (``score``) at a threshold set on
   train (``resampled_threshold``: robust to the score shift of a small split);
 - the two-level text model (``TwoLevelText``): level 1 scores each view of the transcript
-  (question prior, TF-IDF, MiniLM, level-1 affect descriptors, the conflict summary, the
+  (question prior, TF-IDF, sentence embedding, level-1 affect descriptors, the conflict summary, the
   talk types) out of fold by participant; level 2 is a logistic regression over those
   scores whose logit is an intercept plus one named contribution per view, its design
   chosen by nested grouped CV (``stack_cv``, ``fit_two_level``).
@@ -33,11 +34,11 @@ from sklearn.preprocessing import StandardScaler
 from ahjax.metrics import bah_metrics, frame_ap
 
 METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1")
-BASELINES = ("question_only", "tfidf_logreg", "minilm_logreg")
+BASELINES = ("question_only", "tfidf_logreg", "minilm_logreg", "mpnet_logreg")
 N_QUESTIONS = 7
 LEVEL2_INPUTS = ("views", "views+conflict", "views+conflict_score", "views+conflict_score+person",
                  "views+talk_score", "views+talk_score+person")
-PERSON_VIEWS = ("tfidf", "minilm", "affect", "conflict")   # views averaged over a person's other videos
+PERSON_VIEWS = ("tfidf", "embedding", "affect", "conflict")   # views averaged over a person's other videos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,21 +61,19 @@ class ModelConfig:
 
 
 # ---- features ------------------------------------------------------------------------
-def minilm_embeddings(texts: Sequence[str], cache: Path) -> np.ndarray:
-    """(n, 384) MiniLM embeddings of whole transcripts, cached on disk by text hash.
-
-    Texts beyond 256 tokens are truncated, as sentence-transformers does (4 of the 726 v1
-    transcripts). The model is only loaded when something is missing from the cache.
-    """
-    from level1_affect import minilm
-    return minilm.cached_rows(texts, cache, "all-MiniLM-L6-v2", 384,
-                              lambda todo: minilm.encode_sentences(todo))
+def sentence_embeddings(texts: Sequence[str], cache: Path, encoder: str = "minilm") -> np.ndarray:
+    """(n, dim) sentence embeddings of whole transcripts by ``encoder`` (``minilm``,
+    ``mpnet`` or a folder), cached on disk by encoder and text; texts beyond the encoder's
+    limit (MiniLM 256, MPNet 384 tokens) are truncated, as sentence-transformers does."""
+    from level1_affect import encoders
+    m = encoders.load(encoder)
+    return encoders.cached_rows(texts, Path(cache) / m.id, m.id, m.dim, m.encode_sentences)
 
 
 def talk_features(texts: Sequence[str], cache: Path, model_dir: str = "") -> np.ndarray:
     """(n, 8) ``VIDEO_TALK_FEATURES`` of whole transcripts from a talk-type model (default:
     the packaged one), cached by model and text."""
-    from level1_affect import minilm
+    from level1_affect import encoders
     from level1_affect import talk_type as tt
     path = Path(model_dir) if model_dir else tt.ensure_default()
 
@@ -83,7 +82,7 @@ def talk_features(texts: Sequence[str], cache: Path, model_dir: str = "") -> np.
         return [[tt.video_talk_features(p)[k] for k in tt.VIDEO_TALK_FEATURES]
                 for p in tt.transcript_talk(todo, model)]
 
-    return minilm.cached_rows(texts, cache, "talk_type " + tt.model_id(path),
+    return encoders.cached_rows(texts, cache, "talk_type " + tt.model_id(path),
                               len(tt.VIDEO_TALK_FEATURES), compute)
 
 
@@ -286,7 +285,7 @@ def candidates(method: str, cfg: ModelConfig) -> dict[str, Callable]:
 
 
 # ---- the two-level stacked text model ------------------------------------------------
-LEVEL1_VIEWS = ("question_prior", "tfidf", "minilm", "affect", "conflict", "talk")
+LEVEL1_VIEWS = ("question_prior", "tfidf", "embedding", "affect", "conflict", "talk")
 
 
 def descriptor_split() -> tuple[tuple, tuple]:
@@ -300,7 +299,7 @@ def descriptor_split() -> tuple[tuple, tuple]:
 class TextViews:
     """What the two-level text model reads about a set of videos, one row per video."""
     texts: list               # transcripts
-    emb: np.ndarray           # (n, 384) MiniLM embeddings
+    emb: np.ndarray           # (n, dim) sentence embeddings (MiniLM or MPNet)
     desc: np.ndarray          # (n, 34) ``VIDEO_FEATURES``
     q: np.ndarray             # (n,) question number (0 = unknown)
     groups: np.ndarray        # (n,) participant
@@ -326,7 +325,7 @@ def _view_input(view: str, v: TextViews):
         return v.q[:, None]
     if view == "tfidf":
         return v.texts
-    if view == "minilm":
+    if view == "embedding":
         return v.emb
     if view == "affect":
         return v.desc[:, :len(descriptor_split()[0])]
@@ -397,7 +396,7 @@ def person_context(z: np.ndarray, groups) -> np.ndarray:
 def level2_matrix(z: np.ndarray, v: TextViews, inputs: str, views=LEVEL1_VIEWS):
     """Level-2 inputs and their names.
 
-    ``views``: the logits of the question prior, TF-IDF, MiniLM and affect views;
+    ``views``: the logits of the question prior, TF-IDF, sentence-embedding and affect views;
     ``views+conflict``: those plus the 15 raw conflict-summary features;
     ``views+conflict_score``: those plus the logit of the conflict view (a level-1 logistic
     regression over the conflict summary), five named inputs in all;
@@ -409,7 +408,7 @@ def level2_matrix(z: np.ndarray, v: TextViews, inputs: str, views=LEVEL1_VIEWS):
     summary, ``VIDEO_TALK_FEATURES``) in place of the conflict view.
     """
     col = {view: j for j, view in enumerate(views)}
-    base = ["question_prior", "tfidf", "minilm", "affect"]
+    base = ["question_prior", "tfidf", "embedding", "affect"]
     if inputs.startswith("views+conflict_score"):
         base.append("conflict")
     if inputs.startswith("views+talk_score"):

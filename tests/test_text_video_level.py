@@ -187,7 +187,7 @@ def test_two_level_contributions_sum_to_the_logit(inputs):
     sub = v[:45]            # rows 0-14, 30-44: p0..p14 twice (a person context); 15-29 once
     names, parts, b = model.contributions(sub)
     assert parts.shape == (45, len(names)) and len(set(names)) == len(names)
-    assert names[:4] == ["question_prior_logit", "tfidf_logit", "minilm_logit", "affect_logit"]
+    assert names[:4] == ["question_prior_logit", "tfidf_logit", "embedding_logit", "affect_logit"]
     assert np.isfinite(parts).all()
     logit = model.decision_function(sub)
     np.testing.assert_allclose(b + parts.sum(1), logit, atol=1e-9)
