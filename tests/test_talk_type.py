@@ -1,6 +1,7 @@
 """The talk-type model and its AnnoMI reader: grouped splits, labels, errors, one real step."""
 
 import csv
+import dataclasses
 import gzip
 
 import chex
@@ -141,8 +142,8 @@ def test_macro_f1_golden():
 
 
 def test_config_ranges():
-    with pytest.raises(ValueError, match="trainable_layers=0"):
-        tt.TalkTypeConfig(trainable_layers=0)
+    with pytest.raises(ValueError, match="trainable_layers=-1"):
+        tt.TalkTypeConfig(trainable_layers=-1)
     with pytest.raises(ValueError, match="context_tokens=200"):
         tt.TalkTypeConfig(context_tokens=200)
 
@@ -317,3 +318,66 @@ def test_feature_stores_are_keyed_by_the_talk_type_model(tmp_path, tiny_model, m
     # a retrained default (a new version) gets a new store
     monkeypatch.setattr(tt, "DEFAULT_VERSION", tt.DEFAULT_VERSION + 1)
     assert default_store_dir(tmp_path, ExtractConfig()) != dirs["learned"]
+
+
+def test_behaviour_of_the_therapist_turn_before(tmp_path):
+    rows = [dict(_row("7", 0, "therapist", "What would be good about quitting?"),
+                 main_therapist_behaviour="question"),
+            _row("7", 1, "client", "I could breathe better.", "change", "1"),
+            dict(_row("7", 2, "therapist", "You'd breathe better.", annotator="1"),
+                 main_therapist_behaviour="reflection"),
+            dict(_row("7", 2, "therapist", "You'd breathe better.", annotator="2"),
+                 main_therapist_behaviour="reflection"),
+            dict(_row("7", 2, "therapist", "You'd breathe better.", annotator="3"),
+                 main_therapist_behaviour="question"),
+            _row("7", 3, "client", "But I like it.", "sustain", "1"),
+            _row("8", 0, "client", "Hello.", "neutral", "1")]
+    ex = annomi.read_annomi(_write(tmp_path / "AnnoMI-full.csv", rows))
+    assert [annomi.BEHAVIOURS[e.behaviour] if e.behaviour >= 0 else None for e in ex] == \
+        ["question", "reflection", None]          # majority of annotators; none before "Hello."
+    assert ex[1].previous == "I could breathe better."
+
+
+def test_context_head_step_save_load_and_aux(tmp_path, bundled):
+    """The frozen-encoder head: real MiniLM sentence embeddings of the utterance, the
+    therapist turn and the previous client turn; one epoch; saved and read back."""
+    few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:16]
+    config = tt.TalkTypeConfig(trainable_layers=0, hidden=32, epochs=2, batch_size=8,
+                               learning_rate=1e-3, aux_weight=0.5)
+    enc = tt.encode([e.text for e in few], [e.therapist for e in few], config,
+                    previous=[e.previous for e in few], cache=tmp_path / "rows")
+    assert isinstance(enc, tt.Pooled) and enc.features.shape == (16, 3 * 384 + 2)
+    # presence flags: the first client turn has no previous turn
+    assert enc.features[0, -1] == 0.0 and enc.features[1, -1] == 1.0
+    np.testing.assert_array_equal(enc.features[0, 2 * 384:3 * 384], 0.0)
+    assert len(list((tmp_path / "rows").rglob("*.npy"))) > 0     # rows cached by text
+    model = tt.fit(enc, np.stack([e.votes for e in few]), config,
+                   behaviour=np.array([e.behaviour for e in few]))
+    probs = model.predict_proba([e.text for e in few], [e.therapist for e in few],
+                                [e.previous for e in few])
+    chex.assert_shape(probs, (16, 3))
+    chex.assert_trees_all_close(probs, model.predict_encoded(enc), atol=1e-5)
+    model.save(tmp_path / "m")
+    again = tt.load(tmp_path / "m")
+    assert again.config == config
+    chex.assert_trees_all_close(again.predict_encoded(enc), probs, atol=1e-5)
+    # the auxiliary head learns from the behaviour labels only when it is weighted (no
+    # weight decay in the unweighted run, which would move it too)
+    votes, beh = np.stack([e.votes for e in few]), np.array([e.behaviour for e in few])
+    off = tt.fit(enc, votes, dataclasses.replace(config, aux_weight=0.0, weight_decay=0.0),
+                 behaviour=beh)
+    fresh = tt.build(config)
+    moved = lambda m: not np.allclose(np.asarray(m.net.behaviour.kernel.value),
+                                      np.asarray(fresh.behaviour.kernel.value))
+    assert moved(model) and not moved(off)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", float("inf"), "learning_rate=inf: must be a finite number"),
+    ("aux_weight", -1.0, "aux_weight=-1.0: must be a finite number >= 0"),
+    ("dropout", 1.0, "dropout=1.0: must be below 1"),
+    ("hidden", 0, "hidden=0: must be at least 1"),
+    ("trainable_layers", -1, "trainable_layers=-1: must be at least 0")])
+def test_context_head_config_checks(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tt.TalkTypeConfig(**{field: value})
