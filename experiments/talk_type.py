@@ -54,7 +54,9 @@ class Config:
     inner_folds: int = 3
     # Variants of ``model`` for the learned method, as (field, value) overrides; with more
     # than one, each outer training part chooses by an inner grouped CV (nested).
-    choices: tuple = ((),)
+    choices: tuple = ((("encoder", "minilm"),), (("encoder", "mpnet"),),
+                      (("encoder", "minilm"), ("aux_weight", 0.5)),
+                      (("encoder", "mpnet"), ("aux_weight", 0.5)))
     install_default: bool = False   # copy the trained model to the packaged default's folder
     quick: bool = False
 
@@ -64,8 +66,9 @@ def get_config(quick: bool = False) -> Config:
     if not quick:
         return Config()
     return Config(data=DataConfig(max_conversations=12),
-                  model=tt.TalkTypeConfig(trainable_layers=1, epochs=1, utterance_tokens=32,
-                                          context_tokens=16),
+                  model=tt.TalkTypeConfig(encoder="minilm", hidden=32, epochs=2),
+                  methods=tuple(m for m in METHODS if m != "mpnet_logreg"),
+                  choices=((), (("aux_weight", 0.5),)),
                   folds=3, logreg_c=(0.3, 3.0), inner_folds=2, quick=True)
 
 

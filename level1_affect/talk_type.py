@@ -4,23 +4,22 @@ In motivational interviewing ambivalence is heard as change talk ("I want to cut
 and sustain talk ("but it helps me relax") from the same person. This model learns the
 three talk types from AnnoMI's expert labels (``level1_affect.annomi``).
 
-Input: the sequence ``[CLS] context [SEP] utterance [SEP]`` (segment ids 0 and 1), where the
-context is the therapist turn just before (its last ``context_tokens`` tokens; in BAH the
-interviewer's question). The encoder is the bundled MiniLM, or any BERT-architecture
-encoder in a folder the user gives (``TalkTypeConfig.encoder``: a larger BERT of their
-own). Its lower layers are frozen and run once per input (``MiniLM.token_states``); its
-top ``trainable_layers`` encoder layers are rebuilt here as Flax NNX modules initialised
-from its weights and fine-tuned with a linear head on the mean of the utterance's token
-vectors and the mean over the whole sequence.
+Two forms (``TalkTypeConfig.trainable_layers``), over a frozen encoder (``minilm``, ``mpnet``
+or a BERT/MPNet folder, ``level1_affect.encoders``):
+
+- 0 (default): an MLP over the sentence embeddings of the utterance, the therapist turn
+  before and the client's previous turn (with presence flags), optionally with the
+  therapist's behaviour (AnnoMI's label) as an auxiliary target;
+- k >= 1: ``[CLS] therapist turn [SEP] utterance [SEP]`` through the frozen lower layers
+  once, then the top k layers fine-tuned with a linear head over the utterance's mean
+  token vector and the sequence mean.
 
 Class imbalance (sustain is about 11% of client turns): the loss weights each class by
 ``(n / (3 n_class)) ** class_weight_power``; targets are the annotators' vote fractions.
 
 ``TalkTypeModel.save(dir)`` writes ``talk_type.json`` and ``weights.npz``; ``load(dir)``
-reads them back (the frozen layers come from the same encoder: the MiniLM asset, or the
-folder named in the saved config). ``ensure_default()``
-trains the packaged default on the bundled AnnoMI copy once and caches it under
-``$AHJAX_CACHE/talk_type``; nothing is downloaded.
+reads them back (the frozen layers come from the encoder the saved config names). The
+default model ships with the package (``default_dir()``); nothing is trained on first use.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from level1_affect import annomi, encoders
 
 LABELS = annomi.LABELS
 _BUCKETS = (16, 32, 64, 100, 128)
-DEFAULT_VERSION = 2   # bump when the default recipe changes: the cached default retrains
+DEFAULT_VERSION = 3   # bump when the default model changes: feature stores keyed by it renew
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +53,15 @@ class TalkTypeConfig:
     # Top encoder layers fine-tuned on [context ; utterance] (the rest frozen), 1..layers;
     # 0: the encoder stays frozen and an MLP reads the sentence embeddings of the
     # utterance, the therapist turn before and the client's previous turn.
-    trainable_layers: int = 2
-    encoder: str = ""              # "minilm" (also ""), "mpnet" or a BERT/MPNet folder
+    trainable_layers: int = 0
+    encoder: str = "mpnet"         # "minilm" (also ""), "mpnet" or a BERT/MPNet folder
     hidden: int = 256              # MLP width (trainable_layers=0)
     aux_weight: float = 0.0        # weight of the auxiliary loss: the therapist turn's behaviour
     context_tokens: int = 32       # last tokens of the preceding therapist turn / question
     utterance_tokens: int = 64     # first tokens of the utterance
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3    # fine-tuning encoder layers wants about 1e-4
     warmup: float = 0.1            # share of steps with a linear warm-up (from a tenth of the rate)
     weight_decay: float = 0.01
     dropout: float = 0.1
@@ -424,6 +423,8 @@ def load(path: str | os.PathLike) -> TalkTypeModel:
     flat = dict(nnx.to_flat_state(state))
     with np.load(weights_file) as saved:
         keys = {"/".join(map(str, k)): k for k in flat}
+        # Models saved before the auxiliary head lack it; it is not used for prediction.
+        keys = {n: k for n, k in keys.items() if n in saved.files or not n.startswith("behaviour/")}
         if set(saved.files) != set(keys):
             raise ValueError(f"{weights_file}: parameters do not match the config "
                              f"({len(saved.files)} arrays, expected {len(keys)})")
@@ -438,17 +439,23 @@ def load(path: str | os.PathLike) -> TalkTypeModel:
 
 
 def default_dir() -> Path:
-    """Where the packaged default lives: ``$AHJAX_CACHE/talk_type/default-v<N>``."""
+    """The packaged default model (``level1_affect/data/talk_type``): trained by
+    ``python -m experiments.run talk_type --config.install_default=True``."""
+    return Path(__file__).parent / "data" / "talk_type"
+
+
+def _trained_default_dir() -> Path:
+    """Where a default trained on first use is cached when the package has none."""
     from ahjax import assets
     return assets.cache_dir() / "talk_type" / f"default-v{DEFAULT_VERSION}"
 
 
 def ensure_default(config: TalkTypeConfig = TalkTypeConfig(), quiet: bool = False) -> Path:
-    """The default model's folder, trained once on the bundled AnnoMI (a few minutes on a
-    2-core CPU) and cached; later calls only check that it is there."""
-    target = default_dir()
-    if (target / "weights.npz").is_file() and (target / "talk_type.json").is_file():
-        return target
+    """The default model's folder: the packaged one, or (when the package lacks it) one
+    trained once on the bundled AnnoMI and cached."""
+    for target in (default_dir(), _trained_default_dir()):
+        if (target / "weights.npz").is_file() and (target / "talk_type.json").is_file():
+            return target
     import shutil
     import sys
     if not quiet:

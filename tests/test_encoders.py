@@ -108,3 +108,25 @@ def test_bad_folders_are_named(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: not a readable JSON config"):
         encoders.PretrainedEncoder(tmp_path)
+
+
+def test_the_main_job_never_imports_transformers():
+    """Our encoders and Whisper stand alone: the modules of the main job import no
+    transformers (whose Flax classes are deprecated), and no module outside the tests
+    names a transformers Flax class."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, experiments.two_level, level1_affect.extract, level1_affect.live, "
+            "level1_affect.talk_type, level2_conflict.text_video, ahjax.api; "
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+    import re
+    flax_class = re.compile(r"from transformers[\w.]* import [^\n]*Flax|transformers\.Flax")
+    root = Path(__file__).parents[1]
+    for folder in ("ahjax", "level1_affect", "level2_conflict", "baselines", "experiments"):
+        for path in (root / folder).rglob("*.py"):
+            assert not flax_class.search(path.read_text()), path

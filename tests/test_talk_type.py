@@ -160,8 +160,8 @@ def test_rebuilt_layer_equals_minilm():
     from level1_affect import minilm
     m = minilm.load()
     enc = tt.encode(["I want to cut down but it helps me relax."], ["How do you feel about it?"],
-                    tt.TalkTypeConfig(trainable_layers=1))
-    net = tt.build(tt.TalkTypeConfig(trainable_layers=1))
+                    tt.TalkTypeConfig(trainable_layers=1, encoder="minilm"))
+    net = tt.build(tt.TalkTypeConfig(trainable_layers=1, encoder="minilm"))
     net.eval()
     x, mask, seg = enc.batch([0])
     ours = np.asarray(net.layers[0](jnp.asarray(x), jnp.asarray(mask)))[0, :mask.sum()]
@@ -175,8 +175,8 @@ def test_rebuilt_layer_equals_minilm():
 
 
 def test_one_real_step_save_and_load(tmp_path, bundled):
-    config = tt.TalkTypeConfig(trainable_layers=1, epochs=1, batch_size=8, utterance_tokens=24,
-                               context_tokens=8)
+    config = tt.TalkTypeConfig(trainable_layers=1, encoder="minilm", epochs=1, batch_size=8,
+                               utterance_tokens=24, context_tokens=8, learning_rate=1e-4)
     few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:8]
     model = tt.train_examples(few, config)
     probs = model.predict_proba([e.text for e in few], [e.therapist for e in few])
@@ -245,8 +245,8 @@ def test_load_refuses_other_folders(tmp_path):
 # ---- into the frame tracks and the video-level view ----------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, bundled):
-    config = tt.TalkTypeConfig(trainable_layers=1, epochs=1, batch_size=8, utterance_tokens=24,
-                               context_tokens=8)
+    config = tt.TalkTypeConfig(trainable_layers=1, encoder="minilm", epochs=1, batch_size=8,
+                               utterance_tokens=24, context_tokens=8, learning_rate=1e-4)
     path = tmp_path_factory.mktemp("talk") / "model"
     tt.train_examples(bundled[:16], config).save(path)
     return path
@@ -342,7 +342,7 @@ def test_context_head_step_save_load_and_aux(tmp_path, bundled):
     """The frozen-encoder head: real MiniLM sentence embeddings of the utterance, the
     therapist turn and the previous client turn; one epoch; saved and read back."""
     few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:16]
-    config = tt.TalkTypeConfig(trainable_layers=0, hidden=32, epochs=2, batch_size=8,
+    config = tt.TalkTypeConfig(trainable_layers=0, encoder="minilm", hidden=32, epochs=2, batch_size=8,
                                learning_rate=1e-3, aux_weight=0.5)
     enc = tt.encode([e.text for e in few], [e.therapist for e in few], config,
                     previous=[e.previous for e in few], cache=tmp_path / "rows")

@@ -475,8 +475,9 @@ def make_demo(out: str | os.PathLike, seed: int = 0, participants: int = 8, ques
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
-        # fork: children inherit the imported modules (no re-import cost).
-        with mp.get_context("fork").Pool(workers) as pool:
+        # spawn, not fork: forking a process whose JAX runtime already runs threads can
+        # deadlock (Python warns of it); the children import what they need afresh.
+        with mp.get_context("spawn").Pool(workers) as pool:
             results = pool.map(_video_job, jobs, chunksize=1)
     else:
         results = [_video_job(j) for j in jobs]
