@@ -23,6 +23,7 @@ import numpy as np
 from ahjax import config as config_lib
 from ahjax import results as results_lib
 from ahjax.assets import enable_compilation_cache
+from ahjax.interrupt import Interrupted, signals_raise
 from ahjax.train import engine
 
 # Experiment name -> (module path, one line on what it reproduces). A plain dict: nothing is
@@ -194,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     try:
-        results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
+        with signals_raise():
+            results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
+    except Interrupted as err:   # SIGINT/SIGTERM: the run folder is marked failed, one line
+        where = getattr(err, "run_dir", None)
+        print(f"error: {err}" + (f" (run folder {where}; --resume {where} goes on)"
+                                 if where is not None else ""), file=sys.stderr)
+        return err.exit_code
     except (OSError, ValueError) as err:   # bad input (data, files, settings): one line, exit 2
         if config_lib.debug_requested(args.debug):
             raise

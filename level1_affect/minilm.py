@@ -194,9 +194,16 @@ def check_folder(path: str | os.PathLike) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=2)
 def load(path: str | None = None) -> MiniLM:
-    """The shared MiniLM for ``path`` (default: the cached asset), loaded once."""
+    """The shared MiniLM for ``path`` (default: the cached asset), loaded once (under a
+    lock: the first calls may come from several threads)."""
+    from level1_affect.loading import LOAD_LOCK
+    with LOAD_LOCK:
+        return _load(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str | None) -> MiniLM:
     return MiniLM(path)
 
 
