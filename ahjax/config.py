@@ -98,7 +98,7 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def replace_path(cfg: Any, dotted: str, value: Any) -> Any:
+def replace_path(cfg: Any, dotted: str, value: Any, _above: str = "") -> Any:
     """Return ``cfg`` with the field at ``dotted`` ("a.b.c") set to ``value``."""
     head, _, rest = dotted.partition(".")
     if not dataclasses.is_dataclass(cfg):
@@ -108,7 +108,8 @@ def replace_path(cfg: Any, dotted: str, value: Any) -> Any:
         raise ConfigError(
             f"unknown config key {head!r} in {type(cfg).__name__}; known: {sorted(names)}")
     old = getattr(cfg, head)
-    new = replace_path(old, rest, value) if rest else _coerce(old, value, dotted)
+    new = (replace_path(old, rest, value, f"{_above}{head}.") if rest
+           else _coerce(old, value, _above + dotted))
     return dataclasses.replace(cfg, **{head: new})
 
 

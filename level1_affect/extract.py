@@ -188,6 +188,9 @@ class Extractor:
                 arrays.update({k: face[k] for k in ("face_present", "face_expr", "face_blend",
                                                    "face_desc")})
                 n_frames = len(arrays["face_present"])
+                if n_frames and not arrays["face_present"].any():
+                    warnings.append("no face detected in the whole video: the face "
+                                    "features are zero and face_present is 0")
             else:
                 timings["face"] = 0.0
                 n_frames = n_guess or sum(1 for _ in frames)
