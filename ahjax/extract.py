@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ahjax.config import debug_requested
-from ahjax.interrupt import Interrupted, signals_raise
+from ahjax.interrupt import exit_on_signals, on_signal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else default_store_dir(args.root, cfg)
         if args.workers < 1:
             raise ValueError(f"--workers {args.workers}: must be at least 1")
-        with signals_raise():
+        # SIGINT/SIGTERM: one line; what is stored stays (each video is written at once).
+        with exit_on_signals(), on_signal(lambda signum: "a rerun resumes"):
             summary = extract_dataset(args.root, out, cfg, splits=tuple(args.splits.split(",")),
                                       workers=args.workers, ray_address=args.ray_address)
-    except Interrupted as err:   # what is stored stays (each video is written atomically)
-        print(f"error: {err}; a rerun resumes", file=sys.stderr)
-        return err.exit_code
     except (OSError, ValueError, ImportError) as err:   # bad input: one line, exit 2
         if debug_requested(args.debug):
             raise

@@ -1,42 +1,63 @@
-"""SIGINT and SIGTERM as an exception, so a command line cleans up and ends in one line.
+"""SIGINT and SIGTERM in a command line: clean up, say so in one line, exit 130 or 143.
 
-Python's default SIGTERM ends the process at once (no ``finally``: temporary folders stay)
-and SIGINT raises KeyboardInterrupt with a traceback. Inside :func:`signals_raise` both
-raise :class:`Interrupted` in the main thread instead: ``finally`` blocks run, and the
-command prints ``error: interrupted by SIGTERM`` and exits 128 + the signal (130, 143).
+Python's default SIGTERM ends the process at once (temporary folders stay) and SIGINT
+raises KeyboardInterrupt with a traceback. Within :func:`exit_on_signals` either signal
+runs the clean-ups registered with :func:`on_signal` (newest first), prints ``error:
+interrupted by SIGTERM`` and ends the process with 128 + the signal number. It does not
+raise into the running code: an exception thrown while a native library (XLA, MediaPipe)
+is calling back into Python can abort the process instead of unwinding it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+from typing import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Interrupted(BaseException):
-    """A signal asked the process to stop (a BaseException: ``except Exception`` in a
-    per-video loop must not swallow it). ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-
-
-def _raise(signum, frame):
-    raise Interrupted(signum)
+_cleanups: list[Callable[[int], str | None]] = []
 
 
 @contextlib.contextmanager
-def signals_raise():
-    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only;
-    elsewhere, and after the block, the handlers are left as they were)."""
+def on_signal(cleanup: Callable[[int], str | None]):
+    """Within the block, a signal ending the process first calls ``cleanup(signum)``; what
+    it returns (if anything) is added to the one-line message."""
+    _cleanups.append(cleanup)
+    try:
+        yield
+    finally:
+        _cleanups.remove(cleanup)
+
+
+def _end(signum, frame):
+    notes = []
+    for cleanup in reversed(list(_cleanups)):
+        try:
+            note = cleanup(signum)
+        except Exception as err:   # a clean-up that fails must not keep the process alive
+            note = f"clean-up failed: {err}"
+        if note:
+            notes.append(note)
+    line = f"error: interrupted by {signal.Signals(signum).name}"
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os.write(2, ("; ".join([line, *notes]) + "\n").encode())
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def exit_on_signals():
+    """Within the block, SIGINT and SIGTERM end the process as the module describes
+    (main thread only; the earlier handlers come back after the block)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, _raise) for s in SIGNALS}
+    old = {s: signal.signal(s, _end) for s in SIGNALS}
     try:
         yield
     finally:

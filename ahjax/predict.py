@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ahjax.config import debug_requested
-from ahjax.interrupt import Interrupted, signals_raise
+from ahjax.interrupt import exit_on_signals, on_signal
 
 
 def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = None,
@@ -61,7 +61,8 @@ def write_outputs(out: Path, fill):
     except OSError as err:
         raise OSError(f"{named}: cannot write the output there ({err.strerror or err})") from err
     try:
-        value = fill(tmp)
+        with on_signal(lambda signum: shutil.rmtree(tmp, ignore_errors=True)):
+            value = fill(tmp)
         out.mkdir(exist_ok=True)
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
@@ -107,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(f"{Path(args.video).stem}_ahjax")
     from level1_affect.errors import MediaError
     try:
-        with signals_raise():
+        with exit_on_signals():   # SIGINT/SIGTERM: temporary files removed, one line
             summary = predict(args.video, out, args.checkpoint, args.language)
-    except Interrupted as err:   # SIGINT/SIGTERM: temporary files removed, one line
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     except (OSError, ValueError, MediaError) as err:   # bad input: one line, exit 2
         if debug_requested(args.debug):
             raise
