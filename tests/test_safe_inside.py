@@ -226,7 +226,7 @@ def test_french_speech_is_transcribed_but_not_read_as_english(french_video, tmp_
     import ahjax
     from level1_affect.extract import ExtractConfig
     forced = ahjax.extract(french_video, ExtractConfig(asr="always", language="fr",
-                                                       face=False, voice_embeddings=False))
+                                                       voice_embeddings=False))
     assert forced.transcript["language"] == "fr" and forced.transcript["words"]
     assert any("language 'fr' (set by language=)" in w for w in forced.warnings)
     assert _word_present(forced).max() == 0 and not forced.arrays["text_emb"].any()
@@ -244,7 +244,7 @@ def test_english_at_8_khz_stereo_is_read_as_english_by_default(tmp_path):
     from level1_affect.extract import ExtractConfig
     video = _speech_video(tmp_path / "phone.mp4", "I want to cut down on drinking, but "
                           "honestly it helps me relax after work.", sr=8000, layout="stereo")
-    result = ahjax.extract(video, ExtractConfig(asr="always", face=False,
+    result = ahjax.extract(video, ExtractConfig(asr="always",
                                                 voice_embeddings=False))
     assert result.transcript["language"] == "en"
     assert {"drinking", "relax"} & {w["word"].strip(" ,.").lower()
