@@ -21,15 +21,25 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _cleanups: list[Callable[[int], str | None]] = []
 
 
+def add_cleanup(cleanup: Callable[[int], str | None]) -> None:
+    """Until :func:`remove_cleanup`, a signal ending the process first calls
+    ``cleanup(signum)``; what it returns (if anything) is added to the one-line message."""
+    _cleanups.append(cleanup)
+
+
+def remove_cleanup(cleanup: Callable[[int], str | None]) -> None:
+    """Undo :func:`add_cleanup`."""
+    _cleanups.remove(cleanup)
+
+
 @contextlib.contextmanager
 def on_signal(cleanup: Callable[[int], str | None]):
-    """Within the block, a signal ending the process first calls ``cleanup(signum)``; what
-    it returns (if anything) is added to the one-line message."""
-    _cleanups.append(cleanup)
+    """:func:`add_cleanup` for the duration of the block."""
+    add_cleanup(cleanup)
     try:
         yield
     finally:
-        _cleanups.remove(cleanup)
+        remove_cleanup(cleanup)
 
 
 def _end(signum, frame):

@@ -13,6 +13,8 @@ import os
 import sys
 import threading
 
+from ahjax import interrupt
+
 # fd 2 is one per process: the first thread in saves it, the last one out restores it.
 _lock = threading.Lock()
 _depth = 0
@@ -30,6 +32,7 @@ def _enter(fd: int) -> None:
                 os.dup2(null, fd)
             finally:
                 os.close(null)
+            interrupt.add_cleanup(_give_back)   # a signal's last line must be seen
         _depth += 1
 
 
@@ -38,11 +41,19 @@ def _leave(fd: int) -> None:
     with _lock:
         _depth -= 1
         if _depth == 0 and _saved_fd is not None:
+            interrupt.remove_cleanup(_give_back)
             try:
                 os.dup2(_saved_fd, fd)
             finally:
                 os.close(_saved_fd)
                 _saved_fd = None
+
+
+def _give_back(signum: int) -> None:
+    """fd 2 back before a signal ends the process (no lock: the handler may interrupt a
+    thread that holds it)."""
+    if _saved_fd is not None:
+        os.dup2(_saved_fd, 2)
 
 
 @contextlib.contextmanager
