@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,20 +149,35 @@ class Result:
         return names + ["tracks.csv", "summary.json"]
 
 
+# One Extractor per extraction config, shared by every call and thread of the process:
+# its models are loaded once (under level1_affect.loading.LOAD_LOCK), calls run in parallel.
+_extractors: dict = {}
+_extractors_lock = threading.Lock()
+
+
+def _extractor(config):
+    """The process's shared ``Extractor`` for ``config`` (built on first use)."""
+    from ahjax.assets import enable_compilation_cache
+    from level1_affect.extract import Extractor
+    with _extractors_lock:
+        if config not in _extractors:
+            enable_compilation_cache()
+            _extractors[config] = Extractor(config)
+        return _extractors[config]
+
+
 def extract(video: str | os.PathLike, config=None) -> Result:
     """Level 1 of one video: per-frame face, voice and text tracks and the transcript.
 
     ``config``: a ``level1_affect.extract.ExtractConfig`` (default: Whisper on the audio,
     learned change/sustain talk).
     """
-    from ahjax.assets import enable_compilation_cache
-    from level1_affect.extract import Extractor, ExtractConfig
+    from level1_affect.extract import ExtractConfig
 
     video = Path(video)
     if not video.is_file():
         raise FileNotFoundError(f"{video}: no such video file")
-    enable_compilation_cache()
-    arrays, info = Extractor(config or ExtractConfig(asr="always")).video(video)
+    arrays, info = _extractor(config or ExtractConfig(asr="always")).video(video)
     transcript = {"language": info["language"], "text": info["transcript"],
                   "words": [{"word": w["word"], "start": round(float(w["start"]), 3),
                              "end": round(float(w["end"]), 3)} for w in info["words"]],
@@ -173,10 +189,14 @@ def extract(video: str | os.PathLike, config=None) -> Result:
 
 
 class Model:
-    """A trained two-level model (``ahjax.load``): level 1, then A/H with its reasons."""
+    """A trained two-level model (``ahjax.load``): level 1, then A/H with its reasons.
+
+    A Model may be shared by threads: ``predict`` runs level 1 of several videos at once
+    (each model loaded once) and level 2 one video at a time."""
 
     def __init__(self, trained, path: str | os.PathLike):
         self.trained, self.path = trained, Path(path)
+        self._lock = threading.Lock()   # level 2 is one NNX module: one call at a time
 
     def __repr__(self) -> str:
         return f"ahjax.Model({str(self.path)!r})"
@@ -188,7 +208,8 @@ class Model:
 
     def annotate(self, result: Result) -> Result:
         """Add A/H, its decoded segments and its contributions to a level-1 result."""
-        level2 = self.trained.predict(result.arrays, result.fps)
+        with self._lock:
+            level2 = self.trained.predict(result.arrays, result.fps)
         result.prob, result.decoded = level2["prob"], level2["decoded"]
         result.contributions = dict(level2["contributions"])
         result.segments = segments_from_decoded(level2["decoded"], result.fps, result.times)

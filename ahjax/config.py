@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 from typing import Any, Iterable
 
 
@@ -40,9 +41,12 @@ def _coerce(old: Any, new: Any, path: str) -> Any:
             return new
         raise ConfigError(f"{path}: expected an int, got {new!r}")
     if isinstance(old, float):
-        if isinstance(new, (int, float)) and not isinstance(new, bool):
-            return float(new)
-        raise ConfigError(f"{path}: expected a float, got {new!r}")
+        if not isinstance(new, (int, float)) or isinstance(new, bool):
+            raise ConfigError(f"{path}: expected a float, got {new!r}")
+        # A quantity is finite; only a field whose default is itself inf/nan takes one.
+        if not math.isfinite(new) and math.isfinite(old):
+            raise ConfigError(f"{path}={new!r}: must be a finite number")
+        return float(new)
     if isinstance(old, str):
         return str(new)
     if isinstance(old, tuple):
@@ -56,7 +60,45 @@ def _coerce(old: Any, new: Any, path: str) -> Any:
     return new
 
 
-def replace_path(cfg: Any, dotted: str, value: Any) -> Any:
+def _check_json(old: Any, new: Any, path: str) -> Any:
+    """``new`` (read from JSON) as the type of the default ``old``; strict: no string
+    parsing, a tuple from a list whose items have the default items' type."""
+    if isinstance(old, tuple):
+        if not isinstance(new, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {new!r}")
+        kinds = {type(x) for x in old}
+        if len(kinds) == 1:
+            item = old[0]
+            return tuple(_check_json(item, x, f"{path}[{i}]") for i, x in enumerate(new))
+        return tuple(new)
+    if isinstance(old, str) and not isinstance(new, str):
+        raise ConfigError(f"{path}: expected a string, got {new!r}")
+    if isinstance(old, bool) and not isinstance(new, bool):
+        raise ConfigError(f"{path}: expected true or false, got {new!r}")
+    return _coerce(old, new, path)
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """A ``cls`` config (a frozen dataclass with defaults) from a dict read from JSON,
+    checked: no unknown key, each value of its field's type, floats finite (unless the
+    default is not); a missing key keeps its default. Raises ConfigError naming
+    ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of {cls.__name__} settings, "
+                          f"got {type(data).__name__}")
+    default = cls()
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: unknown key ({cls.__name__} has {names})")
+    values = {k: _check_json(getattr(default, k), v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def replace_path(cfg: Any, dotted: str, value: Any, _above: str = "") -> Any:
     """Return ``cfg`` with the field at ``dotted`` ("a.b.c") set to ``value``."""
     head, _, rest = dotted.partition(".")
     if not dataclasses.is_dataclass(cfg):
@@ -66,7 +108,8 @@ def replace_path(cfg: Any, dotted: str, value: Any) -> Any:
         raise ConfigError(
             f"unknown config key {head!r} in {type(cfg).__name__}; known: {sorted(names)}")
     old = getattr(cfg, head)
-    new = replace_path(old, rest, value) if rest else _coerce(old, value, dotted)
+    new = (replace_path(old, rest, value, f"{_above}{head}.") if rest
+           else _coerce(old, value, _above + dotted))
     return dataclasses.replace(cfg, **{head: new})
 
 

@@ -19,16 +19,22 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
 from ahjax.config import debug_requested
+from ahjax.interrupt import exit_on_signals, on_signal
 
 
-def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> dict:
+def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+            language: str = "en") -> dict:
     """Run level 1 (and level 2 with ``checkpoint``) on ``video``; write files into ``out``.
 
-    Returns a summary dict (frames, fps, face-present rate, language, transcript, and with
-    a checkpoint the A/H segments in seconds).
+    ``language``: Whisper's language (``"auto"``: detected). Returns a summary dict
+    (frames, fps, face-present rate, language, transcript, warnings, and with a checkpoint
+    the A/H segments in seconds).
     """
+    from level1_affect.extract import ExtractConfig
     video, out = Path(video), Path(out)
+    config = ExtractConfig(asr="always", language=language)
     # Every argument is checked before level 1 runs (it takes seconds per video).
     if not video.is_file():
         raise FileNotFoundError(f"{video}: no such video file")
@@ -38,7 +44,7 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
     if checkpoint is not None:
         from level2_conflict.runtime import load_trained
         level2_model = load_trained(checkpoint)
-    return write_outputs(out, lambda tmp: _predict_into(video, tmp, level2_model))
+    return write_outputs(out, lambda tmp: _predict_into(video, tmp, level2_model, config))
 
 
 def write_outputs(out: Path, fill):
@@ -46,16 +52,27 @@ def write_outputs(out: Path, fill):
     are then moved into ``out`` at once, so a failure leaves no half output and a rerun
     never leaves another video's files (any of :data:`OUTPUTS`) beside these. Returns what
     ``fill`` returns."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    named = out
+    out = Path(os.path.abspath(out))   # "a/../b" is b: no folder a is made on the way
     try:
-        value = fill(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # A short prefix: a long --out name still leaves room for the random suffix.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:40]}-", dir=out.parent))
+    except OSError as err:
+        raise OSError(f"{named}: cannot write the output there ({err.strerror or err})") from err
+    try:
+        with on_signal(lambda signum: shutil.rmtree(tmp, ignore_errors=True)):
+            value = fill(tmp)
         out.mkdir(exist_ok=True)
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
         for path in tmp.iterdir():
             os.replace(path, out / path.name)
+    except OSError as err:
+        # A write that failed in the temporary folder is a failure to write --out.
+        if err.filename is None or str(tmp) in str(err.filename) or str(out) in str(err.filename):
+            raise OSError(f"{named}: cannot write the output ({err.strerror or err})") from err
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return value
@@ -66,10 +83,10 @@ OUTPUTS = ("tracks.csv", "transcript.json", "summary.json", "segments.json", "ah
            "tracks.png")
 
 
-def _predict_into(video: Path, out: Path, level2_model) -> dict:
+def _predict_into(video: Path, out: Path, level2_model, config) -> dict:
     """Level 1 (and level 2 with ``level2_model``) of ``video``, written into ``out``."""
     from ahjax import api
-    result = api.extract(video)
+    result = api.extract(video, config)
     if level2_model is not None:
         api.Model(level2_model, "").annotate(result)
     result.save(out)
@@ -82,18 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video")
     parser.add_argument("--out", default=None, help="output folder (default: <video stem>_ahjax)")
     parser.add_argument("--checkpoint", default=None, help="a two_level run folder")
+    parser.add_argument("--language", default="en",
+                        help="the speech's language for Whisper (default en, which the text "
+                             "models read); auto: detected")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(f"{Path(args.video).stem}_ahjax")
     from level1_affect.errors import MediaError
     try:
-        summary = predict(args.video, out, args.checkpoint)
+        with exit_on_signals():   # SIGINT/SIGTERM: temporary files removed, one line
+            summary = predict(args.video, out, args.checkpoint, args.language)
     except (OSError, ValueError, MediaError) as err:   # bad input: one line, exit 2
         if debug_requested(args.debug):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps(summary, indent=1, default=float))
     print(f"written to {out}")
     return 0

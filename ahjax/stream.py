@@ -372,8 +372,13 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
         run.warnings.append(f"{src.name}: no audio: voice features are zero and there are "
                             "no words")
     if model is not None and not model.causal:
-        run.warnings.append("the checkpoint's model is not causal (no deploy_causal/): its "
-                            "newest frames are read without the future it was trained with")
+        causal = Path(checkpoint) / "deploy_causal"
+        why = ("its deploy_causal/ holds an offline model" if (causal / "level2.json").is_file()
+               else "its deploy_causal/ has no level2.json" if causal.is_dir()
+               else "a model folder given directly" if Path(checkpoint, "level2.json").is_file()
+               else "no deploy_causal/")
+        run.warnings.append(f"the checkpoint's model is not causal ({why}): its newest "
+                            "frames are read without the future it was trained with")
     # On a clock (realtime file, device) the source cannot wait: whatever queued up while
     # a chunk was processed is taken at once. Played as fast as possible, chunk by chunk.
     clocked = src.clocked

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ahjax import config as config_lib
+from ahjax import interrupt
 from ahjax import results as results_lib
 from ahjax.assets import enable_compilation_cache
 from ahjax.train import engine
@@ -97,8 +98,14 @@ def run(name: str, config, workdir: str | Path, resume: str | Path | None = None
     main_process = engine.is_main_process()   # only process 0 writes the run's own files
     if main_process:
         (run_dir / FAILED).unlink(missing_ok=True)
+    def marked(signum):   # a signal ends the process: the folder says so, as below
+        if main_process:
+            (run_dir / FAILED).write_text(f"interrupted by signal {signum}\n")
+        return f"run folder {run_dir} marked failed ({FAILED}); --resume {run_dir} goes on"
+
     try:
-        results = module.run(config, run_dir)
+        with interrupt.on_signal(marked):
+            results = module.run(config, run_dir)
     except BaseException as err:   # interrupted runs are marked too; resume clears it
         import traceback
         if main_process:
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     try:
-        results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
+        with interrupt.exit_on_signals():   # SIGINT/SIGTERM: run folder marked, one line
+            results, run_dir = run(args.name, config, args.workdir, resume=args.resume)
     except (OSError, ValueError) as err:   # bad input (data, files, settings): one line, exit 2
         if config_lib.debug_requested(args.debug):
             raise

@@ -60,12 +60,21 @@ def load_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:
         if not container.streams.audio:
             raise NoAudioError(f"{path}: no audio track")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        # Resampled with its channels kept, then averaged: FFmpeg's own downmix adds
+        # surround channels (5.1 speech read ~7 dB louder than the same speech in mono).
+        # The low-frequency effects channel carries no speech: left out when others exist.
+        channels = list(stream.layout.channels) if stream.layout else []
+        layout = stream.layout.name if channels else "mono"
+        keep = [i for i, c in enumerate(channels) if c.name != "LFE"] or [0]
+        try:
+            resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr)
+        except (ValueError, av.error.FFmpegError):   # a layout without a name: FFmpeg mixes
+            resampler, keep = av.AudioResampler(format="fltp", layout="mono", rate=sr), [0]
         chunks = []
         try:
             for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+                chunks.extend(f.to_ndarray()[keep].mean(0) for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray()[keep].mean(0) for f in resampler.resample(None))
         except av.error.FFmpegError as exc:
             raise MediaError(f"{path}: corrupt audio track ({exc})") from exc
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)

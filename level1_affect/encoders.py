@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +28,7 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from ahjax import assets
+from level1_affect.loading import LOAD_LOCK
 
 NAMED = ("minilm", "mpnet")          # encoders that ship as assets
 _WORD_RE = re.compile(r"\S+")
@@ -395,9 +395,6 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-_LOCK = threading.Lock()
-
-
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> PretrainedEncoder:
     return PretrainedEncoder(path)
@@ -407,7 +404,7 @@ def load(name_or_path: str | os.PathLike | None = None) -> PretrainedEncoder:
     """The shared encoder ``minilm`` (default), ``mpnet`` or a folder, loaded once per
     process (thread-safe)."""
     path = str(resolve(name_or_path))
-    with _LOCK:
+    with LOAD_LOCK:
         return _load(path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import re
 import sys
 import time
 import traceback
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ahjax.data.store import FeatureStore
 from level1_affect import schema
+from level1_affect.loading import load_once
 
 
 class LabelLengthError(ValueError):
@@ -47,8 +49,15 @@ class ExtractConfig:
     # Change/sustain talk on frames: "learned" (the talk-type model trained on AnnoMI),
     # "lexicon" (the phrase rules) or the folder of a saved talk-type model.
     talk_type: str = "learned"
+    # The language Whisper transcribes in ("en": the text models read English); "auto":
+    # Whisper detects it. Speech in another language keeps its transcript, but the text
+    # tracks are marked absent (word_present 0), with a warning.
+    language: str = "en"
 
     def __post_init__(self):
+        if self.language != "auto" and not re.fullmatch(r"[a-z]{2,3}", self.language):
+            raise ValueError(f"language={self.language!r}: 'auto' or a language code such "
+                             "as 'en' or 'fr'")
         if self.detect_every < 1:
             raise ValueError(f"detect_every={self.detect_every}: must be at least 1")
         if self.label_slack < 0:
@@ -78,7 +87,10 @@ def default_store_dir(root: str | Path, config: ExtractConfig) -> Path:
     includes which talk-type model makes the change/sustain tracks (``talk_identity``)."""
     import hashlib
     from ahjax import assets
-    key = json.dumps([str(Path(root).resolve()), dataclasses.asdict(config),
+    fields = dataclasses.asdict(config)
+    if config.language == "en":   # the default: stores keyed before the field stay valid
+        del fields["language"]
+    key = json.dumps([str(Path(root).resolve()), fields,
                       talk_identity(config.talk_type)], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return assets.cache_dir() / "features" / f"{Path(root).resolve().name}-{digest}"
@@ -111,25 +123,21 @@ class Extractor:
         self.config = config
         self._face = self._voice = self._text = self._whisper = None
 
-    # Encoders are built on first use so that a text-only run never loads MediaPipe.
+    # Encoders are built on first use (once, under a lock: threads may share an Extractor)
+    # so that a text-only run never loads MediaPipe.
     def _face_encoder(self, fps):
         from level1_affect.face import FaceEncoder
-        if self._face is None:
-            self._face = FaceEncoder(detect_every=self.config.detect_every)
-        return self._face
+        return load_once(self, "_face",
+                         lambda: FaceEncoder(detect_every=self.config.detect_every))
 
     def _whisper_model(self):
         from level1_affect.whisper.transcribe import WhisperJax
-        if self._whisper is None:
-            self._whisper = WhisperJax.load()
-        return self._whisper
+        return load_once(self, "_whisper", WhisperJax.load)
 
     def _text_encoder(self):
         from level1_affect.text import TextEncoder
-        if self._text is None:
-            self._text = TextEncoder(embeddings=self.config.text_embeddings,
-                                     talk_type=self.config.talk_type)
-        return self._text
+        return load_once(self, "_text", lambda: TextEncoder(
+            embeddings=self.config.text_embeddings, talk_type=self.config.talk_type))
 
     def video(self, path: str | Path, chunks: Sequence | None = None) -> tuple[dict, dict]:
         """Level-1 arrays for one video file and an info dict.
@@ -180,6 +188,9 @@ class Extractor:
                 arrays.update({k: face[k] for k in ("face_present", "face_expr", "face_blend",
                                                    "face_desc")})
                 n_frames = len(arrays["face_present"])
+                if n_frames and not arrays["face_present"].any():
+                    warnings.append("no face detected in the whole video: the face "
+                                    "features are zero and face_present is 0")
             else:
                 timings["face"] = 0.0
                 n_frames = n_guess or sum(1 for _ in frames)
@@ -206,7 +217,9 @@ class Extractor:
                     transcript=" ".join(w["word"] for w in words).strip())
         t0 = time.perf_counter()
         if cfg.text:
-            text = self._text_encoder().encode(words, fps, grid_n)
+            # Our Whisper's words in another language: the text tracks stay absent.
+            readable = source != "whisper" or english(language)
+            text = self._text_encoder().encode(words if readable else [], fps, grid_n)
             if take is not None:
                 text = {k: v[take] for k, v in text.items()}
             arrays["text_affect"] = text["text_affect"]
@@ -247,13 +260,27 @@ class Extractor:
         if cfg.asr == "never" or audio is None or len(audio) == 0:
             return [], None, "none"
         from level1_affect.whisper.transcribe import transcribe_speech
-        tr, notes = transcribe_speech(self._whisper_model(), audio)
+        whisper = self._whisper_model()
+        forced = None if cfg.language == "auto" else cfg.language
+        if forced is not None and forced not in whisper.lang_ids:
+            raise ValueError(f"language={forced!r}: not a language Whisper knows")
+        tr, notes = transcribe_speech(whisper, audio, language=forced)
         warnings.extend(notes)
         if tr.language is None:
             return [], None, "none"
         words = [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])}
                  for w in tr.words]
+        if not english(tr.language):
+            how = "detected" if forced is None else "set by language="
+            warnings.append(f"speech in language {tr.language!r} ({how}): the text models "
+                            "read English, so the text evidence is not used (text tracks "
+                            "marked absent)")
         return words, tr.language, "whisper"
+
+
+def english(language: str | None) -> bool:
+    """Whether the text models can read a transcript in ``language`` (None: no words)."""
+    return language is None or language.lower() in ("en", "english")
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -283,7 +310,10 @@ def dataset_records(root: str | Path, splits: Sequence[str] = ("train", "val", "
     root = Path(root)
     if (root / "split").is_dir():
         from ahjax.data.bah import load_bah
-        records = [r for r in load_bah(root, splits=splits).videos if r.split in splits]
+        index = load_bah(root, splits=splits)
+        for warning in index.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        records = [r for r in index.videos if r.split in splits]
     else:
         records = folder_records(root)
     return [r for r in records if only is None or r.video_id in only]
@@ -336,9 +366,19 @@ def _add(summary: dict, res: dict, progress: bool) -> None:
             summary["seconds"][k] = summary["seconds"].get(k, 0.0) + v
     else:
         summary["failed"][vid] = res["error"]
-        tqdm.write(f"failed: {vid}: {res['error']}")
-        if not progress:
-            print(res["traceback"], file=sys.stderr)
+        n = len(summary["failed"])
+        if n <= SHOW_FAILURES:   # the first few in full; the rest are counted at the end
+            first = (res["error"].splitlines() or [""])[0]
+            tqdm.write(f"failed: {vid}: {first}", file=sys.stderr)
+            if not progress:
+                print(res["traceback"], file=sys.stderr)
+        elif n == SHOW_FAILURES + 1:
+            tqdm.write("failed: more videos; every failure is listed in failures.json",
+                       file=sys.stderr)
+
+
+#: How many failed videos ``extract_dataset`` names as they fail (all go to failures.json).
+SHOW_FAILURES = 5
 
 
 def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = ExtractConfig(),
@@ -382,4 +422,7 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
             _add(summary, extract_record(extractor, rec, store, config, root), progress)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "failures.json").write_text(json.dumps(summary["failed"], indent=1))
+    if len(summary["failed"]) > SHOW_FAILURES:
+        print(f"{len(summary['failed'])} of {len(records)} videos failed; every one with its "
+              f"error: {Path(out) / 'failures.json'}", file=sys.stderr)
     return summary

@@ -175,9 +175,14 @@ def frame_times(path: str | os.PathLike, n_frames: int, fps: float) -> np.ndarra
 
 
 def is_variable_rate(times: np.ndarray, fps: float) -> bool:
-    """Whether frame times stray from ``i / fps`` by more than half a frame anywhere."""
-    grid = np.arange(len(times)) / fps
-    return bool(len(times)) and float(np.max(np.abs(np.asarray(times) - grid))) > 0.5 / fps
+    """Whether the intervals between frames differ from their median by more than half a
+    frame somewhere. Equal intervals are a constant rate even when the container's mean
+    rate (``fps``) is slightly off them, as an AVI's header rate can be."""
+    gaps = np.diff(np.asarray(times, np.float64))
+    if len(gaps) < 2:
+        return False
+    step = float(np.median(gaps))
+    return float(np.max(np.abs(gaps - step))) > 0.5 * max(step, 1.0 / fps)
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,12 +30,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ahjax import assets
 from level1_affect import schema
+from level1_affect.loading import load_once
 
 # =============================== LEXICONS ==============================================
 # Regular expressions over the expanded, lower-case token stream (tokens joined by single
@@ -377,25 +379,27 @@ class TextEncoder:
         self._minilm = minilm
         self.talk_type = talk_type
         self._talk = talk_model
+        self._call_lock = threading.Lock()
 
     def talk_model(self):
         """The talk-type model in use, or None for the phrase rules."""
-        if self._talk is None and self.talk_type != "lexicon":
+        if self.talk_type == "lexicon" and self._talk is None:
+            return None
+
+        def build():
             from level1_affect import talk_type as tt
-            self._talk = tt.load_default() if self.talk_type == "learned" else tt.load(self.talk_type)
-        return self._talk
+            return tt.load_default() if self.talk_type == "learned" else tt.load(self.talk_type)
+        return load_once(self, "_talk", build)
 
     @property
     def lexicons(self) -> Lexicons:
-        if self._lex is None:
-            self._lex = Lexicons(window=self.window)
-        return self._lex
+        return load_once(self, "_lex", lambda: Lexicons(window=self.window))
 
     def _encoder(self):
-        if self._minilm is None:
+        def build():
             from level1_affect import minilm
-            self._minilm = minilm.load()
-        return self._minilm
+            return minilm.load()
+        return load_once(self, "_minilm", build)
 
     def encode(self, words, fps: float, n_frames: int) -> dict[str, np.ndarray]:
         """Frame-aligned text features for one video.
@@ -423,7 +427,8 @@ class TextEncoder:
         talk = None
         if model is not None:
             from level1_affect.talk_type import talk_by_sentence
-            talk = talk_by_sentence(tokens, model)
+            with self._call_lock:   # an NNX module: one call at a time
+                talk = talk_by_sentence(tokens, model)
         feats = self.lexicons.word_features(tokens, talk)
         vecs = self._encoder().encode_words(tokens)[1] if self.embeddings else None
         count = np.zeros(n_frames, np.float32)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from level2_conflict import hsmm, multirun
+from level2_conflict import deployed, hsmm, multirun
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
 from level2_conflict.multirun import TRACKS
 
@@ -155,6 +155,7 @@ def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, durations: Dur
     from ahjax.train.checkpoint import save_params
     folder.mkdir(parents=True, exist_ok=True)
     save_params(model, folder / "params")
+    deployed.seal(folder)
     (folder / "level2.json").write_text(json.dumps({
         "model": dataclasses.asdict(model_cfg), "durations": durations.to_json(),
         "decode": dataclasses.asdict(decode)}, indent=1))
@@ -162,21 +163,12 @@ def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, durations: Dur
 
 
 def load_trained(run_dir: str | Path) -> TrainedTwoLevel:
-    """The two-level model of a ``two_level`` run folder (or of its ``deploy`` folder)."""
-    from ahjax.train.checkpoint import load_params
+    """The two-level model of a ``two_level`` run folder (or of its ``deploy`` folder);
+    its files checked (:mod:`level2_conflict.deployed`): ValueError naming a damaged one."""
     run_dir = Path(run_dir)
     folder = run_dir if (run_dir / "level2.json").is_file() else run_dir / "deploy"
     if not (folder / "level2.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a two_level run folder (no deploy/level2.json)")
-    saved = json.loads((folder / "level2.json").read_text())
-    if "durations" not in saved:
-        raise ValueError(f"{folder / 'level2.json'}: saved by an older ahjax (duration prior in "
-                         "frames); retrain with python -m experiments.run two_level")
-    mcfg = saved["model"]
-    mcfg["scales"] = tuple(mcfg["scales"])
-    mcfg["emb_keys"] = tuple(mcfg["emb_keys"])
-    cfg = TwoLevelConfig(**mcfg)
-    model = load_params(lambda: TwoLevelModel(cfg, rngs=nnx.Rngs(0)), folder / "params")
-    return TrainedTwoLevel(model, Durations.from_json(saved["durations"]),
-                           DecodeConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in saved["decode"].items()}))
+    cfg, durations, decode = deployed.read_level2(folder, DecodeConfig)
+    model = deployed.read_params(lambda: TwoLevelModel(cfg, rngs=nnx.Rngs(0)), folder)
+    return TrainedTwoLevel(model, Durations.from_json(durations), decode)

@@ -64,6 +64,7 @@ def test_extract_checks_its_settings_first(bad_tree, tmp_path, args, message):
     ("--config.multi.train.epochs=-1", "epochs=-1: must be at least 1"),
     ("--config.extract.detect_every=0", "detect_every=0: must be at least 1"),
     ("--config.baseline_train.optimizer=rmsprop", "optimizer='rmsprop'"),
+    ("--config.multi.train.lr=1e999", "multi.train.lr=inf: must be a finite number"),
 ])
 @pytest.mark.slow
 def test_runner_refuses_out_of_range_settings_before_any_work(tmp_path, override, message):
@@ -161,6 +162,7 @@ def test_odd_but_valid_videos_go_through_level_one(tmp_path, case):
     assert all(np.isfinite(a).all() and len(a) == n for a in result.arrays.values())
     assert result.tracks["time_s"][-1] == pytest.approx((n - 1) / fps, abs=2e-3)
     assert any("audio" in w for w in result.warnings)     # no audio track: said, not fatal
+    assert any(w.startswith("no face detected in the whole video") for w in result.warnings)
     assert result.transcript["words"] == []
 
 

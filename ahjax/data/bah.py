@@ -229,6 +229,7 @@ class BahIndex:
         self.splits = tuple(splits) if splits is not None else tuple(dict.fromkeys(v.split for v in videos))
         self._by_id = {v.video_id: v for v in self.videos}
         self._by_key = {canonical_id(v.video_id): v for v in self.videos}
+        self.warnings: list[str] = []   # what was odd but not fatal (an empty split file)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -614,4 +615,7 @@ def load_bah(root: str | os.PathLike, splits: Iterable[str] = SPLITS) -> BahInde
                 metadata=metadata.get(participant, {}), annotated_fps=ann.fps if ann else None,
                 label_source=source if source else (str(ann_path) if ann else None),
                 transcription_path=tpath))
-    return BahIndex(root, records, splits)
+    index = BahIndex(root, records, splits)
+    index.warnings += [f"{root / 'split' / f'{s}.txt'}: lists no video (an empty split)"
+                       for s, rows in split_rows.items() if not rows]
+    return index

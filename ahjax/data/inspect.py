@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BahFormatError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for warning in index.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     summary = index.summary()
     missing = [v.video_id for s in index.splits for v in index.split(s) if v.video_path is None]
     if missing:

@@ -16,6 +16,8 @@ Saves are synchronous so a crash right after ``save`` returns cannot lose that c
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -205,3 +207,53 @@ def load_params(build: Callable[[], nnx.Module], path: str | Path) -> nnx.Module
     nnx.replace_by_pure_dict(rest, restored)
     nnx.update(model, rest)
     return model
+
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | Path, under: str = "params") -> Path:
+    """Write ``folder/manifest.json``: the size and sha256 of every file under
+    ``folder/under``, so a damaged copy is caught on load (:func:`verify_manifest`)."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted((folder / under).rglob("*")) if p.is_file()}
+    path = folder / MANIFEST
+    path.write_text(json.dumps({"files": files}, indent=1))
+    return path
+
+
+def verify_manifest(folder: str | Path) -> bool:
+    """Check every file listed in ``folder/manifest.json`` (present, size, sha256).
+
+    Returns False when there is no manifest (a folder saved before manifests); raises
+    ValueError naming the first damaged file."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        files = json.loads(path.read_text())["files"]
+        items = [(name, int(v["size"]), str(v["sha256"])) for name, v in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: unreadable manifest ({type(err).__name__}: {err})") from None
+    for name, size, digest in items:
+        p = folder / name
+        if not p.is_file():
+            raise ValueError(f"{p}: missing (listed in {MANIFEST}); the checkpoint is incomplete")
+        got = p.stat().st_size
+        if got != size:
+            raise ValueError(f"{p}: {got} bytes, {size} when saved (truncated or replaced); "
+                             "the checkpoint is damaged")
+        if _sha256(p) != digest:
+            raise ValueError(f"{p}: contents changed since it was saved (sha256 differs); "
+                             "the checkpoint is damaged")
+    return True
