@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ahjax import assets
 from ahjax.train import engine
 from level1_affect import annomi, encoders
 
@@ -398,11 +399,12 @@ def fit(enc: Encoded | Pooled, votes: np.ndarray, config: TalkTypeConfig, minilm
 
 
 def train_examples(examples: Sequence[annomi.Example], config: TalkTypeConfig = TalkTypeConfig(),
-                   progress: str | None = None) -> TalkTypeModel:
+                   progress: str | None = None, cache: str | os.PathLike | None = None
+                   ) -> TalkTypeModel:
     """Encode AnnoMI examples (utterance, the therapist turn before, the client's previous
     turn) and fit, with the therapist's behaviour as the auxiliary target."""
     enc = encode([e.text for e in examples], [e.therapist for e in examples], config,
-                 previous=[e.previous for e in examples])
+                 previous=[e.previous for e in examples], cache=cache)
     return fit(enc, np.stack([e.votes for e in examples]), config, progress=progress,
                behaviour=np.array([e.behaviour for e in examples]))
 
@@ -446,7 +448,6 @@ def default_dir() -> Path:
 
 def _trained_default_dir() -> Path:
     """Where a default trained on first use is cached when the package has none."""
-    from ahjax import assets
     return assets.cache_dir() / "talk_type" / f"default-v{DEFAULT_VERSION}"
 
 
@@ -462,7 +463,8 @@ def ensure_default(config: TalkTypeConfig = TalkTypeConfig(), quiet: bool = Fals
         print(f"[talk_type] training the default talk-type model on the bundled AnnoMI "
               f"into {target} (once)", file=sys.stderr, flush=True)
     examples = annomi.read_annomi(None)
-    model = train_examples(examples, config, progress=None if quiet else "default")
+    model = train_examples(examples, config, progress=None if quiet else "default",
+                           cache=assets.cache_dir() / "sentence_emb")
     model.info.update(data="bundled AnnoMI-full (106 conversations)", version=DEFAULT_VERSION)
     tmp = target.parent / f".{target.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
