@@ -89,20 +89,32 @@ QUICK_DATA = DataConfig(demo_participants=4, demo_questions=(4, 7), demo_min_dur
 QUICK_EXTRACT = ExtractConfig(voice_embeddings=False, detect_every=2)
 
 
-def demo_root(data: DataConfig) -> Path:
-    """The cached demo tree for ``data`` (generated on first use)."""
+def demo_path(data: DataConfig) -> Path:
+    """Where the demo tree for ``data`` is cached (it may not exist yet)."""
     from ahjax.data import demo
-    qs = data.demo_questions
-    qs = tuple(range(1, qs + 1)) if isinstance(qs, int) else tuple(int(q) for q in qs)
+    qs = demo_questions(data)
     tag = (f"p{data.demo_participants}-q{''.join(map(str, qs))}-"
            f"d{data.demo_min_duration:g}-{data.demo_max_duration:g}")
     cache = demo.default_cache_dir(data.demo_seed)
-    target = cache.parent / f"{cache.name}-{tag}"
+    return cache.parent / f"{cache.name}-{tag}"
+
+
+def demo_questions(data: DataConfig) -> tuple:
+    """``data.demo_questions`` as a tuple of question numbers (an int n: 1..n)."""
+    qs = data.demo_questions
+    return tuple(range(1, qs + 1)) if isinstance(qs, int) else tuple(int(q) for q in qs)
+
+
+def demo_root(data: DataConfig, progress: bool = False) -> Path:
+    """The cached demo tree for ``data`` (generated on first use, with a bar when
+    ``progress``)."""
+    from ahjax.data import demo
+    target = demo_path(data)
     print(f"demo dataset: {target}", flush=True)
     return demo.ensure_demo(target, seed=data.demo_seed, participants=data.demo_participants,
-                            questions=qs,
+                            questions=demo_questions(data),
                             min_duration=data.demo_min_duration,
-                            max_duration=data.demo_max_duration)
+                            max_duration=data.demo_max_duration, progress=progress)
 
 
 def store_dir(root: Path, extract: ExtractConfig) -> Path:
@@ -111,13 +123,15 @@ def store_dir(root: Path, extract: ExtractConfig) -> Path:
 
 
 def prepare_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),
-                  progress: bool = True) -> tuple[FeatureStore, Path, dict]:
-    """(feature store, dataset root, extraction summary) for ``data``.
+                  progress: bool = True, root: Path | None = None
+                  ) -> tuple[FeatureStore, Path, dict]:
+    """(feature store, dataset root, extraction summary) for ``data``; ``root``: the
+    dataset root when the caller resolved it already (:func:`data_root`).
 
     Videos already extracted are skipped, so a second run costs only the index build.
     Raises RuntimeError when no video could be extracted at all.
     """
-    root = Path(data.root).expanduser() if data.root else demo_root(data)
+    root = data_root(data, progress) if root is None else Path(root)
     out = Path(data.store).expanduser() if data.store else store_dir(root, extract)
     summary = extract_dataset(root, out, extract, progress=progress)
     if summary["failed"]:
@@ -128,6 +142,68 @@ def prepare_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),
         raise RuntimeError(f"no video of {root} could be extracted; see {out}/failures.json")
     add_cue_tracks(store)
     return store, root, summary
+
+
+def data_root(data: DataConfig, progress: bool = False) -> Path:
+    """The dataset root of ``data``: ``data.root``, or the demo tree (made on first use)."""
+    return Path(data.root).expanduser() if data.root else demo_root(data, progress)
+
+
+# Rough seconds on an idle 2-core CPU, from the first-run log of issue 29 (56 demo videos,
+# 13 min of video): the demo 3.5 min, extraction 8.5 min with the landmarker on every
+# frame. The face track is most of extraction when transcripts come with the data.
+DEMO_S_PER_VIDEO_S = 0.27
+EXTRACT_S_PER_VIDEO = 4.0          # opening, writing, per-length compilation
+EXTRACT_S_PER_VIDEO_S = 0.37       # at detect_every=1; the face share shrinks with k
+EXTRACT_FACE_SHARE = 0.65
+EXTRACT_LOAD_S = 20.0
+
+
+def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> list:
+    """The plan's data stages for ``data`` (:class:`ahjax.progress.Stage`): the demo
+    dataset (unless ``data.root`` is given) and the level-1 extraction, each with a rough
+    estimate, or ``cached`` for what is already on disk. Reads no video."""
+    from ahjax.progress import Stage
+    stages = []
+    if data.root:
+        root = Path(data.root).expanduser()
+        records = _records(root)
+        n = len(records)
+        # Durations from the annotation (BAH: about 24 fps), else 15 s a video.
+        video_s = sum(len(r.frame_labels) / 24.0 if r.frame_labels is not None else 15.0
+                      for r in records)
+        ids = {r.video_id for r in records}
+    else:   # as prepare_store: the demo tree, extracted into data.store when named
+        root = demo_path(data)
+        n = data.demo_participants * len(demo_questions(data))
+        video_s = n * (data.demo_min_duration + data.demo_max_duration) / 2
+        ids = None
+        cached = (root / "ground_truth.json").is_file()
+        stages.append(Stage("demo dataset", f"{n} synthetic videos, "
+                            f"{video_s / 60:.0f} min of video",
+                            0.0 if cached else DEMO_S_PER_VIDEO_S * video_s, cached=cached))
+    out = Path(data.store).expanduser() if data.store else store_dir(root, extract)
+    stored = set(FeatureStore(out).video_ids())
+    done = len(stored) if ids is None else len(stored & ids)
+    done = min(done, n)
+    left = n - done
+    per_s = EXTRACT_S_PER_VIDEO_S * (1 - EXTRACT_FACE_SHARE
+                                    + EXTRACT_FACE_SHARE / extract.detect_every)
+    seconds = (EXTRACT_LOAD_S + left * EXTRACT_S_PER_VIDEO + per_s * video_s * left / max(n, 1)
+               ) if left else 0.0
+    what = f"{n} videos, face landmarker every " + (
+        "frame" if extract.detect_every == 1 else f"{extract.detect_every} frames")
+    stages.append(Stage("level-1 extraction", what, seconds, cached=n > 0 and not left,
+                        note=f"{done} of {n} videos cached" if 0 < done < n else ""))
+    return stages
+
+
+def _records(root: Path) -> list:
+    from level1_affect.extract import dataset_records
+    try:
+        return dataset_records(root)
+    except (OSError, ValueError):   # the extraction stage reports it with the file named
+        return []
 
 
 def open_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),

@@ -46,8 +46,9 @@ from ahjax import metrics as metrics_lib
 from ahjax.metrics import bah_metrics
 from ahjax.train import trainer as trainer_lib
 from ahjax.train.trainer import TrainConfig
-from ahjax.pipeline import (QUICK_DATA, QUICK_EXTRACT, DataConfig, frame_labels, prepare_store,
-                            score_videos, video_labels)
+from ahjax.pipeline import (QUICK_DATA, QUICK_EXTRACT, DataConfig, data_root, data_stages,
+                            frame_labels, prepare_store, score_videos, video_labels)
+from ahjax.progress import Plan, Stage
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
 from level2_conflict import hsmm, multirun, plots
@@ -379,22 +380,10 @@ def _deploy(record: dict, folder: Path) -> dict:
     return evals[best]
 
 
-def run(config: Config, workdir: Path) -> dict:
-    """Train and compare everything; returns ``{split: {method: metrics}}`` and extras."""
-    t_start = time.time()
-    store, root, extraction = prepare_store(config.data, config.extract)
-    timings: dict = {"data_seconds": time.time() - t_start}
-    test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
-    if not test_ids:
-        raise RuntimeError(f"{store.root}: no test videos")
-    all_ids = store.video_ids()
-    labels = frame_labels(store, all_ids)
-    vlab = dict(zip(all_ids, video_labels(store, all_ids).tolist()))
-    fps = {v: float(store.meta(v)["fps"]) for v in all_ids}
-
-    use_cues = _has_cues(store)
-    config = dataclasses.replace(config, model=dataclasses.replace(
-        config.model, fps=fps[test_ids[0]], use_cues=use_cues or config.model.use_cues))
+def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir: Path,
+                     timings: dict):
+    """Level-2 inputs, every two-level configuration trained and evaluated, the deployed
+    models saved; returns (results, per-run metrics, selections, runs, folds, deployed)."""
     t0 = time.time()
     bank = multirun.build_bank(store, all_ids, min_block=config.multi.window,
                                use_cues=config.model.use_cues,
@@ -417,10 +406,41 @@ def run(config: Config, workdir: Path) -> dict:
     deploy = _deploy(records["two_level"], workdir / "deploy")
     if "two_level/causal" in records:
         _deploy(records["two_level/causal"], workdir / "deploy_causal")
+    return results, per_run, selected, runs, folds, deploy
 
+
+def run(config: Config, workdir: Path) -> dict:
+    """Train and compare everything; returns ``{split: {method: metrics}}`` and extras."""
+    t_start = time.time()
+    plan = make_plan(config)
+    plan.announce()
+    n_data = len(plan.stages) - 2
+    if n_data == 2:
+        with plan.stage(1):
+            root = data_root(config.data, progress=True)
+    else:
+        root = None
+    with plan.stage(n_data):
+        store, root, extraction = prepare_store(config.data, config.extract, root=root)
+    timings: dict = {"data_seconds": time.time() - t_start}
+    test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
+    if not test_ids:
+        raise RuntimeError(f"{store.root}: no test videos")
+    all_ids = store.video_ids()
+    labels = frame_labels(store, all_ids)
+    vlab = dict(zip(all_ids, video_labels(store, all_ids).tolist()))
+    fps = {v: float(store.meta(v)["fps"]) for v in all_ids}
+
+    use_cues = _has_cues(store)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, fps=fps[test_ids[0]], use_cues=use_cues or config.model.use_cues))
+    with plan.stage(n_data + 1):
+        results, per_run, selected, runs, folds, deploy = _two_level_stage(
+            config, store, all_ids, labels, vlab, fps, workdir, timings)
     t0 = time.time()
-    baseline_rows, reused = _baselines(config, store, test_ids, val_ids, labels, vlab,
-                                       workdir, timings)
+    with plan.stage(n_data + 2):
+        baseline_rows, reused = _baselines(config, store, test_ids, val_ids, labels, vlab,
+                                           workdir, timings)
     for split in ("test", "val"):
         results[split].update(baseline_rows[split])
     timings["baselines_seconds"] = time.time() - t0
@@ -474,6 +494,57 @@ def run(config: Config, workdir: Path) -> dict:
                       title="ahjax two_level report")
     print(format_verdict(results["verdict"]), flush=True)
     return results
+
+
+# Rough seconds on an idle 2-core CPU for the default config (issue 29's first-run log):
+# the 13-run two-level programs about 5 min, the four baselines about 5 min; scaled by
+# runs x epochs x video seconds, plus a compilation per program.
+TWO_LEVEL_S, BASELINES_S, COMPILE_S = 300.0, 300.0, 8.0
+
+
+def _video_seconds(data: DataConfig) -> float:
+    qs = data.demo_questions
+    n = data.demo_participants * (qs if isinstance(qs, int) else len(qs))
+    return n * (data.demo_min_duration + data.demo_max_duration) / 2
+
+
+def _two_level_work(config: Config) -> tuple[int, float]:
+    """(programs, runs x epochs x video seconds) of the two-level stage."""
+    n_def = config.seeds
+    n_all = n_def + (config.folds * config.fold_seeds if config.folds >= 2 else 0)
+    rows = [on_folds for row, _, on_folds in VARIANTS
+            if not ((row == "two_level/with_remainder" and not config.remainder_evidence)
+                    or (row == "two_level/semi_markov_crf" and not config.crf_evidence)
+                    or (row == "two_level/causal" and not config.causal_row))]
+    runs = sum(n_all if on_folds else n_def for on_folds in rows)
+    return len(rows), runs * config.multi.train.epochs * _video_seconds(config.data)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def make_plan(config: Config) -> Plan:
+    """The run's stages with rough estimates (what is cached said so): the data stages of
+    :func:`ahjax.pipeline.data_stages`, the two-level models and the baselines."""
+    ref = Config()
+    programs, work = _two_level_work(config)
+    ref_programs, ref_work = _two_level_work(ref)
+    two_level_s = COMPILE_S * programs + (TWO_LEVEL_S - COMPILE_S * ref_programs) * (
+        work / ref_work)
+    n_base = 2 + len(config.fusions)
+    base_work = n_base * config.baseline_train.epochs * _video_seconds(config.data)
+    ref_base = (2 + len(ref.fusions)) * ref.baseline_train.epochs * _video_seconds(ref.data)
+    base_s = COMPILE_S * n_base + (BASELINES_S - COMPILE_S * 4) * base_work / ref_base
+    runs = config.seeds + (config.folds * config.fold_seeds if config.folds >= 2 else 0)
+    stages = data_stages(config.data, config.extract) + [
+        Stage("two-level models", f"{programs} configurations, up to {runs} runs each, "
+              f"{_count(config.multi.train.epochs, 'epoch')}", two_level_s),
+        Stage("baselines", f"{n_base} trainings, up to "
+              f"{_count(config.baseline_train.epochs, 'epoch')}",
+              base_s, note="less when identical earlier trainings are cached"
+              if config.reuse_baselines else "")]
+    return Plan(stages, title="two_level plan")
 
 
 def verdict(results: dict) -> dict:

@@ -139,6 +139,17 @@ class Extractor:
         return load_once(self, "_text", lambda: TextEncoder(
             embeddings=self.config.text_embeddings, talk_type=self.config.talk_type))
 
+    def load(self, asr: bool = True) -> None:
+        """Load every encoder this config uses now (Whisper for the voice embeddings, and for
+        transcription when ``asr``), so that the first video's time is its own."""
+        cfg = self.config
+        if cfg.face:
+            self._face_encoder(None)
+        if (cfg.voice and cfg.voice_embeddings) or (asr and cfg.asr != "never"):
+            self._whisper_model()
+        if cfg.text:
+            self._text_encoder()
+
     def video(self, path: str | Path, chunks: Sequence | None = None) -> tuple[dict, dict]:
         """Level-1 arrays for one video file and an info dict.
 
@@ -353,6 +364,18 @@ def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: Ext
                     traceback=traceback.format_exc())
 
 
+def _stored_sound(store: FeatureStore, video_id: str) -> bool:
+    """Whether ``video_id`` is in ``store`` and passes :meth:`FeatureStore.verify`."""
+    from ahjax.data.store import StoreError
+    if not store.has(video_id):
+        return False
+    try:
+        store.verify(video_id)
+        return True
+    except StoreError:
+        return False
+
+
 def _add(summary: dict, res: dict, progress: bool) -> None:
     vid = res["video_id"]
     if "reextracted" in res:
@@ -415,11 +438,27 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
                                               desc=desc):
             _add(summary, res, progress)
     else:
-        extractor = Extractor(config)
-        bar = tqdm(records, desc=desc, unit="video", disable=not progress)
-        for rec in bar:
-            bar.set_postfix_str(Path(rec.video_id).name[-40:])
-            _add(summary, extract_record(extractor, rec, store, config, root), progress)
+        # Videos already stored and sound are counted first, and the models are loaded
+        # before the bar starts, so that its rate and estimate are those of real work.
+        todo = []
+        for rec in records:
+            if _stored_sound(store, rec.video_id):
+                _add(summary, {"video_id": rec.video_id, "status": "skipped"}, progress)
+            else:
+                todo.append(rec)
+        if todo:
+            extractor = Extractor(config)
+            if progress:
+                print(f"{summary['skipped']} of {len(records)} videos already extracted; "
+                      f"loading the level-1 models for the other {len(todo)}", file=sys.stderr,
+                      flush=True)
+            t0 = time.perf_counter()
+            extractor.load(asr=any(not rec.chunks for rec in todo))
+            summary["seconds"]["load"] = time.perf_counter() - t0
+            bar = tqdm(todo, desc=desc, unit="video", disable=not progress)
+            for rec in bar:
+                bar.set_postfix_str(Path(rec.video_id).name[-40:])
+                _add(summary, extract_record(extractor, rec, store, config, root), progress)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "failures.json").write_text(json.dumps(summary["failed"], indent=1))
     if len(summary["failed"]) > SHOW_FAILURES:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 import yaml
 
 from ahjax.data import face_anim
@@ -436,13 +437,14 @@ def _video_job(job: dict) -> dict:
 
 def make_demo(out: str | os.PathLike, seed: int = 0, participants: int = 8, questions: int | Sequence[int] = 7,
               *, min_duration: float = 8.0, max_duration: float = 20.0, size: int = 256,
-              workers: int | None = None) -> Path:
+              workers: int | None = None, progress: bool = False) -> Path:
     """Generate the demo BAH tree into ``out`` (created; must be empty or absent).
 
     ``questions`` is a count (the first that many of 1..7) or explicit question numbers;
     videos last ``min_duration``..``max_duration`` seconds at 24 fps with ``size`` square
-    frames. ``workers`` processes render videos in parallel (default: up to 2). The same
-    arguments give the same annotation files byte for byte. Returns the tree's path.
+    frames. ``workers`` processes render videos in parallel (default: up to 2); ``progress``
+    shows a bar per video. The same arguments give the same annotation files byte for byte.
+    Returns the tree's path.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -473,14 +475,23 @@ def make_demo(out: str | os.PathLike, seed: int = 0, participants: int = 8, ques
             jobs.append(dict(seed_seq=seqs[i * len(qs) + j], part=parts[pid], question=q, video_id=vid,
                              path=str(out / vid), min_s=min_duration, max_s=max_duration, size=size))
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    bar = tqdm(total=len(jobs), desc="making the demo dataset", unit="video",
+               disable=not progress, leave=False)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         # spawn, not fork: forking a process whose JAX runtime already runs threads can
         # deadlock (Python warns of it); the children import what they need afresh.
         with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_video_job, jobs, chunksize=1)
+            results = []
+            for res in pool.imap(_video_job, jobs, chunksize=1):   # in order, as they finish
+                results.append(res)
+                bar.update(1)
     else:
-        results = [_video_job(j) for j in jobs]
+        results = []
+        for job in jobs:
+            results.append(_video_job(job))
+            bar.update(1)
+    bar.close()
     _write_annotations(out, results, parts, splits, seed)
     return out
 
