@@ -38,13 +38,20 @@ def markdown_table(table: dict, metrics: list[str] | None = None) -> str:
 
 
 def to_markdown(results: dict, title: str = "results") -> str:
-    """Every split's table, then any other top-level entry that is a table."""
+    """The ``summary`` (a paragraph, when there is one), every split's table, then any other
+    top-level entry that is a table, a ``verdict`` (``{check: bool}``) as a list, the notes."""
     parts = [f"# {title}", ""]
+    if isinstance(results.get("summary"), str) and results["summary"]:
+        parts += [results["summary"], ""]
     keys = [k for k in SPLITS if k in results] + [k for k in results if k not in SPLITS]
     for key in keys:
         value = results[key]
         if _is_table(value):
             parts += [f"## {key}", "", markdown_table(value), ""]
+    checks = results.get("verdict")
+    if isinstance(checks, dict) and checks and all(isinstance(v, bool) for v in checks.values()):
+        parts += ["## verdict", ""] + [f"- {'yes' if ok else '**no**'}: {k}"
+                                       for k, ok in checks.items()] + [""]
     notes = results.get("notes")
     if isinstance(notes, (list, tuple)):
         parts += ["## notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -487,8 +487,7 @@ def run(config: Config, workdir: Path) -> dict:
         "VIDEO_AVGF1: the paper's rule (mean frame decision >= 0.5); VIDEO_AVGF1_SEGMENTS: "
         "A/H when the longest decoded A/H segment lasts at least video_min_s, chosen on val.",
     ]
-    results["notes"].append("verdict: " + "; ".join(
-        f"{k}: {'yes' if ok else 'NO'}" for k, ok in results["verdict"].items()))
+    results["summary"] = summary(results, len(folds), config.fold_seeds)
     from ahjax.results import to_markdown
     plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
                       title="ahjax two_level report")
@@ -572,6 +571,69 @@ def verdict(results: dict) -> dict:
             for m in ("AP", "AVGF1"):
                 out[f"test: {m} above {row}"] = bool(full[m] > table[row][m])
     return out
+
+
+#: Readings of the full model's runs: the same probabilities, so the same AP as ``two_level``.
+READING_ROWS = ("two_level/no_duration_prior", "two_level/threshold_on_val",
+                "two_level/median_filter")
+BASELINE_ROWS = ("concat_tcn", "text_only")
+
+
+def _is_baseline(row: str) -> bool:
+    return row in BASELINE_ROWS or row.startswith("best_fusion")
+
+
+def _runs(m: dict) -> str:
+    n = int(m.get("n_runs", 1))
+    return f"{m['AP']:.3f} ± {m['AP_sd']:.3f} over {n} runs" if n > 1 and "AP_sd" in m \
+        else f"{m['AP']:.3f} (one run)"
+
+
+def summary(results: dict, folds: int = 0, fold_seeds: int = 0) -> str:
+    """Two or three sentences on what the run found, from ``results``' tables: which model
+    leads on test frame AP and by how much, where the full model stands against the best
+    baseline, and what the rows are."""
+    table = {r: m for r, m in results.get("test", {}).items()
+             if r not in READING_ROWS and "AP" in m}
+    if not table:
+        return ""
+    ranked = sorted(table, key=lambda r: -table[r]["AP"])
+    lead = ranked[0]
+    out = [f"On the default split's test videos, {lead} leads on frame AP with "
+           f"{_runs(table[lead])}"]
+    if len(ranked) > 1:
+        second = ranked[1]
+        out[0] += (f", {table[lead]['AP'] - table[second]['AP']:.3f} above the next, "
+                   f"{second} ({table[second]['AP']:.3f})")
+    out[0] += "."
+    full = table.get("two_level")
+    bases = [r for r in ranked if _is_baseline(r)]
+    if full is not None:
+        text = "The full two-level model" + (
+            "" if lead == "two_level" else f" (AP {_runs(full)})")
+        if bases:
+            gap = full["AP"] - table[bases[0]]["AP"]
+            text += (f" is {abs(gap):.3f} AP {'above' if gap >= 0 else 'below'} the best "
+                     f"baseline, {bases[0]} ({table[bases[0]]['AP']:.3f})")
+        else:
+            text += f" has AP {full['AP']:.3f}"
+        folded = {r: m for r, m in results.get("test_folds", {}).items()
+                  if r not in READING_ROWS and "AP" in m}
+        if "two_level" in folded:
+            lead_f = max(folded, key=lambda r: folded[r]["AP"])
+            n_f = int(folded["two_level"].get("n_runs", 0))
+            how = f"{folds} participant folds x {fold_seeds} seeds" if folds else "the folds"
+            text += (f"; over {how} ({n_f} runs) {lead_f} leads with AP "
+                     f"{folded[lead_f]['AP']:.3f}" + (
+                         "" if lead_f == "two_level" else
+                         f", the full model {folded['two_level']['AP']:.3f}"))
+        out.append(text + ".")
+    out.append("Rows: two_level is the full model read with its duration prior, no_* drop "
+               "one group of conflict features, two_level/* are its variants, and "
+               "concat_tcn, text_only and best_fusion are the paper's baselines (one seed); "
+               "AP is frame-level average precision of A/H (higher is better), AVGF1 the "
+               "mean F1 of the two classes.")
+    return " ".join(out)
 
 
 def format_verdict(v: dict) -> str:

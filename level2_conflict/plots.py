@@ -184,12 +184,18 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
 
 
+def _breakable(text: str) -> str:
+    """``_inline(text)`` with a line-break opportunity after each ``_`` and ``/``."""
+    return re.sub(r"([_/])", r"\1<wbr>", _inline(text))
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
 def markdown_to_html(text: str) -> str:
-    """The Markdown subset our results use (headings, pipe tables, bullets, paragraphs)."""
+    """The Markdown subset our results use (headings, pipe tables, bullets, paragraphs); a
+    paragraph right under the ``#`` title gets ``class='summary'``."""
     out, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         line = lines[i].rstrip()
@@ -199,12 +205,15 @@ def markdown_to_html(text: str) -> str:
                 block.append(lines[i])
                 i += 1
             rows = [r for r in block if not re.fullmatch(r"\|?[\s:|-]+\|?", r.strip())]
-            out.append("<table>")
+            # Wrapped so a wide table scrolls inside the page instead of past its edge;
+            # header names may break after an underscore or a slash.
+            out.append("<div class='table-wrap'><table>")
             for j, row in enumerate(rows):
                 tag = "th" if j == 0 else "td"
-                out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>"
-                                            for c in _cells(row)) + "</tr>")
-            out.append("</table>")
+                out.append("<tr>" + "".join(
+                    f"<{tag}>{_breakable(c) if j == 0 else _inline(c)}</{tag}>"
+                    for c in _cells(row)) + "</tr>")
+            out.append("</table></div>")
             continue
         if line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")), 6)
@@ -217,9 +226,25 @@ def markdown_to_html(text: str) -> str:
             out.append("<ul>" + "".join(items) + "</ul>")
             continue
         elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
+            # A paragraph right under the title is the page's summary, set off by style.
+            lead = bool(out) and out[-1].startswith("<h1>")
+            out.append(f"<p class='summary'>{_inline(line)}</p>" if lead
+                       else f"<p>{_inline(line)}</p>")
         i += 1
     return "\n".join(out)
+
+
+#: The report's style: the page at most 1300 px wide, tables in a scrolling wrapper, compact
+#: cells, and the summary paragraph set off at the top.
+REPORT_CSS = (
+    "body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 12px}"
+    ".table-wrap{max-width:100%;overflow-x:auto;margin:0 0 1em}"
+    "table{border-collapse:collapse;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+    "td{white-space:nowrap}th{vertical-align:bottom;min-width:3em}"
+    "td:first-child,th:first-child{text-align:left}"
+    "p.summary{font-size:17px;line-height:1.45;background:#f4f7fb;padding:10px 14px;"
+    "border-left:4px solid #4a78b0}img{max-width:100%}")
 
 
 def report_html(results_md: str, figures: Sequence[str | Path], path: str | Path,
@@ -231,9 +256,7 @@ def report_html(results_md: str, figures: Sequence[str | Path], path: str | Path
     Returns the path written.
     """
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             "</title><style>body{font-family:sans-serif;max-width:1300px;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
-             "text-align:right}img{max-width:100%}</style></head><body>",
+             f"</title><style>{REPORT_CSS}</style></head><body>",
              markdown_to_html(results_md)]
     if figures:
         parts.append("<h2>figures</h2>")
