@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="feature store folder (default: under AHJAX_CACHE)")
     parser.add_argument("--splits", default="train,val,test")
     parser.add_argument("--asr", default="auto", choices=["auto", "always", "never"])
-    parser.add_argument("--detect-every", type=int, default=1)
+    parser.add_argument("--detect-every", type=int, default=ExtractConfig.detect_every,
+                        help="face landmarker every K-th frame, interpolated between "
+                             f"(default {ExtractConfig.detect_every}; 1 = every frame)")
     parser.add_argument("--talk-type", default="learned",
                         help="change/sustain talk: learned (default), lexicon or a model folder")
     parser.add_argument("--workers", type=int, default=1,
