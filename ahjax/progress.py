@@ -48,7 +48,8 @@ class Stage:
 
 
 class Plan:
-    """The stages of one run; prints to ``stream`` (stderr by default, beside the bars)."""
+    """The stages of one run; prints to ``stream`` (stdout by default: the bars are on
+    stderr, and an error's one line stays the first line there)."""
 
     def __init__(self, stages: Sequence[Stage], title: str = "plan", stream=None):
         self.stages = list(stages)
@@ -69,7 +70,7 @@ class Plan:
                 + f". In all about {fmt_seconds(self.seconds)}.")
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stderr, flush=True)
+        print(text, file=self.stream or sys.stdout, flush=True)
 
     def announce(self) -> None:
         """Print :meth:`line`."""

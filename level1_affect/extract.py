@@ -451,13 +451,13 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
                 todo.append(rec)
         if todo:
             extractor = Extractor(config)
-            if progress:
-                print(f"{summary['skipped']} of {len(records)} videos already extracted; "
-                      f"loading the level-1 models for the other {len(todo)}", file=sys.stderr,
-                      flush=True)
-            t0 = time.perf_counter()
-            extractor.load(asr=any(not rec.chunks for rec in todo))
-            summary["seconds"]["load"] = time.perf_counter() - t0
+            if progress and summary["skipped"]:
+                print(f"{summary['skipped']} of {len(records)} videos already extracted",
+                      file=sys.stderr, flush=True)
+            if any(rec.video_path is not None for rec in todo):
+                t0 = time.perf_counter()
+                extractor.load(asr=any(not rec.chunks for rec in todo))
+                summary["seconds"]["load"] = time.perf_counter() - t0
             bar = tqdm(todo, desc=desc, unit="video", disable=not progress)
             for rec in bar:
                 bar.set_postfix_str(Path(rec.video_id).name[-40:])

@@ -554,3 +554,24 @@ def test_epoch_loop_hands_back_freed_memory_after_compiling_and_each_epoch(monke
     assert events == [("step", 0, 1.0), "release", ("step", 0, 3.0), ("step", 0, 5.0), "release",
                       ("step", 1, 1.0), ("step", 1, 3.0), ("step", 1, 5.0), "release"]
     assert [r["loss"] for r in res.history] == [3.0, 3.0]
+
+
+def test_epochs_without_gain_counts_from_the_first_best():
+    hist = [{"val": {"AP": a}} for a in (0.5, 0.7, 0.6, 0.7)] + [{"train_loss": 1.0}]
+    assert T.epochs_without_gain(hist) == 2          # the first 0.7 is the best
+    assert T.epochs_without_gain(hist[:2]) == 0 and T.epochs_without_gain([]) == 0
+
+
+def test_early_stopping_on_val_keeps_the_best_epoch(store, tmp_path):
+    cfg = dataclasses.replace(TCFG, epochs=12, patience=1)
+    res = T.train(tiny_model, store, SPEC, WCFG, cfg, tmp_path / "run")
+    n = len(res.history)
+    assert n < cfg.epochs, "val AP rose in every one of 12 epochs on this tiny store"
+    # It stopped at the first epoch that had `patience` validated epochs without a gain.
+    assert T.epochs_without_gain(res.history) == cfg.patience
+    assert all(T.epochs_without_gain(res.history[:k]) < cfg.patience for k in range(1, n))
+    assert res.best_val["AP"] == max(h["val"]["AP"] for h in res.history)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / T.METRICS_FILE).read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines if ln["kind"] == "early_stop"] == [n]
+    with pytest.raises(ValueError, match="patience=-1"):
+        T.TrainConfig(patience=-1)

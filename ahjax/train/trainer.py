@@ -87,6 +87,9 @@ class TrainConfig:
     checkpoint_every: int = 0        # extra mid-epoch checkpoints every N steps; 0 = off
     keep_checkpoints: int = 2
     progress: bool = True            # tqdm bar
+    # Early stopping: end training after this many validated epochs without a higher val
+    # AP than the best so far (0 = off: every epoch). The best epoch is kept either way.
+    patience: int = 0
     # When the training loss or the validation outputs stop being finite: "stop" ends
     # training there and keeps the best validated epoch before it (TrainResult.diverged says
     # so); "raise" raises NonFiniteLossError.
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"schedule={self.schedule!r}: one of constant, cosine")
         if self.on_nonfinite not in ("stop", "raise"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'raise', got {self.on_nonfinite!r}")
+        if self.patience < 0:
+            raise ValueError(f"patience={self.patience}: must be at least 0 (0 = off)")
         if self.num_devices < 0 or self.keep_checkpoints < 1 or self.log_every < 1:
             raise ValueError("num_devices must be >= 0, keep_checkpoints and log_every >= 1")
 
@@ -447,6 +452,12 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
     def epochs():
         nonlocal state
         for epoch in range(meta["epoch"], cfg.epochs):
+            # Checked before each epoch, from the history, so a resumed run stops alike.
+            if cfg.patience and val_ws is not None \
+                    and epochs_without_gain(meta["history"]) >= cfg.patience:
+                log.write({"kind": "early_stop", "epoch": epoch, "step": meta["step"],
+                           "patience": cfg.patience})
+                break
             it = loader.iterator({"epoch": epoch, "position": meta["position"]})
             # The bar names what trains: the run folder's last two parts ("table2/V+A+T").
             what = "/".join(workdir.parts[-2:])
@@ -550,6 +561,13 @@ def _source_digest(packages: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def epochs_without_gain(history: Sequence[Mapping]) -> int:
+    """Validated epochs in ``history`` after the first one with the highest val AP (0 when
+    that is the last, or when none was validated)."""
+    aps = [r["val"]["AP"] for r in history if r.get("val")]
+    return len(aps) - 1 - int(np.argmax(aps)) if aps else 0
+
+
 def training_key(store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowConfig,
                  cfg: TrainConfig, describe: Mapping, splits: Sequence[str],
                  model: nnx.Module) -> str:
@@ -572,6 +590,8 @@ def training_key(store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowCon
     # Bookkeeping that cannot change the trained parameters stays out of the key.
     for k in ("progress", "log_every", "checkpoint_every", "keep_checkpoints"):
         blob["train"].pop(k)
+    if not cfg.patience:   # off: keys made before the field existed stay valid
+        blob["train"].pop("patience")
     for k in ("num_threads", "prefetch"):
         blob["windows"].pop(k)
     h.update(json.dumps(blob, sort_keys=True, default=str).encode())
