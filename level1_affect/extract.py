@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ahjax.data.store import FeatureStore
+from ahjax.progress import fmt_seconds
 from level1_affect import schema
 from level1_affect.loading import load_once
 
@@ -455,9 +456,15 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
                 print(f"{summary['skipped']} of {len(records)} videos already extracted",
                       file=sys.stderr, flush=True)
             if any(rec.video_path is not None for rec in todo):
+                if progress:
+                    print("loading the level-1 models this config uses", file=sys.stderr,
+                          flush=True)
                 t0 = time.perf_counter()
                 extractor.load(asr=any(not rec.chunks for rec in todo))
                 summary["seconds"]["load"] = time.perf_counter() - t0
+                if progress:
+                    print(f"level-1 models loaded in {fmt_seconds(summary['seconds']['load'])}",
+                          file=sys.stderr, flush=True)
             bar = tqdm(todo, desc=desc, unit="video", disable=not progress)
             for rec in bar:
                 bar.set_postfix_str(Path(rec.video_id).name[-40:])
