@@ -623,7 +623,7 @@ def summary(results: dict, folds: int = 0, fold_seeds: int = 0) -> str:
         if "two_level" in folded:
             lead_f = max(folded, key=lambda r: folded[r]["AP"])
             n_f = int(folded["two_level"].get("n_runs", 0))
-            how = f"{folds} participant folds x {fold_seeds} seeds" if folds else "the folds"
+            how = f"{folds} participant folds x {_count(fold_seeds, 'seed')}" if folds else "the folds"
             text += (f"; over {how} ({n_f} runs) {lead_f} leads with AP "
                      f"{folded[lead_f]['AP']:.3f}" + (
                          "" if lead_f == "two_level" else

@@ -152,7 +152,7 @@ class Extractor:
         if (cfg.voice and cfg.voice_embeddings) or (asr and cfg.asr != "never"):
             self._whisper_model()
         if cfg.text:
-            self._text_encoder()
+            self._text_encoder().load()
 
     def video(self, path: str | Path, chunks: Sequence | None = None) -> tuple[dict, dict]:
         """Level-1 arrays for one video file and an info dict.

@@ -395,6 +395,14 @@ class TextEncoder:
     def lexicons(self) -> Lexicons:
         return load_once(self, "_lex", lambda: Lexicons(window=self.window))
 
+    def load(self) -> None:
+        """Load now what ``encode`` would load on first use: the lexicons, the talk-type
+        model (the default one is made here when the package lacks it) and the encoder."""
+        self.lexicons
+        self.talk_model()
+        if self.embeddings:
+            self._encoder()
+
     def _encoder(self):
         def build():
             from level1_affect import minilm
