@@ -7,7 +7,8 @@ embedded demo dataset, generated once and cached); ``text_video_level`` reads
 (:func:`annomi_source`); the ``max_*`` fields make quick subsets. ``prepare_store(data, extract)`` resolves it to an extracted
 feature store (extraction cached per video); ``QUICK_DATA`` and ``QUICK_EXTRACT`` are the
 small demo and extraction every quick (test-sized) config shares, so their caches are
-shared too. ``score_videos`` turns per-video frame probabilities (and optional decoded
+shared too. ``data_stages`` gives a run's plan its data stages (rough times, what is
+cached). ``score_videos`` turns per-video frame probabilities (and optional decoded
 labels) into the paper's frame- and video-level metrics.
 
 An entry-layer module: it imports level 1 to extract, and the core (``ahjax.data``,

@@ -1,6 +1,7 @@
 """The interpretable two-level conflict model against its ablations and fusion baselines.
 
-``python -m experiments.run two_level`` with no arguments makes the embedded demo dataset
+``python -m experiments.run two_level`` with no arguments prints its plan (:func:`make_plan`:
+the stages, a rough time for each, what is cached), makes the embedded demo dataset
 (cached), extracts level 1 (cached), then trains, on the same features:
 
 - the two-level model and its ablations (no cross-modal groups, no within-modality groups),
@@ -26,7 +27,8 @@ filter; each reading's one hyperparameter is chosen on that run's val videos. A 
 decision from the decoded segments (A/H when its longest A/H segment lasts at least a
 duration chosen on val) is reported beside the paper's mean-probability rule.
 
-Writes ``results.{json,md}``, one figure per test video and ``report.html`` into the run
+Writes ``results.{json,md}`` (opening with :func:`summary`), one figure per test video and
+``report.html`` into the run
 folder, the deployable model (the default split's seed with the best val AP) under
 ``deploy/``, and each configuration's training curves under ``models/<row>/``.
 """
