@@ -260,7 +260,7 @@ def run(config: Config, workdir) -> dict:
             p, extra, chosen = _fit_predict(method, feats, y, votes, groups, dev_idx[tr],
                                             dev_idx[te], config, f"fold {k + 1}/{len(folds)}")
             if chosen is not None and len(config.choices) > 1:
-                results.setdefault("chosen", {})[f"fold{k + 1}"] = dict(config.choices[chosen])
+                results.setdefault("chosen", {})[f"fold{k + 1}"] = {"candidate": chosen}
             for name, q in {method: p, **{f"{method}/{v}": q for v, q in extra.items()}}.items():
                 preds.setdefault(name, np.full(len(dev_idx), -1))[te] = q
                 per_fold.setdefault(name, []).append(annomi.macro_f1(y[dev_idx[te]], q)["macro_F1"])
@@ -286,6 +286,7 @@ def run(config: Config, workdir) -> dict:
     if "talk_type" in config.methods:
         best, _ = _choose(feats, votes, y, groups, dev_idx, config)
         chosen = candidates(config)[best]
+        deployed = best
         model = tt.fit(feats.inputs(chosen).subset(dev_idx), votes[dev_idx], chosen,
                        progress="deploy", behaviour=feats.behaviour[dev_idx])
         model.info.update(data=str(source), n_conversations=len({groups[i] for i in dev_idx}))
@@ -301,6 +302,13 @@ def run(config: Config, workdir) -> dict:
         if split in results:
             _confusion_figure(results[split], workdir / "plots" / f"confusion_{split}.png")
     n_dev = {k: int(np.sum(y[dev_idx] == i)) for i, k in enumerate(annomi.LABELS)}
+    choice_notes = []
+    if "talk_type" in config.methods and len(config.choices) > 1:
+        listed = "; ".join(f"{i}: " + (", ".join(f"{k}={v}" for k, v in c) or "model as is")
+                           for i, c in enumerate(config.choices))
+        choice_notes = [f"talk_type candidates ({listed}), chosen inside each outer training "
+                        f"part by {config.inner_folds}-fold grouped CV (table chosen); the "
+                        f"deployed model: candidate {deployed}, chosen the same way on all of it"]
     results["notes"] = [
         f"data: {source} ({len(examples)} client utterances, {len(set(groups))} conversations)",
         f"cv: {config.folds} folds grouped by conversation over {len(dev_idx)} utterances "
@@ -309,5 +317,6 @@ def run(config: Config, workdir) -> dict:
         "the vote fractions, the others on the majority label",
         f"encoding of every input (sentence embeddings cached under $AHJAX_CACHE/sentence_emb): "
         f"{encode_s:.0f} s",
+        *choice_notes,
     ]
     return results
