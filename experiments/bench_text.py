@@ -52,7 +52,7 @@ def bench_encoder(name: str, texts: list[str], repeats: int = 3) -> dict:
         enc.encode_words(transcript)
         enc.encode_sentences(sentences)
         minute.append(time.perf_counter() - t0)
-    params = sum(int(np.prod(v.value.shape))
+    params = sum(int(np.prod(v.get_value().shape))
                  for _, v in nnx.to_flat_state(nnx.state(enc.model, nnx.Param)))
     return {"encoder": name, "parameters_M": round(params / 1e6, 1),
         "load_s": round(load_s, 2), "sentences": len(texts),

@@ -222,10 +222,10 @@ def load_weights(model: EncoderNet, path: Path) -> None:
         if attr == "kernel":
             array = array.T                       # torch Linear stores (out, in)
         param = getattr(module, attr)
-        if param.value.shape != array.shape:
+        if param.get_value().shape != array.shape:
             raise ValueError(f"{path}: {name} has shape {array.shape}, expected "
-                             f"{param.value.shape}")
-        param.value = jnp.asarray(array)
+                             f"{param.get_value().shape}")
+        param.set_value(jnp.asarray(array))
 
 
 def check_folder(path: str | os.PathLike) -> Path:
