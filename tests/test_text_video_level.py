@@ -95,7 +95,8 @@ def test_quick_run_end_to_end(tmp_path):
     config = runner.build_config("text_video_level", ["--quick=True"])
     assert config.quick and config.data.max_train > 0
     results, run_dir = runner.run("text_video_level", config, tmp_path)
-    for method in tvl.METHODS:
+    assert set(config.methods) == set(tvl.METHODS) - {"mpnet_logreg"}   # MPNet: slow here
+    for method in config.methods:
         row = results["val"][method]
         assert set(tv.METRICS) <= set(row)
         assert all(0.0 <= row[m] <= 1.0 for m in tv.METRICS), (method, row)
@@ -140,7 +141,8 @@ def test_quick_run_end_to_end(tmp_path):
     resampled = results["train_cv_resampled_like_val"]
     assert resampled.keys() == results["train_cv"].keys()
     ours = resampled["two_level_text"]
-    assert 0 <= ours["wins_vs_all"] <= min(ours[f"wins_vs_{m}"] for m in tv.BASELINES) <= 1
+    assert 0 <= ours["wins_vs_all"] <= min(ours[f"wins_vs_{m}"] for m in tv.BASELINES
+                                           if m in config.methods) <= 1
     assert ours["AVGF1_p05"] <= ours["AVGF1"] <= ours["AVGF1_p95"]
     assert sum("every baseline" in n for n in results["notes"]) == 4
 
