@@ -184,7 +184,9 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
         fc = fc * jnp.asarray(tracks["face_present"], jnp.float32)[..., 0]
     fc = fc * mask
     if face_baseline == "person":
-        fv = jnp.tanh(0.7 * _weighted_z(fv, fc, FACE_VALENCE_FLOOR, causal, moments))
+        # A z-score is shift-invariant: from 0.5 (and energy from 50 dB below) the float32
+        # running sums of squares stay near the spread, so the variance keeps its digits.
+        fv = jnp.tanh(0.7 * _weighted_z(fv - 0.5, fc, FACE_VALENCE_FLOOR, causal, moments))
     out["face"] = (fv, _weighted_centre(fa, fc, causal, moments), fc)
 
     if "voice_prosody" in tracks:
@@ -196,11 +198,13 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
             # statistics of the voiced frames so far (scale floored at one semitone).
             hz = _col(pros, VOICE_PROSODY, "pitch_hz")
             voiced = (hz > 0).astype(jnp.float32) * mask
-            log_f0 = jnp.log2(jnp.maximum(hz, 1.0))
+            # Octaves from 180 Hz: running sums of squares near 0, not near 56, so float32
+            # keeps the variance (a pitch track's spread is a fraction of an octave).
+            log_f0 = jnp.log2(jnp.maximum(hz, 1.0) / 180.0)
             mean, var = (moments or _weighted_moments)(log_f0, voiced, True)
             pitch_z = jnp.where(voiced > 0,
                                 (log_f0 - mean) / jnp.maximum(jnp.sqrt(var), 1.0 / 12), 0.0)
-        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy"), vc, causal=causal,
+        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy") - 50.0, vc, causal=causal,
                                moments=moments)
         vv = jnp.tanh(0.7 * pitch_z)
         va = jnp.tanh(0.7 * energy_z + 0.3 * pitch_z)
@@ -257,8 +261,12 @@ def _stats(sums: Array, count: Array, w: int, wx: int, wxx: int | None = None):
     if wxx is None:
         return mean, None, cov
     sq = jnp.where(ok, sums[..., wxx] / safe, 0.0)
-    # sqrt(var + 1e-8) - 1e-4 keeps the gradient finite at zero variance.
-    std = jnp.maximum(jnp.sqrt(jnp.maximum(sq - mean ** 2, 0.0) + 1e-8) - 1e-4, 0.0)
+    # A variance below 1e-5 of the mean square is float32 rounding of sq - mean^2 (sums
+    # over windows of a near-constant track): zero, so it does not depend on how the sums
+    # were accumulated. sqrt(var + 1e-8) - 1e-4 keeps the gradient finite at zero variance.
+    var = sq - mean ** 2
+    var = jnp.where(var > 1e-5 * sq, var, 0.0)
+    std = jnp.maximum(jnp.sqrt(var + 1e-8) - 1e-4, 0.0)
     return mean, std, cov
 
 
