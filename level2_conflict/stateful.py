@@ -160,6 +160,7 @@ class LiveScorer:
         if model.cfg.use_embeddings:
             raise ValueError("LiveScorer: a model reading embeddings is not supported live")
         self.graphdef, self.params = nnx.split(model)
+        self.names = tuple(model.groups) + ("remainder",)
         self.fps, self.block = float(fps), int(block)
         self.half = np.array([max(1, int(round(s * fps / 2))) for s in model.cfg.scales],
                              np.int32)
@@ -203,8 +204,8 @@ class LiveScorer:
         keep = max(i for i, (f, _) in enumerate(self.snaps) if f <= max(final, base))
         self.snaps = self.snaps[keep:]
         if not parts:
-            return start, {"prob": np.zeros(0, np.float32), "remainder": np.zeros(0, np.float32),
-                           "contributions": {}}
+            empty = np.zeros(0, np.float32)
+            return start, {"prob": empty, "contributions": dict.fromkeys(self.names, empty)}
         out = jax.tree.map(lambda *x: np.concatenate(x), *parts)
         out["contributions"]["remainder"] = out.pop("remainder")
         return start, out
