@@ -168,3 +168,54 @@ def test_live_text_equals_encoding_every_word(talk):
         np.testing.assert_allclose(live.rows(final, n_frames), want[final:], atol=1e-6)
         live.forget(final)
     assert live.w0 > 0   # words no frame can need any more were dropped
+
+
+# ------------------------------ the stream's memory and files --------------------------
+def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
+    """Level-1 rows and pending values leave memory as the stream goes; the files at the
+    end hold every frame."""
+    import csv
+    from ahjax import stream as live_stream
+    from level1_affect.face import FaceEncoder
+    from level2_conflict.runtime import save_trained
+    trained = _trained(False, 12.0)
+    run_dir = tmp_path / "run"
+    save_trained(trained.model, trained.model.cfg, trained.durations, DecodeConfig(),
+                 run_dir / "deploy_causal")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(150)]
+    src = live_stream.MediaSource(frames, 12.0, None, name="noise")
+    kept = []
+    gen = live_stream.stream(src, run_dir, live_stream.StreamConfig(asr=False, lag_s=1.0),
+                             out=tmp_path / "out", face_encoder=FaceEncoder(batch_size=16))
+    for line in gen:
+        if not line["final"]:
+            run = gen.gi_frame.f_locals["run"]
+            kept.append((line["frames"][1], run.live.row0, len(run.prob)))
+    assert all(end - row0 <= 12 + 12 + 1 for end, row0, _ in kept)   # a chunk and the lag
+    assert all(pending <= 12 + 12 for _, _, pending in kept)
+    with open(tmp_path / "out" / "tracks.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == list(range(150))
+    assert (tmp_path / "out" / "ah.png").is_file()
+
+
+def test_thin_keeps_every_kth_frame_within_its_cap():
+    from ahjax.stream import _Thin
+    thin = _Thin(cap=100)
+    for a in range(0, 1000, 37):
+        idx = np.arange(a, min(a + 37, 1000))
+        thin.add({"x": idx.astype(np.float32), "_c": {"g": -idx}, "_frame": idx})
+    got = thin.values()
+    assert thin.k == 16 and len(got["_frame"]) <= 100
+    np.testing.assert_array_equal(got["_frame"], np.arange(0, 1000, 16))
+    np.testing.assert_array_equal(got["_c"]["g"], -got["x"])
+
+
+def test_a_missing_talk_type_model_is_named_not_trained(tmp_path, monkeypatch):
+    from ahjax import stream as live_stream
+    from level1_affect import talk_type
+    monkeypatch.setattr(talk_type, "default_dir", lambda: tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="ensure_default"):
+        next(live_stream.stream(tmp_path / "missing.mp4", None))
+    assert not (tmp_path / "nothing").exists()
