@@ -496,22 +496,52 @@ def text_encoder_for_live():
     return TextEncoder(embeddings=False, talk_model=talk_type.load(folder))
 
 
-def warm_up(model, face_encoder, whisper, text_encoder, language: str | None = None) -> float:
-    """Load and compile every part once on dummy input, before a source is opened, so
-    neither the source's clock nor the first chunk waits for it; the seconds it took."""
+def prepare(checkpoint, config: StreamConfig, face_encoder, whisper, speech: bool):
+    """``(model, text encoder, whisper, seconds)``: everything a stream needs, loaded and
+    compiled on dummy input before a source is opened (a live source's clock does not
+    wait, and the first chunk does not pay for it). Speech (text encoder, Whisper) loads
+    in two threads beside the level-2 model and the face landmarker; nothing is trained."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from level1_affect.live import LiveText
     t0 = time.monotonic()
-    if text_encoder is not None:
-        LiveText(text_encoder, 30.0).add([{"word": "well.", "start": 0.0, "end": 0.4}])
-    if whisper is not None:
-        rng = np.random.default_rng(0)
-        whisper.transcribe(0.01 * rng.standard_normal(SAMPLE_RATE).astype(np.float32),
-                           language=language or "en")
-    if model is not None:
-        model.live_scorer(30.0).warm_up()
-    with face_encoder.session(30.0) as session:   # loads the landmarker
-        session.push([np.zeros((64, 64, 3), np.uint8)])
-    return time.monotonic() - t0
+
+    def text_part():
+        encoder = text_encoder_for_live()
+        LiveText(encoder, 30.0).add([{"word": "well.", "start": 0.0, "end": 0.4}])
+        return encoder
+
+    def whisper_part(whisper):
+        if whisper is None:
+            from level1_affect.whisper.transcribe import WhisperJax
+            whisper = WhisperJax.load()
+        noise = 0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)
+        whisper.transcribe(noise.astype(np.float32), language=config.language or "en")
+        return whisper
+
+    with ThreadPoolExecutor(2) as pool:
+        text = pool.submit(text_part) if speech else None
+        asr = pool.submit(whisper_part, whisper) if speech else None
+        model = load_live_model(checkpoint) if checkpoint is not None else None
+        if model is not None:
+            model.live_scorer(30.0).warm_up()
+        with face_encoder.session(30.0) as session:   # loads the landmarker
+            session.push([np.zeros((64, 64, 3), np.uint8)])
+        text = text.result() if text is not None else None
+        whisper = asr.result() if asr is not None else None
+    return model, text, whisper, time.monotonic() - t0
+
+
+def _check_source(source) -> None:
+    """The errors :func:`open_source` would raise for a bad name, without opening it."""
+    text = str(source)
+    if isinstance(source, (Source, int)) or text.startswith("/dev/video"):
+        return
+    if text.startswith("cam:"):
+        if not text[4:].isdigit():
+            raise ValueError(f"{text}: a capture device is cam:N with N an integer")
+    elif not Path(text).is_file():
+        raise FileNotFoundError(f"{text}: no such video file (or cam:N for a capture device)")
 
 
 def _is_device(source) -> bool:
@@ -533,18 +563,12 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     from ahjax.assets import enable_compilation_cache
     from level1_affect.face import FaceEncoder
     enable_compilation_cache()
-    # Everything is loaded and compiled before the source is opened: a live source's
-    # clock does not wait, and nothing is trained here.
-    model = load_live_model(checkpoint) if checkpoint is not None else None
+    _check_source(source)   # a typo fails at once, not after the models are loaded
     if face_encoder is None:
         face_encoder = FaceEncoder(detect_every=config.detect_every)
     speech = config.asr and not _is_device(source) and getattr(source, "has_audio", True)
-    text_encoder = text_encoder_for_live() if speech else None
-    if whisper is None and speech:
-        from level1_affect.whisper.transcribe import WhisperJax
-        whisper = WhisperJax.load()
-    warm_s = warm_up(model, face_encoder, whisper if speech else None, text_encoder,
-                     config.language)
+    model, text_encoder, whisper, warm_s = prepare(checkpoint, config, face_encoder, whisper,
+                                                   speech)
     src = open_source(source, config.realtime)
     run = _Run(src, model, config, face_encoder, whisper if speech else None, text_encoder,
                Path(out) if out is not None else None)

@@ -216,6 +216,8 @@ def test_a_missing_talk_type_model_is_named_not_trained(tmp_path, monkeypatch):
     from ahjax import stream as live_stream
     from level1_affect import talk_type
     monkeypatch.setattr(talk_type, "default_dir", lambda: tmp_path / "nothing")
+    video = tmp_path / "answer.mp4"
+    video.write_bytes(b"not opened: the models come first")
     with pytest.raises(FileNotFoundError, match="ensure_default"):
-        next(live_stream.stream(tmp_path / "missing.mp4", None))
+        next(live_stream.stream(video, None))
     assert not (tmp_path / "nothing").exists()
