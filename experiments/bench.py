@@ -610,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --stream-minutes: measure git revision REV first, same sitting")
     parser.add_argument("--stream-modes", default="fast,realtime",
                         help="with --stream-minutes: fast, realtime or both (default)")
+    parser.add_argument("--stream-compare", default=None, metavar="REV",
+                        help="with --stream RUN: the final files of git revision REV's stream "
+                             "and of this one on a 60 s demo video, with and without ASR")
     parser.add_argument("--reference", metavar="DIR", default=None,
                         help="a folder with the reference PyTorch code and bench_ref.py: time "
                              "its fusion models and ours side by side, ratios from this run")
@@ -659,6 +662,13 @@ def main(argv: list[str] | None = None) -> int:
         report["long_stream"] = long_stream.bench(
             args.stream, args.stream_minutes or 0.0, args.stream_source, args.stream_baseline,
             tuple(m for m in args.stream_modes.split(",") if m), log)
+    elif args.stream and args.stream_compare:
+        from experiments import long_stream
+        with tempfile.TemporaryDirectory() as tmp:
+            path = demo_video(tmp, args.extract_seconds)
+            report["stream_files"] = [
+                long_stream.files_against(args.stream_compare, path, args.stream, asr)
+                for asr in (False, True)]
     elif args.stream:
         report["stream"] = bench_stream(args.stream, args.extract_seconds)
     report["notes"] = NOTES

@@ -196,3 +196,45 @@ def bench(checkpoint: str | Path, minutes: float, source: str | Path | None = No
                 if log:
                     log(f"{mode}/{side}", res)
     return out
+
+
+def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool) -> dict:
+    """The final files of ``python -m ahjax.stream`` (as fast as possible) with the code of
+    git revision ``rev`` and with this code, on one video: per ``tracks.csv`` column the
+    largest difference, whether the segments and the words are the same."""
+    import csv
+    repo = Path(__file__).resolve().parent.parent
+    out: dict = {"rev": rev, "asr": asr}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=repo,
+                       check=True, capture_output=True)
+        try:
+            got = {}
+            for side, cwd in (("before", tree), ("after", repo)):
+                folder = Path(tmp) / side
+                cmd = [sys.executable, "-m", "ahjax.stream", str(path), "--checkpoint",
+                       str(checkpoint), "--out", str(folder)] + ([] if asr else ["--no-asr"])
+                subprocess.run(cmd, cwd=cwd, check=True, capture_output=True,
+                               env={**os.environ, "PYTHONPATH": str(cwd)})
+                with open(folder / "tracks.csv") as f:
+                    rows = list(csv.DictReader(f))
+                got[side] = {"cols": {k: np.array([float(r[k]) for r in rows]) for k in rows[0]},
+                             "segments": json.loads((folder / "segments.json").read_text()),
+                             "words": [w["word"] for w in json.loads(
+                                 (folder / "transcript.json").read_text())["words"]],
+                             "files": sorted(p.name for p in folder.iterdir())}
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=repo,
+                           capture_output=True)
+    a, b = got["before"], got["after"]
+    out["same_files"] = a["files"] == b["files"]
+    out["frames"] = [len(a["cols"]["frame"]), len(b["cols"]["frame"])]
+    out["max_abs_diff"] = {k: float(np.abs(a["cols"][k] - b["cols"][k]).max())
+                           for k in a["cols"] if k in b["cols"] and out["frames"][0] == out["frames"][1]}
+    out["same_segments"] = a["segments"] == b["segments"]
+    out["same_words"] = a["words"] == b["words"]
+    out["words"] = [len(a["words"]), len(b["words"])]
+    out["decoded_agreement"] = float(np.mean(a["cols"]["ah_decoded"] == b["cols"]["ah_decoded"])) \
+        if out["frames"][0] == out["frames"][1] else None
+    return out
