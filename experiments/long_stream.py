@@ -135,6 +135,7 @@ def first_line_s(path: str | Path, checkpoint: str | Path, cwd: str | Path | Non
 def measure_at(rev: str, path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
     """:func:`measure` with the code of git revision ``rev`` (temporary worktree, child
     process), and its time to the first line."""
+    path, checkpoint = Path(path).resolve(), Path(checkpoint).resolve()
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "baseline"
@@ -203,6 +204,7 @@ def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool)
     git revision ``rev`` and with this code, on one video: per ``tracks.csv`` column the
     largest difference, whether the segments and the words are the same."""
     import csv
+    path, checkpoint = Path(path).resolve(), Path(checkpoint).resolve()
     repo = Path(__file__).resolve().parent.parent
     out: dict = {"rev": rev, "asr": asr}
     with tempfile.TemporaryDirectory() as tmp:
