@@ -17,8 +17,10 @@ higher: the stream degraded on purpose to keep up, see :data:`DEGRADE`). The las
 
 Python: ``for chunk in ahjax.stream("answer.mp4", "runs/two_level-..."): ...`` yields the
 same content as dicts with NumPy arrays. The pieces: ``level1_affect.live`` (incremental
-level 1), :meth:`TrainedTwoLevel.scores` (a causal model's prefix is final) and
-``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding).
+level 1), ``level2_conflict.stateful`` (the causal model chunk by chunk, its state carried)
+and ``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding). The cost of
+a chunk and the memory do not grow with the session: rows leave memory once final and
+are appended to ``tracks.csv`` (moved into ``--out`` at the end).
 """
 
 from __future__ import annotations
