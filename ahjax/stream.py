@@ -267,23 +267,23 @@ class _Thin:
     def add(self, values: dict) -> None:
         m = len(next(iter(values.values())))
         keep = (np.arange(self.n, self.n + m) % self.k) == 0
-        self.parts.append(jax_free_map(lambda v: np.asarray(v)[keep], values))
+        self.parts.append(_map_leaves(lambda v: np.asarray(v)[keep], values))
         self.n += m
         if sum(len(next(iter(p.values()))) for p in self.parts) > self.cap:
             joined = self.values()
             frames = joined.pop("_frame")
             self.k *= 2
             keep = frames % self.k == 0
-            self.parts = [{**jax_free_map(lambda v: v[keep], joined), "_frame": frames[keep]}]
+            self.parts = [{**_map_leaves(lambda v: v[keep], joined), "_frame": frames[keep]}]
 
     def values(self) -> dict:
-        return jax_free_map(lambda *v: np.concatenate(v), *self.parts) if self.parts else {}
+        return _map_leaves(lambda *v: np.concatenate(v), *self.parts) if self.parts else {}
 
 
-def jax_free_map(fn, *trees):
+def _map_leaves(fn, *trees):
     """``fn`` over the leaves of dicts of arrays (nested one level for contributions)."""
     first = trees[0]
-    return {k: (jax_free_map(fn, *(t[k] for t in trees)) if isinstance(first[k], dict)
+    return {k: (_map_leaves(fn, *(t[k] for t in trees)) if isinstance(first[k], dict)
                 else fn(*(t[k] for t in trees))) for k in first}
 
 
@@ -333,7 +333,8 @@ class _Run:
         for f in frames:
             if f is None:   # a dropped frame: the previous one again (counted)
                 self.dropped += 1
-                f = self.last_frame if self.last_frame is not None else np.zeros((64, 64, 3), np.uint8)
+                f = (self.last_frame if self.last_frame is not None
+                     else np.zeros((64, 64, 3), np.uint8))
             self.last_frame = f
             filled.append(f)
         self.capture = np.concatenate([self.capture, np.asarray(capture, np.float64)])

@@ -142,10 +142,12 @@ def measure_at(rev: str, path: str | Path, checkpoint: str | Path, realtime: boo
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=repo,
                        check=True, capture_output=True)
         try:
+            here = str(Path(__file__))
             code = ("import importlib.util, json, sys; "
-                    f"spec = importlib.util.spec_from_file_location('long_stream', {str(Path(__file__))!r}); "
+                    f"spec = importlib.util.spec_from_file_location('long_stream', {here!r}); "
                     "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-                    f"print(json.dumps(m.measure({str(path)!r}, {str(checkpoint)!r}, {realtime!r})))")
+                    f"print(json.dumps(m.measure({str(path)!r}, {str(checkpoint)!r}, "
+                    f"{realtime!r})))")
             proc = subprocess.run([sys.executable, "-c", code], cwd=tree, text=True,
                                   capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)})
             if proc.returncode:
@@ -232,11 +234,12 @@ def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool)
     a, b = got["before"], got["after"]
     out["same_files"] = a["files"] == b["files"]
     out["frames"] = [len(a["cols"]["frame"]), len(b["cols"]["frame"])]
+    same_n = out["frames"][0] == out["frames"][1]
     out["max_abs_diff"] = {k: float(np.abs(a["cols"][k] - b["cols"][k]).max())
-                           for k in a["cols"] if k in b["cols"] and out["frames"][0] == out["frames"][1]}
+                           for k in a["cols"] if k in b["cols"] and same_n}
     out["same_segments"] = a["segments"] == b["segments"]
     out["same_words"] = a["words"] == b["words"]
     out["words"] = [len(a["words"]), len(b["words"])]
-    out["decoded_agreement"] = float(np.mean(a["cols"]["ah_decoded"] == b["cols"]["ah_decoded"])) \
-        if out["frames"][0] == out["frames"][1] else None
+    out["decoded_agreement"] = (float(np.mean(a["cols"]["ah_decoded"] == b["cols"]["ah_decoded"]))
+                                if same_n else None)
     return out
