@@ -17,8 +17,10 @@ higher: the stream degraded on purpose to keep up, see :data:`DEGRADE`). The las
 
 Python: ``for chunk in ahjax.stream("answer.mp4", "runs/two_level-..."): ...`` yields the
 same content as dicts with NumPy arrays. The pieces: ``level1_affect.live`` (incremental
-level 1), :meth:`TrainedTwoLevel.scores` (a causal model's prefix is final) and
-``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding).
+level 1), ``level2_conflict.stateful`` (the causal model chunk by chunk, its state carried)
+and ``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding). The cost of
+a chunk and the memory do not grow with the session: rows leave memory once final and
+are appended to ``tracks.csv`` (moved into ``--out`` at the end).
 """
 
 from __future__ import annotations
@@ -220,11 +222,78 @@ def load_live_model(checkpoint: str | os.PathLike):
     return load_trained(path)
 
 
+class _Segments:
+    """A/H segments of decided labels, grown as labels are decided (not recomputed)."""
+
+    def __init__(self, fps: float):
+        self.fps, self.n, self.items = fps, 0, []
+
+    def add(self, labels: np.ndarray) -> None:
+        from ahjax.api import segments_from_decoded
+        for seg in segments_from_decoded(labels, self.fps):
+            s, e = seg["start_frame"] + self.n, seg["end_frame"] + self.n
+            if self.items and s == self.n and self.items[-1]["end_frame"] == self.n - 1:
+                s = self.items.pop()["start_frame"]   # the last segment goes on
+            self.items.append({"start_frame": s, "end_frame": e,
+                               "start_s": round(float(s / self.fps), 3),
+                               "end_s": round(float(e / self.fps + 1.0 / self.fps), 3)})
+        self.n += len(labels)
+
+
+class _Latency:
+    """Capture-to-line delays in 1 ms bins (fixed memory for any session length)."""
+
+    def __init__(self, top_s: float = 60.0):
+        self.bins = np.zeros(int(top_s * 1000) + 1, np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        idx = np.clip(np.round(np.asarray(values) * 1000).astype(np.int64), 0, len(self.bins) - 1)
+        np.add.at(self.bins, idx, 1)
+
+    def quantile(self, q: float) -> float | None:
+        total = self.bins.sum()
+        if total == 0:
+            return None
+        return float(np.searchsorted(np.cumsum(self.bins), q * total) / 1000.0)
+
+
+class _Thin:
+    """Every ``k``-th frame of a session's per-frame values, at most ``cap`` of them (``k``
+    doubles when full): what the figure of a long session is drawn from."""
+
+    def __init__(self, cap: int = 8192):
+        self.cap, self.k, self.n, self.parts = cap, 1, 0, []
+
+    def add(self, values: dict) -> None:
+        m = len(next(iter(values.values())))
+        keep = (np.arange(self.n, self.n + m) % self.k) == 0
+        self.parts.append(_map_leaves(lambda v: np.asarray(v)[keep], values))
+        self.n += m
+        if sum(len(next(iter(p.values()))) for p in self.parts) > self.cap:
+            joined = self.values()
+            frames = joined.pop("_frame")
+            self.k *= 2
+            keep = frames % self.k == 0
+            self.parts = [{**_map_leaves(lambda v: v[keep], joined), "_frame": frames[keep]}]
+
+    def values(self) -> dict:
+        return _map_leaves(lambda *v: np.concatenate(v), *self.parts) if self.parts else {}
+
+
+def _map_leaves(fn, *trees):
+    """``fn`` over the leaves of dicts of arrays (nested one level for contributions)."""
+    first = trees[0]
+    return {k: (_map_leaves(fn, *(t[k] for t in trees)) if isinstance(first[k], dict)
+                else fn(*(t[k] for t in trees))) for k in first}
+
+
 class _Run:
-    """The state of one stream: level 1, level 2, the decoder and what was emitted."""
+    """The state of one stream: level 1, level 2, the decoder, and the rows not written
+    yet. Nothing here grows with the session: rows leave memory once their text, A/H
+    label and values are final and are appended to the output's ``tracks.csv``."""
 
     def __init__(self, src: Source, model, config: StreamConfig, face_encoder=None,
-                 whisper=None):
+                 whisper=None, text_encoder=None, out: Path | None = None):
         from level1_affect.face import FaceEncoder
         from level1_affect.live import LiveLevel1
         self.src, self.model, self.config = src, model, config
@@ -235,86 +304,172 @@ class _Run:
             from level1_affect.whisper.transcribe import WhisperJax
             whisper = WhisperJax.load()
         self.live = LiveLevel1(self.fps, face_encoder, whisper=whisper if config.asr else None,
-                               audio=src.has_audio, asr_every_s=config.asr_every_s,
-                               language=config.language)
+                               text_encoder=text_encoder, audio=src.has_audio,
+                               asr_every_s=config.asr_every_s, language=config.language)
         self.decoder = model.online_decoder(self.fps, config.lag_s) if model is not None else None
+        self.scorer = model.live_scorer(self.fps) if model is not None else None
         self.emitted = 0
-        self.prob: list[np.ndarray] = []
-        self.contrib: dict[str, list[np.ndarray]] = {}
-        self.decided = np.zeros(0, np.int64)    # final A/H labels so far
-        self.capture = np.zeros(0)              # capture time of every frame pushed
-        self.latency: list[np.ndarray] = []
+        self.written = 0                        # frames appended to the output
+        # Values of frames [written, emitted): A/H probability and contributions.
+        self.prob = np.zeros(0, np.float32)
+        self.contrib: dict[str, np.ndarray] = {}
+        self.decided = np.zeros(0, np.int64)    # final labels of frames [written, ...)
+        self.segments = _Segments(self.fps)
+        self.capture = np.zeros(0)              # capture times of frames [emitted, pushed)
+        self.latency = _Latency()
+        self.face_present = 0.0
+        self.thin = _Thin()
         self.level, self.calm = 0, 0
         self.levels: list[int] = []   # the level of each chunk
         self.warm_s = 0.0
         self.dropped = 0
         self.warnings: list[str] = []
         self.last_frame = None
+        self.out = out
+        self.spool = None             # (folder, open tracks.csv, csv writer) once rows come
 
     def push(self, frames: list, audio, capture) -> list[dict]:
         filled = []
         for f in frames:
             if f is None:   # a dropped frame: the previous one again (counted)
                 self.dropped += 1
-                f = self.last_frame if self.last_frame is not None else np.zeros((64, 64, 3), np.uint8)
+                f = (self.last_frame if self.last_frame is not None
+                     else np.zeros((64, 64, 3), np.uint8))
             self.last_frame = f
             filled.append(f)
         self.capture = np.concatenate([self.capture, np.asarray(capture, np.float64)])
         return self.live.push(filled, audio)
 
     def emit(self, words: list[dict], final: bool = False) -> dict:
-        from ahjax.api import segments_from_decoded, track_columns
+        from ahjax.api import track_columns
         n = self.live.ready()
         first, self.emitted = self.emitted, n
-        arrays = self.live.arrays(n)
-        chunk_arrays = {k: v[first:n] for k, v in arrays.items()}
-        tracks = track_columns(chunk_arrays, self.fps)
+        tracks = track_columns(self.live.arrays(n, start=first), self.fps)
         tracks["frame"] = tracks["frame"] + first
         tracks["time_s"] = tracks["time_s"] + first / self.fps
         out = {"t_start": first / self.fps, "t_end": n / self.fps, "frames": [first, n],
                "tracks": tracks, "words": words, "level": self.level, "final": final}
         self.levels.append(self.level)
-        if self.model is not None and n > 0:
-            scores = self.model.scores(arrays, self.fps, bucket="pow2")
-            prob = scores["prob"][first:n]
-            self.prob.append(prob)
-            contrib = {g: c[first:n] for g, c in scores["contributions"].items()}
+        if self.model is not None:
+            revised = self.live.revised()
+            start, scores = self.scorer.scores(
+                self.live.arrays(n, start=self.scorer.settled), n,
+                final=self.live.text_final(), revised_from=first if revised is None else revised)
+            prob = scores["prob"][first - start:]
+            contrib = {g: c[first - start:] for g, c in scores["contributions"].items()}
+            self.prob = np.concatenate([self.prob, prob])
             for g, c in contrib.items():
-                self.contrib.setdefault(g, []).append(c)
-            new = [self.decoder.push(prob)] + ([self.decoder.finish()] if final else [])
-            self.decided = np.concatenate([self.decided, *new])
-            segments = segments_from_decoded(self.decided, self.fps)
-            if not final and segments and segments[-1]["end_frame"] >= len(self.decided) - 1:
+                self.contrib[g] = np.concatenate([self.contrib.get(g, np.zeros(0, np.float32)), c])
+            new = np.concatenate([self.decoder.push(prob)]
+                                 + ([self.decoder.finish()] if final else []))
+            self.decided = np.concatenate([self.decided, new])
+            self.segments.add(new)
+            segments = [dict(s) for s in self.segments.items]
+            if not final and segments and segments[-1]["end_frame"] >= self.segments.n - 1:
                 segments[-1]["open"] = True
             out.update(ah_prob=prob, contributions=contrib, segments=segments,
-                       decided_until_s=len(self.decided) / self.fps)
+                       decided_until_s=self.segments.n / self.fps)
         now = time.monotonic()
-        capture = self.capture
-        lat = now - capture[first:n]
+        capture, self.capture = self.capture[:n - first], self.capture[n - first:]
+        lat = now - capture
         lat = lat[np.isfinite(lat)]
-        self.latency.append(lat)
+        self.latency.add(lat)
         out["latency_s"] = ({"median": float(np.median(lat)), "max": float(lat.max())}
                             if len(lat) else None)
         out["behind_s"] = (float(now - capture[-1]) if len(capture) and np.isfinite(capture[-1])
                            else None)
         out["dropped"] = self.dropped
+        self._settle()
         return out
 
-    def warm_up(self) -> None:
-        """Run each encoder and the model once on dummy input (loading and compiling them),
-        so the first chunk does not pay for it."""
-        t0 = time.monotonic()
-        self.live.text_encoder.encode([{"word": "well", "start": 0.0, "end": 0.4}], self.fps,
-                                      max(1, int(self.fps)))
-        if self.live.asr is not None:
-            rng = np.random.default_rng(0)
-            self.live.asr.whisper.transcribe(0.01 * rng.standard_normal(SAMPLE_RATE).astype(np.float32),
-                                             language=self.config.language or "en")
+    def _settle(self) -> None:
+        """Append the frames whose every value is final to the output; drop their rows."""
+        upto = min(self.emitted, self.live.text_final())
         if self.model is not None:
-            blank = {k: np.zeros((1,) + v.shape[1:], np.float32)
-                     for k, v in self.live.arrays(0).items()}
-            self.model.scores(blank, self.fps, bucket="pow2")
-        self.warm_s = time.monotonic() - t0
+            upto = min(upto, self.written + len(self.decided))
+        if upto > self.written:
+            from ahjax.api import track_columns
+            arrays = self.live.arrays(upto, start=self.written)
+            cols = track_columns(arrays, self.fps)
+            cols["frame"] = cols["frame"] + self.written
+            cols["time_s"] = cols["time_s"] + self.written / self.fps
+            k = upto - self.written
+            thin = dict(arrays)
+            if self.model is not None:
+                cols["ah_prob"], cols["ah_decoded"] = self.prob[:k], self.decided[:k]
+                cols.update({f"contrib_{g}": c[:k] for g, c in self.contrib.items()})
+                thin.update(_prob=self.prob[:k], _decoded=self.decided[:k],
+                            _contrib={g: c[:k] for g, c in self.contrib.items()})
+                self.prob, self.decided = self.prob[k:], self.decided[k:]
+                self.contrib = {g: c[k:] for g, c in self.contrib.items()}
+            self.face_present += float(np.sum(arrays["face_present"], dtype=np.float64))
+            self.thin.add({**thin, "_frame": np.arange(self.written, upto)})
+            if self.out is not None:
+                self._append(cols)
+            self.written = upto
+        keep = self.written if self.scorer is None else min(self.written, self.scorer.settled)
+        self.live.release(keep)
+
+    def _append(self, cols: dict) -> None:
+        import csv
+        import tempfile
+        if self.spool is None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=f".{self.out.name}-", dir=self.out.parent))
+            f = open(folder / "tracks.csv", "w", newline="")
+            self.spool = (folder, f, csv.writer(f))
+            self.spool[2].writerow(list(cols))
+        w = self.spool[2]
+        for row in zip(*cols.values()):
+            w.writerow([f"{x:.6g}" if isinstance(x, (float, np.floating)) else int(x)
+                        for x in row])
+
+    def discard(self) -> None:
+        """Remove the output being written (the stream was abandoned or failed)."""
+        if self.spool is not None:
+            import shutil
+            self.spool[1].close()
+            shutil.rmtree(self.spool[0], ignore_errors=True)
+            self.spool = None
+
+    def write(self) -> str:
+        """The rest of ``predict``'s files beside the appended ``tracks.csv``, all moved
+        into ``out`` at once (no half output on failure)."""
+        from ahjax.predict import write_outputs
+        from level2_conflict import plots
+        folder, f, _ = self.spool
+        f.close()
+        words = self.live.words
+        transcript = {"language": self.live.asr.language if self.live.asr else None,
+                      "text": " ".join(w["word"].strip() for w in words),
+                      "words": words, "warnings": list(self.warnings)}
+        summary = {"video": self.src.name, "frames": self.written, "fps": self.fps,
+                   "face_present_rate": self.face_present / max(self.written, 1),
+                   "language": transcript["language"], "transcript": transcript["text"],
+                   "warnings": list(self.warnings), "seconds": dict(self.live.seconds)}
+        thin = self.thin.values()
+        frames = thin.pop("_frame")
+        times = frames / self.fps if self.thin.k > 1 else None
+
+        def fill(tmp: Path) -> None:
+            os.replace(folder / "tracks.csv", tmp / "tracks.csv")
+            (tmp / "transcript.json").write_text(json.dumps(transcript, indent=1))
+            if self.model is not None:
+                summary["segments"] = self.segments.items
+                (tmp / "segments.json").write_text(json.dumps(self.segments.items, indent=1))
+                plots.plot_video(thin, thin.pop("_contrib"), thin.pop("_prob"),
+                                 np.full(len(frames), -1), thin.pop("_decoded"), self.fps,
+                                 Path(self.src.name).name, tmp / "ah.png", times=times)
+            else:
+                plots.plot_video(thin, {}, np.zeros(len(frames)), np.full(len(frames), -1),
+                                 np.full(len(frames), -1), self.fps, Path(self.src.name).name,
+                                 tmp / "tracks.png", times=times)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        try:
+            write_outputs(self.out, fill)
+        finally:
+            self.discard()
+        return str(self.out)
 
     def adapt(self, behind_s: float) -> None:
         """One level lighter when behind the clock; one back after 3 calm chunks."""
@@ -331,23 +486,69 @@ class _Run:
         self.live.face.detect_every = cfg.detect_every * k
         self.live.asr_every_s = cfg.asr_every_s * a
 
-    def result(self):
-        """The whole stream as an ``ahjax.api.Result`` (for the files ``predict`` writes)."""
-        from ahjax.api import Result, segments_from_decoded, track_columns
-        n = self.emitted
-        arrays = self.live.arrays(n)
-        words = self.live.words
-        transcript = {"language": self.live.asr.language if self.live.asr else None,
-                      "text": " ".join(w["word"].strip() for w in words),
-                      "words": words, "warnings": list(self.warnings)}
-        res = Result(self.src.name, self.fps, n, arrays, track_columns(arrays, self.fps),
-                     transcript, list(self.warnings), dict(self.live.seconds))
-        if self.model is not None and n > 0:
-            res.prob = np.concatenate(self.prob)
-            res.decoded = self.decided
-            res.contributions = {g: np.concatenate(c) for g, c in self.contrib.items()}
-            res.segments = segments_from_decoded(res.decoded, self.fps)
-        return res
+
+def text_encoder_for_live():
+    """The text encoder a stream uses, its talk-type model loaded (never trained here)."""
+    from level1_affect import talk_type
+    from level1_affect.text import TextEncoder
+    folder = talk_type.default_dir()
+    if not (folder / "weights.npz").is_file():
+        raise FileNotFoundError(
+            f"{folder}: the default talk-type model is missing; train it once first with: "
+            "python -c 'from level1_affect.talk_type import ensure_default; ensure_default()'")
+    return TextEncoder(embeddings=False, talk_model=talk_type.load(folder))
+
+
+def prepare(checkpoint, config: StreamConfig, face_encoder, whisper, speech: bool):
+    """``(model, text encoder, whisper, seconds)``: everything a stream needs, loaded and
+    compiled on dummy input before a source is opened (a live source's clock does not
+    wait, and the first chunk does not pay for it). Speech (text encoder, Whisper) loads
+    in two threads beside the level-2 model and the face landmarker; nothing is trained."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from level1_affect.live import LiveText
+    t0 = time.monotonic()
+
+    def text_part():
+        encoder = text_encoder_for_live()
+        LiveText(encoder, 30.0).add([{"word": "well.", "start": 0.0, "end": 0.4}])
+        return encoder
+
+    def whisper_part(whisper):
+        if whisper is None:
+            from level1_affect.whisper.transcribe import WhisperJax
+            whisper = WhisperJax.load()
+        noise = 0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)
+        whisper.transcribe(noise.astype(np.float32), language=config.language or "en")
+        return whisper
+
+    with ThreadPoolExecutor(2) as pool:
+        text = pool.submit(text_part) if speech else None
+        asr = pool.submit(whisper_part, whisper) if speech else None
+        model = load_live_model(checkpoint) if checkpoint is not None else None
+        if model is not None:
+            model.live_scorer(30.0).warm_up()
+        with face_encoder.session(30.0) as session:   # loads the landmarker
+            session.push([np.zeros((64, 64, 3), np.uint8)])
+        text = text.result() if text is not None else None
+        whisper = asr.result() if asr is not None else None
+    return model, text, whisper, time.monotonic() - t0
+
+
+def _check_source(source) -> None:
+    """The errors :func:`open_source` would raise for a bad name, without opening it."""
+    text = str(source)
+    if isinstance(source, (Source, int)) or text.startswith("/dev/video"):
+        return
+    if text.startswith("cam:"):
+        if not text[4:].isdigit():
+            raise ValueError(f"{text}: a capture device is cam:N with N an integer")
+    elif not Path(text).is_file():
+        raise FileNotFoundError(f"{text}: no such video file (or cam:N for a capture device)")
+
+
+def _is_device(source) -> bool:
+    return isinstance(source, int) or str(source).startswith(("cam:", "/dev/video"))
 
 
 def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
@@ -363,11 +564,18 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     ``face_encoder``/``whisper``: loaded encoders to reuse across streams.
     """
     from ahjax.assets import enable_compilation_cache
+    from level1_affect.face import FaceEncoder
     enable_compilation_cache()
-    model = load_live_model(checkpoint) if checkpoint is not None else None
+    _check_source(source)   # a typo fails at once, not after the models are loaded
+    if face_encoder is None:
+        face_encoder = FaceEncoder(detect_every=config.detect_every)
+    speech = config.asr and not _is_device(source) and getattr(source, "has_audio", True)
+    model, text_encoder, whisper, warm_s = prepare(checkpoint, config, face_encoder, whisper,
+                                                   speech)
     src = open_source(source, config.realtime)
-    run = _Run(src, model, config, face_encoder, whisper)
-    run.warm_up()   # load and compile everything before the source's clock starts
+    run = _Run(src, model, config, face_encoder, whisper if speech else None, text_encoder,
+               Path(out) if out is not None else None)
+    run.warm_s = warm_s
     if not src.has_audio:
         run.warnings.append(f"{src.name}: no audio: voice features are zero and there are "
                             "no words")
@@ -378,7 +586,8 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
                else "a model folder given directly" if Path(checkpoint, "level2.json").is_file()
                else "no deploy_causal/")
         run.warnings.append(f"the checkpoint's model is not causal ({why}): its newest "
-                            "frames are read without the future it was trained with")
+                            "frames are read without the future it was trained with, and "
+                            "each chunk re-reads the whole stream")
     # On a clock (realtime file, device) the source cannot wait: whatever queued up while
     # a chunk was processed is taken at once. Played as fast as possible, chunk by chunk.
     clocked = src.clocked
@@ -424,8 +633,9 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
             if len(pending) >= per_chunk:
                 yield process(pending)
                 pending = []
-    except GeneratorExit:   # the caller stopped reading: free the reader and Whisper threads
+    except BaseException:   # the caller stopped reading, or a failure: free the threads
         run.live.close()
+        run.discard()
         raise
     finally:
         stop.set()
@@ -439,29 +649,21 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     last = run.emit(words, final=True)
     media_s = run.emitted / run.fps
     wall = time.monotonic() - started
-    lat = np.concatenate(run.latency) if run.latency else np.zeros(0)
     last["ended"] = ended
     last["summary"] = {
         "frames": run.emitted, "media_s": media_s, "wall_s": wall,
         "real_time_factor": wall / media_s if media_s else None,
-        "latency_median_s": float(np.median(lat)) if len(lat) else None,
-        "latency_p95_s": float(np.percentile(lat, 95)) if len(lat) else None,
+        "latency_median_s": run.latency.quantile(0.5),
+        "latency_p95_s": run.latency.quantile(0.95),
         "dropped": run.dropped, "seconds": dict(run.live.seconds),
         "whisper_passes": run.live.asr.passes if run.live.asr else 0,
         "warm_up_s": run.warm_s, "levels": run.levels,
         "warnings": run.warnings}
-    if out is not None and run.emitted:
-        last["written"] = _write(run.result(), Path(out))
+    if out is not None and run.spool is not None:
+        last["written"] = run.write()
     elif out is not None:
         last["summary"]["warnings"].append("no frame arrived: nothing written")
     yield last
-
-
-def _write(result, out: Path) -> str:
-    """``predict``'s files, moved into ``out`` at once (no half output on failure)."""
-    from ahjax.predict import write_outputs
-    write_outputs(out, result.save)
-    return str(out)
 
 
 def to_json(chunk: dict, digits: int = 4) -> str:

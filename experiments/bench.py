@@ -35,6 +35,12 @@ with N Ray workers, back to back in this run (wall time, real-time factor, speed
 played in real time (capture-to-A/H latency, median and p95) and as fast as possible (the
 live pipeline's real-time factor), back to back (:func:`bench_stream`).
 
+``--stream RUN --stream-minutes M``: a whole session instead: an M-minute source made of
+demo videos (or ``--stream-source FILE``) streamed as fast as possible and in real time;
+per minute of media the processing time per chunk, latency (median, p95) and RSS, and the
+time from starting ``python -m ahjax.stream`` to its first line; ``--stream-baseline REV``
+measures the code of REV first in the same sitting (``experiments.long_stream``).
+
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
 video generated for the purpose, per encoder, first call (loading and compiling the
 encoders) and a second, warm call; the real-time factor is warm seconds per second of
@@ -437,7 +443,7 @@ def bench_extract(seconds: float = 60.0, repeats: int = 2, detect_every: int = 1
                           "words": len(info["words"])})
         deviation = None
         if detect_every > 1:   # what skipping landmarker frames changes, against every frame
-            full, _ = Extractor(ExtractConfig(asr="always")).video(path)
+            full, _ = Extractor(ExtractConfig(asr="always", detect_every=1)).video(path)
             diffs = {name: np.abs(arrays[name] - full[name])
                      for name in ("face_present", "face_expr", "face_desc", "face_blend")}
             deviation = {name: {"mean_abs": float(d.mean()), "p99_abs": float(np.percentile(d, 99)),
@@ -594,6 +600,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", metavar="RUN", default=None,
                         help="also time ahjax.stream on a 60 s demo video with this two_level "
                              "run's causal model: real-time latency and real-time factor")
+    parser.add_argument("--stream-minutes", type=float, default=None, metavar="M",
+                        help="with --stream RUN: a whole session instead: an M-minute source "
+                             "of demo videos streamed as fast as possible and in real time, "
+                             "per-minute processing time, latency and RSS")
+    parser.add_argument("--stream-source", default=None, metavar="FILE",
+                        help="with --stream-minutes: this video instead of the demo session")
+    parser.add_argument("--stream-baseline", default=None, metavar="REV",
+                        help="with --stream-minutes: measure git revision REV first, same sitting")
+    parser.add_argument("--stream-modes", default="fast,realtime",
+                        help="with --stream-minutes: fast, realtime or both (default)")
+    parser.add_argument("--stream-compare", default=None, metavar="REV",
+                        help="with --stream RUN: the final files of git revision REV's stream "
+                             "and of this one on a 60 s demo video, with and without ASR")
     parser.add_argument("--reference", metavar="DIR", default=None,
                         help="a folder with the reference PyTorch code and bench_ref.py: time "
                              "its fusion models and ours side by side, ratios from this run")
@@ -635,7 +654,22 @@ def main(argv: list[str] | None = None) -> int:
                                              detect_every=args.extract_detect_every)
     if args.extract_workers:
         report["extraction_workers"] = bench_extract_workers(args.extract_workers)
-    if args.stream:
+    if args.stream and (args.stream_minutes or args.stream_source):
+        from experiments import long_stream
+
+        def log(name, res):   # each part as it finishes: a long run keeps what it measured
+            print(json.dumps({name: res}), file=sys.stderr, flush=True)
+        report["long_stream"] = long_stream.bench(
+            args.stream, args.stream_minutes or 0.0, args.stream_source, args.stream_baseline,
+            tuple(m for m in args.stream_modes.split(",") if m), log)
+    elif args.stream and args.stream_compare:
+        from experiments import long_stream
+        with tempfile.TemporaryDirectory() as tmp:
+            path = demo_video(tmp, args.extract_seconds)
+            report["stream_files"] = [
+                long_stream.files_against(args.stream_compare, path, args.stream, asr)
+                for asr in (False, True)]
+    elif args.stream:
         report["stream"] = bench_stream(args.stream, args.extract_seconds)
     report["notes"] = NOTES
     print(json.dumps(report, indent=2))

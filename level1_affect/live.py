@@ -15,7 +15,8 @@ for every frame received so far, the level-1 arrays the two-level model reads
   when two consecutive passes agree on it, with its timestamps kept; it runs in its own
   thread (:class:`AsrWorker`), so a pass does not hold up the frames;
 - **text**: the text features of the confirmed words on their frames (as offline), so a
-  frame's text features arrive a few seconds after the frame itself.
+  frame's text features arrive a few seconds after the frame itself; only the words
+  whose features can still change are re-encoded (:class:`LiveText`).
 
 ``ready()`` is the number of frames whose face and voice rows exist; text rows of earlier
 frames may still change when their words are confirmed. ``finish()`` confirms the last
@@ -52,8 +53,8 @@ class LocalAgreement:
     Whisper and is trimmed, once longer than ``trim_s``, after the last confirmed word
     that ends a sentence (else after the last confirmed word). A buffer longer than
     ``max_buffer_s`` without agreement confirms the words that end ``settle_s`` before its
-    end. ``finish()`` confirms every word of a last pass. Times are seconds from the
-    start of the stream.
+    end (with none, it keeps only its last ``settle_s``). ``finish()`` confirms every word
+    of a last pass. Times are seconds from the start of the stream.
     """
 
     def __init__(self, whisper, language: str | None = None, *, trim_s: float = 10.0,
@@ -75,6 +76,13 @@ class LocalAgreement:
     def heard_s(self) -> float:
         """Stream time up to which audio was received."""
         return self.offset + len(self.buffer) / SAMPLE_RATE
+
+    @property
+    def settled_s(self) -> float:
+        """No word confirmed from now on starts before this stream time."""
+        if not self.confirmed:
+            return self.offset
+        return max(self.offset, self.confirmed[-1]["end"] - self.overlap_s)
 
     def push(self, audio: np.ndarray) -> None:
         self.buffer = np.concatenate([self.buffer, np.asarray(audio, np.float32).reshape(-1)])
@@ -111,9 +119,16 @@ class LocalAgreement:
             ends = [w["end"] for w in self.confirmed if w["end"] > self.offset
                     and w["word"].rstrip()[-1:] in ".?!"]
             end = ends[-1] if ends else self.confirmed[-1]["end"]
-            cut = min(max(int(round((end - self.offset) * SAMPLE_RATE)), 0), len(self.buffer))
-            self.buffer, self.offset = self.buffer[cut:], self.offset + cut / SAMPLE_RATE
+            self._cut(end)
+        # Only the words after the buffer's start (and the last 5) are ever read again.
+        recent = sum(1 for w in self.confirmed[-200:] if w["end"] > self.offset)
+        self.confirmed = self.confirmed[-max(5, recent):]
         return words
+
+    def _cut(self, t: float) -> None:
+        """Drop the buffer's audio before stream time ``t``."""
+        cut = min(max(int(round((t - self.offset) * SAMPLE_RATE)), 0), len(self.buffer))
+        self.buffer, self.offset = self.buffer[cut:], self.offset + cut / SAMPLE_RATE
 
     def step(self) -> list[dict]:
         """One pass; the words confirmed by it (possibly none)."""
@@ -127,6 +142,8 @@ class LocalAgreement:
         if n == 0 and len(self.buffer) > self.max_buffer_s * SAMPLE_RATE:
             n = sum(1 for _ in itertools.takewhile(
                 lambda w: w["end"] <= self.heard_s - self.settle_s, hyp))
+            if n == 0:   # silence (or only unsettled words): keep the buffer bounded
+                self._cut(min([self.heard_s - self.settle_s] + [w["start"] for w in hyp[:1]]))
         self.previous = hyp[n:]
         return self._confirm(hyp[:n])
 
@@ -146,12 +163,14 @@ class AsrWorker(threading.Thread):
     while Whisper runs (on a 2-core machine a pass takes seconds). ``feed(audio)`` hands
     it samples; a pass runs once ``every_s`` seconds of new audio arrived (a slow pass
     simply makes the next one longer); ``collect()`` returns the words confirmed since the
-    last call; ``finish()`` runs the last pass and returns every word not collected yet."""
+    last call (and sets ``settled_s``: no later word starts before it); ``finish()`` runs
+    the last pass and returns every word not collected yet."""
 
     def __init__(self, asr: LocalAgreement, every_s: float):
         super().__init__(daemon=True, name="ahjax-asr")
         self.asr, self.every_s = asr, every_s
         self.seconds = 0.0
+        self.settled_s = 0.0   # no word collected later starts before this stream time
         self.error: BaseException | None = None
         self._inbox: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
@@ -174,21 +193,22 @@ class AsrWorker(threading.Thread):
                         self.asr.push(item)
                 t0 = time.perf_counter()
                 if any(item is None for item in items):
-                    self._out.put(self.asr.finish())
+                    self._out.put((self.asr.finish(), float("inf")))
                     self.seconds += time.perf_counter() - t0
                     return
                 if self.asr.heard_s - heard >= self.every_s:
                     heard = self.asr.heard_s
-                    self._out.put(self.asr.step())
+                    self._out.put((self.asr.step(), self.asr.settled_s))
                     self.seconds += time.perf_counter() - t0
         except BaseException as err:   # noqa: BLE001 - reported by collect/finish
             self.error = err
-            self._out.put([])
+            self._out.put(([], self.settled_s))
 
     def collect(self) -> list[dict]:
         words = []
         while not self._out.empty():
-            words += self._out.get_nowait()
+            got, self.settled_s = self._out.get_nowait()
+            words += got
         return words
 
     def stop(self) -> None:
@@ -202,6 +222,98 @@ class AsrWorker(threading.Thread):
         if self.error is not None:
             raise RuntimeError(f"speech recognition failed: {self.error}") from self.error
         return self.collect()
+
+
+class LiveText:
+    """Text features of a growing transcript on frames, as ``TextEncoder.encode`` places
+    them, re-encoding only the words whose features can still change: the sentence still
+    open and the last :attr:`REACH` words (a word's features read the words around it),
+    with the sentence before them as context. Earlier words' features are kept, and words
+    no longer needed for a frame that can change are dropped."""
+
+    REACH = 8   # words back a new word can change (window of 5 plus a hedge phrase)
+
+    def __init__(self, encoder, fps: float):
+        self.encoder, self.fps = encoder, float(fps)
+        self.w0 = 0                    # index of words[0] in the whole transcript
+        self.n = 0                     # words added so far
+        self.words: list[dict] = []    # timed words from w0
+        self.tokens: list[str] = []
+        self.talk = np.zeros((0, 2), np.float32)   # per word P(change), P(sustain)
+        self.feats = np.zeros((0, len(schema.TEXT_AFFECT)), np.float32)
+        self.starts = [0]              # sentence starts from w0 on; the last one is open
+
+    def _frame(self, i: int) -> int:
+        return int(np.floor(self.words[i - self.w0]["start"] * self.fps + 1e-6))
+
+    def first_open_frame(self) -> float:
+        """The first frame whose features a word added later could change (inf: none)."""
+        if self.n == 0:
+            return float("inf")
+        return self._frame(max(self.w0, min(self.starts[-1], self.n - self.REACH)))
+
+    def add(self, words: list[dict]) -> int | None:
+        """Add confirmed words (stream seconds); the first frame whose rows changed."""
+        from level1_affect.talk_type import sentences
+        words = [{"word": str(w["word"]), "start": float(w["start"]), "end": float(w["end"])}
+                 for w in words if str(w["word"]).strip()]
+        if not words:
+            return None
+        before, open_start = self.n, self.starts[-1]
+        self.words += words
+        self.tokens += [w["word"].strip() for w in words]
+        self.n += len(words)
+        tail = self.tokens[open_start - self.w0:]
+        spans = sentences(tail)
+        closed = sentences(tail + ["_"])[-1][0] == len(tail)
+        self.starts = (self.starts[:-1] + [open_start + a for a, _ in spans]
+                       + ([self.n] if closed else []))
+        model = self.encoder.talk_model()
+        self.talk = np.concatenate([self.talk[:open_start - self.w0],
+                                    np.zeros((self.n - open_start, 2), np.float32)])
+        if model is not None:   # the talk type of the sentences from the open one on
+            probs = model.predict_proba([" ".join(tail[a:b]) for a, b in spans],
+                                        [""] * len(spans))
+            for (a, b), pr in zip(spans, probs):
+                self.talk[open_start - self.w0 + a:open_start - self.w0 + b] = pr[[0, 2]]
+        first = max(self.w0, min(open_start, before - self.REACH))
+        # Context from a sentence start REACH words before the first changed word.
+        lo = max([self.w0] + [st for st in self.starts if st <= first - self.REACH])
+        rows = self.encoder.lexicons.word_features(
+            self.tokens[lo - self.w0:], self.talk[lo - self.w0:] if model is not None else None)
+        self.feats = np.concatenate([self.feats[:first - self.w0], rows[first - lo:]])
+        return self._frame(first)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """``text_affect`` of frames ``[lo, hi)``: the mean of the words covering each."""
+        out = np.zeros((max(0, hi - lo), len(schema.TEXT_AFFECT)), np.float32)
+        count = np.zeros(len(out), np.float32)
+        for w, f in zip(self.words, self.feats):
+            # A word occupies the frames whose start lies in [start, end); at least one.
+            a = int(np.floor(w["start"] * self.fps + 1e-6))
+            b = max(a + 1, int(np.ceil(w["end"] * self.fps - 1e-6)))
+            a, b = max(a, lo), min(b, hi)
+            if a < b:
+                out[a - lo:b - lo] += f
+                count[a - lo:b - lo] += 1
+        spoken = count > 0
+        out[spoken] /= count[spoken, None]
+        return out
+
+    def forget(self, frame: int) -> None:
+        """Drop the words no longer needed once frames before ``frame`` are final."""
+        need = min(self.starts[-1], self.n - self.REACH)
+        keep = max([self.w0] + [st for st in self.starts if st <= need - self.REACH])
+        for i in range(self.w0, keep):   # still needed while it covers a frame after ``frame``
+            if np.ceil(self.words[i - self.w0]["end"] * self.fps - 1e-6) > frame:
+                keep = i
+                break
+        if keep > self.w0:
+            k = keep - self.w0
+            self.words, self.tokens = self.words[k:], self.tokens[k:]
+            self.talk, self.feats = self.talk[k:], self.feats[k:]
+            self.starts = [st for st in self.starts if st >= keep] or [self.starts[-1]]
+            self.w0 = keep
 
 
 class LiveLevel1:
@@ -218,13 +330,18 @@ class LiveLevel1:
       asr_every_s: seconds of new audio between Whisper passes (raised by a stream that
         falls behind).
       voice_context_s: seconds of audio before a stretch of frames used for its prosody.
+      pending_s: a frame's text is final at the latest this long after it (a word's
+        features read the next words; after a longer pause they are not revised).
+
+    Rows are kept from :meth:`release`'s frame on (the reader says what it no longer
+    needs); :meth:`text_final` says which frames' text can still change.
     """
 
     _FACE = ("face_present", "face_expr", "face_blend", "face_desc")
 
     def __init__(self, fps: float, face_encoder, *, whisper=None, text_encoder=None,
                  audio: bool = True, asr_every_s: float = 2.0, voice_context_s: float = 3.0,
-                 language: str | None = None):
+                 language: str | None = None, pending_s: float = 30.0):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.fps, self.has_audio = float(fps), bool(audio)
@@ -236,16 +353,22 @@ class LiveLevel1:
             from level1_affect.text import TextEncoder
             text_encoder = TextEncoder(embeddings=False)
         self.text_encoder = text_encoder
-        self.voice_context_s = voice_context_s
+        self._text = LiveText(text_encoder, self.fps) if self.asr is not None else None
+        self.voice_context_s, self.pending_s = voice_context_s, pending_s
         # Only the audio the next voice rows need (their context onwards) is kept.
         self._audio = np.zeros(0, np.float32)
         self._audio_start = 0                   # stream sample index of _audio[0]
         self.audio_ended = not audio
+        self.finished = False                   # the last words are in
         self.n_frames = 0                       # frames pushed
+        # Rows of frames from row0 on; count: rows made so far (from frame 0).
+        self.row0 = 0
         self._rows = {k: [np.zeros((0, schema.ARRAYS[k][0]), np.float32)]
                       for k in (*self._FACE, "voice_prosody")}
-        self._text = np.zeros((0, len(schema.TEXT_AFFECT)), np.float32)
-        self._text_words = 0
+        self._count = dict.fromkeys(self._rows, 0)
+        self._text_rows = np.zeros((0, len(schema.TEXT_AFFECT)), np.float32)
+        self._final = 0           # text rows before this frame are final
+        self._revised = None      # first frame whose text rows changed since revised()
         self.seconds = {"face": 0.0, "voice": 0.0, "asr": 0.0, "text": 0.0}
 
     @property
@@ -261,6 +384,7 @@ class LiveLevel1:
     def _add_face(self, face: dict) -> None:
         for k in self._FACE:
             self._rows[k].append(face[k])
+            self._count[k] += len(face[k])
 
     def push(self, frames=(), audio: np.ndarray | None = None) -> list[dict]:
         """Add frames (RGB uint8) and audio samples (16 kHz mono); the words confirmed since
@@ -282,7 +406,50 @@ class LiveLevel1:
         self.words += words
         if self._worker is not None:
             self.seconds["asr"] = self._worker.seconds
+        if self._text is not None and words:
+            t0 = time.perf_counter()
+            final = self.text_final()
+            first = self._text.add(words)
+            if first is not None and first < self.n_frames:
+                lo = max(first, final)
+                self._text_rows = np.concatenate([
+                    self._text_rows[:max(0, lo - self.row0)],
+                    np.zeros((max(0, self.row0 - lo), self._text_rows.shape[1]), np.float32),
+                    self._text.rows(max(lo, self.row0), self.n_frames)])
+                self._revised = lo if self._revised is None else min(self._revised, lo)
+            self.seconds["text"] += time.perf_counter() - t0
         return words
+
+    def text_final(self) -> int:
+        """Frames before this have their final text rows (no word changes them any more)."""
+        if self._text is None:
+            return self.n_frames
+        if self.finished:
+            cand = self.n_frames
+        else:
+            settled = self._worker.settled_s if self._worker is not None else 0.0
+            cand = min(self._text.first_open_frame(), np.floor(settled * self.fps + 1e-6))
+        cand = max(cand, self.n_frames - int(round(self.pending_s * self.fps)))
+        self._final = max(self._final, int(min(cand, self.n_frames)))
+        return self._final
+
+    def revised(self) -> int | None:
+        """The first frame whose text rows changed since the last call (None: none)."""
+        out, self._revised = self._revised, None
+        return out
+
+    def release(self, frame: int) -> None:
+        """Drop the rows of frames before ``frame`` (at most :meth:`text_final`, ready)."""
+        frame = min(frame, self.text_final(), self.ready())
+        if frame <= self.row0:
+            return
+        k = frame - self.row0
+        for name, parts in self._rows.items():
+            self._rows[name] = [np.concatenate(parts)[k:]]
+        self._text_rows = self._text_rows[k:]
+        self.row0 = frame
+        if self._text is not None:
+            self._text.forget(frame)
 
     def end_audio(self) -> None:
         """No more audio will come (frames past its end get silent voice rows)."""
@@ -293,7 +460,9 @@ class LiveLevel1:
         """End of the stream: the face's last frames and the speech's last words."""
         self._add_face(self.face.close())
         self.end_audio()
-        return self._collect(self._worker.finish() if self._worker is not None else [])
+        words = self._collect(self._worker.finish() if self._worker is not None else [])
+        self.finished = True
+        return words
 
     def close(self) -> None:
         """Abandon the stream: stop the Whisper thread and release the face landmarker."""
@@ -308,7 +477,7 @@ class LiveLevel1:
         heard = self._audio_start + len(self._audio)
         have = (self.n_frames if self.audio_ended
                 else min(self.n_frames, int(heard / SAMPLE_RATE * self.fps + 1e-6)))
-        first = sum(len(r) for r in self._rows["voice_prosody"])
+        first = self._count["voice_prosody"]
         if have <= first:
             return
         if not self.has_audio or heard == 0:
@@ -325,35 +494,28 @@ class LiveLevel1:
             if keep > 0:
                 self._audio, self._audio_start = self._audio[keep:], self._audio_start + keep
         self._rows["voice_prosody"].append(rows.astype(np.float32))
+        self._count["voice_prosody"] += len(rows)
         self.seconds["voice"] += time.perf_counter() - t0
 
     def ready(self) -> int:
         """Frames whose face and voice rows exist."""
-        return min(sum(len(r) for r in self._rows[k]) for k in ("face_present", "voice_prosody"))
+        return min(self._count["face_present"], self._count["voice_prosody"])
 
-    def arrays(self, n: int | None = None) -> dict[str, np.ndarray]:
-        """The level-1 arrays of frames ``0..n`` (default: ``ready()``), text as known now."""
+    def arrays(self, n: int | None = None, start: int | None = None) -> dict[str, np.ndarray]:
+        """The level-1 arrays of frames ``start..n`` (default: the first kept row, and
+        ``ready()``), text as known now."""
         n = self.ready() if n is None else n
-        if n > self.ready():
-            raise ValueError(f"{n} frames asked, {self.ready()} ready")
+        start = self.row0 if start is None else start
+        if n > self.ready() or start < self.row0:
+            raise ValueError(f"frames {start}..{n} asked, {self.row0}..{self.ready()} kept")
         out = {}
         for k, parts in self._rows.items():
             if len(parts) > 1:   # joined once, so the next call does not join them again
                 self._rows[k] = parts = [np.concatenate(parts)]
-            out[k] = parts[0][:n]
-        out["text_affect"] = self._text_rows(n)
+            out[k] = parts[0][start - self.row0:n - self.row0]
+        text = self._text_rows[start - self.row0:n - self.row0]
+        if len(text) < n - start:   # frames no word reached yet: zero rows
+            text = np.concatenate([text, np.zeros((n - start - len(text), text.shape[1]),
+                                                  np.float32)])
+        out["text_affect"] = text
         return out
-
-    def _text_rows(self, n: int) -> np.ndarray:
-        # Recomputed when words were confirmed (on every frame pushed: a word never ends
-        # after the audio heard); frames added since have no word: zero rows.
-        if len(self.words) != self._text_words:
-            t0 = time.perf_counter()
-            self._text = self.text_encoder.encode(self.words, self.fps,
-                                                  max(n, self.n_frames))["text_affect"]
-            self._text_words = len(self.words)
-            self.seconds["text"] += time.perf_counter() - t0
-        if len(self._text) < n:
-            self._text = np.concatenate(
-                [self._text, np.zeros((n - len(self._text), self._text.shape[1]), np.float32)])
-        return self._text[:n]

@@ -125,21 +125,22 @@ def _weighted_moments(x: Array, w: Array, causal: bool) -> tuple[Array, Array]:
     return mean, jnp.sum((x - mean) ** 2 * w, -1, keepdims=True) / sw
 
 
-def _weighted_centre(x: Array, w: Array, causal: bool = False) -> Array:
-    return x - _weighted_moments(x, w, causal)[0]
+def _weighted_centre(x: Array, w: Array, causal: bool = False, moments=None) -> Array:
+    return x - (moments or _weighted_moments)(x, w, causal)[0]
 
 
-def _weighted_z(x: Array, w: Array, floor: float = 0.01, causal: bool = False) -> Array:
+def _weighted_z(x: Array, w: Array, floor: float = 0.01, causal: bool = False,
+                moments=None) -> Array:
     """``x`` centred and scaled by its ``w``-weighted standard deviation over axis -1,
     the deviation floored at ``floor`` (a flat track is not blown up into noise);
     ``causal``: with the running statistics of frames ``0..t``."""
-    mean, var = _weighted_moments(x, w, causal)
+    mean, var = (moments or _weighted_moments)(x, w, causal)
     return (x - mean) / jnp.sqrt(var + floor ** 2)
 
 
 def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
-                  face_baseline: str = FACE_BASELINE, causal: bool = False
-                  ) -> dict[str, Array]:
+                  face_baseline: str = FACE_BASELINE, causal: bool = False,
+                  moments=None) -> dict[str, Array]:
     """Per-modality ``(..., n, 3)`` tracks of (valence, arousal, confidence).
 
     A modality whose arrays are missing gets zeros with confidence 0, so a face-only or
@@ -156,7 +157,9 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
 
     ``causal``: every per-sequence statistic (the face baseline, arousal centring, the
     voice energy's z-score) uses only frames up to each frame, so a frame's tracks never
-    depend on what comes after it (for live use).
+    depend on what comes after it (for live use). ``moments``: replaces the running
+    statistics, ``moments(x, w, causal) -> (mean, var)``, called in a fixed order (a
+    stream carries them from chunk to chunk, ``level2_conflict.stateful``).
     """
     if face_baseline not in ("person", "raw"):
         raise ValueError(f"face_baseline must be 'person' or 'raw', got {face_baseline!r}")
@@ -181,8 +184,10 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
         fc = fc * jnp.asarray(tracks["face_present"], jnp.float32)[..., 0]
     fc = fc * mask
     if face_baseline == "person":
-        fv = jnp.tanh(0.7 * _weighted_z(fv, fc, FACE_VALENCE_FLOOR, causal))
-    out["face"] = (fv, _weighted_centre(fa, fc, causal), fc)
+        # A z-score is shift-invariant: from 0.5 (and energy from 50 dB below) the float32
+        # running sums of squares stay near the spread, so the variance keeps its digits.
+        fv = jnp.tanh(0.7 * _weighted_z(fv - 0.5, fc, FACE_VALENCE_FLOOR, causal, moments))
+    out["face"] = (fv, _weighted_centre(fa, fc, causal, moments), fc)
 
     if "voice_prosody" in tracks:
         pros = jnp.asarray(tracks["voice_prosody"], jnp.float32)
@@ -193,14 +198,17 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
             # statistics of the voiced frames so far (scale floored at one semitone).
             hz = _col(pros, VOICE_PROSODY, "pitch_hz")
             voiced = (hz > 0).astype(jnp.float32) * mask
-            log_f0 = jnp.log2(jnp.maximum(hz, 1.0))
-            mean, var = _weighted_moments(log_f0, voiced, True)
+            # Octaves from 180 Hz: running sums of squares near 0, not near 56, so float32
+            # keeps the variance (a pitch track's spread is a fraction of an octave).
+            log_f0 = jnp.log2(jnp.maximum(hz, 1.0) / 180.0)
+            mean, var = (moments or _weighted_moments)(log_f0, voiced, True)
             pitch_z = jnp.where(voiced > 0,
                                 (log_f0 - mean) / jnp.maximum(jnp.sqrt(var), 1.0 / 12), 0.0)
-        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy"), vc, causal=causal)
+        energy_z = _weighted_z(_col(pros, VOICE_PROSODY, "energy") - 50.0, vc, causal=causal,
+                               moments=moments)
         vv = jnp.tanh(0.7 * pitch_z)
         va = jnp.tanh(0.7 * energy_z + 0.3 * pitch_z)
-        out["voice"] = (vv, _weighted_centre(va, vc, causal), vc)
+        out["voice"] = (vv, _weighted_centre(va, vc, causal, moments), vc)
     else:
         out["voice"] = (zeros, zeros, zeros)
 
@@ -209,7 +217,7 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
         tc = _col(text, TEXT_AFFECT, "word_present") * mask
         tv = jnp.clip(_col(text, TEXT_AFFECT, "sentiment"), -1.0, 1.0)
         ta = jnp.tanh(sum(_col(text, TEXT_AFFECT, c) for c in _TEXT_AROUSAL))
-        out["text"] = (tv, _weighted_centre(ta, tc, causal), tc)
+        out["text"] = (tv, _weighted_centre(ta, tc, causal, moments), tc)
     else:
         out["text"] = (zeros, zeros, zeros)
     return {m: jnp.stack(v, -1) for m, v in out.items()}
@@ -253,8 +261,12 @@ def _stats(sums: Array, count: Array, w: int, wx: int, wxx: int | None = None):
     if wxx is None:
         return mean, None, cov
     sq = jnp.where(ok, sums[..., wxx] / safe, 0.0)
-    # sqrt(var + 1e-8) - 1e-4 keeps the gradient finite at zero variance.
-    std = jnp.maximum(jnp.sqrt(jnp.maximum(sq - mean ** 2, 0.0) + 1e-8) - 1e-4, 0.0)
+    # A variance below 1e-5 of the mean square is float32 rounding of sq - mean^2 (sums
+    # over windows of a near-constant track): zero, so it does not depend on how the sums
+    # were accumulated. sqrt(var + 1e-8) - 1e-4 keeps the gradient finite at zero variance.
+    var = sq - mean ** 2
+    var = jnp.where(var > 1e-5 * sq, var, 0.0)
+    std = jnp.maximum(jnp.sqrt(var + 1e-8) - 1e-4, 0.0)
     return mean, std, cov
 
 
@@ -278,7 +290,23 @@ def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
     batch_shape, n = ref.shape[:-2], ref.shape[-2]
     count = jnp.ones(batch_shape + (n,), jnp.float32) if mask is None else \
         jnp.asarray(mask, jnp.float32)
+    stacked, index = frame_quantities(tracks, affect, count)
+    cum = jnp.concatenate([jnp.zeros(batch_shape + (1, len(index))), jnp.cumsum(stacked, -2)], -2)
+    win = _window_sums(cum, window_halves(fps, scales, batch_shape), n, causal)
+    return features_from_windows(win, index, count)
+
+
+def window_halves(fps: float | Array, scales: Sequence[float], batch_shape=()) -> Array:
+    """Half-widths in frames ``(..., S, 1)`` of the windows of ``scales`` at ``fps``."""
     fps = jnp.asarray(fps, jnp.float32)
+    seconds = jnp.asarray(scales, jnp.float32)
+    half = jnp.maximum(1, jnp.round(seconds * fps[..., None] / 2)).astype(jnp.int32)
+    return jnp.broadcast_to(half, tuple(batch_shape) + (len(scales),))[..., None]
+
+
+def frame_quantities(tracks: Mapping[str, Array], affect: Mapping[str, Array], count: Array
+                     ) -> tuple[Array, dict]:
+    """Every per-frame quantity a window statistic needs, ``(..., n, K)``, and name -> column."""
     zero = jnp.zeros_like(count)
     text = jnp.asarray(tracks["text_affect"], jnp.float32) if "text_affect" in tracks else None
     pros = jnp.asarray(tracks["voice_prosody"], jnp.float32) if "voice_prosody" in tracks else None
@@ -296,14 +324,13 @@ def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
     q["sustain"] = tcol("sustain_talk") * affect["text"][..., 2]
     q["marks"] = jnp.clip(tcol("hedge") + tcol("hesitation"), 0.0, 1.0) * count
     index = {k: i for i, k in enumerate(q)}
-    stacked = jnp.stack(list(q.values()), -1)
-    cum = jnp.concatenate([jnp.zeros(batch_shape + (1, len(q))), jnp.cumsum(stacked, -2)], -2)
+    return jnp.stack(list(q.values()), -1), index
 
-    # All scales at once: a scale axis S instead of a Python loop keeps the graph small.
-    seconds = jnp.asarray(scales, jnp.float32)
-    half = jnp.maximum(1, jnp.round(seconds * fps[..., None] / 2)).astype(jnp.int32)
-    half = jnp.broadcast_to(half, batch_shape + (len(scales),))[..., None]  # (..., S, 1)
-    win = _window_sums(cum, half, n, causal)
+
+def features_from_windows(win: Mapping[str, Array], index: Mapping[str, int], count: Array
+                          ) -> dict[str, Array]:
+    """The six groups ``(..., n, k)`` from window sums (``_window_sums`` of the
+    :func:`frame_quantities`, all scales at once) and the real-frame ``count`` (..., n)."""
     c_all = {k: v[..., index["count"]] for k, v in win.items()}
 
     def stat(m, x, which="centre", second=True):

@@ -347,7 +347,8 @@ class OnlineDecoder:
     ``finish()`` returns the rest. Each provisional decision treats the segment that
     reaches the newest frame as unfinished (its duration censored with the survival
     function), as :func:`hsmm_decode` does at the end of a video, so with ``lag`` at least
-    the stream's length the output equals the offline decoding. Work per frame: O(max_d).
+    the stream's length the output equals the offline decoding. Work per frame: O(max_d);
+    memory: the frames since ``max_d + lag`` frames ago (older ones are dropped).
     """
 
     def __init__(self, log_dur, log_prior, *, lag: int, emission_weight: float = 1.0,
@@ -360,9 +361,11 @@ class OnlineDecoder:
         rev = np.logaddexp.accumulate(self.log_dur[:, ::-1], axis=1)[:, ::-1]
         self.log_surv = rev
         self.lag, self.w, self.eps = int(lag), float(emission_weight), eps
-        # Grown by doubling: cum[t] = summed emissions of frames < t; delta[t] = best score
-        # of frames 0..t ending a complete segment per state; back[t] its last duration.
+        # Frames from ``base`` on, grown by doubling, older ones dropped: cum[t - base] =
+        # summed emissions of frames < t; delta[t - base] = best score of frames 0..t
+        # ending a complete segment per state; back[t - base] its last duration.
         self.n = 0
+        self.base = 0
         self.cum = np.zeros((1025, 2))
         self.delta = np.zeros((1024, 2))
         self.back = np.zeros((1024, 2), np.int64)
@@ -371,43 +374,58 @@ class OnlineDecoder:
     def _best_ending_at(self, t: int, log_dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         durs = np.arange(1, min(self.max_d, t + 1) + 1)
         start = t + 1 - durs
-        seg = self.cum[t + 1][None, :] - self.cum[start]
+        b = self.base
+        seg = self.cum[t + 1 - b][None, :] - self.cum[start - b]
         prev = np.where((start == 0)[:, None], self.log_prior[None, :],
-                        self.delta[np.maximum(start - 1, 0), ::-1])
+                        self.delta[np.maximum(start - 1 - b, 0), ::-1])
         cand = prev + log_dur[:, :len(durs)].T + seg
         return cand.max(0), cand.argmax(0) + 1
 
     def _path(self, t: int) -> np.ndarray:
-        """The best labels of frames 0..t with the last segment unfinished."""
+        """The best labels of frames ``n_committed..t`` with the last segment unfinished."""
         best, arg = self._best_ending_at(t, self.log_surv)
         state = int(np.argmax(best))
-        labels = np.empty(t + 1, np.int64)
+        lo = self.n_committed
+        labels = np.empty(t + 1 - lo, np.int64)
         end, d = t, int(arg[state])
-        while end >= 0:
-            labels[end - d + 1:end + 1] = state
+        while end >= lo:   # back through the segments, as far as the uncommitted frames
+            labels[max(end - d + 1, lo) - lo:end + 1 - lo] = state
             end -= d
             state = 1 - state
-            if end >= 0:
-                d = int(self.back[end][state])
+            if end >= lo:
+                d = int(self.back[end - self.base][state])
         return labels
+
+    def _make_room(self, k: int) -> None:
+        """Drop the frames no decision reads any more; grow for ``k`` more frames."""
+        keep = max(0, min(self.n_committed, self.n - self.max_d - 1))
+        if self.n + k - self.base > len(self.delta) and keep > self.base:
+            shift, used = keep - self.base, self.n - self.base
+            self.cum[:used + 1 - shift] = self.cum[shift:used + 1]
+            self.delta[:used - shift] = self.delta[shift:used]
+            self.back[:used - shift] = self.back[shift:used]
+            self.base = keep
+        if self.n + k - self.base > len(self.delta):
+            size = max(2 * len(self.delta), self.n + k - self.base)
+            self.cum = np.resize(self.cum, (size + 1, 2))
+            self.delta = np.resize(self.delta, (size, 2))
+            self.back = np.resize(self.back, (size, 2))
 
     def push(self, prob) -> np.ndarray:
         """Add frames; the labels newly committed (possibly none)."""
         p = np.clip(np.asarray(prob, np.float64).reshape(-1), self.eps, 1.0 - self.eps)
-        if self.n + len(p) > len(self.delta):
-            size = max(2 * len(self.delta), self.n + len(p))
-            self.cum = np.resize(self.cum, (size + 1, 2))
-            self.delta = np.resize(self.delta, (size, 2))
-            self.back = np.resize(self.back, (size, 2))
+        self._make_room(len(p))
         emis = self.w * (np.log(np.stack([1.0 - p, p], -1)) - self.log_prior)
-        self.cum[self.n + 1:self.n + 1 + len(p)] = self.cum[self.n] + np.cumsum(emis, 0)
+        i = self.n - self.base
+        self.cum[i + 1:i + 1 + len(p)] = self.cum[i] + np.cumsum(emis, 0)
         for t in range(self.n, self.n + len(p)):   # each frame needs the scores before it
-            self.delta[t], self.back[t] = self._best_ending_at(t, self.log_dur)
+            self.delta[t - self.base], self.back[t - self.base] = \
+                self._best_ending_at(t, self.log_dur)
         self.n = n = self.n + len(p)
         upto = n - self.lag
         if upto <= self.n_committed or n == 0:
             return np.zeros(0, np.int64)
-        new = self._path(n - 1)[self.n_committed:upto]
+        new = self._path(n - 1)[:upto - self.n_committed]
         self.n_committed = upto
         return new
 
@@ -415,6 +433,6 @@ class OnlineDecoder:
         """The labels of every frame not committed yet."""
         if self.n == 0 or self.n_committed == self.n:
             return np.zeros(0, np.int64)
-        new = self._path(self.n - 1)[self.n_committed:]
+        new = self._path(self.n - 1)
         self.n_committed = self.n
         return new

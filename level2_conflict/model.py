@@ -118,13 +118,23 @@ class DilatedConv(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
         self.dilation, self.causal = dilation, causal
 
+    @property
+    def span(self) -> int:
+        """Frames of context the convolution reads beyond its output's frames."""
+        return (self.kernel.shape[0] - 1) * self.dilation
+
     def __call__(self, x: Array) -> Array:
-        k, c_in, c_out = self.kernel.shape
-        span = (k - 1) * self.dilation
+        span = self.span
         left = span if self.causal else span // 2
         pad = [(0, 0)] * (x.ndim - 2) + [(left, span - left), (0, 0)]
-        xp = jnp.pad(x, pad)
-        w = x.shape[-2]
+        return self.padded(jnp.pad(x, pad))
+
+    def padded(self, xp: Array) -> Array:
+        """The output for an input already carrying its ``span`` frames of context
+        (``(..., w + span, C)`` -> ``(..., w, C_out)``): a stream passes the previous
+        chunk's last frames instead of zeros."""
+        k, c_in, c_out = self.kernel.shape
+        w = xp.shape[-2] - self.span
         views = [xp[..., j * self.dilation: j * self.dilation + w, :] for j in range(k)]
         y = jnp.concatenate(views, -1) @ self.kernel[...].reshape(k * c_in, c_out)
         return y + self.bias[...] if self.bias is not None else y

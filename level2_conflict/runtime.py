@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from level2_conflict import deployed, hsmm, multirun
+from level2_conflict import deployed, hsmm, multirun, stateful
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
 from level2_conflict.multirun import TRACKS
 
@@ -133,6 +133,14 @@ class TrainedTwoLevel:
         out["decoded"] = decode_hsmm(out["prob"], fps, self.durations, self.decode.evidence_rate)
         return out
 
+    def live_scorer(self, fps: float, block: int = 64):
+        """Scores of a growing stream chunk by chunk (``scores(rows, n, final,
+        revised_from)``): a causal model carries its state (:class:`stateful.LiveScorer`,
+        bounded work per chunk); an offline one re-reads the whole prefix each time."""
+        if self.causal and not self.model.cfg.use_embeddings:
+            return stateful.LiveScorer(self.model, fps, block)
+        return _PrefixScorer(self, fps)
+
     def online_decoder(self, fps: float, lag_s: float) -> hsmm.OnlineDecoder:
         """Fixed-lag decoding with this model's duration prior and evidence rate: a frame's
         label is final ``lag_s`` seconds after it (``lag_s`` = inf: the offline decoding)."""
@@ -140,6 +148,22 @@ class TrainedTwoLevel:
         return hsmm.OnlineDecoder(np.asarray(self.durations.log_pmf(fps)),
                                   np.log(self.durations.class_prior), lag=lag,
                                   emission_weight=self.decode.evidence_rate / fps)
+
+
+class _PrefixScorer:
+    """``LiveScorer``'s interface over the whole prefix (a model that cannot carry state:
+    its rows are all kept and the cost of a chunk grows with the stream)."""
+    settled = 0
+
+    def __init__(self, trained: TrainedTwoLevel, fps: float):
+        self.trained, self.fps = trained, fps
+
+    def warm_up(self) -> None:
+        blank = {k: np.zeros((1, stateful._widths()[k]), np.float32) for k in TRACKS}
+        self.trained.scores(blank, self.fps, bucket="pow2")
+
+    def scores(self, rows, n: int, final: int, revised_from: int) -> tuple[int, dict]:
+        return 0, self.trained.scores(rows, self.fps, bucket="pow2")
 
 
 @nnx.jit
