@@ -39,7 +39,7 @@ live pipeline's real-time factor), back to back (:func:`bench_stream`).
 demo videos (or ``--stream-source FILE``) streamed as fast as possible and in real time;
 per minute of media the processing time per chunk, latency (median, p95) and RSS, and the
 time from starting ``python -m ahjax.stream`` to its first line; ``--stream-baseline REV``
-measures the code of REV first in the same sitting (``experiments.long_stream``).
+measures the code of REV first in the same sitting (``ahjax.session_bench``).
 
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
 video generated for the purpose, per encoder, first call (loading and compiling the
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.extract_workers:
         report["extraction_workers"] = bench_extract_workers(args.extract_workers)
     if args.stream and (args.stream_minutes or args.stream_source):
-        from experiments import long_stream
+        from ahjax import session_bench as long_stream
 
         def log(name, res):   # each part as it finishes: a long run keeps what it measured
             print(json.dumps({name: res}), file=sys.stderr, flush=True)
@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             args.stream, args.stream_minutes or 0.0, args.stream_source, args.stream_baseline,
             tuple(m for m in args.stream_modes.split(",") if m), log)
     elif args.stream and args.stream_compare:
-        from experiments import long_stream
+        from ahjax import session_bench as long_stream
         with tempfile.TemporaryDirectory() as tmp:
             path = demo_video(tmp, args.extract_seconds)
             report["stream_files"] = [
