@@ -178,8 +178,7 @@ def run(config: Config, workdir) -> dict:
                          for d in (video_text_features(t, lex) for t in texts)], np.float32)
         rows_of = {name: sentence_embeddings(texts, cache, name)
                    for name in ("minilm", "mpnet") if f"{name}_logreg" in config.methods}
-        emb = (rows_of.get(config.encoder) if config.encoder in rows_of
-               else sentence_embeddings(texts, cache, config.encoder) if need_emb
+        emb = (sentence_embeddings(texts, cache, config.encoder) if need_emb   # cached: a read
                else np.zeros((len(rows), 384), np.float32))
         talk = (talk_features(texts, cache.parent / "talk", config.talk_model)
                 if "two_level_text_talk" in config.methods

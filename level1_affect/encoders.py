@@ -367,6 +367,11 @@ class PretrainedEncoder:
         vectors /= np.maximum(counts, 1.0)[:, None]
         return words, vectors
 
+    def cached_sentences(self, texts: Sequence[str], cache: str | os.PathLike) -> np.ndarray:
+        """:meth:`encode_sentences` through an on-disk cache (``cache/<encoder id>``, one
+        row per text), so each text is encoded once across runs."""
+        return cached_rows(texts, Path(cache) / self.id, self.id, self.dim, self.encode_sentences)
+
     def _token_vectors(self, ids: list[int]) -> np.ndarray:
         """(len(ids), dim) contextual vectors for a token stream of any length: overlapping
         windows, each token taken from the window where it sits most centrally."""

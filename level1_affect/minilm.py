@@ -1,8 +1,7 @@
 """The default sentence/word encoder, MiniLM (all-MiniLM-L6-v2), through ``encoders``.
 
-``load(path)`` gives the shared :class:`level1_affect.encoders.PretrainedEncoder` (default: the
-MiniLM asset; a folder or ``"mpnet"`` for another encoder); ``encode_sentences`` and
-``encode_words`` use the default.
+``load(path)`` gives the shared :class:`level1_affect.encoders.PretrainedEncoder` (default:
+the MiniLM asset); ``encode_sentences`` and ``encode_words`` use the default.
 """
 
 from __future__ import annotations
@@ -13,11 +12,6 @@ from typing import Sequence
 import numpy as np
 
 from level1_affect import encoders
-from level1_affect.encoders import cached_rows, check_folder  # noqa: F401  (public here too)
-
-DIM = 384
-MAX_LENGTH = 256          # sentence-transformers' max_seq_length for this model
-MiniLM = encoders.PretrainedEncoder
 
 
 def load(path: str | os.PathLike | None = None) -> encoders.PretrainedEncoder:

@@ -176,6 +176,12 @@ class Encoded:
             x[r, :m], mask[r, :m], seg[r, :m] = self.states[i], 1, self.segments[i]
         return x, mask, seg
 
+    def subset(self, idx: Sequence[int]) -> "Encoded":
+        return Encoded([self.states[i] for i in idx], [self.segments[i] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.states)
+
 
 def _first_trained(config: TalkTypeConfig, n_layers: int) -> int:
     """Index of the first fine-tuned layer of an ``n_layers`` encoder."""
@@ -205,14 +211,6 @@ class Pooled:
         return len(self.features)
 
 
-def _encoded_subset(self: Encoded, idx: Sequence[int]) -> Encoded:
-    return Encoded([self.states[i] for i in idx], [self.segments[i] for i in idx])
-
-
-Encoded.subset = _encoded_subset
-Encoded.__len__ = lambda self: len(self.states)
-
-
 def sentence_rows(texts: Sequence[str], m: encoders.PretrainedEncoder,
                   cache: str | os.PathLike | None = None) -> np.ndarray:
     """(n, dim) sentence embeddings of ``texts`` (zero rows for empty ones), through an
@@ -222,8 +220,7 @@ def sentence_rows(texts: Sequence[str], m: encoders.PretrainedEncoder,
     todo = [i for i, t in enumerate(texts) if t]
     if todo:
         some = [texts[i] for i in todo]
-        out[todo] = (encoders.cached_rows(some, Path(cache) / m.id, m.id, m.dim, m.encode_sentences)
-                     if cache else m.encode_sentences(some))
+        out[todo] = m.cached_sentences(some, cache) if cache else m.encode_sentences(some)
     return out
 
 

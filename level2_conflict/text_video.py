@@ -66,8 +66,7 @@ def sentence_embeddings(texts: Sequence[str], cache: Path, encoder: str = "minil
     ``mpnet`` or a folder), cached on disk by encoder and text; texts beyond the encoder's
     limit (MiniLM 256, MPNet 384 tokens) are truncated, as sentence-transformers does."""
     from level1_affect import encoders
-    m = encoders.load(encoder)
-    return encoders.cached_rows(texts, Path(cache) / m.id, m.id, m.dim, m.encode_sentences)
+    return encoders.load(encoder).cached_sentences(texts, cache)
 
 
 def talk_features(texts: Sequence[str], cache: Path, model_dir: str = "") -> np.ndarray:
