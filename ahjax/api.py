@@ -8,9 +8,9 @@
     result.figure("answer.png")
 
 ``ahjax.extract(video)`` runs level 1 alone (the per-frame affect tracks and the
-transcript). ``python -m ahjax.predict`` is a thin wrapper over these functions. This module
-is an entry point: it may import every layer, and the core (``ahjax.data``, ``ahjax.train``,
-``ahjax.metrics``, ``ahjax.assets``, ``ahjax.config``) never imports it.
+transcript). ``python -m ahjax predict`` is a thin wrapper over these functions. This module
+is an entry point: it may import every layer, and the core (``ahjax.core.data``, ``ahjax.core.train``,
+``ahjax.core.metrics``, ``ahjax.core.assets``, ``ahjax.core.config``) never imports it.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ _extractors_lock = threading.Lock()
 
 def _extractor(config):
     """The process's shared ``Extractor`` for ``config`` (built on first use)."""
-    from ahjax.assets import enable_compilation_cache
+    from ahjax.core.assets import enable_compilation_cache
     from level1_affect.extract import Extractor
     with _extractors_lock:
         if config not in _extractors:

@@ -1,4 +1,4 @@
-"""``python -m ahjax.predict VIDEO [--out DIR] [--checkpoint RUN_DIR]``: one video, end to end.
+"""``python -m ahjax predict VIDEO [--out DIR] [--checkpoint RUN_DIR]``: one video, end to end.
 
 Level 1 always: ``tracks.csv`` (one row per frame: face expression probabilities and
 presence, voice activity/pitch/energy, text sentiment and change/sustain talk, ...),
@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ahjax.config import debug_requested
-from ahjax.interrupt import exit_on_signals, on_signal
+from ahjax.core.config import debug_requested
+from ahjax.core.interrupt import exit_on_signals, on_signal
 
 
 def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = None,
@@ -94,7 +94,7 @@ def _predict_into(video: Path, out: Path, level2_model, config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ahjax.predict",
+    parser = argparse.ArgumentParser(prog="python -m ahjax predict",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("video")
     parser.add_argument("--out", default=None, help="output folder (default: <video stem>_ahjax)")
@@ -120,7 +120,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1, default=float))
     print(f"written to {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@
 one file; ``measure(path, checkpoint, realtime)`` streams it through ``ahjax.stream`` and
 reports, per minute of media, the processing time per chunk (wall seconds between
 consecutive lines), the latency from a frame's capture to its line (median, p95; real time
-only) and the process's RSS; ``first_line_s`` times a fresh ``python -m ahjax.stream``
+only) and the process's RSS; ``first_line_s`` times a fresh ``python -m ahjax stream``
 process from its start to its first JSON line. ``measure_at(rev, ...)`` runs ``measure``
 with the ``ahjax`` of git revision ``rev`` (a temporary worktree, a child process), for
 before/after figures from one sitting. Only ``ahjax.stream``'s public API is used, so the
@@ -29,7 +29,7 @@ def session_video(folder: str | Path, minutes: float, distinct: int = 4) -> Path
     without re-encoding."""
     from imageio_ffmpeg import get_ffmpeg_exe
 
-    from ahjax.data import demo
+    from ahjax.core.data import demo
     folder = Path(folder)
     n = max(1, int(np.ceil(minutes)))
     parts = []
@@ -72,7 +72,7 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
     """Stream ``path`` (as fast as possible, no degradation; or in real time, degrading
     when behind) and report per minute of media: chunks, mean and max processing seconds
     per chunk, latency median and p95 (real time), RSS at the minute's end."""
-    from ahjax import stream as live
+    from ahjax import streaming as live
     load = list(os.getloadavg())
     t0 = time.monotonic()
     src = _Recorded(live.file_source(path, realtime=realtime))
@@ -115,13 +115,13 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
 
 
 def first_line_s(path: str | Path, checkpoint: str | Path, cwd: str | Path | None = None) -> dict:
-    """Seconds from starting ``python -m ahjax.stream PATH --checkpoint RUN --realtime`` to
+    """Seconds from starting ``python -m ahjax stream PATH --checkpoint RUN --realtime`` to
     its first JSON line (the process is then stopped)."""
     load = list(os.getloadavg())
     env = {**os.environ, "PYTHONPATH": str(cwd)} if cwd else None
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "ahjax.stream", str(path), "--checkpoint",
+        proc = subprocess.Popen([sys.executable, "-m", "ahjax", "stream", str(path), "--checkpoint",
                                  str(checkpoint), "--realtime", "--out", str(Path(tmp) / "o")],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 cwd=cwd, env=env)
@@ -202,7 +202,7 @@ def bench(checkpoint: str | Path, minutes: float, source: str | Path | None = No
 
 
 def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool) -> dict:
-    """The final files of ``python -m ahjax.stream`` (as fast as possible) with the code of
+    """The final files of ``python -m ahjax stream`` (as fast as possible) with the code of
     git revision ``rev`` and with this code, on one video: per ``tracks.csv`` column the
     largest difference, whether the segments and the words are the same."""
     import csv
@@ -217,7 +217,7 @@ def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool)
             got = {}
             for side, cwd in (("before", tree), ("after", repo)):
                 folder = Path(tmp) / side
-                cmd = [sys.executable, "-m", "ahjax.stream", str(path), "--checkpoint",
+                cmd = [sys.executable, "-m", "ahjax", "stream", str(path), "--checkpoint",
                        str(checkpoint), "--out", str(folder)] + ([] if asr else ["--no-asr"])
                 subprocess.run(cmd, cwd=cwd, check=True, capture_output=True,
                                env={**os.environ, "PYTHONPATH": str(cwd)})

@@ -8,7 +8,7 @@ RAF-DB or FER2013 exported to images are laid out) and is skipped when none is g
 - :class:`EmotionFolder` + :func:`image_dataset`: a grain pipeline with random flips and
   scale-jittered crops.
 - :func:`fit`: cross-entropy with optax, one jitted NNX step, epochs run by the shared
-  engine (:mod:`ahjax.train.engine`), an orbax checkpoint per epoch (resumable), and the
+  engine (:mod:`ahjax.core.train.engine`), an orbax checkpoint per epoch (resumable), and the
   best epoch kept when a validation score is given.
 - :func:`video_face_crops`: aligned face crops of a BAH-layout video (``FaceEncoder``),
   resized and cached on disk; :func:`frame_items` picks labelled frames with negative
@@ -36,12 +36,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ahjax import assets
-from ahjax.data.store import FeatureStore
-from ahjax.train.checkpoint import Checkpointer
-from ahjax.train import engine
-from ahjax.train.engine import NonFiniteLossError
-from ahjax.train.trainer import TrainConfig, make_optimizer
+from ahjax.core import assets
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.train.checkpoint import Checkpointer
+from ahjax.core.train import engine
+from ahjax.core.train.engine import NonFiniteLossError
+from ahjax.core.train.trainer import TrainConfig, make_optimizer
 from baselines.backbones import COMPUTE_DTYPES, normalize_images, set_compute_dtype
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -181,7 +181,7 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
         ) -> list[dict]:
     """Train ``model`` in place on ``source`` (items ``{"image", "label"}``); returns per-epoch records.
 
-    Epochs run through the project's one engine (:func:`ahjax.train.engine.run_epochs`).
+    Epochs run through the project's one engine (:func:`ahjax.core.train.engine.run_epochs`).
     With ``workdir``, an orbax checkpoint per epoch goes to ``workdir/checkpoints`` and a
     run started again there resumes after its last finished epoch. With ``validate``
     (model -> score, higher is better, e.g. validation AP) the best epoch's weights (the
@@ -415,7 +415,7 @@ def _video_labels_for(rec, n: int) -> np.ndarray:
 def bah_face_crops(root: str | os.PathLike, crop_size: int, detect_every: int = 1) -> dict:
     """``{split: [(record, crops (n,S,S,3), labels (n,))]}`` for every video of the BAH tree
     at ``root`` that has a video file (face crops cached, see ``video_face_crops``)."""
-    from ahjax.data.bah import load_bah
+    from ahjax.core.data.bah import load_bah
     index = load_bah(root)
     out = {}
     for split in ("train", "val", "test"):

@@ -4,7 +4,7 @@ Table 1 (context: frame-wise vs TCN) and Table 2 (fusion method x modality subse
 both lists of :class:`Row`: a model builder and the modalities it reads. Every row is
 trained with the same recipe on the same feature store and windows, its best epoch is
 picked by validation AP, and its whole videos are scored on val and test with the
-paper's metrics (:func:`ahjax.pipeline.score_videos`). :func:`run_rows` returns the
+paper's metrics (:func:`level1_affect.dataset.score_videos`). :func:`run_rows` returns the
 results every table experiment writes: ``test``/``val`` (every metric of every row),
 ``table`` (the paper's layout: its rows, AVGF1/AP/WAR on test), ``training`` and
 ``setup``.
@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ahjax import results as results_lib
-from ahjax.data import windows as win
-from ahjax.data.store import FeatureStore
-from ahjax.train import trainer as trainer_lib
-from ahjax.train.trainer import TrainConfig
-from ahjax.pipeline import (QUICK_DATA, QUICK_EXTRACT, DataConfig, frame_labels, prepare_store,
+from ahjax.core import results as results_lib
+from ahjax.core.data import windows as win
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.train import trainer as trainer_lib
+from ahjax.core.train.trainer import TrainConfig
+from level1_affect.dataset import (QUICK_DATA, QUICK_EXTRACT, DataConfig, frame_labels, prepare_store,
                             score_videos, video_labels)
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
@@ -101,7 +101,7 @@ def effective_setup(windows: win.WindowConfig, train: TrainConfig, data: DataCon
 
 def quick_settings() -> dict:
     """The quick configs' shared fields: the quick demo and extraction of
-    ``ahjax.pipeline`` (whose cache the tests share), windows of 96 frames, one epoch, no
+    ``level1_affect.dataset`` (whose cache the tests share), windows of 96 frames, one epoch, no
     demo overrides."""
     return dict(quick=True, data=QUICK_DATA, extract=QUICK_EXTRACT,
                 windows=win.WindowConfig(window=96, hop=48, batch_size=4),

@@ -26,7 +26,7 @@ attention runs over the tokens of one frame (``(B*W, n_tokens, d)``); the tempor
 attention runs over the frames of one clip only. In eval mode (BatchNorm on running
 statistics) a clip's outputs never depend on the rest of the batch.
 
-Padding: a window's zero-padded tail (``valid`` 0, ahjax/data/windows.py) never reaches
+Padding: a window's zero-padded tail (``valid`` 0, ahjax/core/data/windows.py) never reaches
 its real frames. The TCNs are causal and CAN/LFAN fuse per frame; MT/JMT, whose attention
 runs over time, take ``inputs["valid"]`` (B, W) (they name it in ``extra_inputs`` so the
 trainer passes it) and mask padded frames out as keys. Without ``valid`` every frame is a
@@ -65,7 +65,7 @@ from baselines.tcn import TCN, TCNConfig
 # Canonical modality order: fixes parameter layout, token order and LFAN's leader.
 ORDER = ("video", "audio", "text")
 # Batch keys every fusion model accepts besides its modalities: ``valid`` (B, W), 1 on the
-# real frames of a window and 0 on its zero-padded tail (ahjax/data/windows.py).
+# real frames of a window and 0 on its zero-padded tail (ahjax/core/data/windows.py).
 OPTIONAL_INPUTS = ("valid",)
 
 Array = jax.Array

@@ -14,11 +14,11 @@ part; they may still be context of a neighbouring frame.
 
 :func:`run_personalisation` trains one source model, runs every method on every target
 from it and returns per-target metrics and their mean and standard deviation over targets
-(``ahjax.metrics.mean_std``, population std). The splits are written to
+(``ahjax.core.metrics.mean_std``, population std). The splits are written to
 ``<workdir>/personalisation_splits.json``. Which network the methods adapt, and how its
 frames are read, is a :class:`Network`: by default the paper's backbone + classifier
 (:class:`~baselines.adapt.AdaptNet`) on standardised features; ``experiments.table5`` also
-passes the two-level model (``level2_conflict.adapt.network``). Targets and splits depend
+passes the two-level model (``baselines.adapt.two_level.network``). Targets and splits depend
 only on the labels, so every network sees the same ones.
 """
 
@@ -33,9 +33,9 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from ahjax import metrics as metrics_lib
-from ahjax.data.store import FeatureStore
-from ahjax.data.windows import load_or_compute_stats
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.data.windows import load_or_compute_stats
 from baselines import adapt as adapt_lib
 
 PARTS = ("adapt", "val", "test")

@@ -181,8 +181,8 @@ def train_concat_tcn(store, spec: dict, model: TCNConfig, windows, train, workdi
     metrics; returns ``{"val": {METHOD: ...}, "test": {...}, "training": ..., "notes": ...}``."""
     from pathlib import Path
 
-    from ahjax.data.windows import Windows
-    from ahjax.train import trainer as trainer_lib
+    from ahjax.core.data.windows import Windows
+    from ahjax.core.train import trainer as trainer_lib
     train_split, val_split, test_split = splits
 
     def build(dims, rngs):

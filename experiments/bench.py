@@ -38,7 +38,7 @@ live pipeline's real-time factor), back to back (:func:`bench_stream`).
 ``--stream RUN --stream-minutes M``: a whole session instead: an M-minute source made of
 demo videos (or ``--stream-source FILE``) streamed as fast as possible and in real time;
 per minute of media the processing time per chunk, latency (median, p95) and RSS, and the
-time from starting ``python -m ahjax.stream`` to its first line; ``--stream-baseline REV``
+time from starting ``python -m ahjax stream`` to its first line; ``--stream-baseline REV``
 measures the code of REV first in the same sitting (``ahjax.session_bench``).
 
 ``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
@@ -70,9 +70,9 @@ import numpy as np
 import psutil
 from flax import nnx
 
-from ahjax.train import engine
-from ahjax.train import trainer as trainer_lib
-from ahjax.train.trainer import TrainConfig
+from ahjax.core.train import engine
+from ahjax.core.train import trainer as trainer_lib
+from ahjax.core.train.trainer import TrainConfig
 from baselines import fusion
 from baselines.tcn import ConcatTCN, TCNConfig
 
@@ -411,7 +411,7 @@ def _memory(compiled) -> dict:
 
 def demo_video(folder: str | Path, seconds: float = 60.0, seed: int = 0) -> Path:
     """One demo video of exactly ``seconds`` (1 participant, 1 question) made in ``folder``."""
-    from ahjax.data import demo
+    from ahjax.core.data import demo
     root = demo.make_demo(Path(folder) / "demo", seed=seed, participants=1, questions=(4,),
                           min_duration=seconds, max_duration=seconds)
     videos = sorted((root / "Videos").rglob("*.mp4"))
@@ -507,8 +507,8 @@ def bench_stream(checkpoint: str | Path, seconds: float = 60.0) -> dict:
     stream chose) and as fast as possible (the live pipeline's real-time factor: wall
     seconds per second of video). Word error rate of the streamed and of the offline
     transcript against the demo's script, for the cost of streaming speech."""
-    from ahjax import stream as live
-    from ahjax.data.bah import load_bah
+    from ahjax import streaming as live
+    from ahjax.core.data.bah import load_bah
     from level1_affect.audio import load_audio
     from level1_affect.face import FaceEncoder
     from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech, wer
@@ -547,14 +547,14 @@ def bench_extract_workers(workers: int) -> dict:
     with 1 worker and then with ``workers`` Ray workers, back to back from empty stores:
     wall seconds (model loading and, for Ray, its start included), real-time factor
     (wall / video seconds) and the speed-up, from this run only. The persistent JAX
-    compilation cache is on for both, as ``python -m ahjax.extract`` has it."""
-    from ahjax.assets import enable_compilation_cache
-    from ahjax.pipeline import QUICK_DATA, QUICK_EXTRACT, demo_root
+    compilation cache is on for both, as ``python -m ahjax extract`` has it."""
+    from ahjax.core.assets import enable_compilation_cache
+    from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
     from level1_affect.extract import extract_dataset
     enable_compilation_cache()   # as the extraction command and every Ray worker do
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the JSON report
         root = demo_root(QUICK_DATA)
-    out: dict = {"videos": None, "config": "QUICK_EXTRACT on the quick demo (ahjax.pipeline)",
+    out: dict = {"videos": None, "config": "QUICK_EXTRACT on the quick demo (level1_affect.dataset)",
                  "runs": {}}
     for w in (1, workers):
         with tempfile.TemporaryDirectory() as tmp:

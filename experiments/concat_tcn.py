@@ -5,7 +5,7 @@ trains :class:`baselines.tcn.ConcatTCN` with the paper's recipe (SGD 0.008, Nest
 weight decay 1e-4, windows of 696 frames, hop 48, batch 4, best epoch by validation AP)
 on a feature store, then scores the best epoch on val and test with the paper's frame
 metrics. ``--config.data.store PATH`` naming an extracted store is used as it is;
-otherwise the store comes from ``ahjax.pipeline.prepare_store`` (the BAH tree at
+otherwise the store comes from ``level1_affect.dataset.prepare_store`` (the BAH tree at
 ``--data.root`` or the embedded demo dataset, extracted once and cached).
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ahjax.data.windows import WindowConfig
-from ahjax.train.trainer import TrainConfig
+from ahjax.core.data.windows import WindowConfig
+from ahjax.core.train.trainer import TrainConfig
 from baselines.tcn import TCNConfig, train_concat_tcn
-from ahjax.pipeline import DataConfig, open_store
+from level1_affect.dataset import DataConfig, open_store
 from level1_affect.schema import MODALITIES
 
 @dataclasses.dataclass(frozen=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ahjax import config as config_lib
-from ahjax import interrupt
-from ahjax import results as results_lib
-from ahjax.assets import enable_compilation_cache
-from ahjax.train import engine
+from ahjax.core import config as config_lib
+from ahjax.core import interrupt
+from ahjax.core import results as results_lib
+from ahjax.core.assets import enable_compilation_cache
+from ahjax.core.train import engine
 
 # Experiment name -> (module path, one line on what it reproduces). A plain dict: nothing is
 # imported until an experiment is asked for.

@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ahjax.data.windows import WindowConfig
-from ahjax.train.trainer import TrainConfig
+from ahjax.core.data.windows import WindowConfig
+from ahjax.core.train.trainer import TrainConfig
 from baselines import fusion
 from baselines import frame_tables as ft
-from ahjax.pipeline import DataConfig
+from level1_affect.dataset import DataConfig
 from level1_affect.extract import ExtractConfig
 
 LABELS = {"can": "CAN", "lfan": "LFAN", "mt": "MT", "jmt": "JMT"}

@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from ahjax import results as results_lib
-from ahjax.data.store import FeatureStore
-from ahjax.data.windows import WindowConfig
-from ahjax.metrics import frame_ap
-from ahjax.train.trainer import TrainConfig
+from ahjax.core import results as results_lib
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.data.windows import WindowConfig
+from ahjax.core.metrics import frame_ap
+from ahjax.core.train.trainer import TrainConfig
 from baselines import face_pretrain as fp
 from baselines.backbones import BACKBONES, TINY, build_backbone, replace_head
 from baselines.tcn import METHOD as TCN_METHOD
 from baselines.tcn import TCNConfig, train_concat_tcn
-from ahjax.pipeline import QUICK_DATA, DataConfig, demo_root, score_videos
+from level1_affect.dataset import QUICK_DATA, DataConfig, demo_root, score_videos
 
 TABLE_METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1", "VIDEO_AVGF1", "VIDEO_AP")
 

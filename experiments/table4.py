@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from ahjax import assets
-from ahjax import results as results_lib
-from ahjax.metrics import frame_ap
+from ahjax.core import assets
+from ahjax.core import results as results_lib
+from ahjax.core.metrics import frame_ap
 from baselines import face_pretrain as fp
 from baselines.backbones import TINY, build_backbone
 from baselines.video_level import (NUM_FRAMES, ClipStyleVideo, prompt_embeddings,
                                    sample_frame_indices, video_focalnet)
 from level2_conflict import text_video as tvl
-from ahjax.pipeline import QUICK_DATA, DataConfig, demo_root
+from level1_affect.dataset import QUICK_DATA, DataConfig, demo_root
 
 ROWS = {"video_focalnet_t": "Video-FocalNet-T", "video_focalnet_s": "Video-FocalNet-S",
         "video_focalnet_b": "Video-FocalNet-B", "clip_style": "CLIP-style (EmoCLIP-like)",

@@ -13,7 +13,7 @@ layout), ``per_target`` (one row per subject and method) and ``notes``; the targ
 adapt/val/test splits are saved as ``personalisation_splits.json`` in the run folder.
 
 Beyond the paper, a second block personalises the two-level model
-(``level2_conflict.adapt``; ``config.two_level``, off with
+(``baselines.adapt.two_level``; ``config.two_level``, off with
 ``--config.two_level.enabled=False``): the same targets, splits and method
 implementations, applied to a ``TwoLevelModel`` source-trained on the same source
 participants over the level-1 tracks. Its rows are ``two_level/<method>`` in ``test``,
@@ -29,11 +29,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ahjax.data.store import FeatureStore
-from ahjax.pipeline import QUICK_DATA, QUICK_EXTRACT, DataConfig, open_store
+from ahjax.core.data.store import FeatureStore
+from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, DataConfig, open_store
 from baselines import adapt as adapt_lib
 from baselines import personalise
-from level2_conflict import adapt as two_level_adapt
+from baselines.adapt import two_level as two_level_adapt
 from level1_affect.extract import ExtractConfig
 from level2_conflict.model import TwoLevelConfig
 
@@ -64,7 +64,7 @@ class TwoLevelBlock:
     those missing from the store are left out). ``model.fps`` is taken from the store.
     ``adapt``: the methods' hyperparameters for this network; its ``context`` (frames per
     prediction, centred) of 0 or 1 means the model's receptive field
-    (``level2_conflict.adapt.context_frames``). Dropout is off, as in the first block's
+    (``baselines.adapt.two_level.context_frames``). Dropout is off, as in the first block's
     network (``AdaptConfig.dropout``): Tent predicts in train mode.
     """
     enabled: bool = True
@@ -113,7 +113,7 @@ def get_config(quick: bool = False) -> Config:
 
 
 def resolve_store(data: DataConfig, quick: bool = False) -> FeatureStore:
-    """The feature store of ``data`` through the shared resolver (``ahjax.pipeline``); a
+    """The feature store of ``data`` through the shared resolver (``level1_affect.dataset``); a
     quick run extracts with the quick configs' settings, so their caches are shared."""
     return open_store(data, QUICK_EXTRACT if quick else ExtractConfig())
 

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ahjax import metrics as metrics_lib
-from ahjax.data.bah import load_bah, load_video_splits, parse_video_name, probe_video
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.data.bah import load_bah, load_video_splits, parse_video_name, probe_video
 from baselines.llm import prompts as prompts_lib
 from baselines.llm import zeroshot
-from ahjax.pipeline import DataConfig, demo_root
+from level1_affect.dataset import DataConfig, demo_root
 
 LEVEL1_ARRAYS = ("face_expr", "face_desc", "face_present", "voice_prosody", "text_affect")
 
@@ -157,7 +157,7 @@ def tree_items(cfg: Config, notes: list) -> list[zeroshot.VideoItem]:
 
 def attach_level1(cfg: Config, items: list[zeroshot.VideoItem], notes: list) -> None:
     """Give each item its level-1 arrays (extracting the tree once, cached) for ``evidence``."""
-    from ahjax.pipeline import prepare_store
+    from level1_affect.dataset import prepare_store
     store, _, _ = prepare_store(cfg.data)
     have = set(store.video_ids())
     for item in items:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ahjax.pipeline import DataConfig, annomi_source
-from ahjax import assets
+from level1_affect.dataset import DataConfig, annomi_source
+from ahjax.core import assets
 from level1_affect import annomi, encoders
 from level1_affect import talk_type as tt
 

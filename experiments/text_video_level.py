@@ -65,9 +65,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ahjax import assets
-from ahjax.pipeline import DataConfig, transcript_splits
-from ahjax.data.bah import load_video_splits, parse_video_name
+from ahjax.core import assets
+from level1_affect.dataset import DataConfig, transcript_splits
+from ahjax.core.data.bah import load_video_splits, parse_video_name
 from level2_conflict.text_video import (BASELINES, STACKED, ModelConfig, TextViews,
                                         TwoLevelText, _best_threshold, candidates,
                                         crossfit_threshold, fit_two_level, level1_shift_table,

@@ -41,16 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ahjax.assets import cache_dir
-from ahjax.data.store import FeatureStore
-from ahjax.data.windows import WindowConfig
-from ahjax import metrics as metrics_lib
-from ahjax.metrics import bah_metrics
-from ahjax.train import trainer as trainer_lib
-from ahjax.train.trainer import TrainConfig
-from ahjax.pipeline import (QUICK_DATA, QUICK_EXTRACT, DataConfig, data_root, data_stages,
+from ahjax.core.assets import cache_dir
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.data.windows import WindowConfig
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.metrics import bah_metrics
+from ahjax.core.train import trainer as trainer_lib
+from ahjax.core.train.trainer import TrainConfig
+from level1_affect.dataset import (QUICK_DATA, QUICK_EXTRACT, DataConfig, data_root, data_stages,
                             frame_labels, prepare_store, score_videos, video_labels)
-from ahjax.progress import Plan, Stage
+from ahjax.core.progress import Plan, Stage
 from level1_affect.extract import ExtractConfig
 from level1_affect.schema import MODALITIES
 from level2_conflict import hsmm, multirun, plots
@@ -491,7 +491,7 @@ def run(config: Config, workdir: Path) -> dict:
         "A/H when the longest decoded A/H segment lasts at least video_min_s, chosen on val.",
     ]
     results["summary"] = summary(results, len(folds), config.fold_seeds)
-    from ahjax.results import to_markdown
+    from ahjax.core.results import to_markdown
     plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
                       title="ahjax two_level report")
     print(format_verdict(results["verdict"]), flush=True)
@@ -528,7 +528,7 @@ def _count(n: int, word: str) -> str:
 
 def make_plan(config: Config) -> Plan:
     """The run's stages with rough estimates (what is cached said so): the data stages of
-    :func:`ahjax.pipeline.data_stages`, the two-level models and the baselines."""
+    :func:`level1_affect.dataset.data_stages`, the two-level models and the baselines."""
     ref = Config()
     programs, work = _two_level_work(config)
     ref_programs, ref_work = _two_level_work(ref)

@@ -27,7 +27,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from ahjax import assets
+from ahjax.core import assets
 from level1_affect.loading import LOAD_LOCK
 
 NAMED = ("minilm", "mpnet")          # encoders that ship as assets

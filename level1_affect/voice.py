@@ -111,7 +111,7 @@ def load_openai_whisper(name_or_path: str | os.PathLike = "base", **kwargs):
     bundled tokenizer serves every multilingual size except large-v3; other vocabularies
     load for ``embed`` only.
     """
-    from ahjax.assets import fetch
+    from ahjax.core.assets import fetch
     from level1_affect.whisper import model as wm
     from level1_affect.whisper.transcribe import WhisperJax
     path = Path(name_or_path)

@@ -1,8 +1,8 @@
 """A deployed two-level folder (``deploy/`` of a ``two_level`` run), checked as it is read.
 
 The parameter files are checked against the manifest written beside them (size and
-sha256, :func:`ahjax.train.checkpoint.verify_manifest`); ``level2.json`` against its
-dataclasses (:func:`ahjax.config.from_dict`: types, unknown keys, finite numbers), so a
+sha256, :func:`ahjax.core.train.checkpoint.verify_manifest`); ``level2.json`` against its
+dataclasses (:func:`ahjax.core.config.from_dict`: types, unknown keys, finite numbers), so a
 damaged or hand-broken folder fails in one line naming the file and the key. A folder
 saved before manifests existed is still read (its parameters then checked by orbax only).
 """
@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from ahjax.config import ConfigError, from_dict
-from ahjax.train.checkpoint import load_params, verify_manifest, write_manifest
+from ahjax.core.config import ConfigError, from_dict
+from ahjax.core.train.checkpoint import load_params, verify_manifest, write_manifest
 from level2_conflict.model import TwoLevelConfig
 
 LEVEL2 = "level2.json"

@@ -34,10 +34,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ahjax import metrics as metrics_lib
-from ahjax.data.store import FeatureStore
-from ahjax.data.windows import window_starts
-from ahjax.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.data.windows import window_starts
+from ahjax.core.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
                                  masked_cross_entropy)
 from level2_conflict import features as feats
 from level2_conflict import hsmm

@@ -251,7 +251,7 @@ def report_html(results_md: str, figures: Sequence[str | Path], path: str | Path
                 title: str = "ahjax report") -> Path:
     """Write one self-contained HTML file: the results, then every figure embedded.
 
-    ``results_md``: Markdown (as ``ahjax.results`` writes it); ``figures``: image files
+    ``results_md``: Markdown (as ``ahjax.core.results`` writes it); ``figures``: image files
     (PNG, JPEG, SVG, GIF), each embedded as a base64 data URI under its file name.
     Returns the path written.
     """

@@ -176,7 +176,7 @@ def _forward(model, inputs):
 def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, durations: Durations,
                  decode: DecodeConfig, folder: Path) -> Path:
     """Save what :func:`load_trained` needs into ``folder`` (params via orbax)."""
-    from ahjax.train.checkpoint import save_params
+    from ahjax.core.train.checkpoint import save_params
     folder.mkdir(parents=True, exist_ok=True)
     save_params(model, folder / "params")
     deployed.seal(folder)

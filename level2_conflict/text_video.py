@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ahjax.metrics import bah_metrics, frame_ap
+from ahjax.core.metrics import bah_metrics, frame_ap
 
 METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1")
 BASELINES = ("question_only", "tfidf_logreg", "minilm_logreg", "mpnet_logreg")

@@ -294,7 +294,7 @@ VIDEO = 48  # frames per video (two videos per domain)
 @pytest.fixture(scope="module")
 def two_level():
     """(model config, (raw, network-ready) source, the same for a shifted target)."""
-    from level2_conflict import adapt as L
+    from baselines.adapt import two_level as L
     from level2_conflict.model import TwoLevelConfig
 
     cfg = TwoLevelConfig(fps=10.0, hidden=4, n_blocks=2, scales=(0.5, 2.0), dropout=0.0)
@@ -337,7 +337,7 @@ def _decomposition_error(model, raw):
 
 @pytest.mark.slow
 def test_two_level_net_scores_frames_as_the_model_does_on_whole_videos(two_level):
-    from level2_conflict import adapt as L
+    from baselines.adapt import two_level as L
     cfg, (raw, dom), _ = two_level
     net = L.TwoLevelAdaptNet.create(cfg, 0)
     inputs = dom.inputs(np.arange(len(dom)), L.context_frames(cfg))
@@ -359,7 +359,7 @@ def test_two_level_net_scores_frames_as_the_model_does_on_whole_videos(two_level
 
 def test_two_level_parameter_groups():
     """SHOT trains all but the classifier (read-outs, bias); Tent the input projections."""
-    from level2_conflict import adapt as L
+    from baselines.adapt import two_level as L
     from level2_conflict.model import TwoLevelConfig
 
     net = L.TwoLevelAdaptNet.create(TwoLevelConfig(hidden=4, n_blocks=1), 0)
@@ -378,7 +378,7 @@ def test_two_level_parameter_groups():
 
 @pytest.mark.slow
 def test_two_level_adaptation_moves_parameters_and_keeps_the_decomposition(two_level):
-    from level2_conflict import adapt as L
+    from baselines.adapt import two_level as L
     cfg, (_, source), (raw_t, target) = two_level
     acfg = dataclasses.replace(CFG, context=L.context_frames(cfg), epochs=1, batch_size=32,
                                select="last", weight_decay=0.0)

@@ -14,7 +14,7 @@ SR = 16000
 
 
 def _speech(text="I want to exercise more but I do not have the time"):
-    from ahjax.data.speech import synthesize
+    from ahjax.core.data.speech import synthesize
     import librosa
     sp = synthesize(text, rate_wpm=150)
     return librosa.resample(sp.samples, orig_sr=sp.sample_rate, target_sr=SR).astype(np.float32)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from baselines import backbones as bb
 from baselines import face_pretrain as fp
-from ahjax.data.store import FeatureStore
+from ahjax.core.data.store import FeatureStore
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def test_runner_on_a_malformed_tree_fails_in_one_line_and_marks_the_run(bad_tree
 
 
 def test_extract_on_a_malformed_tree_fails_in_one_line(bad_tree, tmp_path):
-    res = _run("ahjax.extract", "--root", bad_tree, "--out", tmp_path / "store")
+    res = _run("ahjax", "extract", "--root", bad_tree, "--out", tmp_path / "store")
     assert res.returncode == 2 and res.stdout == ""
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
     assert "split-frames/train.txt:1:" in res.stderr
@@ -55,7 +55,7 @@ def test_extract_on_a_malformed_tree_fails_in_one_line(bad_tree, tmp_path):
     (["--talk-type", "nowhere"], "talk_type='nowhere'"),
 ])
 def test_extract_checks_its_settings_first(bad_tree, tmp_path, args, message):
-    res = _run("ahjax.extract", "--root", bad_tree, "--out", tmp_path / "store", *args)
+    res = _run("ahjax", "extract", "--root", bad_tree, "--out", tmp_path / "store", *args)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "store").exists()
 
@@ -110,7 +110,7 @@ def _write_video(path, times, size=(64, 48)):
 def test_variable_frame_rate_places_frames_by_presentation_time(tmp_path):
     import numpy as np
 
-    from ahjax.data.transcript import Chunk
+    from ahjax.core.data.transcript import Chunk
     from level1_affect import schema
     from level1_affect.extract import ExtractConfig, Extractor
     from level1_affect.face import frame_times, is_variable_rate
@@ -170,7 +170,7 @@ def test_odd_but_valid_videos_go_through_level_one(tmp_path, case):
 def test_zero_byte_and_renamed_text_files_are_refused_in_one_line(tmp_path, content):
     video = tmp_path / "clip.mp4"
     video.write_bytes(content)
-    res = _run("ahjax.predict", video, "--out", tmp_path / "out")
+    res = _run("ahjax", "predict", video, "--out", tmp_path / "out")
     assert res.returncode == 2 and "clip.mp4" in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
@@ -180,7 +180,7 @@ def test_truncated_video_is_refused_or_read_to_where_it_breaks(tmp_path):
     full = _write_video(tmp_path / "full.mp4", np.arange(60) / 30.0)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
-    res = _run("ahjax.predict", cut, "--out", tmp_path / "out")
+    res = _run("ahjax", "predict", cut, "--out", tmp_path / "out")
     assert res.returncode == 2 and "cut.mp4" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -204,6 +204,6 @@ def test_demo_generator_refuses_bad_input_in_one_line(tmp_path, args, message):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    res = _run("ahjax.data.demo", "--out", out, *args)
+    res = _run("ahjax", "demo", "--out", out, *args)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

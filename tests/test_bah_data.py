@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from ahjax.data.bah import (canonical_id, labels_from_segments, load_bah, load_video_splits,
+from ahjax.core.data.bah import (canonical_id, labels_from_segments, load_bah, load_video_splits,
                             parse_video_name, probe_video, read_split_file)
-from ahjax.data.compacted import CompactedFeatures
-from ahjax.data.errors import BahFormatError
-from ahjax.data.transcript import Chunk, monotonic_chunks, read_transcription
-from ahjax.data.yamlio import BahSafeLoader, load_yaml
+from ahjax.core.data.compacted import CompactedFeatures
+from ahjax.core.data.errors import BahFormatError
+from ahjax.core.data.transcript import Chunk, monotonic_chunks, read_transcription
+from ahjax.core.data.yamlio import BahSafeLoader, load_yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bah_fixture import HOSTILE, make_bah_fixture  # noqa: E402
@@ -192,7 +192,7 @@ def test_yaml_safe_loader_and_errors(tmp_path):
 
 
 def test_large_yaml_parse_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
-    from ahjax.data import yamlio
+    from ahjax.core.data import yamlio
     monkeypatch.setenv("AHJAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(yamlio, "CACHE_MIN_BYTES", 10)
     path = tmp_path / "ann.yml"
@@ -341,7 +341,7 @@ def test_compacted_errors(tmp_path, over, match):
 
 
 def _inspect(*args):
-    return subprocess.run([sys.executable, "-m", "ahjax.data.inspect", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "ahjax", "inspect", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
 
 

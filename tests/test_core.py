@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from ahjax import assets, config as config_lib, results
-from ahjax.data.store import FeatureStore, StoreError, video_key
+from ahjax.core import assets, config as config_lib, results
+from ahjax.core.data.store import FeatureStore, StoreError, video_key
 
 
 @dataclasses.dataclass(frozen=True)

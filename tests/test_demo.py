@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ahjax.data import demo, face_anim
-from ahjax.data.speech import SpeechError, synthesize
+from ahjax.core.data import demo, face_anim
+from ahjax.core.data.speech import SpeechError, synthesize
 
 FPS = 24
 # Questions 4 and 7 carry A/H with probability 0.95 and 0.88: a tiny tree almost surely has
@@ -223,7 +223,7 @@ def test_make_demo_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_loads_through_the_bah_loader(tiny):
-    bah = pytest.importorskip("ahjax.data.bah")
+    bah = pytest.importorskip("ahjax.core.data.bah")
     index = bah.load_bah(tiny)
     gt = json.loads((tiny / "ground_truth.json").read_text())["videos"]
     assert len(index) == len(gt)

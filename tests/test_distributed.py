@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ahjax.data.store import FeatureStore
-from ahjax.pipeline import QUICK_DATA, QUICK_EXTRACT, demo_root
+from ahjax.core.data.store import FeatureStore
+from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
 from level1_affect.extract import dataset_records, extract_dataset
 
 
@@ -83,7 +83,7 @@ def test_an_unreachable_ray_address_fails_in_seconds_with_one_line(tmp_path):
     folder.mkdir()
     (folder / "x.mp4").write_bytes(b"")
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ahjax.extract", "--root", str(folder),
+    proc = subprocess.run([sys.executable, "-m", "ahjax", "extract", "--root", str(folder),
                            "--out", str(tmp_path / "store"), "--workers", "2",
                            "--ray-address", "127.0.0.1:9"],
                           capture_output=True, text=True, timeout=120)

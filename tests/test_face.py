@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from mediapipe.tasks.python import BaseOptions, vision
 
-from ahjax import assets
+from ahjax.core import assets
 from level1_affect import face as face_lib
 from level1_affect.errors import MediaError
 from level1_affect import fer as fer_lib

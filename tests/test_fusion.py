@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ahjax import config as config_lib
+from ahjax.core import config as config_lib
 from baselines import fusion as F
 
 DIMS = {"video": 12, "audio": 6, "text": 10}
@@ -237,7 +237,7 @@ def test_key_mask_in_attention():
 
 
 def test_trainer_passes_valid_to_the_attention_models():
-    from ahjax.train import trainer
+    from ahjax.core.train import trainer
     for name in NAMES:
         m = model(name)[0]
         keys = trainer.input_keys(m, tuple(DIMS))

@@ -25,9 +25,9 @@ CHUNKS = (5, 30, 1, 64, 65, 24, 100, 7, 250)   # uneven, some longer than a bloc
 def demo_tracks(tmp_path_factory):
     """Level-1 tracks of a generated demo video: face and voice through the live level 1,
     text from the video's own timed transcript."""
-    from ahjax import stream as live_stream
-    from ahjax.data import demo
-    from ahjax.data.bah import load_bah
+    from ahjax import streaming as live_stream
+    from ahjax.core.data import demo
+    from ahjax.core.data.bah import load_bah
     from level1_affect.face import FaceEncoder
     from level1_affect.live import LiveLevel1
     root = demo.make_demo(tmp_path_factory.mktemp("demo") / "bah", seed=3, participants=1,
@@ -175,7 +175,7 @@ def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
     """Level-1 rows and pending values leave memory as the stream goes; the files at the
     end hold every frame."""
     import csv
-    from ahjax import stream as live_stream
+    from ahjax import streaming as live_stream
     from level1_affect.face import FaceEncoder
     from level2_conflict.runtime import save_trained
     trained = _trained(False, 12.0)
@@ -201,7 +201,7 @@ def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
 
 
 def test_thin_keeps_every_kth_frame_within_its_cap():
-    from ahjax.stream import _Thin
+    from ahjax.streaming import _Thin
     thin = _Thin(cap=100)
     for a in range(0, 1000, 37):
         idx = np.arange(a, min(a + 37, 1000))
@@ -213,7 +213,7 @@ def test_thin_keeps_every_kth_frame_within_its_cap():
 
 
 def test_a_missing_talk_type_model_is_named_not_trained(tmp_path, monkeypatch):
-    from ahjax import stream as live_stream
+    from ahjax import streaming as live_stream
     from level1_affect import talk_type
     monkeypatch.setattr(talk_type, "default_dir", lambda: tmp_path / "nothing")
     video = tmp_path / "answer.mp4"

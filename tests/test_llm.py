@@ -701,7 +701,7 @@ def test_table7_quick_runs_on_the_demo_and_split_files(gguf, tmp_path):
     table = results["val-video"]
     # max_videos=2 keeps the first positive and the first negative: labels [1, 0], their
     # questions 4 and 1, whose train A/H rates are 1.0 and 0.5
-    from ahjax.metrics import bah_metrics
+    from ahjax.core.metrics import bah_metrics
     expected = bah_metrics(np.array([1, 0]), np.array([1.0, 0.5]))
     for metric in ("AVGF1", "AP", "WAR"):
         assert table["question_only"][metric] == pytest.approx(expected[metric])

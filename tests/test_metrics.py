@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, auc, confusion_matrix, f1_score
 
-from ahjax.metrics import AP_THRESHOLDS, bah_metrics, frame_ap, mean_std, video_level
+from ahjax.core.metrics import AP_THRESHOLDS, bah_metrics, frame_ap, mean_std, video_level
 
 # Tiny example. Probabilities sit between grid thresholds (x.xxx5) so no float rounding
 # decides a comparison. The last frame is unlabelled (-1) and must be ignored.

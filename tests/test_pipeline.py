@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from ahjax.data.bah import load_bah
-from ahjax.data.store import FeatureStore
+from ahjax.core.data.bah import load_bah
+from ahjax.core.data.store import FeatureStore
 from experiments import run as runner
 from experiments import two_level
 from level1_affect import schema
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo_root():
-    from ahjax.pipeline import demo_root as make
+    from level1_affect.dataset import demo_root as make
     return make(QUICK.data)
 
 
@@ -152,7 +152,7 @@ def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo
     index = load_bah(demo_root)
     rec = index.split("test")[0]
     out = tmp_path / "pred"
-    proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(rec.video_path),
+    proc = subprocess.run([sys.executable, "-m", "ahjax", "predict", str(rec.video_path),
                            "--out", str(out), "--checkpoint", str(run_dir)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -184,7 +184,7 @@ def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo
     # Another video into the same folder, without a checkpoint: none of the first run's
     # files stay beside the second's.
     other = index.split("test")[1]
-    proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(other.video_path),
+    proc = subprocess.run([sys.executable, "-m", "ahjax", "predict", str(other.video_path),
                            "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "tracks.csv",
@@ -193,13 +193,13 @@ def test_predict_one_video_with_and_without_checkpoint(tmp_path, quick_run, demo
 
 
 def test_stream_a_demo_video_in_real_time(tmp_path, quick_run, demo_root):
-    """``python -m ahjax.stream VIDEO --checkpoint RUN --realtime``: JSON lines on stdout,
+    """``python -m ahjax stream VIDEO --checkpoint RUN --realtime``: JSON lines on stdout,
     the causal model's A/H, words confirmed as they are heard, predict's files at the end."""
     _, run_dir = quick_run
     assert (run_dir / "deploy_causal" / "level2.json").is_file()
     rec = load_bah(demo_root).split("test")[0]
     out = tmp_path / "live"
-    proc = subprocess.run([sys.executable, "-m", "ahjax.stream", str(rec.video_path),
+    proc = subprocess.run([sys.executable, "-m", "ahjax", "stream", str(rec.video_path),
                            "--checkpoint", str(run_dir), "--realtime", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -259,13 +259,13 @@ def test_predict_checks_its_arguments_first_and_fails_in_one_line(tmp_path, demo
     for args, message in (([str(video), "--out", str(a_file)], "is not a folder"),
                           ([str(video), "--out", str(tmp_path / "o"), "--checkpoint",
                             str(not_a_run)], "not a two_level run folder")):
-        proc = subprocess.run([sys.executable, "-m", "ahjax.predict", *args],
+        proc = subprocess.run([sys.executable, "-m", "ahjax", "predict", *args],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
         # Refused before level 1: nothing extracted, nothing written.
         assert not (tmp_path / "o").exists()
-    debug = subprocess.run([sys.executable, "-m", "ahjax.predict", str(video), "--out",
+    debug = subprocess.run([sys.executable, "-m", "ahjax", "predict", str(video), "--out",
                             str(a_file), "--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
@@ -274,7 +274,7 @@ def test_predict_rejects_missing_and_corrupt_video(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"garbage" * 50)
     for path, message in ((tmp_path / "missing.mp4", "no such video file"), (bad, "broken.mp4")):
-        proc = subprocess.run([sys.executable, "-m", "ahjax.predict", str(path), "--out",
+        proc = subprocess.run([sys.executable, "-m", "ahjax", "predict", str(path), "--out",
                                str(tmp_path / "o")], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "o").exists()      # a failure leaves no half-written folder
@@ -310,7 +310,7 @@ def test_readme_python_example_runs(tmp_path, quick_run, demo_root, monkeypatch)
 
 
 def test_one_data_config_resolves_every_kind_of_data(tmp_path, monkeypatch):
-    from ahjax.pipeline import DataConfig, annomi_source, transcript_splits
+    from level1_affect.dataset import DataConfig, annomi_source, transcript_splits
     # Transcript splits: the flag, else $AHJAX_SPLITS, else the folder beside the repository.
     assert transcript_splits(DataConfig(splits=str(tmp_path))) == tmp_path.resolve()
     monkeypatch.setenv("AHJAX_SPLITS", str(tmp_path / "env"))

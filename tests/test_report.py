@@ -7,10 +7,10 @@ import re
 
 import numpy as np
 
-from ahjax.data.store import FeatureStore
-from ahjax.pipeline import demo_path, store_dir
-from ahjax.progress import Plan, Stage, fmt_seconds
-from ahjax.results import to_markdown
+from ahjax.core.data.store import FeatureStore
+from level1_affect.dataset import demo_path, store_dir
+from ahjax.core.progress import Plan, Stage, fmt_seconds
+from ahjax.core.results import to_markdown
 from experiments import two_level
 from level2_conflict import plots
 

@@ -17,7 +17,7 @@ from flax import nnx
 
 from test_bad_input import REPO, _run, _write_video
 
-from ahjax.config import ConfigError, apply_overrides
+from ahjax.core.config import ConfigError, apply_overrides
 from level2_conflict import hsmm
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
 from level2_conflict.runtime import DecodeConfig, Durations, save_trained
@@ -41,7 +41,7 @@ def _speech_video(path, text, voice="en", sr=16000, layout="mono", seconds_pad=0
     import av
     import librosa
 
-    from ahjax.data.speech import synthesize
+    from ahjax.core.data.speech import synthesize
     sp = synthesize(text, voice=voice)
     x = librosa.resample(np.asarray(sp.samples, np.float32), orig_sr=sp.sample_rate,
                          target_sr=sr)
@@ -102,8 +102,8 @@ def test_overlapping_quiet_blocks_in_threads_give_stderr_back():
 def test_two_threads_make_the_first_predict_calls_of_a_process(run_dir):
     """Two demo videos predicted at once by one shared Model, as a thread pool would: both
     succeed, match a sequential predict, and stderr still reaches the captured pipe."""
-    from ahjax.data.bah import load_bah
-    from ahjax.pipeline import QUICK_DATA, demo_root
+    from ahjax.core.data.bah import load_bah
+    from level1_affect.dataset import QUICK_DATA, demo_root
     recs = load_bah(demo_root(QUICK_DATA)).split("test")[:2]
     code = textwrap.dedent("""
         import json, os, sys, threading, warnings
@@ -199,7 +199,7 @@ def test_predict_with_a_damaged_checkpoint_fails_in_one_line(run_dir, tmp_path, 
     shutil.copytree(run_dir, copy)
     message = _damage(copy / "deploy", how)
     video = _write_video(tmp_path / "v.mp4", np.arange(6) / 12.0)
-    res = _run("ahjax.predict", video, "--out", tmp_path / "out", "--checkpoint", copy)
+    res = _run("ahjax", "predict", video, "--out", tmp_path / "out", "--checkpoint", copy)
     assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert "Event loop" not in res.stderr and not (tmp_path / "out").exists()
@@ -230,7 +230,7 @@ def test_french_speech_is_transcribed_but_not_read_as_english(french_video, tmp_
     assert forced.transcript["language"] == "fr" and forced.transcript["words"]
     assert any("language 'fr' (set by language=)" in w for w in forced.warnings)
     assert _word_present(forced).max() == 0 and not forced.arrays["text_emb"].any()
-    res = _run("ahjax.predict", french_video, "--out", tmp_path / "out", "--language", "auto")
+    res = _run("ahjax", "predict", french_video, "--out", tmp_path / "out", "--language", "auto")
     assert res.returncode == 0, res.stderr[-2000:]
     transcript = json.loads((tmp_path / "out" / "transcript.json").read_text())
     assert transcript["language"] == "fr" and transcript["words"]
@@ -264,7 +264,7 @@ def test_a_language_setting_is_checked():
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_predict_ends_in_one_line_and_leaves_nothing(tmp_path, sig, code):
     video = _write_video(tmp_path / "v.mp4", np.arange(90) / 30.0)
-    proc = subprocess.Popen([sys.executable, "-m", "ahjax.predict", str(video), "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "ahjax", "predict", str(video), "--out",
                              str(tmp_path / "out")], cwd=REPO, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Wait (as long as it takes) for the temporary folder predict writes into.
@@ -297,7 +297,7 @@ def test_an_empty_split_warns_in_inspect_and_extract(tmp_path, capsys):
     root = tmp_path / "BAH"
     make_bah_fixture(root)
     (root / "split" / "val.txt").write_text("")
-    res = _run("ahjax.data.inspect", root)
+    res = _run("ahjax", "inspect", root)
     assert res.returncode == 0
     assert f"warning: {root / 'split' / 'val.txt'}: lists no video (an empty split)" in res.stderr
     dataset_records(root)
@@ -311,7 +311,7 @@ def test_extract_over_many_unreadable_files_summarises_and_exits_non_zero(tmp_pa
         (folder / f"bad{i:03d}.mp4").write_bytes(b"not a video" * (i + 1))
     _write_video(folder / "good.mp4", np.arange(12) / 12.0)
     store = tmp_path / "store"
-    res = _run("ahjax.extract", "--root", folder, "--out", store, "--talk-type", "lexicon")
+    res = _run("ahjax", "extract", "--root", folder, "--out", store, "--talk-type", "lexicon")
     assert res.returncode == 1, res.stderr[-2000:]
     # Five failures named, then a count (the progress bar's redraws are not lines: they
     # end in a carriage return, which text mode reads as a newline).
@@ -374,14 +374,13 @@ def test_speech_has_one_level_in_mono_stereo_and_six_channels(tmp_path):
 
 def test_out_with_dot_dot_and_a_failed_write_name_out(tmp_path):
     video = _write_video(tmp_path / "v.mp4", np.arange(6) / 12.0)
-    res = _run("ahjax.predict", video, "--out", tmp_path / "a" / ".." / "b")
+    res = _run("ahjax", "predict", video, "--out", tmp_path / "a" / ".." / "b")
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "b" / "tracks.csv").is_file() and not (tmp_path / "a").exists()
     # Files may not grow past 4 KB (as on a full disk): the figure cannot be written.
-    limit = ("import resource, signal, runpy, sys; signal.signal(signal.SIGXFSZ, "
+    limit = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, "
              "signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
-             "sys.argv = ['predict'] + sys.argv[1:]; runpy.run_module('ahjax.predict', "
-             "run_name='__main__')")
+             "from ahjax.cli import main; sys.exit(main(['predict'] + sys.argv[1:]))")
     out = tmp_path / "full"
     res = subprocess.run([sys.executable, "-c", limit, str(video), "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=300,
@@ -396,7 +395,7 @@ def test_stream_says_why_the_model_is_not_causal(run_dir, tmp_path):
     """deploy_causal/ holding an offline model is not called missing."""
     import shutil
 
-    from ahjax import stream as live_stream
+    from ahjax import streaming as live_stream
     run = tmp_path / "run"
     shutil.copytree(run_dir / "deploy", run / "deploy_causal")
     video = _write_video(tmp_path / "v.mp4", np.arange(12) / 12.0)

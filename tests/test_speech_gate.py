@@ -23,7 +23,7 @@ def _signals():
 
 @pytest.fixture(scope="module")
 def speech():
-    from ahjax.data.speech import synthesize
+    from ahjax.core.data.speech import synthesize
     import librosa
     sp = synthesize("I want to cut down on drinking, but honestly it helps me relax.",
                     rate_wpm=170)

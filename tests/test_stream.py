@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ahjax import stream as live_stream
+from ahjax import streaming as live_stream
 from level1_affect.errors import MediaError
 from level1_affect.live import LocalAgreement
 from level2_conflict import hsmm
@@ -204,7 +204,7 @@ def test_prefix_scores_of_a_causal_model_do_not_change(causal_dir):
 def test_fixed_lag_labels_are_final_lag_seconds_behind(causal_dir, face_encoder, tmp_path):
     import ahjax
     src = live_stream.MediaSource(_frames(60, 1), FPS, None, name="noise")
-    lines = list(ahjax.stream(src, causal_dir,   # the module is callable: the Python API
+    lines = list(ahjax.stream(src, causal_dir,   # the Python API
                                     live_stream.StreamConfig(asr=False, chunk_s=1.0, lag_s=2.0),
                                     face_encoder=face_encoder))
     # Decided up to 2 s behind the newest frame of each line, everything at the end.
@@ -288,7 +288,7 @@ def test_realtime_play_reports_latency_and_degrades_when_behind(causal_dir, face
 
 def test_cli_refuses_bad_sources_and_settings_in_one_line(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "ahjax.stream", *map(str, args)],
+        return subprocess.run([sys.executable, "-m", "ahjax", "stream", *map(str, args)],
                               capture_output=True, text=True, timeout=120)
     res = cli(tmp_path / "missing.mp4")
     assert res.returncode == 2 and "missing.mp4: no such video file" in res.stderr

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 
-from ahjax.data.store import FeatureStore
+from ahjax.core.data.store import FeatureStore
 from experiments import run as runner
 from experiments import table5
 

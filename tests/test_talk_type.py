@@ -200,7 +200,7 @@ def small_bert(tmp_path_factory):
     tokenizer.json)."""
     import shutil
     import transformers
-    from ahjax import assets
+    from ahjax.core import assets
     folder = tmp_path_factory.mktemp("bert") / "small-bert"
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
                                   num_attention_heads=2, intermediate_size=64,

@@ -135,7 +135,7 @@ def test_timed_words_land_on_their_frames(lex, model):
 
 
 def test_chunks_spread_within_their_spans(lex):
-    from ahjax.data.transcript import Chunk
+    from ahjax.core.data.transcript import Chunk
     chunks = [Chunk(0.0, 2.0, "hi extraordinarily", "en"), Chunk(3.0, None, "bye now", "en")]
     timed = T.words_from_chunks(chunks)
     assert [w["word"] for w in timed] == ["hi", "extraordinarily", "bye", "now"]

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ahjax.metrics import bah_metrics, frame_ap
-from ahjax.pipeline import DataConfig, transcript_splits
+from ahjax.core.metrics import bah_metrics, frame_ap
+from level1_affect.dataset import DataConfig, transcript_splits
 from experiments import run as runner
 from experiments import text_video_level as tvl
 from level2_conflict import text_video as tv

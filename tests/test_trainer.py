@@ -17,9 +17,9 @@ import optax
 import pytest
 from flax import nnx
 
-from ahjax import metrics as metrics_lib
-from ahjax.data import windows as win
-from ahjax.train import trainer as T
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.data import windows as win
+from ahjax.core.train import trainer as T
 from baselines.tcn import ConcatTCN, TCNConfig
 from test_windows import SPEC, make_store
 
@@ -123,7 +123,7 @@ def test_padding_is_never_counted(store, tmp_path):
 
 
 def _latest(workdir):
-    from ahjax.train.checkpoint import Checkpointer
+    from ahjax.core.train.checkpoint import Checkpointer
     with Checkpointer(workdir / "checkpoints") as ckpt:
         return ckpt.latest_step()
 
@@ -196,7 +196,7 @@ def test_resume_keeps_a_best_epoch_from_before_the_kill(store, tmp_path, monkeyp
     resumed = T.train(tiny_model, store, SPEC, WCFG, RESUME_CFG, tmp_path)
     assert resumed.best_epoch == 0 and resumed.best_val["AP"] == 0.9
     assert [r["val"]["AP"] for r in resumed.history] == [0.9, 0.5, 0.4]
-    from ahjax.train.checkpoint import Checkpointer
+    from ahjax.core.train.checkpoint import Checkpointer
     with Checkpointer(tmp_path / "checkpoints") as ckpt:
         assert ckpt.best_step() == 5 and 5 in ckpt.all_steps()
 
@@ -263,7 +263,7 @@ def test_nan_validation_outputs_stop_at_the_best_earlier_epoch(store, tmp_path):
 
 
 def test_checkpointer_best_step_is_one_it_kept(tmp_path):
-    from ahjax.train.checkpoint import Checkpointer
+    from ahjax.core.train.checkpoint import Checkpointer
     state = {"w": jnp.zeros(3)}
     with Checkpointer(tmp_path / "c", keep=1, keep_best=1) as ckpt:
         assert ckpt.best_step() is None
@@ -285,7 +285,7 @@ def test_checkpointer_best_step_is_one_it_kept(tmp_path):
 
 def test_checkpoint_packs_leaves_and_reads_one_array_per_leaf(tmp_path):
     import orbax.checkpoint as ocp
-    from ahjax.train.checkpoint import Checkpointer
+    from ahjax.core.train.checkpoint import Checkpointer
     state = {"w": jnp.arange(6.0).reshape(2, 3), "opt": {"step": jnp.asarray(3, jnp.uint32),
              "mu": np.ones((4,), np.float32)}, "empty": jnp.zeros((0, 2), jnp.int32)}
     target = jax.tree.map(jnp.zeros_like, state)
@@ -359,8 +359,8 @@ MULTI = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from flax import nnx
-    from ahjax.data import windows as win
-    from ahjax.train import trainer as T
+    from ahjax.core.data import windows as win
+    from ahjax.core.train import trainer as T
     from test_windows import SPEC, make_store
     from test_trainer import tiny_model
     assert jax.device_count() == 4, jax.devices()
@@ -451,13 +451,13 @@ PROCESS = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
     pid, nproc, root = int(sys.argv[1]), int(sys.argv[2]), {root!r}
-    from ahjax.train import engine
+    from ahjax.core.train import engine
     engine.initialize_distributed({coordinator!r}, nproc, pid)
     import jax, numpy as np
     from flax import nnx
-    from ahjax.data import windows as win
-    from ahjax.data.store import FeatureStore
-    from ahjax.train import trainer as T
+    from ahjax.core.data import windows as win
+    from ahjax.core.data.store import FeatureStore
+    from ahjax.core.train import trainer as T
     from test_trainer import tiny_model
     from test_windows import SPEC
     cfg = T.TrainConfig(epochs=2, lr=0.05, progress=False)
@@ -540,7 +540,7 @@ def test_progress_bar_names_what_trains(store, tmp_path, capsys):
 def test_epoch_loop_hands_back_freed_memory_after_compiling_and_each_epoch(monkeypatch):
     # Once the first step has run (so XLA has compiled and freed its working memory) and
     # after every epoch; the loss of that first step still counts.
-    from ahjax.train import engine
+    from ahjax.core.train import engine
     if sys.platform == "linux":   # glibc here: the real call goes through
         assert engine.release_freed_memory() is True
     events = []

@@ -268,7 +268,7 @@ def test_video_rule_from_decoded_segments():
 
 
 def test_store_verify_names_the_video_and_array_of_a_corrupt_feature(tmp_path):
-    from ahjax.data.store import FeatureStore, StoreError
+    from ahjax.core.data.store import FeatureStore, StoreError
     store = FeatureStore(tmp_path / "store")
     tracks = make_tracks(30, random=True)
     tracks["labels"] = np.zeros(30, np.int8)

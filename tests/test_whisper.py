@@ -24,7 +24,7 @@ SENTENCE = "I want to exercise more but I do not have the time"
 
 @pytest.fixture(scope="module")
 def asset():
-    from ahjax.assets import fetch
+    from ahjax.core.assets import fetch
     return fetch("whisper_base")
 
 
@@ -36,7 +36,7 @@ def whisper(asset):
 @pytest.fixture(scope="module")
 def speech():
     import librosa
-    from ahjax.data.speech import synthesize
+    from ahjax.core.data.speech import synthesize
     sp = synthesize(SENTENCE, rate_wpm=150)
     x = librosa.resample(sp.samples, orig_sr=sp.sample_rate, target_sr=SR).astype(np.float32)
     # espeak times are at its own rate; resampling keeps them
@@ -232,7 +232,7 @@ def test_speech_in_another_language_is_detected_and_transcribed_in_it(whisper):
     (``transcript.json`` carries it) and the words come out in that language; the English
     text lexicons then simply find little, which the language field explains."""
     import librosa
-    from ahjax.data.speech import synthesize
+    from ahjax.core.data.speech import synthesize
     french = "Je voudrais faire plus de sport, mais je n'ai jamais le temps le soir."
     sp = synthesize(french, voice="fr")
     x = librosa.resample(sp.samples, orig_sr=sp.sample_rate, target_sr=SR).astype(np.float32)

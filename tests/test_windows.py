@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ahjax.data.store import FeatureStore, StoreError
-from ahjax.data import windows as win
+from ahjax.core.data.store import FeatureStore, StoreError
+from ahjax.core.data import windows as win
 
 SPEC = {"video": ("face_expr", "face_blend"), "text": ("text_emb",)}
 
@@ -186,7 +186,7 @@ def test_process_shards_concatenate_to_the_one_process_batch(tmp_path):
 
 
 def test_multi_process_settings_are_checked():
-    from ahjax.train import engine
+    from ahjax.core.train import engine
     assert engine.initialize_distributed(None, 1, 0) == (0, 1)     # one process: nothing
     with pytest.raises(ValueError, match="need a coordinator address"):
         engine.initialize_distributed(None, 2, 0)

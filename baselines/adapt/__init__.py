@@ -3,7 +3,7 @@
 Every method works on the same network, :class:`AdaptNet` (a backbone that maps one frame,
 optionally with its causal context, to a feature vector ending in BatchNorm, then a linear
 classifier to 2 logits), and starts from the same source-trained weights. Any other network
-with the same interface works too (``level2_conflict.adapt.TwoLevelAdaptNet``, the two-level
+with the same interface works too (``baselines.adapt.two_level.TwoLevelAdaptNet``, the two-level
 model, does): ``model(inputs, train=...) -> (logits (B, 2), {"features": (B, f)})``, a
 ``classifier`` with ``kernel`` (f, 2) and ``bias`` (2,) such that ``logits = features @ kernel
 + bias`` (T3A reads it), and optionally ``param_groups``, a dict naming which parameters a
@@ -45,7 +45,7 @@ satisfy and :class:`VisionLanguageTTA` the base class one of them would subclass
 
 Model selection for training-based methods follows the paper's rule (docs/bah_format.md): the
 epoch with the best AP on the target's validation part (``select="last"`` turns it off).
-Training runs through the project's one engine (:mod:`ahjax.train.engine`): the trainer's
+Training runs through the project's one engine (:mod:`ahjax.core.train.engine`): the trainer's
 optimiser builder, its non-finite and best-epoch policy, and its data-parallel mesh.
 
 The package: :mod:`~baselines.adapt.config` (:class:`AdaptConfig`),

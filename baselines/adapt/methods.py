@@ -12,9 +12,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ahjax import metrics as metrics_lib
-from ahjax.train import engine
-from ahjax.train.trainer import TrainConfig, make_optimizer
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.train import engine
+from ahjax.core.train.trainer import TrainConfig, make_optimizer
 from baselines.adapt.config import AdaptConfig
 from baselines.adapt.domains import Domain
 from baselines.adapt.losses import cross_entropy, entropy, mmd
@@ -25,7 +25,7 @@ from baselines.adapt.networks import (BACKBONE_PARAMS, NORM_PARAMS, AdaptNet, _f
 def make_tx(name: str, lr: float, weight_decay: float) -> optax.GradientTransformation:
     """The optimiser of a method: AdamW (``"adam"``) or SGD (momentum 0.9, Nesterov,
     weight decay added to the gradient), built by the trainer's
-    :func:`~ahjax.train.trainer.make_optimizer` like every optimiser of the project.
+    :func:`~ahjax.core.train.trainer.make_optimizer` like every optimiser of the project.
     Equal arguments give the same (cached) object: the transformation is part of the
     optimizer's graphdef, a static argument of the jitted step, so every target reuses one
     compilation."""
@@ -141,8 +141,8 @@ def fit(method: TrainedMethod, model: AdaptNet, source: Domain | None, target: D
 
     One epoch is one shuffled pass over ``target`` in batches of ``cfg.batch_size`` (the last
     one wrapped around so shapes stay fixed); source batches are drawn uniformly. Epochs
-    run through the project's one engine (:func:`ahjax.train.engine.run_epochs`): its
-    non-finite policy (a NaN loss raises :class:`~ahjax.train.engine.NonFiniteLossError`
+    run through the project's one engine (:func:`ahjax.core.train.engine.run_epochs`): its
+    non-finite policy (a NaN loss raises :class:`~ahjax.core.train.engine.NonFiniteLossError`
     naming the epoch), its best-epoch rule (the best validation AP, the later epoch on a
     tie, when ``cfg.select == "val_ap"`` and a validation part with both classes is given;
     else the last) and its data parallelism (parameters replicated, each batch split over

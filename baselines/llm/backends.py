@@ -104,7 +104,7 @@ class LlamaCppBackend:
         except ImportError as err:
             raise BackendError(f"the GGUF backend needs llama-cpp-python ({err}); {INSTALL_HINT}") from None
         if model_path is None:
-            from ahjax import assets
+            from ahjax.core import assets
             model_path = assets.fetch("gemma3_270m_gguf")
         path = Path(model_path).expanduser()
         if not path.is_file():

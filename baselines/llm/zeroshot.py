@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ahjax import metrics as metrics_lib
+from ahjax.core import metrics as metrics_lib
 from baselines.llm import parse as parse_lib
 from baselines.llm import prompts as prompts_lib
 from baselines.llm.backends import Answer, positive_probability

@@ -292,7 +292,7 @@ def load_ct2_params(folder: str | os.PathLike) -> tuple[Params, WhisperDims]:
     under the ahjax cache when that folder is read-only; the cache is keyed by the model
     file's size and modification time.
     """
-    from ahjax.assets import cache_dir
+    from ahjax.core.assets import cache_dir
     from level1_affect.whisper.ct2 import read_ct2
     src = Path(folder) / "model.bin"
     try:

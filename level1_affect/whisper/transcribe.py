@@ -202,7 +202,7 @@ class WhisperJax:
     def load(cls, path: str | os.PathLike | None = None, **kwargs) -> "WhisperJax":
         """Whisper base from the ``whisper_base`` asset (or a folder with the same files:
         ``model.bin`` in CTranslate2 format, ``config.json``, ``tokenizer.json``)."""
-        from ahjax.assets import fetch
+        from ahjax.core.assets import fetch
         folder = Path(path) if path is not None else fetch("whisper_base")
         params, dims = wm.load_ct2_params(folder)
         cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}

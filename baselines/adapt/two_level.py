@@ -214,7 +214,7 @@ class TwoLevelAdaptNet(nnx.Module):
         missing = [k for k in (*self.model.groups, *AFFECT_KEYS.values()) if k not in inputs]
         if missing:
             raise KeyError(f"TwoLevelAdaptNet reads the features of "
-                           f"level2_conflict.adapt.conflict_domain; inputs lack {missing}")
+                           f"baselines.adapt.two_level.conflict_domain; inputs lack {missing}")
         # Only the keys the model reads from precomputed features: never cues (no cue
         # loss here), nor "mask" in place of a missing "valid".
         keys = (*self.model.groups, *AFFECT_KEYS.values(), *self.model.emb_keys, "valid")

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ahjax.data.errors import BahFormatError
-from ahjax.data.yamlio import load_yaml
+from ahjax.core.data.errors import BahFormatError
+from ahjax.core.data.yamlio import load_yaml
 
 WINDOW_S = 30.0
 WORDS_PER_SECOND = 2.5

@@ -1,34 +1,31 @@
-"""``python -m ahjax.extract --root ROOT [--out DIR] [--workers N]``: level 1 over a BAH tree or a folder of videos.
+"""``python -m ahjax COMMAND ...``: the command lines.
 
-Runs every encoder (face, voice, text) over each video into the feature store, with a
-progress bar; videos already extracted are skipped, so a killed run resumes; a failing
-video is reported and skipped (the first few by name, all in ``failures.json``), and the
-exit status is 1 when any failed. Prints a summary (videos done/skipped/failed, seconds per
-encoder, real-time factor) at the end. ``ROOT`` is a BAH tree (it has a ``split/``
-folder) or any folder of video files (ids: their paths without suffix, no labels).
-``--workers N`` (N > 1) spreads the videos over N Ray actors, each loading the models once,
-on a local Ray (``pip install -e ".[distributed]"``) or, with ``--ray-address``, on an
-existing cluster whose nodes all see ``--out``.
+``extract`` (level 1 over a BAH tree or a folder of videos), ``predict`` (one video, end
+to end), ``stream`` (A/H while a video plays or a camera films), ``inspect`` (a BAH tree's
+counts) and ``demo`` (write the synthetic demo tree). ``python -m ahjax COMMAND --help``
+says more; bad input is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
-from ahjax.config import debug_requested
-from ahjax.interrupt import exit_on_signals, on_signal
+from ahjax.core.config import debug_requested
+from ahjax.core.interrupt import exit_on_signals, on_signal
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ahjax.assets import enable_compilation_cache
+def extract_main(argv: list[str] | None = None) -> int:
+    """Level 1 over every video of ``--root`` into the feature store."""
+    from ahjax.core.assets import enable_compilation_cache
     from level1_affect.extract import ExtractConfig, default_store_dir, extract_dataset
 
     enable_compilation_cache()  # reuse compiled encoders across runs ($AHJAX_JAX_CACHE=0: off)
 
-    parser = argparse.ArgumentParser(prog="python -m ahjax.extract", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ahjax extract", description=EXTRACT_HELP)
     parser.add_argument("--root", required=True,
                         help="BAH dataset root, or a folder of video files")
     parser.add_argument("--out", help="feature store folder (default: under AHJAX_CACHE)")
@@ -78,5 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0   # any video failed: non-zero, after the others were done
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+EXTRACT_HELP = """level 1 over a BAH tree or a folder of videos."""
+
+
+COMMANDS = {
+    "extract": ("level 1 for every video of a BAH tree or folder (resumable)", "ahjax.cli", "extract_main"),
+    "predict": ("one video, end to end: tracks, transcript, A/H with --checkpoint", "ahjax.predict", "main"),
+    "stream": ("A/H while a video plays or a camera films, one JSON line per chunk", "ahjax.streaming", "main"),
+    "inspect": ("a BAH tree's counts per split", "ahjax.core.data.inspect", "main"),
+    "demo": ("write the synthetic demo dataset", "ahjax.core.data.demo", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``COMMAND args`` to that command's own parser."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name.ljust(width)}  {help_}" for name, (help_, _, _) in COMMANDS.items()]
+        print("usage: python -m ahjax COMMAND [args]\n\ncommands:\n" + "\n".join(lines),
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    _, module, function = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), function)(argv[1:])

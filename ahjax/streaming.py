@@ -1,9 +1,9 @@
-"""``python -m ahjax.stream SOURCE --checkpoint RUN``: A/H while the person is still talking.
+"""``python -m ahjax stream SOURCE --checkpoint RUN``: A/H while the person is still talking.
 
 SOURCE is a video file (played as fast as possible, or at its real pace with
 ``--realtime``) or a capture device (``cam:0``, or a ``/dev/video*`` path; video only). One
 JSON line per chunk goes to stdout, for an app to read; logs go to stderr; at the end the
-same files as ``python -m ahjax.predict`` are written (``--out``).
+same files as ``python -m ahjax predict`` are written (``--out``).
 
 Each line holds ``t_start``/``t_end`` (seconds into the source), ``frames`` ([first, end)),
 ``tracks`` (the chunk's per-frame level-1 columns, as in ``tracks.csv``), with a checkpoint
@@ -39,7 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ahjax.config import debug_requested
+from ahjax.core.config import debug_requested
 
 SAMPLE_RATE = 16000
 # (landmarker every k-th frame x, Whisper pass interval x) per degradation level.
@@ -563,7 +563,7 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     the last chunk says why in ``ended``, and what was decided is written out.
     ``face_encoder``/``whisper``: loaded encoders to reuse across streams.
     """
-    from ahjax.assets import enable_compilation_cache
+    from ahjax.core.assets import enable_compilation_cache
     from level1_affect.face import FaceEncoder
     enable_compilation_cache()
     _check_source(source)   # a typo fails at once, not after the models are loaded
@@ -684,7 +684,7 @@ def to_json(chunk: dict, digits: int = 4) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ahjax.stream",
+    parser = argparse.ArgumentParser(prog="python -m ahjax stream",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a video file, cam:N or /dev/videoN")
     parser.add_argument("--checkpoint", default=None, help="a two_level run folder")
@@ -729,17 +729,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-class _CallableModule(type(sys)):
-    """``ahjax.stream(...)`` calls :func:`stream`; the module's names stay reachable
-    (``ahjax.stream.StreamConfig``) and ``python -m ahjax.stream`` runs :func:`main`."""
-
-    def __call__(self, *args, **kwargs):
-        return stream(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,7 +34,7 @@ from typing import Iterator, Mapping, Sequence
 import grain
 import numpy as np
 
-from ahjax.data.store import FeatureStore, StoreError
+from ahjax.core.data.store import FeatureStore, StoreError
 
 Spec = Mapping[str, Sequence[str]]
 STATS_DIR = "_stats"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ahjax.data.bah import canonical_id
-from ahjax.data.errors import BahFormatError
+from ahjax.core.data.bah import canonical_id
+from ahjax.core.data.errors import BahFormatError
 
 LABEL_FILE = "EXPR_continuous_label.npy"
 # name -> (file, expected trailing shape: None = any, -1 = any size on that axis)

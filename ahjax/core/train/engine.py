@@ -1,6 +1,6 @@
 """The one epoch loop every training in the project runs through.
 
-:func:`ahjax.train.trainer.train` (the frame-level models), the domain-adaptation methods
+:func:`ahjax.core.train.trainer.train` (the frame-level models), the domain-adaptation methods
 (``baselines.adapt``) and image/backbone training (``baselines.face_pretrain``) differ in
 their data and their step, not in how an epoch is run. They share, from here:
 
@@ -12,8 +12,8 @@ their data and their step, not in how an epoch is run. They share, from here:
 - :func:`data_mesh`, :func:`replicate`, :func:`put_batch`: the same 1-D ``data`` mesh
   data parallelism (parameters replicated, batches split on their first axis), so a jitted
   step written for one device runs data-parallel on several unchanged;
-- the optimiser builder :func:`ahjax.train.trainer.make_optimizer` and the orbax
-  :class:`~ahjax.train.checkpoint.Checkpointer`, which every training uses.
+- the optimiser builder :func:`ahjax.core.train.trainer.make_optimizer` and the orbax
+  :class:`~ahjax.core.train.checkpoint.Checkpointer`, which every training uses.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def put_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None =
     too) as global arrays split over ``mesh``'s ``data`` axis along their first axis.
 
     With one process the batch is all of it; with several, each process passes only its
-    own rows (:class:`ahjax.data.windows.WindowLoader` with ``shard``) and the global batch
+    own rows (:class:`ahjax.core.data.windows.WindowLoader` with ``shard``) and the global batch
     is their concatenation in process order. The rows a process passes must divide
     evenly over its devices of the mesh.
     """

@@ -11,8 +11,8 @@ shared too. ``data_stages`` gives a run's plan its data stages (rough times, wha
 cached). ``score_videos`` turns per-video frame probabilities (and optional decoded
 labels) into the paper's frame- and video-level metrics.
 
-An entry-layer module: it imports level 1 to extract, and the core (``ahjax.data``,
-``ahjax.train``, ``ahjax.metrics``) never imports it.
+An entry-layer module: it imports level 1 to extract, and the core (``ahjax.core.data``,
+``ahjax.core.train``, ``ahjax.core.metrics``) never imports it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ahjax import metrics as metrics_lib
-from ahjax.data.store import FeatureStore
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.data.store import FeatureStore
 from level1_affect.extract import ExtractConfig, default_store_dir, extract_dataset
 
 CUE_KEYS = ("audio", "body", "facial", "inconsistencies", "language")
@@ -92,7 +92,7 @@ QUICK_EXTRACT = ExtractConfig(voice_embeddings=False, detect_every=2)
 
 def demo_path(data: DataConfig) -> Path:
     """Where the demo tree for ``data`` is cached (it may not exist yet)."""
-    from ahjax.data import demo
+    from ahjax.core.data import demo
     qs = demo_questions(data)
     tag = (f"p{data.demo_participants}-q{''.join(map(str, qs))}-"
            f"d{data.demo_min_duration:g}-{data.demo_max_duration:g}")
@@ -109,7 +109,7 @@ def demo_questions(data: DataConfig) -> tuple:
 def demo_root(data: DataConfig, progress: bool = False) -> Path:
     """The cached demo tree for ``data`` (generated on first use, with a bar when
     ``progress``)."""
-    from ahjax.data import demo
+    from ahjax.core.data import demo
     target = demo_path(data)
     print(f"demo dataset: {target}", flush=True)
     return demo.ensure_demo(target, seed=data.demo_seed, participants=data.demo_participants,
@@ -161,10 +161,10 @@ EXTRACT_LOAD_S = 20.0
 
 
 def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> list:
-    """The plan's data stages for ``data`` (:class:`ahjax.progress.Stage`): the demo
+    """The plan's data stages for ``data`` (:class:`ahjax.core.progress.Stage`): the demo
     dataset (unless ``data.root`` is given) and the level-1 extraction, each with a rough
     estimate, or ``cached`` for what is already on disk. Reads no video."""
-    from ahjax.progress import Stage
+    from ahjax.core.progress import Stage
     stages = []
     if data.root:
         root = Path(data.root).expanduser()

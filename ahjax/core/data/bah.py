@@ -34,9 +34,9 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from ahjax.data.errors import BahFormatError
-from ahjax.data.transcript import Chunk, read_transcription
-from ahjax.data.yamlio import load_yaml, load_yaml_with_lines
+from ahjax.core.data.errors import BahFormatError
+from ahjax.core.data.transcript import Chunk, read_transcription
+from ahjax.core.data.yamlio import load_yaml, load_yaml_with_lines
 
 SPLITS = ("train", "val", "test")
 ANNOTATION_FILES = ("video_annotation_transcript.yaml", "video_annotation_transcript.yml",

@@ -41,9 +41,9 @@ import numpy as np
 from tqdm.auto import tqdm
 import yaml
 
-from ahjax.data import face_anim
-from ahjax.data.speech import synthesize
-from ahjax.config import debug_requested
+from ahjax.core.data import face_anim
+from ahjax.core.data.speech import synthesize
+from ahjax.core.config import debug_requested
 
 __all__ = ["DEMO_VERSION", "make_demo", "ensure_demo", "default_cache_dir", "QUESTIONS", "AH_KINDS"]
 
@@ -558,7 +558,7 @@ def _write_annotations(out: Path, results: list[dict], parts: dict, splits: dict
     (out / "README.txt").write_text(
         "ahjax demo dataset (synthetic). Not BAH data: one public-domain photograph (skimage's\n"
         "astronaut) animated by warps and espeak-ng speech, laid out like BAH. A/H segments are\n"
-        "injected; ground_truth.json says which kind each is. Made by ahjax.data.demo.\n", encoding="utf-8")
+        "injected; ground_truth.json says which kind each is. Made by ahjax.core.data.demo.\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- cache
@@ -596,7 +596,7 @@ def ensure_demo(cache_dir: str | os.PathLike | None = None, seed: int = 0, **kwa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m ahjax.data.demo --out DIR [--seed S] ...``; bad input is
+    """Command line: ``python -m ahjax demo --out DIR [--seed S] ...``; bad input is
     one line on stderr and exit status 2 (``--debug`` or ``AHJAX_DEBUG=1``: the traceback)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (absent or empty)")
@@ -624,7 +624,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}: {len(gt)} videos, {n} frames ({n / FPS / 60:.1f} min), "
           f"A/H frames {pos / max(n, 1):.1%}, in {time.time() - t0:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Summarise a BAH tree: ``python -m ahjax.data.inspect ROOT [--json]``.
+"""Summarise a BAH tree: ``python -m ahjax inspect ROOT [--json]``.
 
 Prints videos, participants, labelled frames and A/H frames per split, as an aligned
 table or (``--json``) exactly one JSON object ``{"splits": {split: {videos, participants,
@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from ahjax.data.bah import SPLITS, load_bah
-from ahjax.data.errors import BahFormatError
+from ahjax.core.data.bah import SPLITS, load_bah
+from ahjax.core.data.errors import BahFormatError
 
 COLUMNS = ("videos", "participants", "frames", "ah_frames", "missing_videos")
 
@@ -36,7 +36,7 @@ def format_table(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 on a malformed tree)."""
-    parser = argparse.ArgumentParser(prog="python -m ahjax.data.inspect",
+    parser = argparse.ArgumentParser(prog="python -m ahjax inspect",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("root", help="the BAH dataset root (holding split/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -58,7 +58,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{shown}", file=sys.stderr)
     print(json.dumps(summary) if args.json else format_table(summary))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from ahjax.assets import sha256_file
+from ahjax.core.assets import sha256_file
 
 
 class Checkpointer:

@@ -23,7 +23,7 @@ functions of ``(seed, epoch)`` and the step, ends exactly where an uninterrupted
 content hash of the features, configs and code, for reference models an experiment
 retrains unchanged on every run.
 
-The pieces every training shares live in :mod:`ahjax.train.engine` (the data mesh, the
+The pieces every training shares live in :mod:`ahjax.core.train.engine` (the data mesh, the
 non-finite error, the epoch loop the domain-adaptation and image trainings run through)
 and here (:func:`make_optimizer`); this loop adds what frame-level training needs beyond
 them: mid-epoch checkpoints and resumption at the exact step.
@@ -53,12 +53,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from ahjax import metrics as metrics_lib
-from ahjax.data import windows as win
-from ahjax.data.store import FeatureStore
-from ahjax.train import engine
-from ahjax.train.checkpoint import Checkpointer, load_params, save_params
-from ahjax.train.engine import NonFiniteLossError
+from ahjax.core import metrics as metrics_lib
+from ahjax.core.data import windows as win
+from ahjax.core.data.store import FeatureStore
+from ahjax.core.train import engine
+from ahjax.core.train.checkpoint import Checkpointer, load_params, save_params
+from ahjax.core.train.engine import NonFiniteLossError
 
 ModelFn = Callable[[Mapping[str, int], nnx.Rngs], nnx.Module]
 METRICS_FILE = "metrics.jsonl"
@@ -134,7 +134,7 @@ class TrainResult:
 
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D ``data`` mesh over the first ``num_devices`` devices (all when 0): the
-    engine's :func:`~ahjax.train.engine.data_mesh`, which every training shares."""
+    engine's :func:`~ahjax.core.train.engine.data_mesh`, which every training shares."""
     return engine.data_mesh(num_devices)
 
 

@@ -1,0 +1,1 @@
+"""The core: data, training, metrics, assets, configs and results; imports nothing above it."""

@@ -1,0 +1,1 @@
+"""Datasets: BAH, the feature store, windows, the demo set."""

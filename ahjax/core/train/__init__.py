@@ -1,0 +1,1 @@
+"""Training: the NNX trainer, its engine and checkpoints."""
