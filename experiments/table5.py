@@ -35,6 +35,7 @@ from baselines import adapt as adapt_lib
 from baselines import personalise
 from baselines.adapt import two_level as two_level_adapt
 from level1_affect.extract import ExtractConfig
+from level2_conflict.features import TRACKS
 from level2_conflict.model import TwoLevelConfig
 
 # Paper order and family of each row; the label is the row name in the table.
@@ -60,12 +61,10 @@ class Arrays:
 class TwoLevelBlock:
     """The two-level model personalised with the same methods (beyond the paper).
 
-    ``tracks``: the level-1 arrays it reads (``()`` = ``experiments.two_level.TRACKS``;
-    those missing from the store are left out). ``model.fps`` is taken from the store.
-    ``adapt``: the methods' hyperparameters for this network; its ``context`` (frames per
-    prediction, centred) of 0 or 1 means the model's receptive field
-    (``baselines.adapt.two_level.context_frames``). Dropout is off, as in the first block's
-    network (``AdaptConfig.dropout``): Tent predicts in train mode.
+    ``tracks``: the level-1 arrays it reads (``()``: ``level2_conflict.features.TRACKS``;
+    those missing from the store are left out); ``model.fps`` comes from the store.
+    ``adapt.context`` of 0 or 1: the model's receptive field. docs/paper_setups.md
+    ("Personalisation") says why dropout is off.
     """
     enabled: bool = True
     tracks: tuple[str, ...] = ()
@@ -148,9 +147,7 @@ def two_level_setup(block: TwoLevelBlock, store: FeatureStore
                     ) -> tuple[dict, adapt_lib.AdaptConfig, personalise.Network] | None:
     """(spec, adaptation config, network) of the two-level block on ``store``, or None
     when the store has none of the tracks."""
-    tracks = block.tracks
-    if not tracks:
-        from level2_conflict.multirun import TRACKS as tracks
+    tracks = block.tracks or TRACKS
     ids = store.video_ids()
     shapes = store.meta(ids[0]).get("shapes", {}) if ids else {}
     spec = {k: (k,) for k in tracks if k in shapes}

@@ -38,9 +38,12 @@ import numpy as np
 
 from ahjax.core import metrics as metrics_lib
 from ahjax.core.data.bah import load_bah, load_video_splits, parse_video_name, probe_video
+from baselines.llm import backends as B
 from baselines.llm import prompts as prompts_lib
 from baselines.llm import zeroshot
-from level1_affect.dataset import DataConfig, demo_root
+from baselines.llm.backends import BackendUnavailable
+from level1_affect.dataset import DataConfig, demo_root, prepare_store
+from level1_affect.text import words_from_chunks
 
 LEVEL1_ARRAYS = ("face_expr", "face_desc", "face_present", "voice_prosody", "text_affect")
 
@@ -97,7 +100,6 @@ def get_config(quick: bool = False) -> Config:
 # ---- backends --------------------------------------------------------------------------
 def build_backends(cfg: BackendConfig, notes: list) -> dict:
     """{name: backend} for each kind in ``cfg.kinds`` that can be built; why not, in notes."""
-    from baselines.llm import backends as B
     out = {}
     for kind in cfg.kinds:
         if kind == "gguf":
@@ -120,7 +122,7 @@ def build_backends(cfg: BackendConfig, notes: list) -> dict:
             if importlib.util.find_spec("torch") is None:
                 notes.append("videollava skipped: torch is not installed (pip install -e .[videollava])")
                 continue
-            from baselines.llm.videollava import VideoLlavaBackend
+            from baselines.llm.videollava import VideoLlavaBackend   # imports torch
             out["videollava"] = VideoLlavaBackend.from_pretrained(cfg.videollava_path,
                                                                   device=cfg.device or None)
         else:
@@ -131,7 +133,6 @@ def build_backends(cfg: BackendConfig, notes: list) -> dict:
 # ---- data ------------------------------------------------------------------------------
 def tree_items(cfg: Config, notes: list) -> list[zeroshot.VideoItem]:
     """The evaluated videos of the tree (demo or ``data.root``) as inference items."""
-    from level1_affect.text import words_from_chunks
     root = Path(cfg.data.root).expanduser() if cfg.data.root else demo_root(cfg.data)
     index = load_bah(root)
     videos = index.videos if cfg.split == "all" else index.split(cfg.split)
@@ -157,7 +158,6 @@ def tree_items(cfg: Config, notes: list) -> list[zeroshot.VideoItem]:
 
 def attach_level1(cfg: Config, items: list[zeroshot.VideoItem], notes: list) -> None:
     """Give each item its level-1 arrays (extracting the tree once, cached) for ``evidence``."""
-    from level1_affect.dataset import prepare_store
     store, _, _ = prepare_store(cfg.data)
     have = set(store.video_ids())
     for item in items:
@@ -178,7 +178,6 @@ def _needs_video(backends: dict, items) -> bool:
 def _evaluate(name, backend, table: dict, key: str, notes: list, *args, **kwargs) -> bool:
     """``table[key] = zeroshot.evaluate(backend, ...)``; False (and a note) when the backend
     is unreachable, so one dead server does not lose the other backends' results."""
-    from baselines.llm.backends import BackendUnavailable
     t0 = time.perf_counter()
     try:
         table[key] = zeroshot.evaluate(backend, *args, **kwargs)

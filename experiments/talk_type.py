@@ -39,6 +39,7 @@ from level1_affect.dataset import DataConfig, annomi_source
 from ahjax.core import assets
 from level1_affect import annomi, encoders
 from level1_affect import talk_type as tt
+from level1_affect.text import Lexicons
 
 METHODS = ("lexicon", "tfidf_logreg", "minilm_logreg", "mpnet_logreg", "talk_type")
 
@@ -75,7 +76,6 @@ def get_config(quick: bool = False) -> Config:
 # ---- the baselines ---------------------------------------------------------------------
 def lexicon_predict(texts) -> np.ndarray:
     """Talk type by the phrase rules: more change or more sustain words; neutral if none."""
-    from level1_affect.text import Lexicons
     lex = Lexicons()
     out = []
     for text in texts:

@@ -65,6 +65,8 @@ AFFECT_COLUMNS = ("valence", "arousal", "confidence")
 CROSS_GROUPS = ("face_voice", "face_text", "voice_text")
 WITHIN_GROUPS = ("within_face", "within_voice", "within_text")
 GROUPS = CROSS_GROUPS + WITHIN_GROUPS
+# Level-1 tracks the features are computed from (raw level-1 units).
+TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
 
 # (valence, arousal) per FER class, rounded from Russell's circumplex placements.
 EXPR_CIRCUMPLEX = {

@@ -21,8 +21,10 @@ import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from ahjax.core.data.store import FeatureStore  # noqa: E402
 from level1_affect.schema import FACE_DESC, TEXT_AFFECT, VOICE_PROSODY  # noqa: E402
 from level2_conflict import features as feats  # noqa: E402
+from level2_conflict.multirun import named_share  # noqa: E402
 
 _SEGMENT_COLOURS = {1: "#d62728", 0: "#c7e9c0", -1: "#bdbdbd"}
 
@@ -164,6 +166,24 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def video_figures(store: FeatureStore, video_ids: Sequence[str], outputs: Mapping,
+                  decoded: Mapping, fps: Mapping, labels: Mapping, folder: Path) -> list[Path]:
+    """One :func:`plot_video` per video of a run's ``outputs`` (``Trained.outputs``), the
+    remainder as its own row, into ``folder``; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for vid in video_ids:
+        o = outputs[vid]
+        tracks = {k: np.asarray(store.read(vid, k)) for k in feats.TRACKS}
+        contributions = dict(o["contributions"], remainder=o["remainder"])
+        share = named_share({vid: o})
+        path = folder / f"{Path(vid).stem[:80].replace(' ', '_')}.png"
+        plot_video(tracks, contributions, o["prob"], labels[vid], decoded[vid], fps[vid],
+                   f"{Path(vid).name}  (named share of the score {share:.2f})", path)
+        paths.append(path)
+    return paths
 
 
 def contribution_shares(contributions: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from level1_affect.schema import ARRAYS
 from level2_conflict import features as feats
+from level2_conflict.features import TRACKS
 from level2_conflict.model import AFFECT_KEYS, TCN, TwoLevelModel
 
-# Level-1 tracks the causal model reads (as ``multirun.TRACKS``).
-TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
 N_MOMENTS = 6   # running statistics of the causal affect_tracks with every track present
 
 
@@ -71,7 +71,6 @@ def init_state(model: TwoLevelModel, history: int) -> dict:
 
 
 def _widths() -> dict:
-    from level1_affect.schema import ARRAYS
     return {k: ARRAYS[k][0] for k in TRACKS}
 
 
