@@ -1,21 +1,13 @@
 """Many trainings of the two-level model as one vmapped JAX program.
 
-The two-level model is small (tens of thousands of parameters), so one training uses a
-CPU poorly and the honest way to compare it with its ablations, over seeds and over
-participant folds, is many trainings. Here every run of one model configuration (a seed on
-the default split, a seed within a participant fold, ...) is one slice of a stacked
-parameter tree, and a train step is ``jax.vmap`` of the single-run step: one compiled
-program trains them all, each on its own training videos, with its own dropout keys and
-data order, and keeps its own best epoch by its own validation AP.
-
-Level-2 inputs (the six conflict-feature groups and the three affect tracks) are computed
-once per whole video into a :class:`Bank` (frames of every video laid end to end), so
-training never recomputes them and sees exactly the features inference sees. Windows are
-start offsets into the bank; a batch is a gather.
-
-``train_runs(model_cfg, bank, runs, cfg) -> Trained``; ``Trained.outputs(bank, videos)``
-gives each run's frame probabilities and named contributions on whole videos, and
-``Trained.model(r)`` one run as an ordinary :class:`~level2_conflict.model.TwoLevelModel`.
+Every run of one model configuration (a seed on the default split, a seed within a
+participant fold, ...) is one slice of a stacked parameter tree, and a train step is
+``jax.vmap`` of the single-run step: one compiled program trains them all, each on its own
+videos, with its own dropout keys, data order and best epoch (docs/two_level.md, "Evidence
+over seeds and participants"). Level-2 inputs are computed once per whole video into a
+:class:`Bank` (frames end to end), exactly as inference computes them; windows are start
+offsets into it. ``train_runs(model_cfg, bank, runs, cfg) -> Trained``;
+:func:`make_runs` builds the runs of a split and its participant folds.
 """
 
 from __future__ import annotations
@@ -284,15 +276,10 @@ def _init(model_cfg: TwoLevelConfig, seeds: Sequence[int]):
 def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
                cfg: MultiConfig = MultiConfig(), *, desc: str = "two_level",
                durations: Sequence[DurationPrior] | None = None) -> Trained:
-    """Train every run of ``runs`` with ``model_cfg`` as one vmapped program.
-
-    Each run samples only its own ``train`` windows, validates every ``cfg.eval_every``
-    epochs on its own ``val`` videos (frame AP) and keeps its best epoch's parameters.
-    With ``model_cfg.crf_weight > 0``, ``durations`` gives each run's duration prior
-    (fitted on its own training videos, in seconds), turned into frames per window with
-    the window's video frame rate for the semi-Markov CRF loss.
-    Raises :class:`NonFiniteLossError` naming the runs whose loss stops being finite.
-    """
+    """Train every run of ``runs`` with ``model_cfg`` as one vmapped program; each run
+    samples its own ``train`` windows and keeps its best epoch by val AP. ``durations``:
+    each run's duration prior (seconds), needed when ``model_cfg.crf_weight > 0``. Raises
+    :class:`NonFiniteLossError` naming the runs whose loss stops being finite."""
     runs = list(runs)
     if not runs:
         raise ValueError("train_runs: no runs")

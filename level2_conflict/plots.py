@@ -60,16 +60,10 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
                title: str, path: str | Path, shares: Mapping[str, float] | None = None,
                times: np.ndarray | None = None) -> Path:
     """Draw one video's evidence and predictions into a PNG at ``path``; returns the path.
-
-    ``tracks``: the video's level-1 arrays ``(n, d)`` (``face_present``, ``face_desc`` or
-    ``face_expr``, ``voice_prosody``, ``text_affect``; missing ones leave their panel
-    empty); ``contributions``: name -> ``(n,)`` score contributions (drawn as a heatmap,
-    red = towards A/H, blue = against, centred at 0); ``prob`` ``(n,)`` A/H probability;
-    ``true_labels`` / ``decoded`` ``(n,)`` in {1 A/H, 0 not, -1 unlabelled}; ``shares``
-    (default: :func:`contribution_shares` of ``contributions``) label each row with its
-    share of the video's total absolute contribution. ``times`` (n,): each frame's
-    presentation time in seconds (default ``i / fps``; differs for variable frame rates).
-    """
+    ``tracks``: level-1 arrays ``(n, d)`` (a missing one leaves its panel empty);
+    ``contributions``: name -> ``(n,)`` (heatmap, red towards A/H); ``true_labels`` and
+    ``decoded`` in {1, 0, -1 unlabelled}; ``shares``: each row's share of the total
+    (default :func:`contribution_shares`); ``times``: frame times (default ``i / fps``)."""
     prob = np.asarray(prob, np.float32).reshape(-1)
     n = prob.size
     dt = 1.0 / float(fps)
