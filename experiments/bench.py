@@ -1,53 +1,13 @@
 """Throughput and memory of the frame-level models, and the speed of level-1 extraction.
 
 ``python -m experiments.bench [--quick] [--models can,jmt] [--extract] [--reference DIR]``
-prints one JSON object.
-
-Models: for each registered model (:data:`MODELS`: the concatenation TCN, the four fusion
-baselines at the paper's settings and the two-level model), parameter count, training
-frames/s (one full train step of the trainer: forward, backward, SGD-Nesterov update, on a
-device-resident batch) and inference frames/s (eval-mode forward) at batch 4 x 696
-frames, the paper's setting, on random inputs of each model's own widths (the baselines:
-video 512, audio 128, text 768; the two-level model: its level-1 tracks). The first call
-of each step (tracing and compilation) is timed apart and left out of the throughput.
-Data loading is not included: it is measured by the window pipeline, not here.
-
-Peak memory is sampled every 5 ms by a thread with psutil: ``peak_rss_delta_mb`` is the
-peak resident set size while the model is built, compiled and run minus the RSS just
-before; ``train_peak_rss_mb`` is the process's peak RSS during the timed training steps
-(after compilation), the way the reference script measures its own.
-
-``--reference DIR``: the paper's PyTorch fusion models, timed by ``DIR/bench_ref.py`` (a
-folder holding the reference code and that script), side by side with ours in the same
-run: for each fusion model, the reference in one child process and ours in another, back to
-back, at the same batch and window, both on ``--threads`` threads; the report gives each
-side's figures and the ratios of that run only. Without ``--reference`` no ratio is printed:
-figures from different runs or days are never compared.
-
-``--profile``: where each model's training step spends its time (forward, backward,
-optimiser update, the rest), each part timed as its own jitted program, with XLA's flop
-estimates and the op mix of the compiled step (``docs/performance.md`` reads it).
-
-``--extract-workers N``: level-1 extraction of the quick demo's 8 videos with 1 worker and
-with N Ray workers, back to back in this run (wall time, real-time factor, speed-up).
-
-``--stream RUN``: ``ahjax.stream`` on a 60-second demo video with RUN's causal model,
-played in real time (capture-to-A/H latency, median and p95) and as fast as possible (the
-live pipeline's real-time factor), back to back (:func:`bench_stream`).
-
-``--stream RUN --stream-minutes M``: a whole session instead: an M-minute source made of
-demo videos (or ``--stream-source FILE``) streamed as fast as possible and in real time;
-per minute of media the processing time per chunk, latency (median, p95) and RSS, and the
-time from starting ``python -m ahjax stream`` to its first line; ``--stream-baseline REV``
-measures the code of REV first in the same sitting (``ahjax.session_bench``).
-
-``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
-video generated for the purpose, per encoder, first call (loading and compiling the
-encoders) and a second, warm call; the real-time factor is warm seconds per second of
-video (target: 60 s of video in under 30 s, i.e. <= 0.5). ``--extract-baseline REV``
-first times the extractor of git revision REV on the same video (a temporary worktree)
-and reports the speed-up of this run; ``--extract-detect-every K`` runs the face
-landmarker on every K-th frame.
+prints one JSON object: for each registered model (:data:`MODELS`) its parameter count,
+training and inference frames/s at batch 4 x 696 frames on random inputs (compilation
+timed apart) and peak memory. Options add side-by-side runs of the paper's PyTorch models
+(``--reference DIR``), a profile of the training step (``--profile``), level-1 extraction
+speed (``--extract``, ``--extract-workers N``, ``--extract-baseline REV``) and the live
+stream (``--stream RUN``, ``--stream-minutes M``). docs/performance.md ("The bench
+command") says what each measures; figures are compared only within one run.
 """
 
 from __future__ import annotations

@@ -2,25 +2,13 @@
 
 ``python -m experiments.run table5 [--config.data.store=PATH] [--config.quick=True]``
 
-Rows as in the paper: Source-only and Oracle as references; UDA (MMD, ACPL) and SFDA
-(SHOT, NRC) with AVGF1 and AP; TTA (Tent, T3A) with AVGF1 and WAR; every cell is the mean
-over target subjects with its standard deviation beside it. The paper's CLIP-based TTA
-rows (TPT, TDA, DPE, PromptAlign, ReTA, T3AL, TTA-CaP, CLIP-AUTT) are absent: they need
-CLIP weights (see ``baselines.adapt.VisionLanguageTTA``). Features are frame-level arrays
-of a feature store, grouped into modalities by ``config.data`` (an empty tuple drops a
-modality). Results: ``test`` (every metric of every method), ``table5`` (the paper's
-layout), ``per_target`` (one row per subject and method) and ``notes``; the targets'
-adapt/val/test splits are saved as ``personalisation_splits.json`` in the run folder.
-
-Beyond the paper, a second block personalises the two-level model
-(``baselines.adapt.two_level``; ``config.two_level``, off with
-``--config.two_level.enabled=False``): the same targets, splits and method
-implementations, applied to a ``TwoLevelModel`` source-trained on the same source
-participants over the level-1 tracks. Its rows are ``two_level/<method>`` in ``test``,
-the table ``table5_two_level`` (same layout) and ``<subject> / two-level / <row>`` in
-``per_target`` (``per_target_two_level.json`` in the run folder). Adaptation changes only
-parameter values, so every adapted model still scores each frame as the exact sum of its
-named contributions.
+Rows as in the paper (Source-only, Oracle, MMD, ACPL, SHOT, NRC, Tent, T3A), each cell the
+mean over target subjects with its standard deviation; features are frame-level arrays of
+a feature store grouped into modalities by ``config.data``. Beyond the paper, a second
+block personalises the two-level model (``config.two_level``; rows ``two_level/<method>``,
+table ``table5_two_level``, ``per_target_two_level.json``). Results: ``test``, ``table5``
+(the paper's layout), ``per_target`` and ``notes``; the targets' splits are saved as
+``personalisation_splits.json``. docs/paper_setups.md ("Personalisation") has the rest.
 """
 
 from __future__ import annotations

@@ -2,26 +2,11 @@
 
 ``python -m experiments.run table7`` runs every prompt of ``baselines.llm.prompts`` at video
 level (8 uniform frames, whole transcript) and frame level (8-frame segments, the words of
-each segment) with every available backend, on the embedded demo dataset, or on a BAH tree
-with ``--data.root=PATH``. Backends (``--config.backend.kinds``):
-
-- ``gguf``: a local GGUF through llama-cpp-python, by default the Gemma 3 270M asset (a
-  base model: numbers from it are a floor, not a reproduction); ``backend.gguf_path``.
-- ``openai``: an OpenAI-compatible server at ``backend.server_url`` (used when set).
-- ``videollava``: Video-LLaVA from the local folder ``backend.videollava_path`` (used when
-  set; needs torch and, in practice, a GPU).
-
-Frame level runs on the first ``frame_max_videos`` (4) evaluated videos unless set to 0
-(all): it costs one model call per distinct segment. A backend that is not available is
-skipped with a note in the results. The paper's models
-see frames; text-only backends see only the transcript, so their no-transcript prompts get
-one answer for everything (kept in the table as what they are).
-
-``--config.splits=DIR`` instead reads BAH's video-level split files (``video_id,label,
-transcript``; the public v1 splits are in ``shared/data/bah-video-splits``): video level,
-transcript prompts, text-only backends, evaluated on ``config.split`` (``val`` when the
-folder has no such split) beside the question-only baseline (the train-set A/H rate of the
-video's question), which every video-level number must beat to mean anything.
+each segment) with every available backend (``--config.backend.kinds``: ``gguf``,
+``openai``, ``videollava``), on the embedded demo dataset, or on a BAH tree with
+``--data.root=PATH``; ``--config.splits=DIR`` reads BAH's video-level split files instead.
+A backend that is not available is skipped with a note. docs/paper_setups.md ("Zero-shot")
+describes the backends, the frame-level budget and the split-file mode.
 
 Results: ``{"<split>-<level>": {"<backend>:<prompt>": {AVGF1, AP, WAR, F1_POS, F1_NEG,
 AVGF1_REF, UNPARSED, N_ANSWERS, N_CALLS, SECONDS}}, "notes": [...]}``.
