@@ -103,3 +103,17 @@ def test_plan_stage_lines():
     assert lines[1] == "[2/2] training (2 runs): about 2 min, less when cached"
     assert lines[2].startswith("[2/2] training: done in ") and "training" in plan.took
     assert [fmt_seconds(s) for s in (3, 42, 150, 3900)] == ["3 s", "40 s", "2 min", "1 h 5 min"]
+
+
+def test_report_notes_faithfulness_and_folds():
+    table = {"two_level": dict(_row(0.6), named_share=1.0, AP_without_remainder=0.6,
+                               AVGF1_without_remainder=0.5), "concat_tcn": _row(0.2)}
+    assert list(report.faithfulness(table)) == ["two_level"]
+    folds = [{"participants": ["p0"], "val_participant": "p1", "test": ("a", "b"),
+              "val": ("c",), "train": ("d", "e", "f")}]
+    assert report.describe_folds(folds) == [{"test_participants": ["p0"],
+                                             "val_participant": "p1", "n_test": 2,
+                                             "n_val": 1, "n_train": 3}]
+    notes = report.notes(5, 4, 2, {"concat_tcn": "/cache/x"})
+    assert notes[0].startswith("Two-level rows: mean over 5 seeds") and "concat_tcn" in notes[0]
+    assert report.plural(1, "seed") == "1 seed" and report.plural(2, "seed") == "2 seeds"

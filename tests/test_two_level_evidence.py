@@ -263,6 +263,13 @@ def test_video_rule_from_decoded_segments():
     assert selection.video_from_segments(decoded, fps, 2.0) == {"a": 1, "b": 0}
     cfg = runtime.DecodeConfig(video_min_ss=(0.2, 1.0, 4.0))
     assert selection.select_video_rule(decoded, fps, {"a": 1, "b": 0}, cfg) == 1.0
+    # The segment rule's video AVGF1 sits beside the paper's mean-probability rule.
+    labels = {v: d.astype(np.int64) for v, d in decoded.items()}
+    probs = {v: d * 0.8 + 0.1 for v, d in decoded.items()}
+    rule = selection.video_from_segments(decoded, fps, 1.0)
+    row = selection.score_row(labels, probs, {"a": 1, "b": 0}, decoded, rule)
+    assert row["VIDEO_AVGF1_SEGMENTS"] == 1.0
+    assert "VIDEO_AVGF1_SEGMENTS" not in selection.score_row(labels, probs, {"a": 1, "b": 0})
 
 
 def test_store_verify_names_the_video_and_array_of_a_corrupt_feature(tmp_path):
@@ -436,3 +443,39 @@ def test_the_causal_model_never_reads_later_frames():
     fb = runtime.video_inputs(b, 10.0, causal=True)
     for name in fa:
         np.testing.assert_allclose(fa[name][:60], fb[name][:60], atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------------- folds and rows
+
+def test_participant_folds_test_each_participant_once(tmp_path):
+    from ahjax.core.data.store import FeatureStore
+    store = FeatureStore(tmp_path / "store")
+    for p in range(5):
+        for q in range(2):
+            store.write(f"p{p}/v{q}.mp4", {"labels": np.zeros(4, np.int8)},
+                        {"split": ("train", "val", "test")[p % 3], "participant": f"p{p}"})
+    folds = multirun.participant_folds(store, 2)
+    assert [f["participants"] for f in folds] == [["p0", "p2", "p4"], ["p1", "p3"]]
+    for f in folds:
+        assert f["val_participant"] not in f["participants"]
+        assert not set(f["train"]) & (set(f["test"]) | set(f["val"]))
+        assert len(f["train"]) + len(f["val"]) + len(f["test"]) == 10
+    assert multirun.participant_folds(store, 5) == []      # needs a participant beyond them
+    runs, folds = multirun.make_runs(store, seeds=2, folds=2, fold_seeds=1)
+    assert [r.name for r in runs] == ["default/seed0", "default/seed1", "fold0/seed0",
+                                      "fold1/seed0"]
+    assert runs[2].seed == 1000 and runs[2].test == folds[0]["test"]
+    assert runs[0].test == tuple(store.video_ids("test"))
+
+
+def test_rows_aggregate_over_runs_and_pair_by_run():
+    from level2_conflict import evaluation
+    full = [{"AP": 0.6, "AVGF1": 0.5, "N": 10}, {"AP": 0.8, "AVGF1": 0.7, "N": 10}]
+    ablation = [{"AP": 0.5, "AVGF1": 0.6, "N": 10}, {"AP": 0.9, "AVGF1": 0.6, "N": 10}]
+    row = evaluation.aggregate(full)
+    assert row["AP"] == pytest.approx(0.7) and row["n_runs"] == 2 and row["N"] == 10
+    assert row["AP_sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    d = evaluation.paired({"two_level": full, "no_cross_modal": ablation})
+    d = d["no_cross_modal - two_level"]
+    assert d["dAP_mean"] == pytest.approx(0.0) and d["runs_where_full_has_higher_AP"] == 1
+    assert d["dAVGF1_mean"] == pytest.approx(0.0) and d["n_runs"] == 2
