@@ -1,53 +1,13 @@
 """Throughput and memory of the frame-level models, and the speed of level-1 extraction.
 
 ``python -m experiments.bench [--quick] [--models can,jmt] [--extract] [--reference DIR]``
-prints one JSON object.
-
-Models: for each registered model (:data:`MODELS`: the concatenation TCN, the four fusion
-baselines at the paper's settings and the two-level model), parameter count, training
-frames/s (one full train step of the trainer: forward, backward, SGD-Nesterov update, on a
-device-resident batch) and inference frames/s (eval-mode forward) at batch 4 x 696
-frames, the paper's setting, on random inputs of each model's own widths (the baselines:
-video 512, audio 128, text 768; the two-level model: its level-1 tracks). The first call
-of each step (tracing and compilation) is timed apart and left out of the throughput.
-Data loading is not included: it is measured by the window pipeline, not here.
-
-Peak memory is sampled every 5 ms by a thread with psutil: ``peak_rss_delta_mb`` is the
-peak resident set size while the model is built, compiled and run minus the RSS just
-before; ``train_peak_rss_mb`` is the process's peak RSS during the timed training steps
-(after compilation), the way the reference script measures its own.
-
-``--reference DIR``: the paper's PyTorch fusion models, timed by ``DIR/bench_ref.py`` (a
-folder holding the reference code and that script), side by side with ours in the same
-run: for each fusion model, the reference in one child process and ours in another, back to
-back, at the same batch and window, both on ``--threads`` threads; the report gives each
-side's figures and the ratios of that run only. Without ``--reference`` no ratio is printed:
-figures from different runs or days are never compared.
-
-``--profile``: where each model's training step spends its time (forward, backward,
-optimiser update, the rest), each part timed as its own jitted program, with XLA's flop
-estimates and the op mix of the compiled step (``docs/performance.md`` reads it).
-
-``--extract-workers N``: level-1 extraction of the quick demo's 8 videos with 1 worker and
-with N Ray workers, back to back in this run (wall time, real-time factor, speed-up).
-
-``--stream RUN``: ``ahjax.stream`` on a 60-second demo video with RUN's causal model,
-played in real time (capture-to-A/H latency, median and p95) and as fast as possible (the
-live pipeline's real-time factor), back to back (:func:`bench_stream`).
-
-``--stream RUN --stream-minutes M``: a whole session instead: an M-minute source made of
-demo videos (or ``--stream-source FILE``) streamed as fast as possible and in real time;
-per minute of media the processing time per chunk, latency (median, p95) and RSS, and the
-time from starting ``python -m ahjax stream`` to its first line; ``--stream-baseline REV``
-measures the code of REV first in the same sitting (``ahjax.session_bench``).
-
-``--extract``: level-1 extraction (face, voice, Whisper ASR, text) of one 60-second demo
-video generated for the purpose, per encoder, first call (loading and compiling the
-encoders) and a second, warm call; the real-time factor is warm seconds per second of
-video (target: 60 s of video in under 30 s, i.e. <= 0.5). ``--extract-baseline REV``
-first times the extractor of git revision REV on the same video (a temporary worktree)
-and reports the speed-up of this run; ``--extract-detect-every K`` runs the face
-landmarker on every K-th frame.
+prints one JSON object: for each registered model (:data:`MODELS`) its parameter count,
+training and inference frames/s at batch 4 x 696 frames on random inputs (compilation
+timed apart) and peak memory. Options add side-by-side runs of the paper's PyTorch models
+(``--reference DIR``), a profile of the training step (``--profile``), level-1 extraction
+speed (``--extract``, ``--extract-workers N``, ``--extract-baseline REV``) and the live
+stream (``--stream RUN``, ``--stream-minutes M``). docs/performance.md ("The bench
+command") says what each measures; figures are compared only within one run.
 """
 
 from __future__ import annotations
@@ -57,6 +17,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -70,11 +32,21 @@ import numpy as np
 import psutil
 from flax import nnx
 
+from ahjax import session_bench as long_stream
+from ahjax import streaming as live
+from ahjax.core.assets import enable_compilation_cache
+from ahjax.core.data import demo
+from ahjax.core.data.bah import load_bah
 from ahjax.core.train import engine
 from ahjax.core.train import trainer as trainer_lib
 from ahjax.core.train.trainer import TrainConfig
 from baselines import fusion
 from baselines.tcn import ConcatTCN, TCNConfig
+from level1_affect.audio import load_audio
+from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
+from level1_affect.extract import ExtractConfig, Extractor, extract_dataset
+from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech, wer
+from level2_conflict.model import TwoLevelConfig, TwoLevelModel
 
 DIMS = {"video": 512, "audio": 128, "text": 768}
 # The level-1 tracks the two-level model reads, with their widths (level1_affect.schema).
@@ -130,7 +102,6 @@ def _fusion_entry(name: str) -> BenchModel:
 
 
 def _two_level(dims, rngs):
-    from level2_conflict.model import TwoLevelConfig, TwoLevelModel
     return TwoLevelModel(TwoLevelConfig(fps=24.0), rngs=rngs)
 
 
@@ -200,8 +171,6 @@ def compare(ours: Mapping[str, float], reference: Mapping[str, float]) -> dict:
 def run_reference(folder: str | Path, name: str, steps: int, batch: int, frames: int,
                   threads: int) -> dict:
     """The reference model ``name`` timed by ``folder/bench_ref.py`` in a child process."""
-    import subprocess
-    import sys
     folder = Path(folder).resolve()
     script = folder / "bench_ref.py"
     if not script.is_file():
@@ -221,8 +190,6 @@ def run_reference(folder: str | Path, name: str, steps: int, batch: int, frames:
 def run_ours(name: str, steps: int, batch: int, frames: int, threads: int) -> dict:
     """Our model ``name`` measured by this module in a child process limited to ``threads``
     threads, as the reference is (XLA's CPU thread pools follow the process's CPU set)."""
-    import subprocess
-    import sys
     cmd = [sys.executable, "-m", "experiments.bench", "--models", name, "--steps", str(steps),
            "--batch", str(batch), "--frames", str(frames)]
     if hasattr(os, "sched_getaffinity") and threads < len(os.sched_getaffinity(0)):
@@ -307,7 +274,6 @@ def _cost(compiled) -> dict:
 
 def _op_counts(hlo_text: str) -> dict:
     """How many of the optimised HLO's instructions are convolutions, dots, fusions, ..."""
-    import re
     counts: dict = {}
     for op in re.findall(r"= [^ ]+ ([a-z-]+)\(", hlo_text):
         counts[op] = counts.get(op, 0) + 1
@@ -411,7 +377,6 @@ def _memory(compiled) -> dict:
 
 def demo_video(folder: str | Path, seconds: float = 60.0, seed: int = 0) -> Path:
     """One demo video of exactly ``seconds`` (1 participant, 1 question) made in ``folder``."""
-    from ahjax.core.data import demo
     root = demo.make_demo(Path(folder) / "demo", seed=seed, participants=1, questions=(4,),
                           min_duration=seconds, max_duration=seconds)
     videos = sorted((root / "Videos").rglob("*.mp4"))
@@ -425,7 +390,6 @@ def bench_extract(seconds: float = 60.0, repeats: int = 2, detect_every: int = 1
     each of ``repeats`` calls (the first loads and compiles the encoders) and the warm
     real-time factor (the median of the calls after the first).
     ``detect_every`` > 1 runs the face landmarker on every k-th frame only."""
-    from level1_affect.extract import ExtractConfig, Extractor
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = demo_video(tmp, seconds)
@@ -474,7 +438,6 @@ def bench_extract_against(rev: str, seconds: float = 60.0, detect_every: int = 1
     child process) and of this code, back to back on the same generated video, each with
     ``repeats`` calls, and the ratio of their warm seconds (medians of the warm calls,
     taken here for both sides): before/after figures from one sitting."""
-    import subprocess
     repo = Path(__file__).resolve().parent.parent
     out: dict = {"baseline_rev": rev}
     with tempfile.TemporaryDirectory() as tmp:
@@ -507,11 +470,7 @@ def bench_stream(checkpoint: str | Path, seconds: float = 60.0) -> dict:
     stream chose) and as fast as possible (the live pipeline's real-time factor: wall
     seconds per second of video). Word error rate of the streamed and of the offline
     transcript against the demo's script, for the cost of streaming speech."""
-    from ahjax import streaming as live
-    from ahjax.core.data.bah import load_bah
-    from level1_affect.audio import load_audio
-    from level1_affect.face import FaceEncoder
-    from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech, wer
+    from level1_affect.face import FaceEncoder   # imports mediapipe
     out: dict = {"video_seconds": seconds, "checkpoint": str(checkpoint), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         path = demo_video(tmp, seconds)
@@ -548,9 +507,6 @@ def bench_extract_workers(workers: int) -> dict:
     wall seconds (model loading and, for Ray, its start included), real-time factor
     (wall / video seconds) and the speed-up, from this run only. The persistent JAX
     compilation cache is on for both, as ``python -m ahjax extract`` has it."""
-    from ahjax.core.assets import enable_compilation_cache
-    from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
-    from level1_affect.extract import extract_dataset
     enable_compilation_cache()   # as the extraction command and every Ray worker do
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the JSON report
         root = demo_root(QUICK_DATA)
@@ -655,15 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.extract_workers:
         report["extraction_workers"] = bench_extract_workers(args.extract_workers)
     if args.stream and (args.stream_minutes or args.stream_source):
-        from ahjax import session_bench as long_stream
-
         def log(name, res):   # each part as it finishes: a long run keeps what it measured
             print(json.dumps({name: res}), file=sys.stderr, flush=True)
         report["long_stream"] = long_stream.bench(
             args.stream, args.stream_minutes or 0.0, args.stream_source, args.stream_baseline,
             tuple(m for m in args.stream_modes.split(",") if m), log)
     elif args.stream and args.stream_compare:
-        from ahjax import session_bench as long_stream
         with tempfile.TemporaryDirectory() as tmp:
             path = demo_video(tmp, args.extract_seconds)
             report["stream_files"] = [

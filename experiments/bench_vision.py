@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from baselines import backbones, fusion, video_level
+
 
 def _timed(fn, *args, steps: int):
     """(seconds of the first call, mean seconds of ``steps`` later calls)."""
@@ -86,7 +88,6 @@ def _peak_bytes() -> int | None:
 
 def cases(quick: bool):
     """(name, builder, inputs, labels, n_samples, frame_logits) for every benchmarked model."""
-    from baselines import backbones, fusion, video_level
     rng = np.random.default_rng(0)
     size, batch = (32, 4) if quick else (224, 32)
     images = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)

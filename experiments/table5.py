@@ -2,25 +2,13 @@
 
 ``python -m experiments.run table5 [--config.data.store=PATH] [--config.quick=True]``
 
-Rows as in the paper: Source-only and Oracle as references; UDA (MMD, ACPL) and SFDA
-(SHOT, NRC) with AVGF1 and AP; TTA (Tent, T3A) with AVGF1 and WAR; every cell is the mean
-over target subjects with its standard deviation beside it. The paper's CLIP-based TTA
-rows (TPT, TDA, DPE, PromptAlign, ReTA, T3AL, TTA-CaP, CLIP-AUTT) are absent: they need
-CLIP weights (see ``baselines.adapt.VisionLanguageTTA``). Features are frame-level arrays
-of a feature store, grouped into modalities by ``config.data`` (an empty tuple drops a
-modality). Results: ``test`` (every metric of every method), ``table5`` (the paper's
-layout), ``per_target`` (one row per subject and method) and ``notes``; the targets'
-adapt/val/test splits are saved as ``personalisation_splits.json`` in the run folder.
-
-Beyond the paper, a second block personalises the two-level model
-(``baselines.adapt.two_level``; ``config.two_level``, off with
-``--config.two_level.enabled=False``): the same targets, splits and method
-implementations, applied to a ``TwoLevelModel`` source-trained on the same source
-participants over the level-1 tracks. Its rows are ``two_level/<method>`` in ``test``,
-the table ``table5_two_level`` (same layout) and ``<subject> / two-level / <row>`` in
-``per_target`` (``per_target_two_level.json`` in the run folder). Adaptation changes only
-parameter values, so every adapted model still scores each frame as the exact sum of its
-named contributions.
+Rows as in the paper (Source-only, Oracle, MMD, ACPL, SHOT, NRC, Tent, T3A), each cell the
+mean over target subjects with its standard deviation; features are frame-level arrays of
+a feature store grouped into modalities by ``config.data``. Beyond the paper, a second
+block personalises the two-level model (``config.two_level``; rows ``two_level/<method>``,
+table ``table5_two_level``, ``per_target_two_level.json``). Results: ``test``, ``table5``
+(the paper's layout), ``per_target`` and ``notes``; the targets' splits are saved as
+``personalisation_splits.json``. docs/paper_setups.md ("Personalisation") has the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +23,7 @@ from baselines import adapt as adapt_lib
 from baselines import personalise
 from baselines.adapt import two_level as two_level_adapt
 from level1_affect.extract import ExtractConfig
+from level2_conflict.features import TRACKS
 from level2_conflict.model import TwoLevelConfig
 
 # Paper order and family of each row; the label is the row name in the table.
@@ -60,12 +49,10 @@ class Arrays:
 class TwoLevelBlock:
     """The two-level model personalised with the same methods (beyond the paper).
 
-    ``tracks``: the level-1 arrays it reads (``()`` = ``experiments.two_level.TRACKS``;
-    those missing from the store are left out). ``model.fps`` is taken from the store.
-    ``adapt``: the methods' hyperparameters for this network; its ``context`` (frames per
-    prediction, centred) of 0 or 1 means the model's receptive field
-    (``baselines.adapt.two_level.context_frames``). Dropout is off, as in the first block's
-    network (``AdaptConfig.dropout``): Tent predicts in train mode.
+    ``tracks``: the level-1 arrays it reads (``()``: ``level2_conflict.features.TRACKS``;
+    those missing from the store are left out); ``model.fps`` comes from the store.
+    ``adapt.context`` of 0 or 1: the model's receptive field. docs/paper_setups.md
+    ("Personalisation") says why dropout is off.
     """
     enabled: bool = True
     tracks: tuple[str, ...] = ()
@@ -148,9 +135,7 @@ def two_level_setup(block: TwoLevelBlock, store: FeatureStore
                     ) -> tuple[dict, adapt_lib.AdaptConfig, personalise.Network] | None:
     """(spec, adaptation config, network) of the two-level block on ``store``, or None
     when the store has none of the tracks."""
-    tracks = block.tracks
-    if not tracks:
-        from level2_conflict.multirun import TRACKS as tracks
+    tracks = block.tracks or TRACKS
     ids = store.video_ids()
     shapes = store.meta(ids[0]).get("shapes", {}) if ids else {}
     spec = {k: (k,) for k in tracks if k in shapes}

@@ -2,26 +2,11 @@
 
 ``python -m experiments.run table7`` runs every prompt of ``baselines.llm.prompts`` at video
 level (8 uniform frames, whole transcript) and frame level (8-frame segments, the words of
-each segment) with every available backend, on the embedded demo dataset, or on a BAH tree
-with ``--data.root=PATH``. Backends (``--config.backend.kinds``):
-
-- ``gguf``: a local GGUF through llama-cpp-python, by default the Gemma 3 270M asset (a
-  base model: numbers from it are a floor, not a reproduction); ``backend.gguf_path``.
-- ``openai``: an OpenAI-compatible server at ``backend.server_url`` (used when set).
-- ``videollava``: Video-LLaVA from the local folder ``backend.videollava_path`` (used when
-  set; needs torch and, in practice, a GPU).
-
-Frame level runs on the first ``frame_max_videos`` (4) evaluated videos unless set to 0
-(all): it costs one model call per distinct segment. A backend that is not available is
-skipped with a note in the results. The paper's models
-see frames; text-only backends see only the transcript, so their no-transcript prompts get
-one answer for everything (kept in the table as what they are).
-
-``--config.splits=DIR`` instead reads BAH's video-level split files (``video_id,label,
-transcript``; the public v1 splits are in ``shared/data/bah-video-splits``): video level,
-transcript prompts, text-only backends, evaluated on ``config.split`` (``val`` when the
-folder has no such split) beside the question-only baseline (the train-set A/H rate of the
-video's question), which every video-level number must beat to mean anything.
+each segment) with every available backend (``--config.backend.kinds``: ``gguf``,
+``openai``, ``videollava``), on the embedded demo dataset, or on a BAH tree with
+``--data.root=PATH``; ``--config.splits=DIR`` reads BAH's video-level split files instead.
+A backend that is not available is skipped with a note. docs/paper_setups.md ("Zero-shot")
+describes the backends, the frame-level budget and the split-file mode.
 
 Results: ``{"<split>-<level>": {"<backend>:<prompt>": {AVGF1, AP, WAR, F1_POS, F1_NEG,
 AVGF1_REF, UNPARSED, N_ANSWERS, N_CALLS, SECONDS}}, "notes": [...]}``.
@@ -38,9 +23,12 @@ import numpy as np
 
 from ahjax.core import metrics as metrics_lib
 from ahjax.core.data.bah import load_bah, load_video_splits, parse_video_name, probe_video
+from baselines.llm import backends as B
 from baselines.llm import prompts as prompts_lib
 from baselines.llm import zeroshot
-from level1_affect.dataset import DataConfig, demo_root
+from baselines.llm.backends import BackendUnavailable
+from level1_affect.dataset import DataConfig, demo_root, prepare_store
+from level1_affect.text import words_from_chunks
 
 LEVEL1_ARRAYS = ("face_expr", "face_desc", "face_present", "voice_prosody", "text_affect")
 
@@ -97,7 +85,6 @@ def get_config(quick: bool = False) -> Config:
 # ---- backends --------------------------------------------------------------------------
 def build_backends(cfg: BackendConfig, notes: list) -> dict:
     """{name: backend} for each kind in ``cfg.kinds`` that can be built; why not, in notes."""
-    from baselines.llm import backends as B
     out = {}
     for kind in cfg.kinds:
         if kind == "gguf":
@@ -120,7 +107,7 @@ def build_backends(cfg: BackendConfig, notes: list) -> dict:
             if importlib.util.find_spec("torch") is None:
                 notes.append("videollava skipped: torch is not installed (pip install -e .[videollava])")
                 continue
-            from baselines.llm.videollava import VideoLlavaBackend
+            from baselines.llm.videollava import VideoLlavaBackend   # imports torch
             out["videollava"] = VideoLlavaBackend.from_pretrained(cfg.videollava_path,
                                                                   device=cfg.device or None)
         else:
@@ -131,7 +118,6 @@ def build_backends(cfg: BackendConfig, notes: list) -> dict:
 # ---- data ------------------------------------------------------------------------------
 def tree_items(cfg: Config, notes: list) -> list[zeroshot.VideoItem]:
     """The evaluated videos of the tree (demo or ``data.root``) as inference items."""
-    from level1_affect.text import words_from_chunks
     root = Path(cfg.data.root).expanduser() if cfg.data.root else demo_root(cfg.data)
     index = load_bah(root)
     videos = index.videos if cfg.split == "all" else index.split(cfg.split)
@@ -157,7 +143,6 @@ def tree_items(cfg: Config, notes: list) -> list[zeroshot.VideoItem]:
 
 def attach_level1(cfg: Config, items: list[zeroshot.VideoItem], notes: list) -> None:
     """Give each item its level-1 arrays (extracting the tree once, cached) for ``evidence``."""
-    from level1_affect.dataset import prepare_store
     store, _, _ = prepare_store(cfg.data)
     have = set(store.video_ids())
     for item in items:
@@ -178,7 +163,6 @@ def _needs_video(backends: dict, items) -> bool:
 def _evaluate(name, backend, table: dict, key: str, notes: list, *args, **kwargs) -> bool:
     """``table[key] = zeroshot.evaluate(backend, ...)``; False (and a note) when the backend
     is unreachable, so one dead server does not lose the other backends' results."""
-    from baselines.llm.backends import BackendUnavailable
     t0 = time.perf_counter()
     try:
         table[key] = zeroshot.evaluate(backend, *args, **kwargs)

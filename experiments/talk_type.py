@@ -1,29 +1,14 @@
 """Change / neutral / sustain talk on real counselling data (AnnoMI).
 
 ``python -m experiments.run talk_type`` scores, by conversation-grouped cross-validation
-(no conversation in both the training and the scored part), three detectors of the client's
-talk type:
-
-- ``lexicon``: level 1's hand-written change/sustain phrase rules
-  (``level1_affect.text.Lexicons``): an utterance is the talk type with more matched words,
-  neutral when none matches (a tie with matches counts as sustain: the flip rule's reading);
-- ``tfidf_logreg``: TF-IDF of word 1-2-grams of the utterance, class-balanced logistic
-  regression, C chosen by an inner grouped CV on the training part;
-- ``minilm_logreg``: frozen MiniLM sentence embeddings of the utterance and of the therapist
-  turn before, same classifier and C choice;
-- ``talk_type``: the learned model of ``level1_affect.talk_type`` (MiniLM's top layers
-  fine-tuned with the therapist turn as context, class-weighted soft-target loss);
-  ``talk_type/no_context`` is the same trained model reading each utterance alone, as
-  level 1 reads the sentences of a monologue.
-
-Several annotators: every method trains on the majority label, except ``talk_type`` whose
-loss takes the vote fractions; all are scored against the majority label (ties: the label
-given first), so the scores are comparable.
-
-Held-out evaluation: with ``--data.annomi=DIR`` and a ``DIR/test_ids.txt``, the listed
-conversations are left out of all training and model choice and scored once (split ``test``).
-The learned model trained on every non-test conversation is saved in ``models/talk_type``
-(``level1_affect.talk_type.load`` reads it).
+(no conversation in both the training and the scored part), detectors of the client's talk
+type: ``lexicon`` (level 1's phrase rules), ``tfidf_logreg``, ``minilm_logreg``/
+``mpnet_logreg`` (frozen sentence embeddings) and ``talk_type`` (the learned model of
+``level1_affect.talk_type``; ``talk_type/no_context`` reads each utterance alone). Every
+method is scored against the majority label. With ``--data.annomi=DIR`` and
+``DIR/test_ids.txt`` the listed conversations are held out and scored once; the learned
+model trained on every other conversation is saved in ``models/talk_type``.
+docs/talk_type.md ("The methods compared") has the details.
 """
 
 from __future__ import annotations
@@ -39,6 +24,7 @@ from level1_affect.dataset import DataConfig, annomi_source
 from ahjax.core import assets
 from level1_affect import annomi, encoders
 from level1_affect import talk_type as tt
+from level1_affect.text import Lexicons
 
 METHODS = ("lexicon", "tfidf_logreg", "minilm_logreg", "mpnet_logreg", "talk_type")
 
@@ -75,7 +61,6 @@ def get_config(quick: bool = False) -> Config:
 # ---- the baselines ---------------------------------------------------------------------
 def lexicon_predict(texts) -> np.ndarray:
     """Talk type by the phrase rules: more change or more sustain words; neutral if none."""
-    from level1_affect.text import Lexicons
     lex = Lexicons()
     out = []
     for text in texts:

@@ -1,51 +1,15 @@
 """Interpretable conflict features from level-1 affect tracks, in JAX.
 
-Input: a dict of level-1 arrays (names and columns from ``level1_affect.schema``) for one
-video, ``(n, d)``, or a batch, ``(..., n, d)``: frames on axis -2. An optional ``mask``
-``(..., n)`` marks real frames (1) vs padding (0). Everything is vectorised over frames and
-batch and jit-able; ``fps`` may be a Python number or an array of the batch shape, because
-windows are built from cumulative sums indexed per frame, not from fixed-width kernels.
+Input: a dict of level-1 arrays (names and columns from ``level1_affect.schema``), ``(n, d)``
+or ``(..., n, d)`` with frames on axis -2, and an optional real-frame ``mask`` ``(..., n)``.
+Everything is vectorised over frames and batch and jit-able; ``fps`` may be a number or an
+array of the batch shape (windows are cumulative sums indexed per frame, not kernels).
 
-Step 1, :func:`affect_tracks`: per modality a ``(..., n, 3)`` track of
-``(valence, arousal, confidence)``:
-
-- face: ``face_desc`` valence/arousal (or, without ``face_desc``, expression probabilities
-  mapped to circumplex coordinates, :data:`EXPR_CIRCUMPLEX`); confidence = ``face_present``.
-  Valence is read against the person's own baseline: ``tanh(0.7 z)`` of its z-score over
-  the sequence (``face_baseline="raw"`` keeps level 1's value), because a face's resting
-  look, not its expression, sets most of level 1's valence.
-- voice: arousal = tanh(0.7 energy_z + 0.3 pitch_z), valence proxy = tanh(0.7 pitch_z),
-  with energy z-scored over the sequence's active frames (level 1 gives energy in its own
-  units). The voice valence proxy is weak (raised pitch reads as brighter, lowered as
-  subdued); it is there so every pair has a valence term. Confidence = ``voice_active``.
-- text: valence = ``sentiment`` (VADER compound, [-1, 1]); arousal = tanh of the summed
-  high-arousal NRC emotions (anger, anticipation, fear, joy, surprise); confidence =
-  ``word_present``.
-Arousal is centred per sequence (confidence-weighted mean removed) because the three
-modalities put arousal on different scales; valence keeps its sign, which the
-opposite-sign features need.
-
-Step 2, :func:`conflict_features`: six separable groups, each ``(..., n, k)``, columns
-from :func:`feature_columns`. ``@S`` is the time scale (default 0.5 s, 2 s, 4 s); windows
-are centred on the frame (offline analysis; the past/future halves give flips). All window
-statistics are confidence-weighted, so absent faces, silence, frames without words and
-padding drop out of the means instead of pulling them to zero.
-
-Cross-modal groups ``face_voice``, ``face_text``, ``voice_text`` (per scale):
-  ``dval@S``  |mean valence a - mean valence b| x conf
-  ``daro@S``  |mean arousal a - mean arousal b| x conf
-  ``opp@S``   relu(-mean valence a x mean valence b) x conf (valences of opposite sign)
-  ``conf@S``  coverage a x coverage b (fraction of frames each modality is confident)
-Within-modality groups ``within_face``, ``within_voice``, ``within_text`` (per scale):
-  ``vflip@S`` |mean valence of the next S/2 - of the previous S/2| x min coverage
-  ``vsign@S`` relu(-past mean x future mean) x min coverage (valence changes sign)
-  ``vstd@S``  weighted standard deviation of valence over the window
-  face/voice: ``aflip@S``, ``astd@S``: the same for arousal
-  voice: ``pause@S``: fraction of the window's frames that are pauses
-  text: ``cochange@S``: sqrt(change-talk density x sustain-talk density) over word frames,
-        non-zero only when both are present in the window
-  text: ``hes@S``: fraction of the window's frames with a hedge or hesitation marker
-  all: ``cov@S``: the modality's coverage in the window
+:func:`affect_tracks`: per modality a ``(..., n, 3)`` track of (valence, arousal,
+confidence). :func:`conflict_features`: six groups (three cross-modal pairs, three
+within-modality), each ``(..., n, k)`` with columns from :func:`feature_columns`, at
+time scales :data:`SCALES_S`, confidence-weighted. docs/two_level.md ("Conflict
+features") defines every track and column.
 """
 
 from __future__ import annotations
@@ -65,6 +29,8 @@ AFFECT_COLUMNS = ("valence", "arousal", "confidence")
 CROSS_GROUPS = ("face_voice", "face_text", "voice_text")
 WITHIN_GROUPS = ("within_face", "within_voice", "within_text")
 GROUPS = CROSS_GROUPS + WITHIN_GROUPS
+# Level-1 tracks the features are computed from (raw level-1 units).
+TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
 
 # (valence, arousal) per FER class, rounded from Russell's circumplex placements.
 EXPR_CIRCUMPLEX = {
@@ -141,26 +107,11 @@ def _weighted_z(x: Array, w: Array, floor: float = 0.01, causal: bool = False,
 def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
                   face_baseline: str = FACE_BASELINE, causal: bool = False,
                   moments=None) -> dict[str, Array]:
-    """Per-modality ``(..., n, 3)`` tracks of (valence, arousal, confidence).
-
-    A modality whose arrays are missing gets zeros with confidence 0, so a face-only or
-    text-only input still works (its pairs simply never fire). Confidence is multiplied by
-    ``mask`` (``(..., n)``, default all ones).
-
-    ``face_baseline``: ``"person"`` (default) reads face valence against the sequence's own
-    baseline, ``tanh(0.7 z)`` with ``z`` the confidence-weighted z-score (deviation floored
-    at :data:`FACE_VALENCE_FLOOR`); ``"raw"`` keeps level 1's face valence as it is.
-    Level-1 face valence carries each face's resting look (on the demo it sits at
-    0.64-0.79 for frowns and smiles alike, so a frown never has negative valence); against
-    the person's baseline a frown reads negative and a smile positive, which is what the
-    opposite-sign and sign-change features need.
-
-    ``causal``: every per-sequence statistic (the face baseline, arousal centring, the
-    voice energy's z-score) uses only frames up to each frame, so a frame's tracks never
-    depend on what comes after it (for live use). ``moments``: replaces the running
-    statistics, ``moments(x, w, causal) -> (mean, var)``, called in a fixed order (a
-    stream carries them from chunk to chunk, ``level2_conflict.stateful``).
-    """
+    """Per-modality ``(..., n, 3)`` tracks of (valence, arousal, confidence); a missing
+    modality gets zeros with confidence 0, and confidence is multiplied by ``mask``.
+    ``face_baseline``: ``"person"`` (face valence against the sequence's own baseline) or
+    ``"raw"``; ``causal``: running statistics only; ``moments(x, w, causal) -> (mean,
+    var)`` replaces them (a stream's carried state, ``level2_conflict.stateful``)."""
     if face_baseline not in ("person", "raw"):
         raise ValueError(f"face_baseline must be 'person' or 'raw', got {face_baseline!r}")
     ref = _reference(tracks)
@@ -224,16 +175,9 @@ def affect_tracks(tracks: Mapping[str, Array], mask: Array | None = None, *,
 
 
 def _window_sums(cum: Array, half: Array, n: int, causal: bool = False) -> dict[str, Array]:
-    """Sums over centred, past and future windows from a cumulative sum.
-
-    ``cum`` (..., n + 1, K) is the cumulative sum (with a leading zero row) of K per-frame
-    quantities and ``half`` (..., S, 1) the half-widths of S scales; window
-    ``[t + lo, t + hi)`` clipped to the sequence is ``cum[hi] - cum[lo]``, so the cost is
-    O(n) whatever the width, and widths may differ per batch element (they are index
-    offsets, not kernel shapes). Returns window -> (..., S, n, K). ``causal``: windows
-    ``[t - 2 half, t]`` ending at the frame, split into an older and a recent half. Float32 cumulative sums
-    lose about 1e-7 x n absolutely: negligible for windows and videos of thousands of frames.
-    """
+    """Window sums from ``cum`` (..., n + 1, K), a cumulative sum with a leading zero row,
+    for half-widths ``half`` (..., S, 1): window -> (..., S, n, K). O(n) whatever the
+    width; ``causal``: windows ending at the frame (docs/two_level.md, "Window sums")."""
     t = jnp.arange(n)
     cum = jnp.broadcast_to(cum[..., None, :, :],
                            half.shape[:-1] + cum.shape[-2:])            # (..., S, n+1, K)
@@ -275,16 +219,10 @@ def conflict_features(tracks: Mapping[str, Array], fps: float | Array,
                       scales: Sequence[float] = SCALES_S, *,
                       face_baseline: str = FACE_BASELINE, causal: bool = False
                       ) -> dict[str, Array]:
-    """The six conflict feature groups, each ``(..., n, k_group)``.
-
-    ``tracks``: level-1 arrays with frames on axis -2 (see module docstring);
-    ``fps``: frames per second, a number or an array of the batch shape;
-    ``mask``: ``(..., n)`` real-frame mask. Padded frames get all-zero features.
-    Columns: :func:`feature_columns` (``scales`` must match); ``face_baseline``: as in
-    :func:`affect_tracks`. ``causal``: features from the past only (windows ending at the
-    frame, flips between their older and recent halves, running statistics), so a
-    frame's features never change when later frames arrive.
-    """
+    """The six conflict feature groups, each ``(..., n, k_group)`` (columns:
+    :func:`feature_columns` of ``scales``); padded frames get all-zero features.
+    ``fps``: a number or an array of the batch shape; ``causal``: from the past only, so a
+    frame's features never change when later frames arrive."""
     affect = affect_tracks(tracks, mask, face_baseline=face_baseline, causal=causal)
     ref = affect["face"]
     batch_shape, n = ref.shape[:-2], ref.shape[-2]

@@ -1,20 +1,14 @@
 """Duration prior for A/H segments: duration fitting, semi-Markov Viterbi, median filter.
 
-State 0 = not A/H, state 1 = A/H. A labelling is a sequence of segments whose states
-alternate (two segments of the same state in a row are one segment). The score of a
-segmentation of frames ``0..n-1`` into segments ``(s_j, start_j, d_j)`` is
+State 0 = not A/H, state 1 = A/H. A labelling is a sequence of alternating segments; a
+segmentation of frames ``0..n-1`` into segments ``(s_j, start_j, d_j)`` scores
 
     log_init[s_0] + sum_j log_dur[s_j, d_j - 1] + sum_j sum_{t in segment j} e[t, s_j]
 
-with two edge rules: the first segment is a complete segment that starts with the video
-(its duration takes the pmf), and the last one is right-censored, cut by the end of the
-video, so it takes the survival ``log P(D >= d)`` instead of ``log P(D = d)``. Durations
-are 1..max_d; ``max_d`` must exceed the longest segment that should be allowed.
-
-Emissions are scaled likelihoods: a classifier gives posteriors ``p(s | x_t)``, and
-``p(x_t | s) ∝ p(s | x_t) / p(s)``, so ``e[t, s] = emission_weight * (log_post[t, s] -
-log_prior[s])``. ``emission_weight`` < 1 tempers frame evidence, which is worth doing
-because neighbouring frames' posteriors are strongly correlated, not independent.
+where the last segment, cut by the end of the video, takes the survival ``log P(D >= d)``,
+and ``e[t, s] = emission_weight * (log_post[t, s] - log_prior[s])`` (scaled likelihoods).
+docs/two_level.md ("The semi-Markov model") gives the edge rules and why the evidence is
+tempered.
 """
 
 from __future__ import annotations
@@ -71,14 +65,9 @@ def _discretised_gamma(lengths: Sequence[int], max_d: int, floor: float, name: s
 
 def fit_durations(segment_lengths_pos: Sequence[int], segment_lengths_neg: Sequence[int],
                   max_d: int, floor: float = 1e-3) -> np.ndarray:
-    """Duration log-pmfs ``(2, max_d)``: row 0 for state 0 (negative), row 1 for A/H.
-
-    Each class: a gamma distribution fitted by moments (mean, variance with a floor of
-    (0.3 mean)^2), discretised as ``P(D = d) = F(d) - F(d - 1)`` for d = 1..max_d,
-    renormalised over that range (longer training segments count towards the moments but
-    their mass moves into the range), then mixed with a uniform of weight ``floor`` so
-    no duration is impossible. Raises ValueError when a class has no segments.
-    """
+    """Duration log-pmfs ``(2, max_d)``: row 0 for state 0 (negative), row 1 for A/H; per
+    class a gamma fitted by moments, discretised on 1..max_d and mixed with a uniform of
+    weight ``floor`` (docs/two_level.md). Raises ValueError when a class has no segments."""
     if max_d < 1:
         raise ValueError(f"fit_durations: max_d must be >= 1, got {max_d}")
     return np.stack([_discretised_gamma(segment_lengths_neg, max_d, floor, "negative"),
@@ -148,14 +137,9 @@ def log_post_from_prob(prob: Array, eps: float = 1e-6) -> Array:
 def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
                 log_init: Array | None = None, emission_weight: float = 1.0) -> Array:
     """Most probable alternating segmentation under the module's model -> labels ``(n,)``.
-
-    ``log_post`` (n, 2) frame log posteriors; ``log_dur`` (2, max_d) duration log-pmfs
-    (:func:`fit_durations`); ``log_prior`` (2,) log class priors (the divisor that turns
-    posteriors into scaled likelihoods, and the initial-state distribution unless
-    ``log_init`` is given). Explicit-duration Viterbi in one ``lax.scan`` over frames with
-    a ring buffer of the last ``max_d`` segment-end scores: O(n max_d) time, O(max_d)
-    carry; a second reverse scan backtracks in O(n). Jit-able (shapes static).
-    """
+    ``log_post`` (n, 2) frame log posteriors; ``log_dur`` (2, max_d) duration log-pmfs;
+    ``log_prior`` (2,) log class priors (also the initial distribution unless ``log_init``).
+    Explicit-duration Viterbi in one ``lax.scan``: O(n max_d) time; jit-able."""
     log_post = jnp.asarray(log_post, jnp.float32)
     log_dur = jnp.asarray(log_dur, jnp.float32)
     log_prior = jnp.asarray(log_prior, jnp.float32)
@@ -199,14 +183,10 @@ def log_survival(log_pmf: Array, axis: int = -1) -> Array:
 
 def duration_log_probs(shape: Array, scale_s: Array, fps: Array, n: int, *, max_s: float,
                        floor: float = 1e-3) -> tuple[Array, Array]:
-    """:meth:`DurationPrior.log_pmf` in JAX, for per-window frame rates, cut at ``n``.
-
-    ``shape``, ``scale_s`` (2,) gamma parameters in seconds (not A/H, A/H); ``fps`` any
-    batch shape; returns ``(log_pmf, log_surv)``, each ``fps.shape + (2, n)``: the log-pmf
-    of durations 1..n frames and the log survival ``log P(D >= d)`` of the whole
-    distribution (durations up to ``ceil(max_s * fps)``), so a window of ``n`` frames
-    needs nothing longer. Durations beyond ``ceil(max_s * fps)`` get about -1e9.
-    """
+    """:meth:`DurationPrior.log_pmf` in JAX for per-window frame rates ``fps`` (any batch
+    shape), cut at ``n``: ``(log_pmf, log_surv)``, each ``fps.shape + (2, n)``, from gamma
+    ``shape``, ``scale_s`` (2,) in seconds. Durations beyond ``ceil(max_s * fps)`` get
+    about -1e9."""
     fps = jnp.asarray(fps, jnp.float32)[..., None, None]                    # (..., 1, 1)
     shape = jnp.asarray(shape, jnp.float32)[:, None]                        # (2, 1)
     scale = jnp.asarray(scale_s, jnp.float32)[:, None]
@@ -224,21 +204,11 @@ def duration_log_probs(shape: Array, scale_s: Array, fps: Array, n: int, *, max_
 
 def segment_log_partition(unary: Array, log_dur: Array, allowed: Array | None = None,
                           log_surv: Array | None = None) -> Array:
-    """Log of the sum over alternating segmentations of a window, semi-Markov forward.
-
-    ``unary`` (B, W, 2) per-frame scores of the two states; ``log_dur`` (2, max_d) or, per
-    window, (B, 2, max_d) duration log-pmfs; ``allowed`` (B, W, 2) bool, the states a
-    frame may take (default: both); ``log_surv`` like ``log_dur``, the survival (default:
-    from ``log_dur``; pass it when ``log_dur`` is cut short of its distribution's end).
-    A segmentation scores the sum of its frames' unaries plus one duration term per
-    segment: ``log P(D = d)`` for a segment inside the window and the survival
-    ``log P(D >= d)`` for one cut by either end (a training window cuts the segments it
-    starts and ends in; a segment spanning the whole window is cut by both). Segments are
-    1..max_d frames. Returns (B,); ``-inf``-like (about -1e9) when nothing is allowed.
-    One ``lax.scan`` over frames with a ring buffer of the last ``max_d`` segment-end
-    scores, as :func:`hsmm_decode`, with log-sum-exp in place of max: differentiable, so
-    it trains a model with the duration structure (:func:`semi_markov_nll`).
-    """
+    """Log of the sum over alternating segmentations of each window: (B,).
+    ``unary`` (B, W, 2) state scores; ``log_dur`` (2, max_d) or (B, 2, max_d); ``allowed``
+    (B, W, 2) the states a frame may take (default: both); ``log_surv`` the survival
+    (default: from ``log_dur``). A segment cut by either window end takes the survival;
+    differentiable (docs/two_level.md, "The semi-Markov model")."""
     unary = jnp.asarray(unary, jnp.float32)
     b, w, _ = unary.shape
     log_dur = jnp.broadcast_to(jnp.asarray(log_dur, jnp.float32),
@@ -286,18 +256,10 @@ def segment_log_partition(unary: Array, log_dur: Array, allowed: Array | None = 
 
 def semi_markov_nll(score: Array, labels: Array, valid: Array, log_dur: Array,
                     log_surv: Array | None = None) -> Array:
-    """Semi-Markov CRF loss of frame scores: mean over labelled frames of
-    ``log Z - log Z(labels)``.
-
-    ``score`` (B, W) the model's A/H score (logit), read as unaries ``(-score/2,
-    score/2)`` for (not A/H, A/H), the same split as the model's two logits; ``labels``
-    (B, W) 0/1, or -1 where unlabelled (either state allowed there); ``valid`` (B, W) real
-    frames (padding takes unary 0 and either state); ``log_dur`` (2, max_d) duration
-    log-pmfs at the windows' frame rate. ``log Z`` sums over every segmentation of the
-    window, ``log Z(labels)`` over those that agree with the labels
-    (:func:`segment_log_partition`), so the loss is the negative log-likelihood of the
-    labelled frames under the segment model. Windows without a labelled frame add 0.
-    """
+    """Semi-Markov CRF loss: mean over labelled frames of ``log Z - log Z(labels)``, the
+    unaries ``(-score/2, score/2)`` of ``score`` (B, W); ``labels`` (B, W) 0/1 or -1
+    (unlabelled: either state); ``valid`` (B, W) real frames; ``log_dur`` (2, max_d) at
+    the windows' frame rate. Windows without a labelled frame add 0."""
     score = jnp.asarray(score, jnp.float32) * jnp.asarray(valid, jnp.float32)
     unary = jnp.stack([-score / 2, score / 2], -1)
     labels = jnp.asarray(labels)
@@ -338,17 +300,10 @@ def median_filter(x, k: int, axis: int = 0) -> np.ndarray:
 
 
 class OnlineDecoder:
-    """Fixed-lag semi-Markov decoding of a stream of frame posteriors (NumPy, incremental).
-
-    The same model as :func:`hsmm_decode`: explicit-duration Viterbi with the duration
-    log-pmfs ``log_dur`` (2, max_d), class priors ``log_prior`` and ``emission_weight``.
-    ``push(prob_chunk)`` adds frames and returns the labels of the frames now ``lag``
-    frames or more behind the newest one (committed: they are never revised);
-    ``finish()`` returns the rest. Each provisional decision treats the segment that
-    reaches the newest frame as unfinished (its duration censored with the survival
-    function), as :func:`hsmm_decode` does at the end of a video, so with ``lag`` at least
-    the stream's length the output equals the offline decoding. Work per frame: O(max_d);
-    memory: the frames since ``max_d + lag`` frames ago (older ones are dropped).
+    """Fixed-lag semi-Markov decoding of a stream of frame posteriors (NumPy, incremental):
+    :func:`hsmm_decode`'s model. ``push(prob_chunk)`` returns the labels of the frames now
+    ``lag`` or more behind the newest (never revised), ``finish()`` the rest; with ``lag``
+    at least the stream's length it equals the offline decoding. O(max_d) work per frame.
     """
 
     def __init__(self, log_dur, log_prior, *, lag: int, emission_weight: float = 1.0,

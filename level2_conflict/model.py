@@ -5,22 +5,11 @@ Each frame's A/H score is, exactly,
     score = sum over active groups g of contribution_g + remainder + bias
 
 where each named contribution comes from a small dilated TCN that sees only its own
-feature group (``face_voice``, ``face_text``, ``voice_text``, ``within_face``,
-``within_voice``, ``within_text``), the remainder is a TCN over all active features plus
-the affect tracks (and, with ``use_embeddings``, projected level-1 embeddings), and the
-bias is one scalar. Because a branch cannot see another group's features, its
-contribution can be attributed to that group; the remainder is what the named groups do
-not explain (``remainder_l2`` penalises it to keep it small, ``use_remainder=False``
-removes it). Logits are ``[-score/2, score/2]`` so ``softmax(logits)[..., 1] ==
-sigmoid(score)``.
-
-Cue supervision: with ``inputs["cues"]`` ``(B, W, 5)`` (columns :data:`CUES`, multi-hot,
-from BAH's ``all_cues``) the model adds ``aux["aux_loss"]``: for each cue, a logistic
-read-out ``softplus(a_k) * (sum of the cue's matching contributions) + b_k`` is trained
-towards the cue with binary cross-entropy, so where annotators saw e.g. a facial cue the
-face branches are pushed up. ``body`` has no matching branch (no body modality) and is
-ignored. ``inputs["cue_mask"]`` ``(B, W)`` or ``(B, W, 5)`` says where cues are known
-(default: ``inputs["mask"]`` or everywhere).
+feature group, the remainder (off with ``use_remainder=False``) is a TCN over all active
+features and the affect tracks, and the bias is one scalar. Logits are ``[-score/2,
+score/2]`` so ``softmax(logits)[..., 1] == sigmoid(score)``. With ``inputs["cues"]``
+(columns :data:`CUES`) the model adds a cue-supervision loss. docs/two_level.md ("The
+additive model", "Cue supervision") explains both.
 """
 
 from __future__ import annotations
@@ -189,24 +178,11 @@ def _emb_width(key: str, emb_dims: dict) -> int:
 
 
 class TwoLevelModel(nnx.Module):
-    """Conflict features + additive per-group TCNs; see the module docstring.
-
-    ``__call__(inputs, *, train) -> (logits (B, W, 2), aux)``. ``inputs`` holds the
-    level-1 tracks ``(B, W, d)`` (``face_present``, ``face_desc``/``face_expr``,
-    ``voice_prosody``, ``text_affect``; in their level-1 units, not standardised, since
-    the features read valence signs and [0, 1] confidences), optionally the real-frame
-    mask ``valid`` (B, W) (else ``mask``; padding must be 0), ``fps`` (B,), the
-    embeddings named in ``cfg.emb_keys``, ``cues``/``cue_mask``, and optionally the
-    feature groups themselves (``inputs[group]``, ``(B, W, k)``) and affect tracks
-    (``inputs[AFFECT_KEYS[modality]]``, ``(B, W, 3)``) to skip recomputing them; with both
-    precomputed (and ``valid``/``mask`` given) no level-1 track is needed.
-    ``aux``: ``contributions`` (group -> (B, W)), ``remainder`` (B, W), ``bias`` (),
-    ``score`` (B, W), ``features`` (group -> (B, W, k)), ``affect`` (modality ->
-    (B, W, 3): valence, arousal, confidence), ``hidden`` (each branch's state before its
-    read-out, group or :data:`REMAINDER` -> (B, W, hidden): ``contributions[g] ==
-    branches[g].readout(hidden[g])``), and ``aux_loss`` when there is one.
-    ``extra_inputs`` names the non-modality batch keys the trainer should pass.
-    """
+    """Conflict features + additive per-group TCNs: ``__call__(inputs, *, train) ->
+    (logits (B, W, 2), aux)`` with ``aux`` holding ``contributions``, ``remainder``,
+    ``bias``, ``score``, ``features``, ``affect``, ``hidden`` and any ``aux_loss``.
+    ``inputs``: level-1 tracks (B, W, d) in level-1 units, or precomputed groups and affect
+    tracks, and ``valid``/``mask``; docs/two_level.md ("Model inputs and outputs")."""
 
     def __init__(self, cfg: TwoLevelConfig = TwoLevelConfig(), *,
                  emb_dims: dict | None = None, rngs: nnx.Rngs):

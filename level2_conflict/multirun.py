@@ -1,21 +1,13 @@
 """Many trainings of the two-level model as one vmapped JAX program.
 
-The two-level model is small (tens of thousands of parameters), so one training uses a
-CPU poorly and the honest way to compare it with its ablations, over seeds and over
-participant folds, is many trainings. Here every run of one model configuration (a seed on
-the default split, a seed within a participant fold, ...) is one slice of a stacked
-parameter tree, and a train step is ``jax.vmap`` of the single-run step: one compiled
-program trains them all, each on its own training videos, with its own dropout keys and
-data order, and keeps its own best epoch by its own validation AP.
-
-Level-2 inputs (the six conflict-feature groups and the three affect tracks) are computed
-once per whole video into a :class:`Bank` (frames of every video laid end to end), so
-training never recomputes them and sees exactly the features inference sees. Windows are
-start offsets into the bank; a batch is a gather.
-
-``train_runs(model_cfg, bank, runs, cfg) -> Trained``; ``Trained.outputs(bank, videos)``
-gives each run's frame probabilities and named contributions on whole videos, and
-``Trained.model(r)`` one run as an ordinary :class:`~level2_conflict.model.TwoLevelModel`.
+Every run of one model configuration (a seed on the default split, a seed within a
+participant fold, ...) is one slice of a stacked parameter tree, and a train step is
+``jax.vmap`` of the single-run step: one compiled program trains them all, each on its own
+videos, with its own dropout keys, data order and best epoch (docs/two_level.md, "Evidence
+over seeds and participants"). Level-2 inputs are computed once per whole video into a
+:class:`Bank` (frames end to end), exactly as inference computes them; windows are start
+offsets into it. ``train_runs(model_cfg, bank, runs, cfg) -> Trained``;
+:func:`make_runs` builds the runs of a split and its participant folds.
 """
 
 from __future__ import annotations
@@ -39,14 +31,12 @@ from ahjax.core.data.store import FeatureStore
 from ahjax.core.data.windows import window_starts
 from ahjax.core.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
                                  masked_cross_entropy)
-from level2_conflict import features as feats
 from level2_conflict import hsmm
+from level2_conflict.features import TRACKS
 from level2_conflict.hsmm import DurationPrior
 from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
+from level2_conflict.runtime import padded_length, video_inputs
 
-# Level-1 tracks the conflict features are computed from (raw level-1 units).
-TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
-_PAD = 128   # whole videos are padded to a multiple of this (fewer compilations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,51 +72,6 @@ class Bank:
         """``(arrays, valid, labels)`` on the device, put there once per bank."""
         return ({k: jnp.asarray(v) for k, v in self.arrays.items()}, jnp.asarray(self.valid),
                 jnp.asarray(self.labels))
-
-
-@functools.partial(jax.jit, static_argnames=("causal",))
-def _video_inputs(tracks, mask, fps, causal=False):
-    groups = feats.conflict_features(tracks, fps, mask, causal=causal)
-    affect = feats.affect_tracks(tracks, mask, causal=causal)
-    return groups, {AFFECT_KEYS[m]: a for m, a in affect.items()}
-
-
-def padded_length(n: int, bucket: str = "multiple") -> int:
-    """Frames a video of ``n`` frames is padded to: the next multiple of 128 ("multiple",
-    offline), or the next power of two from 512 on ("pow2": a growing live stream then
-    compiles a handful of shapes, not one per 128 frames)."""
-    if bucket == "pow2":
-        return max(512, 1 << max(0, n - 1).bit_length())
-    if bucket != "multiple":
-        raise ValueError(f"bucket={bucket!r}: 'multiple' or 'pow2'")
-    return -(-n // _PAD) * _PAD
-
-
-def video_inputs(tracks: Mapping[str, np.ndarray], fps: float, causal: bool = False,
-                 bucket: str = "multiple") -> dict[str, np.ndarray]:
-    """Feature groups and affect tracks ``{name: (n, k)}`` of one whole video's level-1
-    ``tracks`` (``n`` frames each), exactly as :class:`TwoLevelModel` computes them
-    (``causal``: from the past only, for a model with ``TwoLevelConfig.causal``;
-    ``bucket``: the padding, see :func:`padded_length`)."""
-    n = int(np.asarray(tracks["face_present"]).shape[0])
-    if n < 1:
-        raise ValueError("video_inputs: a video with no frames")
-    for k in TRACKS:
-        if k in tracks and not np.all(np.isfinite(np.asarray(tracks[k], np.float32))):
-            raise ValueError(f"level-1 track {k!r} holds NaN or inf values")
-    size = padded_length(n, bucket)
-    padded = {k: np.pad(np.asarray(tracks[k], np.float32).reshape(n, -1),
-                        ((0, size - n), (0, 0)))[None] for k in TRACKS if k in tracks}
-    mask = np.zeros((1, size), np.float32)
-    mask[0, :n] = 1.0
-    groups, affect = jax.device_get(_video_inputs(padded, mask, np.float32(fps),
-                                                  causal=causal))
-    out = {g: np.asarray(a[0, :n]) for g, a in groups.items()}
-    out.update({k: np.asarray(a[0, :n]) for k, a in affect.items()})
-    for name, arr in out.items():
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"level-2 input {name!r} holds NaN or inf values")
-    return out
 
 
 def build_bank(store: FeatureStore, video_ids: Sequence[str], *, min_block: int,
@@ -171,6 +116,42 @@ class Run:
     train: tuple
     val: tuple
     test: tuple
+
+
+def participant_folds(store: FeatureStore, n_folds: int) -> list[dict]:
+    """``n_folds`` folds over the store's participants (sorted, dealt round-robin): fold k
+    tests its participants, validates on the first participant of fold k+1 and trains on
+    the rest. ``[]`` with fewer than 2 folds or ``n_folds + 1`` participants."""
+    by_participant: dict = {}
+    for vid in store.video_ids():
+        by_participant.setdefault(str(store.meta(vid).get("participant", "")), []).append(vid)
+    people = sorted(by_participant)
+    if n_folds < 2 or len(people) < n_folds + 1:
+        return []
+    groups = [people[k::n_folds] for k in range(n_folds)]
+    folds = []
+    for k, test_people in enumerate(groups):
+        val_person = groups[(k + 1) % n_folds][0]
+        train_people = [p for p in people if p not in test_people and p != val_person]
+        folds.append({"participants": test_people, "val_participant": val_person,
+                      "test": tuple(v for p in test_people for v in by_participant[p]),
+                      "val": tuple(by_participant[val_person]),
+                      "train": tuple(v for p in train_people for v in by_participant[p])})
+    return folds
+
+
+def make_runs(store: FeatureStore, seeds: int, folds: int = 0,
+              fold_seeds: int = 1) -> tuple[list[Run], list[dict]]:
+    """``seeds`` runs on the store's split (``default/seed<s>``) and ``fold_seeds`` in each
+    of :func:`participant_folds` (``fold<k>/seed<s>``); returns (runs, folds)."""
+    split = {s: tuple(store.video_ids(s)) for s in ("train", "val", "test")}
+    runs = [Run(f"default/seed{s}", s, split["train"], split["val"], split["test"])
+            for s in range(seeds)]
+    fold_list = participant_folds(store, folds) if folds else []
+    for k, fold in enumerate(fold_list):
+        runs += [Run(f"fold{k}/seed{s}", 1000 * (k + 1) + s, fold["train"], fold["val"],
+                     fold["test"]) for s in range(fold_seeds)]
+    return runs, fold_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,8 +202,7 @@ class Trained:
         slots = max((len(v) for v in videos), default=0)
         if slots == 0:
             return out
-        length = max(bank.slots[v].n for vs in videos for v in vs)
-        length = -(-length // _PAD) * _PAD
+        length = padded_length(max(bank.slots[v].n for vs in videos for v in vs))
         # (R, J) offsets and lengths; empty slots read nothing (length 0).
         offs = np.zeros((len(self.runs), slots), np.int32)
         lens = np.zeros((len(self.runs), slots), np.int32)
@@ -296,15 +276,10 @@ def _init(model_cfg: TwoLevelConfig, seeds: Sequence[int]):
 def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
                cfg: MultiConfig = MultiConfig(), *, desc: str = "two_level",
                durations: Sequence[DurationPrior] | None = None) -> Trained:
-    """Train every run of ``runs`` with ``model_cfg`` as one vmapped program.
-
-    Each run samples only its own ``train`` windows, validates every ``cfg.eval_every``
-    epochs on its own ``val`` videos (frame AP) and keeps its best epoch's parameters.
-    With ``model_cfg.crf_weight > 0``, ``durations`` gives each run's duration prior
-    (fitted on its own training videos, in seconds), turned into frames per window with
-    the window's video frame rate for the semi-Markov CRF loss.
-    Raises :class:`NonFiniteLossError` naming the runs whose loss stops being finite.
-    """
+    """Train every run of ``runs`` with ``model_cfg`` as one vmapped program; each run
+    samples its own ``train`` windows and keeps its best epoch by val AP. ``durations``:
+    each run's duration prior (seconds), needed when ``model_cfg.crf_weight > 0``. Raises
+    :class:`NonFiniteLossError` naming the runs whose loss stops being finite."""
     runs = list(runs)
     if not runs:
         raise ValueError("train_runs: no runs")
@@ -444,4 +419,4 @@ def without_remainder(outputs: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
 
 
 __all__ = ["Bank", "MultiConfig", "REMAINDER", "Run", "Slot", "Trained", "build_bank",
-           "named_share", "train_runs", "video_inputs", "without_remainder"]
+           "make_runs", "named_share", "participant_folds", "train_runs", "without_remainder"]

@@ -21,8 +21,10 @@ import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from ahjax.core.data.store import FeatureStore  # noqa: E402
 from level1_affect.schema import FACE_DESC, TEXT_AFFECT, VOICE_PROSODY  # noqa: E402
 from level2_conflict import features as feats  # noqa: E402
+from level2_conflict.multirun import named_share  # noqa: E402
 
 _SEGMENT_COLOURS = {1: "#d62728", 0: "#c7e9c0", -1: "#bdbdbd"}
 
@@ -58,16 +60,10 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
                title: str, path: str | Path, shares: Mapping[str, float] | None = None,
                times: np.ndarray | None = None) -> Path:
     """Draw one video's evidence and predictions into a PNG at ``path``; returns the path.
-
-    ``tracks``: the video's level-1 arrays ``(n, d)`` (``face_present``, ``face_desc`` or
-    ``face_expr``, ``voice_prosody``, ``text_affect``; missing ones leave their panel
-    empty); ``contributions``: name -> ``(n,)`` score contributions (drawn as a heatmap,
-    red = towards A/H, blue = against, centred at 0); ``prob`` ``(n,)`` A/H probability;
-    ``true_labels`` / ``decoded`` ``(n,)`` in {1 A/H, 0 not, -1 unlabelled}; ``shares``
-    (default: :func:`contribution_shares` of ``contributions``) label each row with its
-    share of the video's total absolute contribution. ``times`` (n,): each frame's
-    presentation time in seconds (default ``i / fps``; differs for variable frame rates).
-    """
+    ``tracks``: level-1 arrays ``(n, d)`` (a missing one leaves its panel empty);
+    ``contributions``: name -> ``(n,)`` (heatmap, red towards A/H); ``true_labels`` and
+    ``decoded`` in {1, 0, -1 unlabelled}; ``shares``: each row's share of the total
+    (default :func:`contribution_shares`); ``times``: frame times (default ``i / fps``)."""
     prob = np.asarray(prob, np.float32).reshape(-1)
     n = prob.size
     dt = 1.0 / float(fps)
@@ -164,6 +160,24 @@ def plot_video(tracks: Mapping[str, np.ndarray], contributions: Mapping[str, np.
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def video_figures(store: FeatureStore, video_ids: Sequence[str], outputs: Mapping,
+                  decoded: Mapping, fps: Mapping, labels: Mapping, folder: Path) -> list[Path]:
+    """One :func:`plot_video` per video of a run's ``outputs`` (``Trained.outputs``), the
+    remainder as its own row, into ``folder``; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for vid in video_ids:
+        o = outputs[vid]
+        tracks = {k: np.asarray(store.read(vid, k)) for k in feats.TRACKS}
+        contributions = dict(o["contributions"], remainder=o["remainder"])
+        share = named_share({vid: o})
+        path = folder / f"{Path(vid).stem[:80].replace(' ', '_')}.png"
+        plot_video(tracks, contributions, o["prob"], labels[vid], decoded[vid], fps[vid],
+                   f"{Path(vid).name}  (named share of the score {share:.2f})", path)
+        paths.append(path)
+    return paths
 
 
 def contribution_shares(contributions: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -13,19 +13,79 @@ into frames with each video's own frame rate, so one prior serves 24, 25 and 30 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from level2_conflict import deployed, hsmm, multirun, stateful
-from level2_conflict.model import TwoLevelConfig, TwoLevelModel
-from level2_conflict.multirun import TRACKS
+from ahjax.core.train.checkpoint import save_params
+from level2_conflict import deployed, hsmm, stateful
+from level2_conflict import features as feats
+from level2_conflict.features import TRACKS
+from level2_conflict.model import AFFECT_KEYS, TwoLevelConfig, TwoLevelModel
 
 REFERENCE_FPS = 24.0   # the unit of DecodeConfig's per-second evidence rate grid below
+_PAD = 128   # whole videos are padded to a multiple of this (fewer compilations)
+
+
+def padded_length(n: int, bucket: str = "multiple") -> int:
+    """Frames a video of ``n`` frames is padded to: the next multiple of 128 ("multiple",
+    offline), or the next power of two from 512 on ("pow2": a growing live stream then
+    compiles a handful of shapes, not one per 128 frames)."""
+    if bucket == "pow2":
+        return max(512, 1 << max(0, n - 1).bit_length())
+    if bucket != "multiple":
+        raise ValueError(f"bucket={bucket!r}: 'multiple' or 'pow2'")
+    return -(-n // _PAD) * _PAD
+
+
+@functools.partial(jax.jit, static_argnames=("causal",))
+def _level2_inputs(tracks, mask, fps, causal=False):
+    groups = feats.conflict_features(tracks, fps, mask, causal=causal)
+    affect = feats.affect_tracks(tracks, mask, causal=causal)
+    return groups, {AFFECT_KEYS[m]: a for m, a in affect.items()}
+
+
+def _padded_inputs(tracks: Mapping[str, np.ndarray], fps: float, causal: bool,
+                   bucket: str) -> tuple[dict[str, np.ndarray], int]:
+    """``({name: (1, size, k)}, n)``: :func:`video_inputs` padded to :func:`padded_length`
+    (zeros after frame ``n``), with ``valid`` (1, size)."""
+    n = int(np.asarray(tracks["face_present"]).shape[0])
+    if n < 1:
+        raise ValueError("video_inputs: a video with no frames")
+    for k in TRACKS:
+        if k in tracks and not np.all(np.isfinite(np.asarray(tracks[k], np.float32))):
+            raise ValueError(f"level-1 track {k!r} holds NaN or inf values")
+    size = padded_length(n, bucket)
+    padded = {k: np.pad(np.asarray(tracks[k], np.float32).reshape(n, -1),
+                        ((0, size - n), (0, 0)))[None] for k in TRACKS if k in tracks}
+    mask = np.zeros((1, size), np.float32)
+    mask[0, :n] = 1.0
+    groups, affect = jax.device_get(_level2_inputs(padded, mask, np.float32(fps),
+                                                   causal=causal))
+    out = {}
+    for name, arr in (*groups.items(), *affect.items()):
+        arr = np.array(arr)
+        if not np.all(np.isfinite(arr[0, :n])):
+            raise ValueError(f"level-2 input {name!r} holds NaN or inf values")
+        arr[0, n:] = 0.0
+        out[name] = arr
+    out["valid"] = mask
+    return out, n
+
+
+def video_inputs(tracks: Mapping[str, np.ndarray], fps: float, causal: bool = False,
+                 bucket: str = "multiple") -> dict[str, np.ndarray]:
+    """Feature groups and affect tracks ``{name: (n, k)}`` of one whole video's level-1
+    ``tracks`` (``n`` frames each), as :class:`TwoLevelModel` computes them (``causal``:
+    from the past only; ``bucket``: the padding, :func:`padded_length`)."""
+    padded, n = _padded_inputs(tracks, fps, causal, bucket)
+    return {k: a[0, :n] for k, a in padded.items() if k != "valid"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,16 +171,9 @@ class TrainedTwoLevel:
     def scores(self, arrays: dict, fps: float, bucket: str = "multiple") -> dict:
         """A/H ``prob`` (n,) and ``contributions`` (name -> (n,), ``remainder`` included)
         for one video's level-1 ``arrays`` (schema names), before decoding. ``bucket``:
-        the padding (``multirun.padded_length``); for a causal model, frame t's values do
+        the padding (:func:`padded_length`); for a causal model, frame t's values do
         not depend on frames after t, so a growing stream's prefix gives the same values."""
-        inputs = multirun.video_inputs({k: arrays[k] for k in TRACKS}, fps,
-                                       causal=self.causal, bucket=bucket)
-        n = next(iter(inputs.values())).shape[0]
-        size = multirun.padded_length(n, bucket)
-        batch = {k: np.pad(a, ((0, size - n), (0, 0)))[None] for k, a in inputs.items()}
-        valid = np.zeros((1, size), np.float32)
-        valid[0, :n] = 1.0
-        batch["valid"] = valid
+        batch, n = _padded_inputs({k: arrays[k] for k in TRACKS}, fps, self.causal, bucket)
         prob, aux = jax.device_get(_forward(self.model, batch))
         contributions = {g: c[0, :n] for g, c in aux["contributions"].items()}
         contributions["remainder"] = aux["remainder"][0, :n]
@@ -176,7 +229,6 @@ def _forward(model, inputs):
 def save_trained(model: TwoLevelModel, model_cfg: TwoLevelConfig, durations: Durations,
                  decode: DecodeConfig, folder: Path) -> Path:
     """Save what :func:`load_trained` needs into ``folder`` (params via orbax)."""
-    from ahjax.core.train.checkpoint import save_params
     folder.mkdir(parents=True, exist_ok=True)
     save_params(model, folder / "params")
     deployed.seal(folder)

@@ -1,22 +1,15 @@
 """The causal two-level model chunk by chunk: a carried state instead of the whole past.
 
-A causal model's frame ``t`` depends on frames ``0..t`` only through a few bounded things,
-which :func:`init_state` holds and :func:`step` carries from chunk to chunk:
-
-- ``moments``: the running sums (weight, weighted value, weighted square) of every
-  per-video normalisation of ``features.affect_tracks`` (face baseline, arousal centring,
-  pitch and energy z-scores), in the order it computes them;
-- ``quantities``: the last ``L`` frames of the per-frame quantities the conflict windows
-  sum (``L`` = the widest causal window), so a new frame's window sums need no older frame;
-- ``conv``: per branch and block, the last ``(kernel - 1) x dilation`` inputs of each
-  dilated convolution (its receptive field into the past).
-
-``step`` takes a fixed-size block of new frames (the first ``n_valid`` real, the rest
-padding) and compiles once per block size. :class:`LiveScorer` runs it over a stream
-whose newest level-1 rows may still be revised (text arrives after its frames): it keeps
-the state at chunk boundaries back to the last frame whose rows are final and resumes
-from there when rows change. The values equal the whole-prefix computation
-(``TrainedTwoLevel.scores``) up to float32 rounding.
+A causal model's frame ``t`` depends on frames ``0..t`` only through what
+:func:`init_state` holds and :func:`step` carries from chunk to chunk: ``moments``, the
+running sums of every per-video normalisation of ``features.affect_tracks`` in the order
+it computes them; ``quantities``, the last frames of the per-frame quantities the widest
+causal conflict window sums; ``conv``, each dilated convolution's receptive field into
+the past. ``step`` takes a fixed-size block of new frames (the first ``n_valid`` real)
+and compiles once per block size. :class:`LiveScorer` runs it over a stream whose newest
+rows may still be revised, resuming from the last state whose rows are final. The values
+equal ``TrainedTwoLevel.scores`` on the whole prefix up to float32 rounding
+(docs/live.md, "How it works").
 """
 
 from __future__ import annotations
@@ -29,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from level1_affect.schema import ARRAYS
 from level2_conflict import features as feats
+from level2_conflict.features import TRACKS
 from level2_conflict.model import AFFECT_KEYS, TCN, TwoLevelModel
 
-# Level-1 tracks the causal model reads (as ``multirun.TRACKS``).
-TRACKS = ("face_present", "face_desc", "face_expr", "voice_prosody", "text_affect")
 N_MOMENTS = 6   # running statistics of the causal affect_tracks with every track present
 
 
@@ -71,7 +64,6 @@ def init_state(model: TwoLevelModel, history: int) -> dict:
 
 
 def _widths() -> dict:
-    from level1_affect.schema import ARRAYS
     return {k: ARRAYS[k][0] for k in TRACKS}
 
 

@@ -13,7 +13,7 @@ from level1_affect.schema import FACE_DESC, TEXT_AFFECT, VOICE_PROSODY
 from level2_conflict import features as feats
 from level2_conflict import hsmm
 from level2_conflict import model as model_lib
-from level2_conflict import plots
+from level2_conflict import plots, runtime, selection
 
 TINY = dict(hidden=4, n_blocks=2, dropout=0.0)
 
@@ -380,7 +380,6 @@ def test_median_filter():
 
 
 def test_decoding_hyperparameters_are_chosen_by_val_avgf1():
-    from experiments import two_level as tl
     rng = np.random.default_rng(0)
     labels, probs = {}, {}
     for v in range(3):   # A/H frames sit at 0.35-0.45, the rest at 0.05-0.25: 0.3 separates
@@ -389,19 +388,19 @@ def test_decoding_hyperparameters_are_chosen_by_val_avgf1():
         labels[f"v{v}"] = y
         probs[f"v{v}"] = np.where(y == 1, rng.uniform(0.35, 0.45, 80), rng.uniform(0.05, 0.25, 80))
     fps = {v: 10.0 for v in probs}
-    cfg = tl.DecodeConfig(max_duration_s=6.0, thresholds=(0.5, 0.3, 0.2))
-    durations = tl.Durations(hsmm.DurationPrior.fit([2.5] * 3, [2.0, 3.5] * 3, 6.0), [0.7, 0.3])
-    chosen, grid = tl.select_decoding(probs, labels, fps, "threshold", durations, cfg)
+    cfg = runtime.DecodeConfig(max_duration_s=6.0, thresholds=(0.5, 0.3, 0.2))
+    durations = runtime.Durations(hsmm.DurationPrior.fit([2.5] * 3, [2.0, 3.5] * 3, 6.0), [0.7, 0.3])
+    chosen, grid = selection.select_decoding(probs, labels, fps, "threshold", durations, cfg)
     assert chosen.threshold == 0.3 and grid[0.3] == 1.0 and grid[0.5] < 1.0
     assert chosen.evidence_rate == cfg.evidence_rate               # only its own field moves
-    chosen, grid = tl.select_decoding(probs, labels, fps, "hsmm", durations, cfg)
+    chosen, grid = selection.select_decoding(probs, labels, fps, "hsmm", durations, cfg)
     assert set(grid) == set(cfg.evidence_rates) and grid[chosen.evidence_rate] == max(grid.values())
-    hard = tl.read_posteriors(probs, fps, "hsmm", durations, chosen)
+    hard = selection.read_posteriors(probs, fps, "hsmm", durations, chosen)
     assert all(h.shape == (80,) and set(np.unique(h)) <= {0, 1} for h in hard.values())
     off = dataclasses.replace(cfg, select_on_val=False)
-    assert tl.select_decoding(probs, labels, fps, "median", durations, off) == (off, {})
+    assert selection.select_decoding(probs, labels, fps, "median", durations, off) == (off, {})
     with pytest.raises(ValueError, match="unknown reading"):
-        tl.read_posteriors(probs, fps, "viterbi", durations, cfg)
+        selection.read_posteriors(probs, fps, "viterbi", durations, cfg)
 
 
 def test_dilated_conv_matches_nnx_conv():

@@ -12,7 +12,7 @@ from level1_affect.dataset import demo_path, store_dir
 from ahjax.core.progress import Plan, Stage, fmt_seconds
 from ahjax.core.results import to_markdown
 from experiments import two_level
-from level2_conflict import plots
+from level2_conflict import plots, report
 
 
 def _row(ap, sd=0.0, n=1, f1=0.5):
@@ -30,7 +30,7 @@ def _results(full_ap=0.60, fusion_ap=0.40):
 
 def test_summary_is_derived_from_the_results_table():
     results = _results()
-    text = two_level.summary(results, folds=4, fold_seeds=2)
+    text = report.summary(results, folds=4, fold_seeds=2)
     # Leader, its runs and spread, the gap to the next model, the full model against the
     # best baseline, the folds' leader, and what the rows mean.
     assert text.startswith("On the default split's test videos, two_level leads on frame AP "
@@ -42,7 +42,7 @@ def test_summary_is_derived_from_the_results_table():
     assert "Rows: two_level is the full model" in text
     assert len(re.findall(r"[.;] [A-Z]", text)) <= 3       # two or three sentences
     # Other numbers, another story: a baseline now leads and the full model is below it.
-    text = two_level.summary(_results(full_ap=0.45, fusion_ap=0.55), folds=4, fold_seeds=2)
+    text = report.summary(_results(full_ap=0.45, fusion_ap=0.55), folds=4, fold_seeds=2)
     assert text.startswith("On the default split's test videos, best_fusion (can) leads on "
                            "frame AP with 0.550 (one run), 0.050 above the next, "
                            "no_cross_modal (0.500).")
@@ -53,7 +53,7 @@ def test_summary_is_derived_from_the_results_table():
 
 def test_report_opens_with_the_summary_and_its_tables_fit_the_page(tmp_path):
     results = _results()
-    results["summary"] = two_level.summary(results, 4, 2)
+    results["summary"] = report.summary(results, 4, 2)
     md = to_markdown(results, "two_level")
     assert md.splitlines()[2] == results["summary"]            # right under the title
     assert "## verdict" in md and "- yes: test: AP above no_cross_modal" in md
@@ -103,3 +103,17 @@ def test_plan_stage_lines():
     assert lines[1] == "[2/2] training (2 runs): about 2 min, less when cached"
     assert lines[2].startswith("[2/2] training: done in ") and "training" in plan.took
     assert [fmt_seconds(s) for s in (3, 42, 150, 3900)] == ["3 s", "40 s", "2 min", "1 h 5 min"]
+
+
+def test_report_notes_faithfulness_and_folds():
+    table = {"two_level": dict(_row(0.6), named_share=1.0, AP_without_remainder=0.6,
+                               AVGF1_without_remainder=0.5), "concat_tcn": _row(0.2)}
+    assert list(report.faithfulness(table)) == ["two_level"]
+    folds = [{"participants": ["p0"], "val_participant": "p1", "test": ("a", "b"),
+              "val": ("c",), "train": ("d", "e", "f")}]
+    assert report.describe_folds(folds) == [{"test_participants": ["p0"],
+                                             "val_participant": "p1", "n_test": 2,
+                                             "n_val": 1, "n_train": 3}]
+    notes = report.notes(5, 4, 2, {"concat_tcn": "/cache/x"})
+    assert notes[0].startswith("Two-level rows: mean over 5 seeds") and "concat_tcn" in notes[0]
+    assert report.plural(1, "seed") == "1 seed" and report.plural(2, "seed") == "2 seeds"

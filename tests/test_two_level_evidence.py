@@ -11,7 +11,7 @@ from flax import nnx
 
 from level1_affect.schema import FACE_DESC, TEXT_AFFECT, VOICE_PROSODY
 from level2_conflict import features as feats
-from level2_conflict import hsmm, multirun
+from level2_conflict import hsmm, multirun, runtime, selection
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
 from tests.test_level2 import make_tracks
 
@@ -162,7 +162,7 @@ def _bank(n_videos=6, n=90, fps=10.0):
         y[20 + 5 * i: 50 + 5 * i] = 1
         # Evidence that tracks the label: face valence flips inside the A/H segment.
         tracks["face_desc"][y == 1, FACE_DESC.index("valence")] *= -2
-        arrays = multirun.video_inputs(tracks, fps)
+        arrays = runtime.video_inputs(tracks, fps)
         for k, v in arrays.items():
             parts.setdefault(k, []).append(v)
         valid.append(np.ones(n, np.float32))
@@ -216,15 +216,14 @@ def test_video_inputs_name_non_finite_level1_tracks():
     tracks = make_tracks(30, random=True)
     tracks["voice_prosody"][5, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
-        multirun.video_inputs(tracks, 10.0)
+        runtime.video_inputs(tracks, 10.0)
 
 
 # ------------------------------------------------------------------------- durations in seconds
 
 def test_duration_prior_in_seconds_decodes_the_same_segments_at_two_frame_rates():
-    from experiments import two_level as tl
     prior = hsmm.DurationPrior.fit([4.0, 5.0, 3.5, 4.5], [6.0, 8.0, 5.0, 7.0, 9.0], max_s=15.0)
-    durations = tl.Durations(prior, [0.8, 0.2])
+    durations = runtime.Durations(prior, [0.8, 0.2])
     rng = np.random.default_rng(0)
     grid_t = np.linspace(0, 20, 2001)
     truth = ((grid_t >= 6.0) & (grid_t < 10.5)).astype(float)
@@ -233,7 +232,7 @@ def test_duration_prior_in_seconds_decodes_the_same_segments_at_two_frame_rates(
     for fps in (24.0, 30.0):
         t = np.arange(int(20 * fps)) / fps
         prob = np.clip(np.interp(t, grid_t, 0.08 + 0.5 * truth + noise), 0.01, 0.99)
-        decoded = tl.decode_hsmm(prob, fps, durations, rate=4.8)
+        decoded = runtime.decode_hsmm(prob, fps, durations, rate=4.8)
         runs = np.flatnonzero(np.diff(np.concatenate([[0], decoded, [0]])))
         segments[fps] = runs.reshape(-1, 2) / fps
     assert segments[24.0].shape == segments[30.0].shape == (1, 2)
@@ -257,14 +256,20 @@ def test_duration_prior_refuses_bad_input():
 
 
 def test_video_rule_from_decoded_segments():
-    from experiments import two_level as tl
     decoded = {"a": np.r_[np.zeros(10), np.ones(30), np.zeros(10)].astype(int),
                "b": np.r_[np.zeros(40), np.ones(5), np.zeros(5)].astype(int)}
     fps = {"a": 10.0, "b": 10.0}
-    assert tl.longest_segment_s(decoded["a"], 10.0) == 3.0
-    assert tl.video_from_segments(decoded, fps, 2.0) == {"a": 1, "b": 0}
-    cfg = tl.DecodeConfig(video_min_ss=(0.2, 1.0, 4.0))
-    assert tl.select_video_rule(decoded, fps, {"a": 1, "b": 0}, cfg) == 1.0
+    assert selection.longest_segment_s(decoded["a"], 10.0) == 3.0
+    assert selection.video_from_segments(decoded, fps, 2.0) == {"a": 1, "b": 0}
+    cfg = runtime.DecodeConfig(video_min_ss=(0.2, 1.0, 4.0))
+    assert selection.select_video_rule(decoded, fps, {"a": 1, "b": 0}, cfg) == 1.0
+    # The segment rule's video AVGF1 sits beside the paper's mean-probability rule.
+    labels = {v: d.astype(np.int64) for v, d in decoded.items()}
+    probs = {v: d * 0.8 + 0.1 for v, d in decoded.items()}
+    rule = selection.video_from_segments(decoded, fps, 1.0)
+    row = selection.score_row(labels, probs, {"a": 1, "b": 0}, decoded, rule)
+    assert row["VIDEO_AVGF1_SEGMENTS"] == 1.0
+    assert "VIDEO_AVGF1_SEGMENTS" not in selection.score_row(labels, probs, {"a": 1, "b": 0})
 
 
 def test_store_verify_names_the_video_and_array_of_a_corrupt_feature(tmp_path):
@@ -434,7 +439,43 @@ def test_the_causal_model_never_reads_later_frames():
         else:
             assert early > 1e-3
     # The whole-video inputs of a causal model are past-only too.
-    fa = multirun.video_inputs(a, 10.0, causal=True)
-    fb = multirun.video_inputs(b, 10.0, causal=True)
+    fa = runtime.video_inputs(a, 10.0, causal=True)
+    fb = runtime.video_inputs(b, 10.0, causal=True)
     for name in fa:
         np.testing.assert_allclose(fa[name][:60], fb[name][:60], atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------------- folds and rows
+
+def test_participant_folds_test_each_participant_once(tmp_path):
+    from ahjax.core.data.store import FeatureStore
+    store = FeatureStore(tmp_path / "store")
+    for p in range(5):
+        for q in range(2):
+            store.write(f"p{p}/v{q}.mp4", {"labels": np.zeros(4, np.int8)},
+                        {"split": ("train", "val", "test")[p % 3], "participant": f"p{p}"})
+    folds = multirun.participant_folds(store, 2)
+    assert [f["participants"] for f in folds] == [["p0", "p2", "p4"], ["p1", "p3"]]
+    for f in folds:
+        assert f["val_participant"] not in f["participants"]
+        assert not set(f["train"]) & (set(f["test"]) | set(f["val"]))
+        assert len(f["train"]) + len(f["val"]) + len(f["test"]) == 10
+    assert multirun.participant_folds(store, 5) == []      # needs a participant beyond them
+    runs, folds = multirun.make_runs(store, seeds=2, folds=2, fold_seeds=1)
+    assert [r.name for r in runs] == ["default/seed0", "default/seed1", "fold0/seed0",
+                                      "fold1/seed0"]
+    assert runs[2].seed == 1000 and runs[2].test == folds[0]["test"]
+    assert runs[0].test == tuple(store.video_ids("test"))
+
+
+def test_rows_aggregate_over_runs_and_pair_by_run():
+    from level2_conflict import evaluation
+    full = [{"AP": 0.6, "AVGF1": 0.5, "N": 10}, {"AP": 0.8, "AVGF1": 0.7, "N": 10}]
+    ablation = [{"AP": 0.5, "AVGF1": 0.6, "N": 10}, {"AP": 0.9, "AVGF1": 0.6, "N": 10}]
+    row = evaluation.aggregate(full)
+    assert row["AP"] == pytest.approx(0.7) and row["n_runs"] == 2 and row["N"] == 10
+    assert row["AP_sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    d = evaluation.paired({"two_level": full, "no_cross_modal": ablation})
+    d = d["no_cross_modal - two_level"]
+    assert d["dAP_mean"] == pytest.approx(0.0) and d["runs_where_full_has_higher_AP"] == 1
+    assert d["dAVGF1_mean"] == pytest.approx(0.0) and d["n_runs"] == 2
