@@ -72,6 +72,7 @@ class Config:
     baseline_train: TrainConfig = TrainConfig(epochs=10, patience=3)
     fusions: tuple = ("can", "lfan")   # fusion baselines tried; the best by val AP is kept
     reuse_baselines: bool = True       # reuse identical earlier baseline trainings
+    reuse_two_level: bool = True       # and identical earlier two-level trainings
     decode: DecodeConfig = DecodeConfig()
     max_figures: int = 12
 
@@ -91,7 +92,8 @@ def get_config(quick: bool = False) -> Config:
         baseline_windows=dataclasses.replace(cfg.baseline_windows, window=96, hop=48,
                                              batch_size=4),
         baseline_train=dataclasses.replace(cfg.baseline_train, epochs=1, progress=False),
-        fusions=("can",), max_figures=2, reuse_baselines=False)
+        fusions=("can",), max_figures=2, reuse_baselines=False,
+        reuse_two_level=False)
 
 
 # Rough seconds on an idle 2-core CPU for the default config (issue 29's first-run log):
@@ -139,7 +141,9 @@ def make_plan(config: Config) -> Plan:
     runs = config.seeds + (config.folds * config.fold_seeds if config.folds >= 2 else 0)
     stages = data_stages(config.data, config.extract) + [
         Stage("two-level models", f"{programs} configurations, up to {runs} runs each, "
-              f"{plural(config.multi.train.epochs, 'epoch')}", two_level_s),
+              f"{plural(config.multi.train.epochs, 'epoch')}", two_level_s,
+              note="less when identical earlier trainings are cached"
+              if config.reuse_two_level else ""),
         Stage("baselines", f"{n_base} trainings, up to "
               f"{plural(config.baseline_train.epochs, 'epoch')}",
               base_s, note="less when identical earlier trainings are cached"
@@ -237,7 +241,12 @@ def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir:
     runs, folds = multirun.make_runs(store, config.seeds, config.folds, config.fold_seeds)
     records = evaluation.train_variants(
         _variants(config), config.model, bank, runs, labels, vlab, fps, config.multi,
-        config.decode, workdir / "models", timings, causal_bank)
+        config.decode, workdir / "models", timings, causal_bank,
+        cache_dir=cache_dir() / "trained_two_level" if config.reuse_two_level else None)
+    reused = {row: str(r["reused_from"]) for row, r in records.items() if r["reused_from"]}
+    if reused:
+        print(f"reused trained two-level rows from the cache: {', '.join(reused)} "
+              "(--config.reuse_two_level=False retrains them)", flush=True)
     tables, per_run, selected = evaluation.tables(records)
     results: dict = {"test": tables["test"], "val": tables["val"]}
     for key in ("test_folds", "val_folds"):
@@ -248,7 +257,7 @@ def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir:
     deploy = evaluation.deploy_best(records["two_level"], workdir / "deploy")
     if "two_level/causal" in records:
         evaluation.deploy_best(records["two_level/causal"], workdir / "deploy_causal")
-    return results, per_run, selected, runs, folds, deploy
+    return results, per_run, selected, runs, folds, deploy, reused
 
 
 def run(config: Config, workdir: Path) -> dict:
@@ -276,7 +285,7 @@ def run(config: Config, workdir: Path) -> dict:
     config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, fps=fps[test_ids[0]], use_cues=use_cues or config.model.use_cues))
     with plan.stage(n_data + 1):
-        results, per_run, selected, runs, folds, deploy = _two_level_stage(
+        results, per_run, selected, runs, folds, deploy, reused_two_level = _two_level_stage(
             config, store, all_ids, labels, vlab, fps, workdir, timings)
     t0 = time.time()
     with plan.stage(n_data + 2):
@@ -298,7 +307,7 @@ def run(config: Config, workdir: Path) -> dict:
     results["decoding_selected_on_val"] = selected
     results["folds"] = report.describe_folds(folds)
     results["duration_prior"] = deploy["duration_stats"]
-    results["reused_trained"] = reused
+    results["reused_trained"] = {**reused_two_level, **reused}
     results["cues_used"] = use_cues
     results["extraction"] = {k: v for k, v in extraction.items() if k != "failed"}
     results["extraction"]["failed"] = len(extraction["failed"])
@@ -308,6 +317,10 @@ def run(config: Config, workdir: Path) -> dict:
                           "synthetic_demo": not bool(config.data.root)}
     n_def = sum(r.name.startswith("default/") for r in runs)
     results["notes"] = report.notes(n_def, len(folds), config.fold_seeds, reused)
+    if reused_two_level:
+        results["notes"].append("Reused from identical earlier two-level trainings (same "
+                                "features, configs, runs and level-2 code): "
+                                + ", ".join(reused_two_level) + ".")
     results["summary"] = report.summary(results, len(folds), config.fold_seeds)
     plots.report_html(to_markdown(results, "two_level"), figures, workdir / "report.html",
                       title="ahjax two_level report")

@@ -75,9 +75,10 @@ def evaluate_run(run: Run, out: dict, labels: dict, vlab: dict, fps: dict,
 def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[Run],
                    labels: dict, vlab: dict, fps: dict, multi: MultiConfig,
                    decode: DecodeConfig, folder: Path, timings: dict,
-                   causal_bank: Bank | None = None) -> dict:
-    """Train and evaluate each ``(row, model change, on folds)`` of ``variants`` (training
-    curves under ``folder/<row>``); returns ``{row: {"trained", "evals", "config"}}``."""
+                   causal_bank: Bank | None = None, cache_dir: Path | None = None) -> dict:
+    """Train (or, with ``cache_dir``, reuse identical earlier trainings of) and evaluate
+    each ``(row, model change, on folds)`` of ``variants`` (training curves under
+    ``folder/<row>``); returns ``{row: {"trained", "evals", "config", "reused_from"}}``."""
     durations_by_train: dict = {}
     for run in runs:   # each run's duration prior, fitted on its own training videos
         if run.train not in durations_by_train:
@@ -89,8 +90,8 @@ def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[R
         mine = [r for r in runs if on_folds or r.name.startswith("default/")]
         mcfg = dataclasses.replace(model_cfg, **change)
         t0 = time.time()
-        trained = multirun.train_runs(
-            mcfg, row_bank, mine, multi, desc=row,
+        trained, reused = multirun.train_runs_or_reuse(
+            mcfg, row_bank, mine, multi, cache_dir=cache_dir, desc=row,
             durations=[durations_by_train[r.train][0].prior for r in mine])
         trained.save_history(folder / row.replace("/", "__") / "metrics.jsonl")
         outs = trained.outputs(row_bank, [r.val + r.test for r in mine])
@@ -103,7 +104,8 @@ def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[R
             ev.update(run=run, outputs=outs[r], durations=durations,
                       duration_stats=duration_stats, best_epoch=int(trained.best_epochs[r]))
             evals.append(ev)
-        records[row] = {"trained": trained, "evals": evals, "config": mcfg}
+        records[row] = {"trained": trained, "evals": evals, "config": mcfg,
+                        "reused_from": reused}
         timings[f"{row}_seconds"] = time.time() - t0
     return records
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -30,13 +34,12 @@ from ahjax.core import metrics as metrics_lib
 from ahjax.core.data.store import FeatureStore
 from ahjax.core.data.windows import window_starts
 from ahjax.core.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
-                                 masked_cross_entropy)
+                                      masked_cross_entropy)
 from level2_conflict import hsmm
 from level2_conflict.features import TRACKS
 from level2_conflict.hsmm import DurationPrior
 from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
 from level2_conflict.runtime import padded_length, video_inputs
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,6 +358,93 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
         history.append(record)
         bar.set_postfix(loss=f"{np.mean(losses):.3f}")
     return Trained(graphdef, best[0], best[1], runs, keys, history, best_epochs)
+
+
+# Sources whose change changes what a training gives: part of every cache key.
+_KEY_SOURCES = ("multirun.py", "model.py", "features.py", "hsmm.py")
+
+
+def training_key(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
+                 cfg: MultiConfig, durations: Sequence[DurationPrior] | None = None) -> str:
+    """sha256 of everything :func:`train_runs` reads: the configs, the runs, the duration
+    priors, the bank's arrays and the level-2 training code."""
+    h = hashlib.sha256()
+    cfg = dataclasses.replace(cfg, progress=False)
+    h.update(repr((model_cfg, cfg, [dataclasses.astuple(r) for r in runs],
+                   None if durations is None else list(durations))).encode())
+    for name in sorted(bank.arrays):
+        arr = np.ascontiguousarray(bank.arrays[name])
+        h.update(f"{name}{arr.shape}{arr.dtype}".encode())
+        h.update(memoryview(arr).cast("B"))
+    for arr in (bank.valid, bank.labels):
+        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    h.update(repr(sorted((v, dataclasses.astuple(s)) for v, s in bank.slots.items())).encode())
+    here = Path(__file__).parent
+    for name in _KEY_SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+def train_runs_or_reuse(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
+                        cfg: MultiConfig = MultiConfig(), *, cache_dir: str | Path | None,
+                        desc: str = "two_level",
+                        durations: Sequence[DurationPrior] | None = None
+                        ) -> tuple[Trained, Path | None]:
+    """:func:`train_runs`, or an identical earlier training read back from ``cache_dir``
+    (keyed by :func:`training_key`); returns ``(trained, entry reused or None)``."""
+    if cache_dir is None:
+        return train_runs(model_cfg, bank, runs, cfg, desc=desc, durations=durations), None
+    runs = list(runs)
+    entry = Path(cache_dir) / training_key(model_cfg, bank, runs, cfg, durations)
+    if (entry / "trained.json").is_file():
+        graphdef, params, rest = _init(model_cfg, [r.seed for r in runs])
+        like = jax.tree.leaves((params, rest))
+        with np.load(entry / "params.npz") as saved:
+            leaves = [_from_saved(saved[f"a{i}"], x) for i, x in enumerate(like)]
+        params, rest = jax.tree.unflatten(jax.tree.structure((params, rest)), leaves)
+        meta = json.loads((entry / "trained.json").read_text())
+        keys = _input_keys(nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params),
+                                     jax.tree.map(lambda x: x[0], rest)), bank)
+        os.utime(entry)
+        return Trained(graphdef, params, rest, runs, keys, meta["history"],
+                       np.asarray(meta["best_epochs"], np.int64)), entry
+    trained = train_runs(model_cfg, bank, runs, cfg, desc=desc, durations=durations)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the entry, then renamed: a killed run leaves no half entry.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    leaves = jax.tree.leaves((trained.params, trained.rest))
+    np.savez(tmp / "params.npz", **{f"a{i}": _to_saved(x) for i, x in enumerate(leaves)})
+    (tmp / "trained.json").write_text(json.dumps(
+        {"desc": desc, "history": trained.history,
+         "best_epochs": [int(e) for e in trained.best_epochs]}))
+    try:
+        os.replace(tmp, entry)
+    except OSError:   # the same training stored by another run meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune(Path(cache_dir), keep=REUSE_KEEP)
+    return trained, None
+
+
+REUSE_KEEP = 64   # newest cached trainings kept (a default run stores about 7)
+
+
+def _is_key(x) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_saved(x) -> np.ndarray:
+    return np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+
+
+def _from_saved(saved: np.ndarray, like):
+    return jax.random.wrap_key_data(saved) if _is_key(like) else jnp.asarray(saved)
+
+
+def _prune(cache_dir: Path, keep: int) -> None:
+    entries = sorted((p.parent for p in cache_dir.glob("*/trained.json")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _epoch_fn(graphdef, tx, keys: tuple, window: int, crf: tuple | None = None,

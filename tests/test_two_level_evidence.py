@@ -479,3 +479,25 @@ def test_rows_aggregate_over_runs_and_pair_by_run():
     d = d["no_cross_modal - two_level"]
     assert d["dAP_mean"] == pytest.approx(0.0) and d["runs_where_full_has_higher_AP"] == 1
     assert d["dAVGF1_mean"] == pytest.approx(0.0) and d["n_runs"] == 2
+
+
+def test_an_identical_training_is_reused_and_a_changed_one_retrained(tmp_path):
+    bank = _bank(n_videos=4, n=60)
+    run = multirun.Run("a", 0, ("v0", "v1"), ("v2",), ("v3",))
+    first, reused = multirun.train_runs_or_reuse(SMALL, bank, [run], MULTI, cache_dir=tmp_path)
+    assert reused is None
+    again, reused = multirun.train_runs_or_reuse(SMALL, bank, [run], MULTI, cache_dir=tmp_path)
+    assert reused is not None and reused.parent == tmp_path
+    chex.assert_trees_all_equal(first.params, again.params)
+    chex.assert_trees_all_equal(first.rest, again.rest)
+    assert again.history == first.history and list(again.best_epochs) == list(first.best_epochs)
+    out_a, out_b = first.outputs(bank, [("v3",)]), again.outputs(bank, [("v3",)])
+    np.testing.assert_array_equal(out_a[0]["v3"]["prob"], out_b[0]["v3"]["prob"])
+    # Another seed, other labels or another config is another training.
+    other = dataclasses.replace(run, seed=1)
+    assert multirun.train_runs_or_reuse(SMALL, bank, [other], MULTI, cache_dir=tmp_path)[1] is None
+    relabelled = dataclasses.replace(bank, labels=1 - bank.labels)
+    assert multirun.training_key(SMALL, relabelled, [run], MULTI) != multirun.training_key(
+        SMALL, bank, [run], MULTI)
+    assert multirun.training_key(dataclasses.replace(SMALL, hidden=8), bank, [run], MULTI) != \
+        multirun.training_key(SMALL, bank, [run], MULTI)
