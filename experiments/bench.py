@@ -509,7 +509,7 @@ def bench_stream(checkpoint: str | Path, seconds: float = 60.0) -> dict:
     transcript against the demo's script, for the cost of streaming speech."""
     from ahjax import streaming as live
     from ahjax.core.data.bah import load_bah
-    from level1_affect.audio import load_audio
+    from level1_affect.media import load_audio
     from level1_affect.face import FaceEncoder
     from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech, wer
     out: dict = {"video_seconds": seconds, "checkpoint": str(checkpoint), "runs": {}}
@@ -549,8 +549,7 @@ def bench_extract_workers(workers: int) -> dict:
     (wall / video seconds) and the speed-up, from this run only. The persistent JAX
     compilation cache is on for both, as ``python -m ahjax extract`` has it."""
     from ahjax.core.assets import enable_compilation_cache
-    from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
-    from level1_affect.extract import extract_dataset
+    from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root, extract_dataset
     enable_compilation_cache()   # as the extraction command and every Ray worker do
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the JSON report
         root = demo_root(QUICK_DATA)

@@ -1,6 +1,6 @@
 """Level-1 extraction on Ray: videos spread over actors that each load the models once.
 
-``extract_dataset(root, out, workers=N)`` (and ``python -m ahjax extract --workers N``)
+``level1_affect.dataset.extract_dataset(root, out, workers=N)`` (and ``python -m ahjax extract --workers N``)
 lands here. Each of the ``N`` actors builds one :class:`~level1_affect.extract.Extractor`
 (face landmarker, expression model, Whisper, MiniLM, talk-type model) when it starts and
 then takes videos from a shared queue (``ray.util.ActorPool``), running exactly the
@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from ahjax.core.assets import enable_compilation_cache
 from ahjax.core.data.store import FeatureStore
 from level1_affect.extract import ExtractConfig, Extractor, extract_record
 
@@ -43,7 +44,6 @@ class ExtractWorker:
     """One Ray actor: an :class:`Extractor` built once, then one video per call."""
 
     def __init__(self, config: ExtractConfig, out: str, root: str):
-        from ahjax.core.assets import enable_compilation_cache
         # Compiled encoders come from the shared persistent cache instead of being
         # compiled again in every actor ($AHJAX_JAX_CACHE=0 turns it off, as elsewhere).
         enable_compilation_cache()

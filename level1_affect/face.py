@@ -22,23 +22,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from pathlib import Path
 from typing import Iterable, Iterator
 
-import av
 import cv2
-
-# MediaPipe's C++ side logs a handful of INFO/WARNING lines per landmarker it builds; on a
-# 1,400-video extraction they bury the progress bar. Errors still show.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import mediapipe as mp  # noqa: E402
 import numpy as np
-from mediapipe.tasks.python import BaseOptions, vision
 
-from level1_affect.errors import MediaError
-from level1_affect.quiet import quiet_native_stderr
+from ahjax.core import assets
 from level1_affect.fer import ExpressionModel
+from level1_affect.media import read_video_frames
+from level1_affect.quiet import quiet_native_stderr
 from level1_affect.schema import FACE_DESC, FACE_EXPR
 
 N_LANDMARKS = 478
@@ -93,96 +85,6 @@ class FaceConfig:
     batch_size: int = 64            # frames per chunk (expression network batch)
     landmarker_path: str | None = None  # default: asset "face_landmarker"
     fer_path: str | None = None         # default: asset "fer_mini_xception"
-
-
-# ---------------------------------------------------------------------------------------
-# Video input
-
-
-def read_video_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], float, int]:
-    """Open a video: (lazy iterator of RGB uint8 (H, W, 3) frames, fps, n_frames).
-
-    ``n_frames`` is the container's count (estimated from the duration when the container
-    has none), so it may differ slightly from what the iterator yields. The file is probed
-    and its first frame decoded here, so a missing, corrupt or truncated file raises
-    ``MediaError`` (naming the file) at once; a decoding error later raises it from the
-    iterator.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: no such video file")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else 0.0
-            n_frames = int(stream.frames or 0)
-            if not n_frames and fps > 0:
-                seconds = (float(stream.duration * stream.time_base) if stream.duration
-                           else (container.duration or 0) / av.time_base)
-                n_frames = int(round(seconds * fps))
-            if next(container.decode(stream), None) is None:
-                raise MediaError(f"{path}: no decodable video frame")
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: unreadable video ({e})") from e
-    if not fps > 0:
-        raise MediaError(f"{path}: video stream has no frame rate")
-
-    def frames() -> Iterator[np.ndarray]:
-        count = 0
-        try:
-            with av.open(str(path)) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"  # frame-threaded decoding
-                for frame in container.decode(stream):
-                    count += 1
-                    yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as e:
-            raise MediaError(f"{path}: decoding failed after {count} frames ({e})") from e
-
-    return frames(), fps, n_frames
-
-
-def frame_times(path: str | os.PathLike, n_frames: int, fps: float) -> np.ndarray:
-    """(n_frames,) presentation time of each frame in seconds, from the first frame.
-
-    Read from the container's packet timestamps (no decoding), sorted into presentation
-    order. A variable-frame-rate video's frames are not at ``i / fps``; a constant-rate one
-    gives ``i / fps`` up to rounding. Frames the container gives no time for (fewer
-    timestamps than frames) continue at ``1 / fps`` after the last known one.
-    """
-    pts = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            base = float(stream.time_base)
-            for packet in container.demux(stream):
-                if packet.pts is not None and packet.size:
-                    pts.append(packet.pts * base)
-    except (av.error.FFmpegError, OSError) as e:
-        raise MediaError(f"{path}: unreadable video ({e})") from e
-    times = np.sort(np.asarray(pts, np.float64))[:n_frames]
-    if len(times):
-        times -= times[0]
-    if len(times) < n_frames:
-        last = times[-1] if len(times) else -1.0 / fps
-        times = np.concatenate([times, last + np.arange(1, n_frames - len(times) + 1) / fps])
-    return times
-
-
-def is_variable_rate(times: np.ndarray, fps: float) -> bool:
-    """Whether the intervals between frames differ from their median by more than half a
-    frame somewhere. Equal intervals are a constant rate even when the container's mean
-    rate (``fps``) is slightly off them, as an AVI's header rate can be."""
-    gaps = np.diff(np.asarray(times, np.float64))
-    if len(gaps) < 2:
-        return False
-    step = float(np.median(gaps))
-    return float(np.max(np.abs(gaps - step))) > 0.5 * max(step, 1.0 / fps)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,7 +195,6 @@ class FaceEncoder:
         if self.config.running_mode not in ("video", "image"):
             raise ValueError(f"running_mode must be 'video' or 'image', "
                              f"got {self.config.running_mode!r}")
-        from ahjax.core import assets
         self._landmarker_path = str(assets.fetch("face_landmarker", self.config.landmarker_path))
         self.expression = expression_model or ExpressionModel.load(
             self.config.fer_path, batch_size=self.config.batch_size)
@@ -474,8 +375,9 @@ class _Finder(contextlib.ExitStack):
         self.last_ts = -1
         self.last_seen: np.ndarray | None = None  # pixel landmarks of the last face found
 
-    def _create(self, model_path: str, video: bool) -> vision.FaceLandmarker:
+    def _create(self, model_path: str, video: bool):
         c = self.config
+        BaseOptions, vision = _mediapipe()
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=model_path),
             running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
@@ -532,9 +434,20 @@ class _Finder(contextlib.ExitStack):
         return _Obs()
 
 
-def _landmark(landmarker: vision.FaceLandmarker, frame: np.ndarray,
-              timestamp_ms: int | None) -> _Obs:
+def _mediapipe():
+    """MediaPipe's ``BaseOptions`` and ``vision``, imported on first use (seconds of
+    start-up that a run without the face track does not pay)."""
+    # MediaPipe's C++ side logs a handful of INFO/WARNING lines per landmarker it builds; on
+    # a 1,400-video extraction they bury the progress bar. Errors still show.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mediapipe.tasks.python import BaseOptions, vision
+    return BaseOptions, vision
+
+
+def _landmark(landmarker, frame: np.ndarray, timestamp_ms: int | None) -> _Obs:
     """One landmarker call (IMAGE mode when timestamp_ms is None) as an _Obs."""
+    import mediapipe as mp   # imported by _mediapipe() when the landmarker was built
     image = mp.Image(image_format=mp.ImageFormat.SRGB, data=frame)
     result = (landmarker.detect(image) if timestamp_ms is None
               else landmarker.detect_for_video(image, timestamp_ms))

@@ -33,7 +33,11 @@ import time
 
 import numpy as np
 
+from level1_affect import audio as audio_lib
 from level1_affect import schema
+from level1_affect.talk_type import sentences
+from level1_affect.text import TextEncoder
+from level1_affect.whisper.transcribe import transcribe_speech
 
 SAMPLE_RATE = 16000
 
@@ -88,7 +92,6 @@ class LocalAgreement:
         self.buffer = np.concatenate([self.buffer, np.asarray(audio, np.float32).reshape(-1)])
 
     def _whisper_words(self, audio: np.ndarray, language: str | None):
-        from level1_affect.whisper.transcribe import transcribe_speech
         tr, _notes = transcribe_speech(self.whisper, audio, language=language)
         return tr.language, tr.words
 
@@ -254,7 +257,6 @@ class LiveText:
 
     def add(self, words: list[dict]) -> int | None:
         """Add confirmed words (stream seconds); the first frame whose rows changed."""
-        from level1_affect.talk_type import sentences
         words = [{"word": str(w["word"]), "start": float(w["start"]), "end": float(w["end"])}
                  for w in words if str(w["word"]).strip()]
         if not words:
@@ -350,7 +352,6 @@ class LiveLevel1:
         self._worker = AsrWorker(self.asr, asr_every_s) if self.asr is not None else None
         self.words: list[dict] = []             # every word confirmed so far (stream seconds)
         if text_encoder is None:
-            from level1_affect.text import TextEncoder
             text_encoder = TextEncoder(embeddings=False)
         self.text_encoder = text_encoder
         self._text = LiveText(text_encoder, self.fps) if self.asr is not None else None
@@ -472,7 +473,6 @@ class LiveLevel1:
 
     def _voice(self) -> None:
         """Prosody rows for the frames whose audio has fully arrived."""
-        from level1_affect import audio as audio_lib
         t0 = time.perf_counter()
         heard = self._audio_start + len(self._audio)
         have = (self.n_frames if self.audio_ended

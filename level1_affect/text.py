@@ -36,7 +36,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ahjax.core import assets
-from level1_affect import schema
+from level1_affect import minilm, schema
+from level1_affect import talk_type as tt
 from level1_affect.loading import load_once
 
 # =============================== LEXICONS ==============================================
@@ -387,7 +388,6 @@ class TextEncoder:
             return None
 
         def build():
-            from level1_affect import talk_type as tt
             return tt.load_default() if self.talk_type == "learned" else tt.load(self.talk_type)
         return load_once(self, "_talk", build)
 
@@ -405,7 +405,6 @@ class TextEncoder:
 
     def _encoder(self):
         def build():
-            from level1_affect import minilm
             return minilm.load()
         return load_once(self, "_minilm", build)
 
@@ -434,9 +433,8 @@ class TextEncoder:
         model = self.talk_model()
         talk = None
         if model is not None:
-            from level1_affect.talk_type import talk_by_sentence
             with self._call_lock:   # an NNX module: one call at a time
-                talk = talk_by_sentence(tokens, model)
+                talk = tt.talk_by_sentence(tokens, model)
         feats = self.lexicons.word_features(tokens, talk)
         vecs = self._encoder().encode_words(tokens)[1] if self.embeddings else None
         count = np.zeros(n_frames, np.float32)

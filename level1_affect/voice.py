@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ahjax.core.assets import fetch
 from level1_affect import audio as audio_lib
 from level1_affect.errors import MediaError
 from level1_affect.schema import ARRAYS, VOICE_PROSODY
+from level1_affect.whisper import model as wm
+from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech
 
 SAMPLE_RATE = 16000
 
@@ -47,7 +50,6 @@ class VoiceEncoder:
     def whisper(self):
         """The Whisper model, loaded on first use."""
         if self._whisper is None:
-            from level1_affect.whisper.transcribe import WhisperJax
             self._whisper = WhisperJax.load()
         return self._whisper
 
@@ -70,7 +72,6 @@ class VoiceEncoder:
                                      f"finite={bool(np.all(np.isfinite(arr)))}")
         assert out["voice_prosody"].shape[1] == len(VOICE_PROSODY)
         if self.transcribe:
-            from level1_affect.whisper.transcribe import transcribe_speech
             if len(x):
                 out["transcript"], out["warnings"] = transcribe_speech(self.whisper, x)
             else:
@@ -111,9 +112,6 @@ def load_openai_whisper(name_or_path: str | os.PathLike = "base", **kwargs):
     bundled tokenizer serves every multilingual size except large-v3; other vocabularies
     load for ``embed`` only.
     """
-    from ahjax.core.assets import fetch
-    from level1_affect.whisper import model as wm
-    from level1_affect.whisper.transcribe import WhisperJax
     path = Path(name_or_path)
     if not path.suffix:
         path = openai_checkpoint_path(str(name_or_path))

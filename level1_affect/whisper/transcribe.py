@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ahjax.core.assets import fetch
+from level1_affect.audio import speech_regions
 from level1_affect.whisper import model as wm
 
 SAMPLE_RATE = 16000
@@ -202,7 +204,6 @@ class WhisperJax:
     def load(cls, path: str | os.PathLike | None = None, **kwargs) -> "WhisperJax":
         """Whisper base from the ``whisper_base`` asset (or a folder with the same files:
         ``model.bin`` in CTranslate2 format, ``config.json``, ``tokenizer.json``)."""
-        from ahjax.core.assets import fetch
         folder = Path(path) if path is not None else fetch("whisper_base")
         params, dims = wm.load_ct2_params(folder)
         cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
@@ -495,7 +496,6 @@ def transcribe_speech(model: "WhisperJax", audio: np.ndarray, **kwargs
     warning says so, since Whisper otherwise invents words on such input. Words and segments
     further than ``WORD_SPEECH_TOLERANCE_S`` from any speech are dropped, with a warning.
     """
-    from level1_affect.audio import speech_regions
     audio = np.asarray(audio, np.float32).reshape(-1)
     regions = speech_regions(audio, SAMPLE_RATE)
     if not regions:
