@@ -25,19 +25,19 @@ CHUNKS = (5, 30, 1, 64, 65, 24, 100, 7, 250)   # uneven, some longer than a bloc
 def demo_tracks(tmp_path_factory):
     """Level-1 tracks of a generated demo video: face and voice through the live level 1,
     text from the video's own timed transcript."""
-    from ahjax import streaming as live_stream
     from ahjax.core.data import demo
     from ahjax.core.data.bah import load_bah
     from level1_affect.face import FaceEncoder
     from level1_affect.live import LiveLevel1
+    from level1_affect.media import TAIL, file_source
     root = demo.make_demo(tmp_path_factory.mktemp("demo") / "bah", seed=3, participants=1,
                           questions=(4,), min_duration=8.0, max_duration=8.0, size=128,
                           workers=1)
     video = load_bah(root).videos[0]
-    src = live_stream.file_source(video.video_path)
+    src = file_source(video.video_path)
     live = LiveLevel1(src.fps, FaceEncoder(batch_size=16), audio=src.has_audio)
     for frame, audio, _ in src.frames():
-        live.push([] if frame is live_stream._TAIL else [frame], audio)
+        live.push([] if frame is TAIL else [frame], audio)
     live.finish()
     arrays = live.arrays()
     n = len(arrays["face_present"])
