@@ -201,12 +201,9 @@ class Model:
         return f"ahjax.Model({str(self.path)!r})"
 
     def predict(self, video: str | os.PathLike, config=None) -> Result:
-        """Level 1 and level 2 of one video (see :class:`Result`)."""
+        """Level 1 and level 2 of one video: the level-1 :class:`Result` with A/H, its
+        decoded segments and its contributions."""
         result = extract(video, config)
-        return self.annotate(result)
-
-    def annotate(self, result: Result) -> Result:
-        """Add A/H, its decoded segments and its contributions to a level-1 result."""
         with self._lock:
             level2 = self.trained.predict_arrays(result.arrays, result.fps)
         result.prob, result.decoded = level2["prob"], level2["decoded"]

@@ -87,9 +87,8 @@ OUTPUTS = ("tracks.csv", "transcript.json", "summary.json", "segments.json", "ah
 
 def _predict_into(video: Path, out: Path, level2_model, config) -> dict:
     """Level 1 (and level 2 with ``level2_model``) of ``video``, written into ``out``."""
-    result = api.extract(video, config)
-    if level2_model is not None:
-        api.Model(level2_model, "").annotate(result)
+    result = (api.extract(video, config) if level2_model is None
+              else api.Model(level2_model, "").predict(video, config))
     result.save(out)
     return result.summary()
 

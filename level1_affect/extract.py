@@ -9,6 +9,7 @@ a feature store; ``level1_affect.dataset.extract_dataset`` does that for a whole
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,19 +17,19 @@ import re
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ahjax.core import assets
 from ahjax.core.data.store import FeatureStore, StoreError
-from level1_affect import audio as audio_lib
 from level1_affect import media, schema
 from level1_affect import talk_type as tt
 from level1_affect.face import FaceEncoder
 from level1_affect.loading import load_once
 from level1_affect.text import TextEncoder, words_from_chunks
-from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech
+from level1_affect.voice import voice_arrays
+from level1_affect.whisper.transcribe import WhisperJax, english, transcript_words
 
 
 class LabelLengthError(ValueError):
@@ -155,19 +156,10 @@ class Extractor:
         read once. ``chunks``: the dataset's transcript (``ahjax.core.data.transcript.Chunk``),
         used for text unless ``asr`` is "always"; otherwise Whisper's words."""
         cfg = self.config
-        with media.Video(path, audio=cfg.voice or cfg.asr != "never") as video:
-            warnings = []
-            if (cfg.voice or cfg.asr != "never") and not video.has_audio:
-                warnings.append(f"{video.path}: no audio track")
-            return self.arrays(video.frames(), video.times, video.audio, video.fps,
-                               video.n_frames, chunks, warnings)
-
-    def arrays(self, frames: Iterable[np.ndarray], times: Callable[[int], np.ndarray],
-               audio: np.ndarray | None, fps: float, n_guess: int, chunks: Sequence | None,
-               warnings: list[str]) -> tuple[dict, dict]:
-        """:meth:`video` on decoded media: RGB ``frames``, ``times(n)`` (the frames'
-        presentation times), 16 kHz ``audio`` (None: no track) and the probed ``n_guess``."""
-        cfg = self.config
+        needs_audio = cfg.voice or cfg.asr != "never"
+        frames, pts, audio, fps, n_guess = media.read(path, audio=needs_audio)
+        warnings = [f"{Path(path)}: no audio track"] if needs_audio and audio is None else []
+        has_audio = audio is not None and len(audio) > 0
         timings: dict[str, float] = {}
         arrays: dict[str, np.ndarray] = {}
 
@@ -181,14 +173,23 @@ class Extractor:
             timings["face"] = time.perf_counter() - t0
             return face
 
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahjax-face") as pool:
+        with contextlib.closing(frames), concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="ahjax-face") as pool:
             face_job = pool.submit(face_track) if cfg.face else None
             t0 = time.perf_counter()
-            words, language, source = self._words(audio, chunks, warnings)
+            if chunks and cfg.asr != "always":
+                words, language, source = (words_from_chunks(chunks),
+                                           chunks[0].language or None, "dataset")
+            elif cfg.asr == "never" or not has_audio:
+                words, language, source = [], None, "none"
+            else:
+                words, language = transcript_words(self._whisper_model(), audio, cfg.language,
+                                                   warnings)
+                source = "whisper" if language is not None else "none"
             timings["asr"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             states = None
-            if cfg.voice and cfg.voice_embeddings and audio is not None and len(audio):
+            if cfg.voice and cfg.voice_embeddings and has_audio:
                 states = self._whisper_model().embed_states(audio, n_guess / fps)
             timings["voice"] = time.perf_counter() - t0
             if face_job is not None:
@@ -203,11 +204,10 @@ class Extractor:
                 timings["face"] = 0.0
                 n_frames = n_guess or sum(1 for _ in frames)
 
-        info: dict = {"fps": float(fps), "n_frames": int(n_frames), "warnings": warnings}
         # Voice and text are computed on a constant grid at ``fps`` that spans the video's
         # real duration; a variable-frame-rate video's frames then take the grid rows at
         # their presentation times (for a constant rate this is the identity).
-        info["frame_times"] = times = times(n_frames)
+        times = media.frame_times(pts, n_frames, fps)
         grid_n, take = n_frames, None
         if media.is_variable_rate(times, fps):
             grid_n = int(np.ceil(times[-1] * fps)) + 1
@@ -217,11 +217,10 @@ class Extractor:
                             f"{fps:.2f} fps)")
         t0 = time.perf_counter()
         if cfg.voice:
-            voice = self._voice_arrays(audio, fps, grid_n, states)
+            whisper = self._whisper_model() if cfg.voice_embeddings and has_audio else None
+            voice = voice_arrays(audio, fps, grid_n, cfg.voice_embeddings, whisper, states)
             arrays.update({k: v if take is None else v[take] for k, v in voice.items()})
         timings["voice"] += time.perf_counter() - t0
-        info.update(language=language, transcript_source=source,
-                    transcript=" ".join(w["word"] for w in words).strip())
         t0 = time.perf_counter()
         if cfg.text:
             # Our Whisper's words in another language: the text tracks stay absent.
@@ -233,58 +232,11 @@ class Extractor:
             if cfg.text_embeddings:
                 arrays["text_emb"] = text["text_emb"]
         timings["text"] = time.perf_counter() - t0
-        info["seconds"] = timings
-        info["words"] = words
+        info = {"fps": float(fps), "n_frames": int(n_frames), "warnings": warnings,
+                "frame_times": times, "language": language, "transcript_source": source,
+                "transcript": " ".join(w["word"] for w in words).strip(),
+                "seconds": timings, "words": words}
         return {k: np.asarray(v, np.float32) for k, v in arrays.items()}, info
-
-    def _voice_arrays(self, audio, fps, n_frames, states=None) -> dict:
-        if audio is None or len(audio) == 0:
-            # No audio track: zero features and voice_active 0, so level 2 sees no voice.
-            out = {"voice_mel": np.zeros((n_frames, 80), np.float32),
-                   "voice_prosody": np.zeros((n_frames, len(schema.VOICE_PROSODY)), np.float32)}
-            if self.config.voice_embeddings:
-                out["voice_emb"] = np.zeros((n_frames, 512), np.float32)
-            return out
-        out = {"voice_mel": audio_lib.log_mel(audio, 16000, fps, n_frames),
-               "voice_prosody": audio_lib.prosody(audio, 16000, fps, n_frames)}
-        if self.config.voice_embeddings:
-            # Encoder states computed beside the face track cover the guessed length; a
-            # longer video than guessed encodes them again.
-            emb = None if states is None else self._whisper_model().states_on_frames(
-                states, fps, n_frames)
-            out["voice_emb"] = (emb if emb is not None
-                                else self._whisper_model().embed(audio, fps, n_frames))
-        return out
-
-    def _words(self, audio, chunks, warnings: list) -> tuple[list[dict], str | None, str]:
-        """Timed words: from the dataset's chunks, else from Whisper where there is speech
-        (warnings appended to ``warnings``), else none."""
-        cfg = self.config
-        if chunks and cfg.asr != "always":
-            return words_from_chunks(chunks), (chunks[0].language or None), "dataset"
-        if cfg.asr == "never" or audio is None or len(audio) == 0:
-            return [], None, "none"
-        whisper = self._whisper_model()
-        forced = None if cfg.language == "auto" else cfg.language
-        if forced is not None and forced not in whisper.lang_ids:
-            raise ValueError(f"language={forced!r}: not a language Whisper knows")
-        tr, notes = transcribe_speech(whisper, audio, language=forced)
-        warnings.extend(notes)
-        if tr.language is None:
-            return [], None, "none"
-        words = [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])}
-                 for w in tr.words]
-        if not english(tr.language):
-            how = "detected" if forced is None else "set by language="
-            warnings.append(f"speech in language {tr.language!r} ({how}): the text models "
-                            "read English, so the text evidence is not used (text tracks "
-                            "marked absent)")
-        return words, tr.language, "whisper"
-
-
-def english(language: str | None) -> bool:
-    """Whether the text models can read a transcript in ``language`` (None: no words)."""
-    return language is None or language.lower() in ("en", "english")
 
 
 def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: ExtractConfig,

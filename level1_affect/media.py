@@ -95,8 +95,9 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 class Video:
     """A video file opened once: ``fps``, ``n_frames`` (the container's count, or estimated
-    from the duration), ``times(n)``, ``audio`` (None without a track, or when not asked)
-    and ``frames()``. Errors are :class:`MediaError` naming the file."""
+    from the duration), ``pts`` (the frames' presentation times in seconds from the first,
+    sorted), ``audio`` (None without a track, or when not asked) and ``frames()``. Errors
+    are :class:`MediaError` naming the file."""
 
     def __init__(self, path: str | os.PathLike, audio: bool = True, sr: int = SAMPLE_RATE):
         self.path = path = Path(path)
@@ -135,7 +136,8 @@ class Video:
                     track.add(packet)
                 elif packet.pts is not None and packet.size:
                     pts.append(packet.pts * base)
-            self._pts = np.sort(np.asarray(pts, np.float64))
+            pts = np.sort(np.asarray(pts, np.float64))
+            self.pts = pts - pts[0] if len(pts) else pts
             self.audio = track.samples() if track else None
             container.seek(0)
             stream.thread_type = "AUTO"  # frame-threaded decoding
@@ -165,20 +167,6 @@ class Video:
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: decoding failed after {count} frames ({e})") from e
 
-    def times(self, n_frames: int) -> np.ndarray:
-        """(n_frames,) presentation time of each frame in seconds, from the first frame.
-
-        From the packets' timestamps in presentation order; frames the container gives no
-        time for continue at ``1 / fps`` after the last known one."""
-        times = self._pts[:n_frames].copy()
-        if len(times):
-            times -= times[0]
-        if len(times) < n_frames:
-            last = times[-1] if len(times) else -1.0 / self.fps
-            extra = last + np.arange(1, n_frames - len(times) + 1) / self.fps
-            times = np.concatenate([times, extra])
-        return times
-
     def close(self) -> None:
         self._container.close()
 
@@ -187,6 +175,24 @@ class Video:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read(path: str | os.PathLike, audio: bool = True, sr: int = SAMPLE_RATE
+         ) -> tuple[Iterator[np.ndarray], np.ndarray, np.ndarray | None, float, int]:
+    """A video file read once (:class:`Video`): ``(frames, pts, audio, fps, n_frames)``.
+    The file closes after the last frame, or at ``frames.close()``."""
+    video = Video(path, audio, sr)
+    return video.frames(), video.pts, video.audio, video.fps, video.n_frames
+
+
+def frame_times(pts: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames,) presentation time of each of the first ``n_frames`` frames, from the
+    sorted ``pts``; frames beyond them continue at ``1 / fps`` after the last known one."""
+    times = np.asarray(pts, np.float64)[:n_frames]
+    if len(times) < n_frames:
+        last = times[-1] if len(times) else -1.0 / fps
+        times = np.concatenate([times, last + np.arange(1, n_frames - len(times) + 1) / fps])
+    return times
 
 
 def read_video_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], float, int]:

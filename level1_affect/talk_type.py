@@ -224,7 +224,7 @@ def sentence_rows(texts: Sequence[str], m: encoders.PretrainedEncoder,
     return out
 
 
-def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
+def encode_inputs(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
            minilm=None, previous: Sequence[str] | None = None,
            cache: str | os.PathLike | None = None) -> Encoded | Pooled:
     """The model's inputs: with ``trainable_layers`` >= 1, token states after the frozen
@@ -315,7 +315,7 @@ class TalkTypeModel:
             return np.zeros((0, len(LABELS)), np.float32)
         contexts = [c or "" for c in (contexts or [""] * len(texts))]
         previous = [p or "" for p in (previous or [""] * len(texts))]
-        return self.predict_encoded(encode(texts, contexts, self.config, previous=previous))
+        return self.predict_encoded(encode_inputs(texts, contexts, self.config, previous=previous))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``talk_type.json`` (config, info) and ``weights.npz`` into ``path``."""
@@ -400,7 +400,7 @@ def train_examples(examples: Sequence[annomi.Example], config: TalkTypeConfig = 
                    ) -> TalkTypeModel:
     """Encode AnnoMI examples (utterance, the therapist turn before, the client's previous
     turn) and fit, with the therapist's behaviour as the auxiliary target."""
-    enc = encode([e.text for e in examples], [e.therapist for e in examples], config,
+    enc = encode_inputs([e.text for e in examples], [e.therapist for e in examples], config,
                  previous=[e.previous for e in examples], cache=cache)
     return fit(enc, np.stack([e.votes for e in examples]), config, progress=progress,
                behaviour=np.array([e.behaviour for e in examples]))

@@ -79,6 +79,28 @@ class VoiceEncoder:
         return out
 
 
+def voice_arrays(audio: np.ndarray | None, fps: float, n_frames: int, embeddings: bool,
+                 whisper=None, states: np.ndarray | None = None) -> dict:
+    """``voice_mel``, ``voice_prosody`` and (with ``embeddings``) ``voice_emb`` of 16 kHz
+    ``audio`` on ``n_frames`` frames; zeros without audio. ``states``: ``whisper``'s encoder
+    states computed beforehand (``embed_states``), used when they cover the frames."""
+    if audio is None or len(audio) == 0:
+        # No audio track: zero features and voice_active 0, so level 2 sees no voice.
+        out = {"voice_mel": np.zeros((n_frames, 80), np.float32),
+               "voice_prosody": np.zeros((n_frames, len(VOICE_PROSODY)), np.float32)}
+        if embeddings:
+            out["voice_emb"] = np.zeros((n_frames, 512), np.float32)
+        return out
+    out = {"voice_mel": audio_lib.log_mel(audio, SAMPLE_RATE, fps, n_frames),
+           "voice_prosody": audio_lib.prosody(audio, SAMPLE_RATE, fps, n_frames)}
+    if embeddings:
+        # States computed beside the face track cover the guessed length; a longer video
+        # than guessed encodes them again.
+        emb = None if states is None else whisper.states_on_frames(states, fps, n_frames)
+        out["voice_emb"] = emb if emb is not None else whisper.embed(audio, fps, n_frames)
+    return out
+
+
 # ------------------------------------------------------------ openai-whisper checkpoints
 
 def openai_checkpoint_path(name: str) -> Path:

@@ -514,6 +514,33 @@ def transcribe_speech(model: "WhisperJax", audio: np.ndarray, **kwargs
                       segments, words), warnings
 
 
+def english(language: str | None) -> bool:
+    """Whether the text models can read a transcript in ``language`` (None: no words)."""
+    return language is None or language.lower() in ("en", "english")
+
+
+def transcript_words(model: "WhisperJax", audio: np.ndarray, language: str, warnings: list
+                     ) -> tuple[list[dict], str | None]:
+    """Timed words ``[{"word", "start", "end"}]`` of the speech in 16 kHz ``audio`` and its
+    language (None: no speech); ``language``: a code or "auto". Notes go to ``warnings``,
+    with one when the speech is not English (the text models read English)."""
+    forced = None if language == "auto" else language
+    if forced is not None and forced not in model.lang_ids:
+        raise ValueError(f"language={forced!r}: not a language Whisper knows")
+    tr, notes = transcribe_speech(model, audio, language=forced)
+    warnings.extend(notes)
+    if tr.language is None:
+        return [], None
+    words = [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])}
+             for w in tr.words]
+    if not english(tr.language):
+        how = "detected" if forced is None else "set by language="
+        warnings.append(f"speech in language {tr.language!r} ({how}): the text models "
+                        "read English, so the text evidence is not used (text tracks "
+                        "marked absent)")
+    return words, tr.language
+
+
 def _clip_long_words(timing: list[dict]) -> None:
     """Cap words next to a sentence end at twice the median word length (openai-whisper)."""
     durations = np.array([t["end"] - t["start"] for t in timing])
