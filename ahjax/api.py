@@ -73,14 +73,10 @@ def segments_from_decoded(decoded: np.ndarray, fps: float, times: np.ndarray | N
 
 @dataclasses.dataclass
 class Result:
-    """What ahjax knows about one video.
-
-    ``tracks``: named per-frame columns (``track_columns``); ``arrays``: the raw level-1
-    arrays by schema name; ``transcript``: language, text, timed words; with a two-level
-    model also ``prob`` (n,) P(A/H), ``decoded`` (n,) 0/1 after the duration prior,
-    ``contributions`` (group -> (n,) score terms that sum, with the bias, to the score)
-    and ``segments`` (decoded A/H segments, seconds and frames).
-    """
+    """What ahjax knows about one video: ``tracks`` (named per-frame columns), ``arrays``
+    (level-1 arrays by schema name), ``transcript``; with a two-level model also ``prob``
+    (n,) P(A/H), ``decoded`` (n,) 0/1, ``contributions`` (group -> (n,) terms that sum,
+    with the bias, to the score) and ``segments`` (decoded A/H segments)."""
     video: str
     fps: float
     n_frames: int

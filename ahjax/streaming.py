@@ -1,26 +1,13 @@
 """``python -m ahjax stream SOURCE --checkpoint RUN``: A/H while the person is still talking.
 
-SOURCE is a video file (played as fast as possible, or at its real pace with
-``--realtime``) or a capture device (``cam:0``, or a ``/dev/video*`` path; video only). One
-JSON line per chunk goes to stdout, for an app to read; logs go to stderr; at the end the
-same files as ``python -m ahjax predict`` are written (``--out``).
-
-Each line holds ``t_start``/``t_end`` (seconds into the source), ``frames`` ([first, end)),
-``tracks`` (the chunk's per-frame level-1 columns, as in ``tracks.csv``), with a checkpoint
-``ah_prob`` and ``contributions`` (group -> per-frame values) of the causal two-level model,
-``segments`` (A/H segments decided so far, seconds; the last one may still grow while
-``open``), ``decided_until_s`` (labels before it are final), ``words`` (the words confirmed
-in this chunk), ``latency_s`` (median and max delay from a frame's capture to its line),
-``behind_s`` (how far the stream runs behind the source's clock) and ``level`` (0 normal;
-higher: the stream degraded on purpose to keep up, see :data:`DEGRADE`). The last line has
-``"final": true`` and the run's summary.
-
-Python: ``for chunk in ahjax.stream("answer.mp4", "runs/two_level-..."): ...`` yields the
-same content as dicts with NumPy arrays. The pieces: ``level1_affect.live`` (incremental
-level 1), ``level2_conflict.stateful`` (the causal model chunk by chunk, its state carried)
-and ``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding). The cost of
-a chunk and the memory do not grow with the session: rows leave memory once final and
-are appended to ``tracks.csv`` (moved into ``--out`` at the end).
+SOURCE is a video file (as fast as possible, or at its real pace with ``--realtime``) or a
+capture device (``cam:0``, ``/dev/video*``; video only). One JSON line per chunk goes to
+stdout (its keys: docs/live.md), logs to stderr; at the end the same files as ``python -m
+ahjax predict`` go to ``--out``. Python: ``for chunk in ahjax.stream("answer.mp4", run)``.
+The pieces: ``level1_affect.media`` (sources), ``level1_affect.live`` (incremental level
+1), ``level2_conflict.stateful`` (the causal model, its state carried) and
+``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag decoding). A chunk's cost and the memory
+do not grow with the session: final rows are appended to ``tracks.csv`` and dropped.
 """
 
 from __future__ import annotations
@@ -418,15 +405,10 @@ def prepare(checkpoint, config: StreamConfig, face_encoder, whisper, speech: boo
 def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
            out: str | os.PathLike | None = None, face_encoder=None, whisper=None
            ) -> Iterator[dict]:
-    """Chunks of A/H while ``source`` plays (see the module docstring for their keys).
-
-    ``source``: a video path, ``cam:N``, an int device or a :class:`Source`;
-    ``checkpoint``: a two_level run folder (its causal model) or a model folder (None:
-    level 1 only); ``out``: a folder for ``predict``'s files at the end. A source that
-    ends early, fails or stalls (no media for ``config.stall_s``) ends the stream cleanly:
-    the last chunk says why in ``ended``, and what was decided is written out.
-    ``face_encoder``/``whisper``: loaded encoders to reuse across streams.
-    """
+    """Chunks of A/H while ``source`` (a video path, ``cam:N``, a device or a ``Source``)
+    plays, from the causal model of ``checkpoint`` (None: level 1 only); ``out``: a folder
+    for ``predict``'s files at the end. A source that ends early, fails or stalls ends the
+    stream cleanly (``ended`` says why). docs/live.md: the keys of a chunk."""
     enable_compilation_cache()
     check_source(source)   # a typo fails at once, not after the models are loaded
     if face_encoder is None:

@@ -182,17 +182,10 @@ def speech_regions(audio: np.ndarray, sr: int) -> list[tuple[float, float]]:
 
 
 def prosody(audio: np.ndarray, sr: int, fps: float, n_frames: int) -> np.ndarray:
-    """Prosody per video frame: (n_frames, 6) float32, columns as ``schema.VOICE_PROSODY``.
-
-    - ``pitch_hz``: mean f0 (geometric) of the voiced 10 ms frames inside the video frame, 0 if unvoiced;
-    - ``pitch_z``: log-pitch z-scored over this video's voiced frames, the scale floored at
-      one semitone (0 when unvoiced or when fewer than two frames are voiced);
-    - ``energy``: RMS level of the frame's samples in dB above -80 dBFS (0 = silence);
-    - ``voiced``: 1 when most of the frame is periodic speech (YIN aperiodicity and VAD);
-    - ``voice_active``: energy VAD kept only on stretches that look like speech
-      (:func:`speech_activity`; fraction of the frame active > 0.5);
-    - ``pause``: 1 inside a silent gap of more than 200 ms between two stretches of speech.
-    """
+    """Prosody per video frame: (n_frames, 6) float32, columns as ``schema.VOICE_PROSODY``:
+    pitch (Hz, and z-scored over the video's voiced frames), energy (dB above -80 dBFS),
+    voiced, voice_active (energy VAD kept on speech-like stretches) and pause (a gap of
+    more than 200 ms between speech); docs/performance.md says how each is computed."""
     audio = np.asarray(audio, np.float32)
     out = np.zeros((n_frames, 6), np.float32)
     if n_frames == 0:

@@ -196,22 +196,11 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
                     splits: Sequence[str] = ("train", "val", "test"),
                     progress: bool = True, only: Sequence[str] | None = None,
                     workers: int = 1, ray_address: str | None = None) -> dict:
-    """Extract every video of ``root`` (a BAH tree, or a plain folder of videos) into the
-    feature store ``out``.
-
-    ``only`` restricts the run to those video ids. Videos already in the store are
-    skipped; a video that fails is reported in the
-    returned summary (and ``out/failures.json``) and the others go on. Returns
-    ``{"done": n, "skipped": n, "failed": {video_id: message}, "reextracted": {video_id:
-    why}, "seconds": {...}}``; a stored video whose arrays no longer pass
-    :meth:`FeatureStore.verify` (NaN, wrong shape, unreadable) is extracted again.
-
-    ``workers > 1`` (or a ``ray_address``) runs the videos on Ray: ``workers`` actors, each
-    loading the models once, on a local Ray started here (``ray.init()``) or on the
-    cluster at ``ray_address`` (``"auto"``: the one this machine belongs to). The workers
-    write into ``out`` themselves, so on a cluster it must be a path every node sees (a
-    network file system). Results are the same as the sequential path's.
-    """
+    """Extract every video of ``root`` (a BAH tree or a folder of videos; ``only``: those
+    ids) into the feature store ``out``; videos stored and sound are skipped, a failing one
+    is reported and the rest go on. Returns ``{"done", "skipped", "failed": {id: message},
+    "reextracted": {id: why}, "seconds"}`` (failures also in ``out/failures.json``).
+    ``workers > 1`` or ``ray_address``: on Ray, same results (docs/distributed.md)."""
     records = dataset_records(root, splits, only)
     store = FeatureStore(out)
     summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
@@ -404,14 +393,11 @@ def frame_labels(store: FeatureStore, video_ids: Sequence[str]) -> dict[str, np.
 
 def score_videos(labels: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray],
                  vlabels: np.ndarray, decoded: Mapping[str, np.ndarray] | None = None) -> dict:
-    """Frame-level AVGF1/AP/WAR (+ F1s) and video-level AVGF1 for one method.
+    """Frame-level AVGF1/AP/WAR (+ F1s) and video-level AVGF1/AP for one method.
 
-    ``probs`` video id -> (n,) A/H probabilities. With ``decoded`` (video id -> (n,) 0/1
-    labels), hard-decision metrics (AVGF1, WAR, F1s) come from the decoded labels while AP
-    stays the probabilities' (a decoder changes decisions, not scores). Video level: the
-    mean frame probability, thresholded at 0.5 (``VIDEO_AVGF1``) and ranked (``VIDEO_AP``
-    when both classes are present).
-    """
+    ``probs``: video id -> (n,) A/H probabilities; with ``decoded`` (id -> (n,) 0/1) the
+    hard-decision metrics come from the decoded labels and AP stays the probabilities'.
+    Video level: the mean frame probability (or vote), thresholded at 0.5 and ranked."""
     ids = list(probs)
     y = np.concatenate([labels[v] for v in ids])
     p = np.concatenate([probs[v] for v in ids])

@@ -1,20 +1,12 @@
 """Face track of level 1: landmarks, blendshapes, aligned crops, expressions, descriptors.
 
-For each frame of a video, ``FaceEncoder.encode`` runs MediaPipe's FaceLandmarker (Tasks
-API, asset ``face_landmarker``: 478 landmarks and 52 blendshapes), aligns the face to a
-256x256 crop, classifies the crop's expression with the mini-Xception of ``fer.py`` and
-derives the named descriptors of ``schema.FACE_DESC``.
-
-Missing faces follow BAH: a frame where no face is found reuses the previous frame's face
-(crop, landmarks, blendshapes, hence expression) with ``face_present = 0``; frames before
-the first detection are all zeros with ``face_present = 0``.
-
-MediaPipe's detector is the short-range (selfie) model, which misses a face narrower than
-about an eighth of the frame; when the whole frame gives nothing, we search square windows
-(around the last face seen, then across the frame) where such a face looks larger.
-
-Frames are consumed as a stream and processed in chunks of ``batch_size``, so memory does
-not grow with video length (unless crops or landmarks are asked for).
+For each frame ``FaceEncoder.encode`` runs MediaPipe's FaceLandmarker (asset
+``face_landmarker``: 478 landmarks, 52 blendshapes), aligns the face to a 256x256 crop,
+classifies its expression with the mini-Xception of ``fer.py`` and derives the descriptors
+of ``schema.FACE_DESC``. A frame without a face reuses the previous face with
+``face_present = 0`` (as BAH does; zeros before the first). A small face the short-range
+detector misses is searched for in square windows. Frames are consumed as a stream in
+chunks of ``batch_size``, so memory does not grow with the video. docs/level1.md: details.
 """
 
 from __future__ import annotations
@@ -207,15 +199,10 @@ class FaceEncoder:
 
     def encode(self, frames: Iterable[np.ndarray], fps: float, *, return_crops: bool = False,
                return_landmarks: bool = False) -> dict[str, np.ndarray]:
-        """Encode a sequence of RGB uint8 frames (iterator, list or (n, H, W, 3) array).
-
-        Returns float32 arrays with one row per frame: ``face_present`` (n, 1), ``face_expr``
-        (n, 7), ``face_blend`` (n, 52), ``face_desc`` (n, 9) (``head_motion`` is the mean
-        landmark displacement since the previous frame over the inter-ocular distance, 0
-        unless both frames have a detected face). With ``return_crops``: ``face_crops``
-        uint8 (n, S, S, 3); with ``return_landmarks``: ``landmarks`` (n, 478, 3) in
-        MediaPipe's normalised image coordinates (x, y in [0, 1], z relative depth).
-        """
+        """Encode RGB uint8 frames (iterator, list or (n, H, W, 3) array): float32 rows
+        ``face_present`` (n, 1), ``face_expr`` (n, 7), ``face_blend`` (n, 52), ``face_desc``
+        (n, 9); with ``return_crops`` also ``face_crops`` uint8 (n, S, S, 3), with
+        ``return_landmarks`` ``landmarks`` (n, 478, 3) (MediaPipe's normalised coordinates)."""
         with self.session(fps, return_crops=return_crops,
                           return_landmarks=return_landmarks) as session:
             parts = [session.push(frames), session.close()]
@@ -232,14 +219,9 @@ class FaceEncoder:
 class FaceSession(contextlib.ExitStack):
     """The face track of one video, computed as its frames arrive (``FaceEncoder.session``).
 
-    ``push(frames)`` takes the next frames (any number, in order) and returns the arrays of
-    ``FaceEncoder.encode`` for the frames now final; ``close()`` returns the rest. With
-    ``detect_every`` k > 1, the frames after the latest keyframe wait for the next one
-    (their landmarks are interpolated between the two), so a push may return fewer rows
-    than it took. ``detect_every`` may be changed between pushes (a live stream that falls
-    behind runs the landmarker less often): the next keyframe is then that many frames
-    after the latest one. The concatenated rows equal ``encode`` on the same frames.
-    """
+    ``push(frames)`` returns the rows of the frames now final (with ``detect_every`` > 1
+    the frames after the last keyframe wait for the next), ``close()`` the rest; together
+    they equal ``encode`` on the same frames. docs/live.md: changing ``detect_every``."""
 
     def __init__(self, encoder: FaceEncoder, fps: float, *, return_crops: bool = False,
                  return_landmarks: bool = False):
