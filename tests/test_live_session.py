@@ -177,6 +177,7 @@ def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
     import csv
     from ahjax import streaming as live_stream
     from level1_affect.face import FaceEncoder
+    from level1_affect.media import MediaSource
     from level2_conflict.runtime import save_trained
     trained = _trained(False, 12.0)
     run_dir = tmp_path / "run"
@@ -184,7 +185,7 @@ def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
                  run_dir / "deploy_causal")
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(150)]
-    src = live_stream.MediaSource(frames, 12.0, None, name="noise")
+    src = MediaSource(frames, 12.0, None, name="noise")
     kept = []
     gen = live_stream.stream(src, run_dir, live_stream.StreamConfig(asr=False, lag_s=1.0),
                              out=tmp_path / "out", face_encoder=FaceEncoder(batch_size=16))
