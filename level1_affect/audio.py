@@ -1,8 +1,9 @@
 """Audio of a video: log-mel and prosody, all on the video's frame grid.
 
-The samples come from ``level1_affect.media`` (16 kHz mono float32). ``log_mel`` and ``prosody`` return one row per video frame (hop 1/fps, frame i centred at
-(i + 0.5)/fps); audio shorter than the video reads as silence, and silence gives zeros
-and finite values, never NaN.
+The samples come from ``level1_affect.media`` (16 kHz mono float32). ``log_mel`` and
+``prosody`` return one row per video frame (hop 1/fps, frame i centred at (i + 0.5)/fps);
+audio shorter than the video reads as silence, and silence gives zeros and finite values,
+never NaN.
 
 Pitch comes from a vectorised YIN (de Cheveigné & Kawahara 2002) on a 10 ms grid: it
 gives both f0 and an aperiodicity used as the voicing decision, at a small fraction of

@@ -44,7 +44,8 @@ class _AudioTrack:
         try:
             self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr)
         except (ValueError, av.error.FFmpegError):   # a layout without a name: FFmpeg mixes
-            self.resampler, self.keep = av.AudioResampler(format="fltp", layout="mono", rate=sr), [0]
+            self.resampler = av.AudioResampler(format="fltp", layout="mono", rate=sr)
+            self.keep = [0]
 
     def add(self, packet) -> None:
         try:
@@ -54,7 +55,8 @@ class _AudioTrack:
             raise MediaError(f"{self.path}: corrupt audio track ({exc})") from exc
 
     def _take(self, frame) -> None:
-        self.chunks.extend(f.to_ndarray()[self.keep].mean(0) for f in self.resampler.resample(frame))
+        for f in self.resampler.resample(frame):
+            self.chunks.append(f.to_ndarray()[self.keep].mean(0))
 
     def samples(self) -> np.ndarray:
         try:
