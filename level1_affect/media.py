@@ -182,7 +182,7 @@ class Video:
 def read(path: str | os.PathLike, audio: bool = True, sr: int = SAMPLE_RATE
          ) -> tuple[Iterator[np.ndarray], np.ndarray, np.ndarray | None, float, int]:
     """A video file read once (:class:`Video`): ``(frames, pts, audio, fps, n_frames)``.
-    The file closes after the last frame, or at ``frames.close()``."""
+    The file closes after the last frame, or when ``frames`` is closed or dropped."""
     video = Video(path, audio, sr)
     return video.frames(), video.pts, video.audio, video.fps, video.n_frames
 
