@@ -24,7 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ahjax.core.assets import enable_compilation_cache
 from level1_affect import schema
+from level1_affect.extract import ExtractConfig, Extractor
+from level2_conflict import plots
+from level2_conflict.runtime import load_trained
 
 __all__ = ["Result", "Model", "load", "extract", "track_columns", "segments_from_decoded"]
 
@@ -69,14 +73,10 @@ def segments_from_decoded(decoded: np.ndarray, fps: float, times: np.ndarray | N
 
 @dataclasses.dataclass
 class Result:
-    """What ahjax knows about one video.
-
-    ``tracks``: named per-frame columns (``track_columns``); ``arrays``: the raw level-1
-    arrays by schema name; ``transcript``: language, text, timed words; with a two-level
-    model also ``prob`` (n,) P(A/H), ``decoded`` (n,) 0/1 after the duration prior,
-    ``contributions`` (group -> (n,) score terms that sum, with the bias, to the score)
-    and ``segments`` (decoded A/H segments, seconds and frames).
-    """
+    """What ahjax knows about one video: ``tracks`` (named per-frame columns), ``arrays``
+    (level-1 arrays by schema name), ``transcript``; with a two-level model also ``prob``
+    (n,) P(A/H), ``decoded`` (n,) 0/1, ``contributions`` (group -> (n,) terms that sum,
+    with the bias, to the score) and ``segments`` (decoded A/H segments)."""
     video: str
     fps: float
     n_frames: int
@@ -116,7 +116,6 @@ class Result:
 
     def figure(self, path: str | os.PathLike) -> Path:
         """Draw the per-modality tracks (and A/H with its contributions) into a PNG."""
-        from level2_conflict import plots
         n = self.n_frames
         none = np.full(n, -1)
         prob = self.prob if self.prob is not None else np.zeros(n)
@@ -157,8 +156,6 @@ _extractors_lock = threading.Lock()
 
 def _extractor(config):
     """The process's shared ``Extractor`` for ``config`` (built on first use)."""
-    from ahjax.core.assets import enable_compilation_cache
-    from level1_affect.extract import Extractor
     with _extractors_lock:
         if config not in _extractors:
             enable_compilation_cache()
@@ -172,8 +169,6 @@ def extract(video: str | os.PathLike, config=None) -> Result:
     ``config``: a ``level1_affect.extract.ExtractConfig`` (default: Whisper on the audio,
     learned change/sustain talk).
     """
-    from level1_affect.extract import ExtractConfig
-
     video = Path(video)
     if not video.is_file():
         raise FileNotFoundError(f"{video}: no such video file")
@@ -202,14 +197,11 @@ class Model:
         return f"ahjax.Model({str(self.path)!r})"
 
     def predict(self, video: str | os.PathLike, config=None) -> Result:
-        """Level 1 and level 2 of one video (see :class:`Result`)."""
+        """Level 1 and level 2 of one video: the level-1 :class:`Result` with A/H, its
+        decoded segments and its contributions."""
         result = extract(video, config)
-        return self.annotate(result)
-
-    def annotate(self, result: Result) -> Result:
-        """Add A/H, its decoded segments and its contributions to a level-1 result."""
         with self._lock:
-            level2 = self.trained.predict(result.arrays, result.fps)
+            level2 = self.trained.predict_arrays(result.arrays, result.fps)
         result.prob, result.decoded = level2["prob"], level2["decoded"]
         result.contributions = dict(level2["contributions"])
         result.segments = segments_from_decoded(level2["decoded"], result.fps, result.times)
@@ -219,5 +211,4 @@ class Model:
 def load(run_dir: str | os.PathLike) -> Model:
     """The deployable two-level model of a ``python -m experiments.run two_level`` run
     folder (or of its ``deploy/`` folder); a clear error for anything else."""
-    from level2_conflict.runtime import load_trained
     return Model(load_trained(run_dir), run_dir)

@@ -20,8 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ahjax import api
 from ahjax.core.config import debug_requested
 from ahjax.core.interrupt import exit_on_signals, on_signal
+from level1_affect.errors import MediaError
+from level1_affect.extract import ExtractConfig
+from level2_conflict.runtime import load_trained
 
 
 def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = None,
@@ -32,7 +36,6 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
     (frames, fps, face-present rate, language, transcript, warnings, and with a checkpoint
     the A/H segments in seconds).
     """
-    from level1_affect.extract import ExtractConfig
     video, out = Path(video), Path(out)
     config = ExtractConfig(asr="always", language=language)
     # Every argument is checked before level 1 runs (it takes seconds per video).
@@ -42,7 +45,6 @@ def predict(video: str | Path, out: str | Path, checkpoint: str | Path | None = 
         raise FileExistsError(f"{out}: --out exists and is not a folder")
     level2_model = None
     if checkpoint is not None:
-        from level2_conflict.runtime import load_trained
         level2_model = load_trained(checkpoint)
     return write_outputs(out, lambda tmp: _predict_into(video, tmp, level2_model, config))
 
@@ -85,10 +87,8 @@ OUTPUTS = ("tracks.csv", "transcript.json", "summary.json", "segments.json", "ah
 
 def _predict_into(video: Path, out: Path, level2_model, config) -> dict:
     """Level 1 (and level 2 with ``level2_model``) of ``video``, written into ``out``."""
-    from ahjax import api
-    result = api.extract(video, config)
-    if level2_model is not None:
-        api.Model(level2_model, "").annotate(result)
+    result = (api.extract(video, config) if level2_model is None
+              else api.Model(level2_model, "").predict(video, config))
     result.save(out)
     return result.summary()
 
@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(f"{Path(args.video).stem}_ahjax")
-    from level1_affect.errors import MediaError
     try:
         with exit_on_signals():   # SIGINT/SIGTERM: temporary files removed, one line
             summary = predict(args.video, out, args.checkpoint, args.language)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from level1_affect.media import file_source
+
 
 def session_video(folder: str | Path, minutes: float, distinct: int = 4) -> Path:
     """An ``minutes``-long video: ``distinct`` 60 s demo videos (seeds 0..) cycled, joined
@@ -75,7 +77,7 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
     from ahjax import streaming as live
     load = list(os.getloadavg())
     t0 = time.monotonic()
-    src = _Recorded(live.file_source(path, realtime=realtime))
+    src = _Recorded(file_source(path, realtime=realtime))
     config = live.StreamConfig(realtime=realtime, degrade=realtime)
     minutes: dict[int, dict] = {}
     prev, first_line, rss0 = None, None, _rss_mb()

@@ -1,47 +1,48 @@
 """``python -m ahjax stream SOURCE --checkpoint RUN``: A/H while the person is still talking.
 
-SOURCE is a video file (played as fast as possible, or at its real pace with
-``--realtime``) or a capture device (``cam:0``, or a ``/dev/video*`` path; video only). One
-JSON line per chunk goes to stdout, for an app to read; logs go to stderr; at the end the
-same files as ``python -m ahjax predict`` are written (``--out``).
-
-Each line holds ``t_start``/``t_end`` (seconds into the source), ``frames`` ([first, end)),
-``tracks`` (the chunk's per-frame level-1 columns, as in ``tracks.csv``), with a checkpoint
-``ah_prob`` and ``contributions`` (group -> per-frame values) of the causal two-level model,
-``segments`` (A/H segments decided so far, seconds; the last one may still grow while
-``open``), ``decided_until_s`` (labels before it are final), ``words`` (the words confirmed
-in this chunk), ``latency_s`` (median and max delay from a frame's capture to its line),
-``behind_s`` (how far the stream runs behind the source's clock) and ``level`` (0 normal;
-higher: the stream degraded on purpose to keep up, see :data:`DEGRADE`). The last line has
-``"final": true`` and the run's summary.
-
-Python: ``for chunk in ahjax.stream("answer.mp4", "runs/two_level-..."): ...`` yields the
-same content as dicts with NumPy arrays. The pieces: ``level1_affect.live`` (incremental
-level 1), ``level2_conflict.stateful`` (the causal model chunk by chunk, its state carried)
-and ``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag semi-Markov decoding). The cost of
-a chunk and the memory do not grow with the session: rows leave memory once final and
-are appended to ``tracks.csv`` (moved into ``--out`` at the end).
+SOURCE is a video file (as fast as possible, or at its real pace with ``--realtime``) or a
+capture device (``cam:0``, ``/dev/video*``; video only). One JSON line per chunk goes to
+stdout (its keys: docs/live.md), logs to stderr; at the end the same files as ``python -m
+ahjax predict`` go to ``--out``. Python: ``for chunk in ahjax.stream("answer.mp4", run)``.
+The pieces: ``level1_affect.media`` (sources), ``level1_affect.live`` (incremental level
+1), ``level2_conflict.stateful`` (the causal model, its state carried) and
+``level2_conflict.hsmm.OnlineDecoder`` (fixed-lag decoding). A chunk's cost and the memory
+do not grow with the session: final rows are appended to ``tracks.csv`` and dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import threading
 import time
-import typing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from ahjax.api import segments_from_decoded, track_columns
+from ahjax.core.assets import enable_compilation_cache
 from ahjax.core.config import debug_requested
+from ahjax.predict import write_outputs
+from level1_affect import talk_type
+from level1_affect.errors import MediaError
+from level1_affect.face import FaceEncoder
+from level1_affect.live import LiveLevel1, LiveText
+from level1_affect.media import SAMPLE_RATE, TAIL, Source, check_source, is_device, open_source
+from level1_affect.text import TextEncoder
+from level1_affect.whisper.transcribe import WhisperJax
+from level2_conflict import plots
+from level2_conflict.runtime import load_trained
 
-SAMPLE_RATE = 16000
 # (landmarker every k-th frame x, Whisper pass interval x) per degradation level.
 DEGRADE = ((1, 1.0), (2, 2.0), (4, 3.0), (8, 5.0))
 
@@ -70,121 +71,6 @@ class StreamConfig:
             raise ValueError(f"detect_every={self.detect_every}: must be at least 1")
 
 
-# ------------------------------- sources ----------------------------------------------
-@typing.runtime_checkable
-class Source(typing.Protocol):
-    """What the stream reads: ``fps``, ``has_audio``, ``name``, ``clocked`` (frames come
-    at the pace of a clock that does not wait for us) and ``frames()`` yielding
-    ``(frame, audio, capture)``: an RGB uint8 frame (``None`` for a frame the source
-    dropped), the 16 kHz audio samples of that frame's time slot (or None) and its
-    wall-clock capture time (``time.monotonic`` seconds; NaN when played as fast as
-    possible: no clock, no latency). :class:`MediaSource` and :class:`DeviceSource` are
-    the two kinds ahjax has."""
-    name: str
-    fps: float
-    has_audio: bool
-    clocked: bool
-
-    def frames(self) -> Iterator[tuple[np.ndarray | None, np.ndarray | None, float]]: ...
-
-
-class MediaSource:
-    """Frames (any iterable) and optional audio, paced by the clock when ``realtime``."""
-
-    def __init__(self, frames, fps: float, audio: np.ndarray | None = None, *,
-                 realtime: bool = False, name: str = "frames"):
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self._frames, self.fps, self.name = frames, float(fps), name
-        self.clocked = bool(realtime)
-        self.audio = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
-        self.has_audio = self.audio is not None and len(self.audio) > 0
-
-    def frames(self):
-        start, n = time.monotonic(), 0
-        for i, frame in enumerate(self._frames):
-            n = i + 1
-            capture = np.nan
-            if self.clocked:   # frame i exists once its slot has passed
-                capture = start + i / self.fps
-                wait = start + (i + 1) / self.fps - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            audio = None
-            if self.has_audio:
-                a, b = (int(round(k / self.fps * SAMPLE_RATE)) for k in (i, i + 1))
-                audio = self.audio[a:b]
-            yield frame, audio, capture
-        if self.has_audio:   # audio longer than the frames: its tail, with the last frame
-            b = int(round(n / self.fps * SAMPLE_RATE))
-            if b < len(self.audio):
-                yield _TAIL, self.audio[b:], np.nan
-
-
-def file_source(path: str | os.PathLike, realtime: bool = False) -> MediaSource:
-    """A video file (frames decoded as they are needed; the audio track, if any)."""
-    from level1_affect import audio as audio_lib
-    from level1_affect.face import read_video_frames
-    frames, fps, _ = read_video_frames(path)
-    try:
-        audio = audio_lib.load_audio(path, sr=SAMPLE_RATE)
-    except audio_lib.NoAudioError:
-        audio = None
-    return MediaSource(frames, fps, audio, realtime=realtime, name=str(path))
-
-
-class DeviceSource:
-    """A capture device through OpenCV (video only: voice and text stay empty)."""
-    clocked, has_audio = True, False
-
-    def __init__(self, device: int | str):
-        import cv2
-        self.name = f"device {device}"
-        self.cap = cv2.VideoCapture(device)
-        if not self.cap.isOpened():
-            raise OSError(f"{self.name}: cannot be opened as a capture device")
-        fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = fps if 1.0 <= fps <= 120.0 else 30.0
-
-    def frames(self):
-        import cv2
-        start, slot = time.monotonic(), 0
-        try:
-            while True:
-                ok, frame = self.cap.read()
-                now = time.monotonic()
-                if not ok:
-                    return
-                # Slots the device skipped (its clock ran past them) become dropped frames.
-                while slot < int((now - start) * self.fps):
-                    yield None, None, start + slot / self.fps
-                    slot += 1
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), None, now
-                slot += 1
-        finally:
-            self.cap.release()
-
-
-def open_source(source, realtime: bool = False) -> Source:
-    """A :class:`Source` for a file path, ``cam:N``/``/dev/video*``, an int or a Source."""
-    if isinstance(source, Source):
-        return source
-    if isinstance(source, int):
-        return DeviceSource(source)
-    text = str(source)
-    if text.startswith("cam:"):
-        try:
-            return DeviceSource(int(text[4:]))
-        except ValueError:
-            raise ValueError(f"{text}: a capture device is cam:N with N an integer") from None
-    if text.startswith("/dev/video"):
-        return DeviceSource(text)
-    path = Path(text)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such video file (or cam:N for a capture device)")
-    return file_source(path, realtime)
-
-
 def _reader(source: Source, out: queue.Queue, stop: threading.Event) -> None:
     """Puts the source's frames into ``out`` (decoding overlaps the compute), then END or
     the exception that ended it. A bounded ``out`` holds the reader back (a file played
@@ -207,7 +93,6 @@ def _reader(source: Source, out: queue.Queue, stop: threading.Event) -> None:
 
 
 _END = object()
-_TAIL = object()   # in place of a frame: audio after the last frame
 
 
 # ------------------------------- the stream -------------------------------------------
@@ -215,7 +100,6 @@ def load_live_model(checkpoint: str | os.PathLike):
     """The causal model of a two_level run (``deploy_causal/``), else its ``deploy/`` one
     (an offline model reads centred windows: its newest frames lack their future; a
     warning says so), or a model folder given directly."""
-    from level2_conflict.runtime import load_trained
     path = Path(checkpoint)
     if (path / "deploy_causal" / "level2.json").is_file():
         path = path / "deploy_causal"
@@ -229,7 +113,6 @@ class _Segments:
         self.fps, self.n, self.items = fps, 0, []
 
     def add(self, labels: np.ndarray) -> None:
-        from ahjax.api import segments_from_decoded
         for seg in segments_from_decoded(labels, self.fps):
             s, e = seg["start_frame"] + self.n, seg["end_frame"] + self.n
             if self.items and s == self.n and self.items[-1]["end_frame"] == self.n - 1:
@@ -294,14 +177,11 @@ class _Run:
 
     def __init__(self, src: Source, model, config: StreamConfig, face_encoder=None,
                  whisper=None, text_encoder=None, out: Path | None = None):
-        from level1_affect.face import FaceEncoder
-        from level1_affect.live import LiveLevel1
         self.src, self.model, self.config = src, model, config
         self.fps = src.fps
         if face_encoder is None:
             face_encoder = FaceEncoder(detect_every=config.detect_every)
         if whisper is None and config.asr and src.has_audio:
-            from level1_affect.whisper.transcribe import WhisperJax
             whisper = WhisperJax.load()
         self.live = LiveLevel1(self.fps, face_encoder, whisper=whisper if config.asr else None,
                                text_encoder=text_encoder, audio=src.has_audio,
@@ -341,7 +221,6 @@ class _Run:
         return self.live.push(filled, audio)
 
     def emit(self, words: list[dict], final: bool = False) -> dict:
-        from ahjax.api import track_columns
         n = self.live.ready()
         first, self.emitted = self.emitted, n
         tracks = track_columns(self.live.arrays(n, start=first), self.fps)
@@ -388,7 +267,6 @@ class _Run:
         if self.model is not None:
             upto = min(upto, self.written + len(self.decided))
         if upto > self.written:
-            from ahjax.api import track_columns
             arrays = self.live.arrays(upto, start=self.written)
             cols = track_columns(arrays, self.fps)
             cols["frame"] = cols["frame"] + self.written
@@ -411,8 +289,6 @@ class _Run:
         self.live.release(keep)
 
     def _append(self, cols: dict) -> None:
-        import csv
-        import tempfile
         if self.spool is None:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             folder = Path(tempfile.mkdtemp(prefix=f".{self.out.name}-", dir=self.out.parent))
@@ -427,7 +303,6 @@ class _Run:
     def discard(self) -> None:
         """Remove the output being written (the stream was abandoned or failed)."""
         if self.spool is not None:
-            import shutil
             self.spool[1].close()
             shutil.rmtree(self.spool[0], ignore_errors=True)
             self.spool = None
@@ -435,8 +310,6 @@ class _Run:
     def write(self) -> str:
         """The rest of ``predict``'s files beside the appended ``tracks.csv``, all moved
         into ``out`` at once (no half output on failure)."""
-        from ahjax.predict import write_outputs
-        from level2_conflict import plots
         folder, f, _ = self.spool
         f.close()
         words = self.live.words
@@ -489,8 +362,6 @@ class _Run:
 
 def text_encoder_for_live():
     """The text encoder a stream uses, its talk-type model loaded (never trained here)."""
-    from level1_affect import talk_type
-    from level1_affect.text import TextEncoder
     folder = talk_type.default_dir()
     if not (folder / "weights.npz").is_file():
         raise FileNotFoundError(
@@ -504,9 +375,6 @@ def prepare(checkpoint, config: StreamConfig, face_encoder, whisper, speech: boo
     compiled on dummy input before a source is opened (a live source's clock does not
     wait, and the first chunk does not pay for it). Speech (text encoder, Whisper) loads
     in two threads beside the level-2 model and the face landmarker; nothing is trained."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from level1_affect.live import LiveText
     t0 = time.monotonic()
 
     def text_part():
@@ -516,7 +384,6 @@ def prepare(checkpoint, config: StreamConfig, face_encoder, whisper, speech: boo
 
     def whisper_part(whisper):
         if whisper is None:
-            from level1_affect.whisper.transcribe import WhisperJax
             whisper = WhisperJax.load()
         noise = 0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)
         whisper.transcribe(noise.astype(np.float32), language=config.language or "en")
@@ -535,41 +402,18 @@ def prepare(checkpoint, config: StreamConfig, face_encoder, whisper, speech: boo
     return model, text, whisper, time.monotonic() - t0
 
 
-def _check_source(source) -> None:
-    """The errors :func:`open_source` would raise for a bad name, without opening it."""
-    text = str(source)
-    if isinstance(source, (Source, int)) or text.startswith("/dev/video"):
-        return
-    if text.startswith("cam:"):
-        if not text[4:].isdigit():
-            raise ValueError(f"{text}: a capture device is cam:N with N an integer")
-    elif not Path(text).is_file():
-        raise FileNotFoundError(f"{text}: no such video file (or cam:N for a capture device)")
-
-
-def _is_device(source) -> bool:
-    return isinstance(source, int) or str(source).startswith(("cam:", "/dev/video"))
-
-
 def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
            out: str | os.PathLike | None = None, face_encoder=None, whisper=None
            ) -> Iterator[dict]:
-    """Chunks of A/H while ``source`` plays (see the module docstring for their keys).
-
-    ``source``: a video path, ``cam:N``, an int device or a :class:`Source`;
-    ``checkpoint``: a two_level run folder (its causal model) or a model folder (None:
-    level 1 only); ``out``: a folder for ``predict``'s files at the end. A source that
-    ends early, fails or stalls (no media for ``config.stall_s``) ends the stream cleanly:
-    the last chunk says why in ``ended``, and what was decided is written out.
-    ``face_encoder``/``whisper``: loaded encoders to reuse across streams.
-    """
-    from ahjax.core.assets import enable_compilation_cache
-    from level1_affect.face import FaceEncoder
+    """Chunks of A/H while ``source`` (a video path, ``cam:N``, a device or a ``Source``)
+    plays, from the causal model of ``checkpoint`` (None: level 1 only); ``out``: a folder
+    for ``predict``'s files at the end. A source that ends early, fails or stalls ends the
+    stream cleanly (``ended`` says why). docs/live.md: the keys of a chunk."""
     enable_compilation_cache()
-    _check_source(source)   # a typo fails at once, not after the models are loaded
+    check_source(source)   # a typo fails at once, not after the models are loaded
     if face_encoder is None:
         face_encoder = FaceEncoder(detect_every=config.detect_every)
-    speech = config.asr and not _is_device(source) and getattr(source, "has_audio", True)
+    speech = config.asr and not is_device(source) and getattr(source, "has_audio", True)
     model, text_encoder, whisper, warm_s = prepare(checkpoint, config, face_encoder, whisper,
                                                    speech)
     src = open_source(source, config.realtime)
@@ -602,9 +446,9 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
     pending: list = []
 
     def process(items):
-        frames = [f for f, _, _ in items if f is not _TAIL]
+        frames = [f for f, _, _ in items if f is not TAIL]
         audio = [a for _, a, _ in items if a is not None]
-        capture = np.array([c for f, _, c in items if f is not _TAIL], np.float64)
+        capture = np.array([c for f, _, c in items if f is not TAIL], np.float64)
         words = run.push(frames, np.concatenate(audio) if audio else None, capture)
         line = run.emit(words)
         if config.degrade and line["behind_s"] is not None:
@@ -639,7 +483,7 @@ def stream(source, checkpoint=None, config: StreamConfig = StreamConfig(), *,
         raise
     finally:
         stop.set()
-    if any(f is not _TAIL for f, _, _ in pending):   # the frames of an unfinished chunk
+    if any(f is not TAIL for f, _, _ in pending):   # the frames of an unfinished chunk
         yield process(pending)
     elif pending:   # only the audio after the last frame: into the final line
         run.push([], np.concatenate([a for _, a, _ in pending if a is not None]), [])
@@ -703,7 +547,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--language", default=None, help="Whisper language code, e.g. en")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = parser.parse_args(argv)
-    from level1_affect.errors import MediaError
     try:
         config = StreamConfig(chunk_s=args.chunk_s, lag_s=args.lag_s, realtime=args.realtime,
                               stall_s=args.stall_s, asr=not args.no_asr,

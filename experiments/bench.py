@@ -42,9 +42,10 @@ from ahjax.core.train import trainer as trainer_lib
 from ahjax.core.train.trainer import TrainConfig
 from baselines import fusion
 from baselines.tcn import ConcatTCN, TCNConfig
-from level1_affect.audio import load_audio
-from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
-from level1_affect.extract import ExtractConfig, Extractor, extract_dataset
+from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root, extract_dataset
+from level1_affect.extract import ExtractConfig, Extractor
+from level1_affect.face import FaceEncoder
+from level1_affect.media import load_audio
 from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech, wer
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
 
@@ -470,7 +471,6 @@ def bench_stream(checkpoint: str | Path, seconds: float = 60.0) -> dict:
     stream chose) and as fast as possible (the live pipeline's real-time factor: wall
     seconds per second of video). Word error rate of the streamed and of the offline
     transcript against the demo's script, for the cost of streaming speech."""
-    from level1_affect.face import FaceEncoder   # imports mediapipe
     out: dict = {"video_seconds": seconds, "checkpoint": str(checkpoint), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         path = demo_video(tmp, seconds)

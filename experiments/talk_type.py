@@ -121,7 +121,7 @@ class _Features:
                model.utterance_tokens, plain)
         if key not in self._inputs:
             ex = self.examples
-            self._inputs[key] = tt.encode(
+            self._inputs[key] = tt.encode_inputs(
                 self.texts, [""] * len(ex) if plain else [e.therapist for e in ex], model,
                 previous=None if plain else [e.previous for e in ex], cache=self.cache)
         return self._inputs[key]

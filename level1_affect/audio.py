@@ -1,9 +1,9 @@
-"""Audio of a video: decoding, log-mel and prosody, all on the video's frame grid.
+"""Audio of a video: log-mel and prosody, all on the video's frame grid.
 
-``load_audio`` decodes any file PyAV (FFmpeg) reads into 16 kHz mono float32.
-``log_mel`` and ``prosody`` return one row per video frame (hop 1/fps, frame i centred at
-(i + 0.5)/fps); audio shorter than the video reads as silence, and silence gives zeros
-and finite values, never NaN.
+The samples come from ``level1_affect.media`` (16 kHz mono float32). ``log_mel`` and
+``prosody`` return one row per video frame (hop 1/fps, frame i centred at (i + 0.5)/fps);
+audio shorter than the video reads as silence, and silence gives zeros and finite values,
+never NaN.
 
 Pitch comes from a vectorised YIN (de Cheveigné & Kawahara 2002) on a 10 ms grid: it
 gives both f0 and an aperiodicity used as the voicing decision, at a small fraction of
@@ -12,14 +12,9 @@ pYIN's cost (pYIN's Viterbi decoding is what keeps it far from real time).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-from level1_affect.errors import MediaError
-
-__all__ = ["MediaError", "NoAudioError", "load_audio", "log_mel", "prosody"]
+__all__ = ["log_mel", "prosody", "speech_regions"]
 
 N_MELS = 80
 FMIN, FMAX = 60.0, 500.0     # pitch search range: low male voices to children
@@ -36,51 +31,6 @@ MIN_PAUSE_S = 0.2
 SPEECH_MIN_VOICED = 0.1       # fraction of the stretch's 10 ms frames that are periodic
 SPEECH_MIN_LEVEL_SD_DB = 3.0  # standard deviation of the level over the stretch, dB
 SPEECH_MIN_PITCH_SD_ST = 0.3  # standard deviation of f0 over its voiced frames, semitones
-
-
-class NoAudioError(MediaError):
-    """The media file has no audio track (the message starts with its path)."""
-
-
-def load_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:
-    """Decode the (first) audio track of a video or audio file to mono float32 at ``sr`` Hz.
-
-    Raises :class:`NoAudioError` when the file has no audio track and
-    :class:`MediaError` when it is missing, unreadable or corrupt; both name the file.
-    """
-    import av
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: no such file")
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise MediaError(f"{path}: cannot open as media ({exc})") from exc
-    with container:
-        if not container.streams.audio:
-            raise NoAudioError(f"{path}: no audio track")
-        stream = container.streams.audio[0]
-        # Resampled with its channels kept, then averaged: FFmpeg's own downmix adds
-        # surround channels (5.1 speech read ~7 dB louder than the same speech in mono).
-        # The low-frequency effects channel carries no speech: left out when others exist.
-        channels = list(stream.layout.channels) if stream.layout else []
-        layout = stream.layout.name if channels else "mono"
-        keep = [i for i, c in enumerate(channels) if c.name != "LFE"] or [0]
-        try:
-            resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr)
-        except (ValueError, av.error.FFmpegError):   # a layout without a name: FFmpeg mixes
-            resampler, keep = av.AudioResampler(format="fltp", layout="mono", rate=sr), [0]
-        chunks = []
-        try:
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray()[keep].mean(0) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray()[keep].mean(0) for f in resampler.resample(None))
-        except av.error.FFmpegError as exc:
-            raise MediaError(f"{path}: corrupt audio track ({exc})") from exc
-    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    if not np.all(np.isfinite(audio)):
-        raise MediaError(f"{path}: audio decodes to non-finite samples")
-    return audio
 
 
 def _frames(audio: np.ndarray, centres: np.ndarray, length: int) -> np.ndarray:
@@ -233,17 +183,10 @@ def speech_regions(audio: np.ndarray, sr: int) -> list[tuple[float, float]]:
 
 
 def prosody(audio: np.ndarray, sr: int, fps: float, n_frames: int) -> np.ndarray:
-    """Prosody per video frame: (n_frames, 6) float32, columns as ``schema.VOICE_PROSODY``.
-
-    - ``pitch_hz``: mean f0 (geometric) of the voiced 10 ms frames inside the video frame, 0 if unvoiced;
-    - ``pitch_z``: log-pitch z-scored over this video's voiced frames, the scale floored at
-      one semitone (0 when unvoiced or when fewer than two frames are voiced);
-    - ``energy``: RMS level of the frame's samples in dB above -80 dBFS (0 = silence);
-    - ``voiced``: 1 when most of the frame is periodic speech (YIN aperiodicity and VAD);
-    - ``voice_active``: energy VAD kept only on stretches that look like speech
-      (:func:`speech_activity`; fraction of the frame active > 0.5);
-    - ``pause``: 1 inside a silent gap of more than 200 ms between two stretches of speech.
-    """
+    """Prosody per video frame: (n_frames, 6) float32, columns as ``schema.VOICE_PROSODY``:
+    pitch (Hz, and z-scored over the video's voiced frames), energy (dB above -80 dBFS),
+    voiced, voice_active (energy VAD kept on speech-like stretches) and pause (a gap of
+    more than 200 ms between speech); docs/performance.md says how each is computed."""
     audio = np.asarray(audio, np.float32)
     out = np.zeros((n_frames, 6), np.float32)
     if n_frames == 0:

@@ -1,18 +1,13 @@
 """The one data config and its resolver: from ``--data.*`` to an extracted feature store.
 
-``DataConfig`` is what every experiment takes as ``data``: frame-level ones read
-``--data.root`` (a BAH tree), ``--data.store`` (a ready feature store) or neither (the
-embedded demo dataset, generated once and cached); ``text_video_level`` reads
-``--data.splits`` (:func:`transcript_splits`), ``talk_type`` ``--data.annomi``
-(:func:`annomi_source`); the ``max_*`` fields make quick subsets. ``prepare_store(data, extract)`` resolves it to an extracted
-feature store (extraction cached per video); ``QUICK_DATA`` and ``QUICK_EXTRACT`` are the
-small demo and extraction every quick (test-sized) config shares, so their caches are
-shared too. ``data_stages`` gives a run's plan its data stages (rough times, what is
-cached). ``score_videos`` turns per-video frame probabilities (and optional decoded
-labels) into the paper's frame- and video-level metrics.
-
-An entry-layer module: it imports level 1 to extract, and the core (``ahjax.core.data``,
-``ahjax.core.train``, ``ahjax.core.metrics``) never imports it.
+``DataConfig`` is what every experiment takes as ``data``: ``root`` (a BAH tree),
+``store`` (a ready feature store) or neither (the demo dataset, made once and cached);
+``splits`` and ``annomi`` for the text experiments; ``max_*`` for quick subsets.
+``extract_dataset(root, out)`` runs level 1 over every video of a tree or folder
+(resumable, a failing video reported while the rest go on, on Ray with ``workers > 1``);
+``prepare_store``/``open_store`` resolve ``data`` to an extracted store, ``data_stages``
+plans that, ``score_videos`` gives the paper's metrics. ``QUICK_DATA``/``QUICK_EXTRACT``
+are the small configs every quick run shares. The top of level 1: the core never imports it.
 """
 
 from __future__ import annotations
@@ -20,14 +15,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from tqdm.auto import tqdm
+
 from ahjax.core import metrics as metrics_lib
-from ahjax.core.data.store import FeatureStore
-from level1_affect.extract import ExtractConfig, default_store_dir, extract_dataset
+from ahjax.core.data import demo
+from ahjax.core.data.bah import VideoRecord, load_bah
+from ahjax.core.data.store import FeatureStore, StoreError
+from ahjax.core.progress import Stage, fmt_seconds
+from level1_affect import annomi
+from level1_affect.distributed import extract_on_ray
+from level1_affect.extract import ExtractConfig, Extractor, default_store_dir, extract_record
 
 CUE_KEYS = ("audio", "body", "facial", "inconsistencies", "language")
 
@@ -79,7 +83,6 @@ def transcript_splits(data: DataConfig) -> Path:
 def annomi_source(data: DataConfig) -> Path:
     """The AnnoMI CSV for ``data`` (``data.annomi``'s full or simple file, else the bundled
     copy); a clear error when the folder has neither."""
-    from level1_affect import annomi
     return annomi.resolve(data.annomi)
 
 
@@ -92,7 +95,6 @@ QUICK_EXTRACT = ExtractConfig(voice_embeddings=False, detect_every=2)
 
 def demo_path(data: DataConfig) -> Path:
     """Where the demo tree for ``data`` is cached (it may not exist yet)."""
-    from ahjax.core.data import demo
     qs = demo_questions(data)
     tag = (f"p{data.demo_participants}-q{''.join(map(str, qs))}-"
            f"d{data.demo_min_duration:g}-{data.demo_max_duration:g}")
@@ -109,13 +111,142 @@ def demo_questions(data: DataConfig) -> tuple:
 def demo_root(data: DataConfig, progress: bool = False) -> Path:
     """The cached demo tree for ``data`` (generated on first use, with a bar when
     ``progress``)."""
-    from ahjax.core.data import demo
     target = demo_path(data)
     print(f"demo dataset: {target}", flush=True)
     return demo.ensure_demo(target, seed=data.demo_seed, participants=data.demo_participants,
                             questions=demo_questions(data),
                             min_duration=data.demo_min_duration,
                             max_duration=data.demo_max_duration, progress=progress)
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def folder_records(root: str | Path) -> list:
+    """Records of every video under a plain folder (not a BAH tree): id = the path relative
+    to ``root`` without its suffix, no labels, no split, no transcript (Whisper decides)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    paths = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{root}: no video files ({', '.join(VIDEO_SUFFIXES)}) in "
+                                "this folder, and it is not a BAH tree (no split/ folder)")
+    return [VideoRecord(video_id=p.relative_to(root).with_suffix("").as_posix(),
+                        participant="", question=0, split="", video_path=p,
+                        frame_labels=None, video_label=-1) for p in paths]
+
+
+def dataset_records(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
+                    only: Sequence[str] | None = None) -> list:
+    """The videos to extract: a BAH tree's (it has a ``split/`` folder) in ``splits``, else
+    every video file of a plain folder; ``only`` restricts them to those ids."""
+    root = Path(root)
+    if (root / "split").is_dir():
+        index = load_bah(root, splits=splits)
+        for warning in index.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        records = [r for r in index.videos if r.split in splits]
+    else:
+        records = folder_records(root)
+    return [r for r in records if only is None or r.video_id in only]
+
+
+def _stored_sound(store: FeatureStore, video_id: str) -> bool:
+    """Whether ``video_id`` is in ``store`` and passes :meth:`FeatureStore.verify`."""
+    if not store.has(video_id):
+        return False
+    try:
+        store.verify(video_id)
+        return True
+    except StoreError:
+        return False
+
+
+def _add(summary: dict, res: dict, progress: bool) -> None:
+    vid = res["video_id"]
+    if "reextracted" in res:
+        summary["reextracted"][vid] = res["reextracted"]
+    if res["status"] == "skipped":
+        summary["skipped"] += 1
+    elif res["status"] == "done":
+        summary["done"] += 1
+        summary["video_seconds"] += res["video_seconds"]
+        for k, v in res["seconds"].items():
+            summary["seconds"][k] = summary["seconds"].get(k, 0.0) + v
+    else:
+        summary["failed"][vid] = res["error"]
+        n = len(summary["failed"])
+        if n <= SHOW_FAILURES:   # the first few in full; the rest are counted at the end
+            first = (res["error"].splitlines() or [""])[0]
+            tqdm.write(f"failed: {vid}: {first}", file=sys.stderr)
+            if not progress:
+                print(res["traceback"], file=sys.stderr)
+        elif n == SHOW_FAILURES + 1:
+            tqdm.write("failed: more videos; every failure is listed in failures.json",
+                       file=sys.stderr)
+
+
+#: How many failed videos ``extract_dataset`` names as they fail (all go to failures.json).
+SHOW_FAILURES = 5
+
+
+def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = ExtractConfig(),
+                    splits: Sequence[str] = ("train", "val", "test"),
+                    progress: bool = True, only: Sequence[str] | None = None,
+                    workers: int = 1, ray_address: str | None = None) -> dict:
+    """Extract every video of ``root`` (a BAH tree or a folder of videos; ``only``: those
+    ids) into the feature store ``out``; videos stored and sound are skipped, a failing one
+    is reported and the rest go on. Returns ``{"done", "skipped", "failed": {id: message},
+    "reextracted": {id: why}, "seconds"}`` (failures also in ``out/failures.json``).
+    ``workers > 1`` or ``ray_address``: on Ray, same results (docs/distributed.md)."""
+    records = dataset_records(root, splits, only)
+    store = FeatureStore(out)
+    summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
+               "reextracted": {}}
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be at least 1")
+    desc = f"extracting level 1 of {Path(root).name}"
+    if workers > 1 or ray_address:
+        for res in extract_on_ray(records, out, config, root, workers=workers,
+                                              address=ray_address, progress=progress,
+                                              desc=desc):
+            _add(summary, res, progress)
+    else:
+        # Videos already stored and sound are counted first, and the models are loaded
+        # before the bar starts, so that its rate and estimate are those of real work.
+        todo = []
+        for rec in records:
+            if _stored_sound(store, rec.video_id):
+                _add(summary, {"video_id": rec.video_id, "status": "skipped"}, progress)
+            else:
+                todo.append(rec)
+        if todo:
+            extractor = Extractor(config)
+            if progress and summary["skipped"]:
+                print(f"{summary['skipped']} of {len(records)} videos already extracted",
+                      file=sys.stderr, flush=True)
+            if any(rec.video_path is not None for rec in todo):
+                if progress:
+                    print("loading the level-1 models this config uses", file=sys.stderr,
+                          flush=True)
+                t0 = time.perf_counter()
+                extractor.load(asr=any(not rec.chunks for rec in todo))
+                summary["seconds"]["load"] = time.perf_counter() - t0
+                if progress:
+                    print(f"level-1 models loaded in {fmt_seconds(summary['seconds']['load'])}",
+                          file=sys.stderr, flush=True)
+            bar = tqdm(todo, desc=desc, unit="video", disable=not progress)
+            for rec in bar:
+                bar.set_postfix_str(Path(rec.video_id).name[-40:])
+                _add(summary, extract_record(extractor, rec, store, config, root), progress)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "failures.json").write_text(json.dumps(summary["failed"], indent=1))
+    if len(summary["failed"]) > SHOW_FAILURES:
+        print(f"{len(summary['failed'])} of {len(records)} videos failed; every one with its "
+              f"error: {Path(out) / 'failures.json'}", file=sys.stderr)
+    return summary
 
 
 def store_dir(root: Path, extract: ExtractConfig) -> Path:
@@ -164,7 +295,6 @@ def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> l
     """The plan's data stages for ``data`` (:class:`ahjax.core.progress.Stage`): the demo
     dataset (unless ``data.root`` is given) and the level-1 extraction, each with a rough
     estimate, or ``cached`` for what is already on disk. Reads no video."""
-    from ahjax.core.progress import Stage
     stages = []
     if data.root:
         root = Path(data.root).expanduser()
@@ -200,7 +330,6 @@ def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> l
 
 
 def _records(root: Path) -> list:
-    from level1_affect.extract import dataset_records
     try:
         return dataset_records(root)
     except (OSError, ValueError):   # the extraction stage reports it with the file named
@@ -264,14 +393,11 @@ def frame_labels(store: FeatureStore, video_ids: Sequence[str]) -> dict[str, np.
 
 def score_videos(labels: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray],
                  vlabels: np.ndarray, decoded: Mapping[str, np.ndarray] | None = None) -> dict:
-    """Frame-level AVGF1/AP/WAR (+ F1s) and video-level AVGF1 for one method.
+    """Frame-level AVGF1/AP/WAR (+ F1s) and video-level AVGF1/AP for one method.
 
-    ``probs`` video id -> (n,) A/H probabilities. With ``decoded`` (video id -> (n,) 0/1
-    labels), hard-decision metrics (AVGF1, WAR, F1s) come from the decoded labels while AP
-    stays the probabilities' (a decoder changes decisions, not scores). Video level: the
-    mean frame probability, thresholded at 0.5 (``VIDEO_AVGF1``) and ranked (``VIDEO_AP``
-    when both classes are present).
-    """
+    ``probs``: video id -> (n,) A/H probabilities; with ``decoded`` (id -> (n,) 0/1) the
+    hard-decision metrics come from the decoded labels and AP stays the probabilities'.
+    Video level: the mean frame probability (or vote), thresholded at 0.5 and ranked."""
     ids = list(probs)
     y = np.concatenate([labels[v] for v in ids])
     p = np.concatenate([probs[v] for v in ids])

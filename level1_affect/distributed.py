@@ -1,19 +1,12 @@
 """Level-1 extraction on Ray: videos spread over actors that each load the models once.
 
-``extract_dataset(root, out, workers=N)`` (and ``python -m ahjax extract --workers N``)
-lands here. Each of the ``N`` actors builds one :class:`~level1_affect.extract.Extractor`
-(face landmarker, expression model, Whisper, MiniLM, talk-type model) when it starts and
-then takes videos from a shared queue (``ray.util.ActorPool``), running exactly the
-per-video function of the sequential path (:func:`~level1_affect.extract.extract_record`)
-and writing into the feature store itself, atomically per video. So a run on Ray keeps
-what the sequential one does: videos already stored are skipped (a killed run resumes),
-a failing video is reported and never stops the rest, and the arrays are the same.
-
-Ray is an optional dependency (``pip install -e ".[distributed]"``). Without an address a
-local Ray is started with ``N`` CPUs and shut down at the end; with ``address`` (for
-example ``"auto"`` or ``"ray://head:10001"``) the actors join that cluster, and the store
-path must then be one every node can write (a network file system), with this package
-installed on the nodes.
+``level1_affect.dataset.extract_dataset(root, out, workers=N)`` (and ``python -m ahjax
+extract --workers N``) lands here. Each actor builds one ``Extractor`` and takes videos
+from a shared queue, running the sequential path's ``extract_record`` and writing into the
+feature store itself, so stored videos are skipped, a failing one never stops the rest and
+the arrays are the same. Ray is optional (``pip install -e ".[distributed]"``); a local
+Ray is started without an ``address``, else the actors join that cluster (the store must
+then be on a file system every node writes). docs/distributed.md has the details.
 """
 
 from __future__ import annotations
@@ -24,6 +17,7 @@ from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from ahjax.core.assets import enable_compilation_cache
 from ahjax.core.data.store import FeatureStore
 from level1_affect.extract import ExtractConfig, Extractor, extract_record
 
@@ -43,7 +37,6 @@ class ExtractWorker:
     """One Ray actor: an :class:`Extractor` built once, then one video per call."""
 
     def __init__(self, config: ExtractConfig, out: str, root: str):
-        from ahjax.core.assets import enable_compilation_cache
         # Compiled encoders come from the shared persistent cache instead of being
         # compiled again in every actor ($AHJAX_JAX_CACHE=0 turns it off, as elsewhere).
         enable_compilation_cache()
@@ -77,14 +70,10 @@ def extract_on_ray(records: Sequence, out: str | Path, config: ExtractConfig,
                    root: str | Path, *, workers: int, address: str | None = None,
                    progress: bool = True, desc: str = "extracting level 1",
                    worker: type = ExtractWorker) -> Iterator[dict]:
-    """Yield :func:`extract_record`'s result for every record, as the actors finish them
-    (in completion order), with a progress bar over videos.
-
-    Each actor has one video at a time. An actor that dies mid-video (killed, out of
-    memory) loses only that video: it is reported as failed (nothing of it was written,
-    so a rerun extracts it), a new actor takes its place and the queue goes on.
-    ``worker``: the actor class (an :class:`ExtractWorker`; tests pass one that dies).
-    """
+    """Yield :func:`extract_record`'s result for every record as the actors finish them,
+    with a progress bar. An actor that dies mid-video loses only that video (reported
+    failed, a new actor takes its place; docs/distributed.md). ``worker``: the actor
+    class (tests pass one that dies)."""
     ray = require_ray()
     if not records:
         return

@@ -1,32 +1,35 @@
-"""Level 1 over whole videos and whole datasets: every encoder, into the feature store.
+"""Level 1 of one video: every encoder, from the media read once to the feature store.
 
-``Extractor.video(path)`` runs face, voice and text on one video and returns the arrays
-named in ``level1_affect.schema`` (plus what it learned: fps, transcript, timings).
-``extract_dataset(root, out)`` does that for every video of a BAH tree or a plain folder
-of videos: a progress bar, resumable (videos already in the store are skipped), atomic
-per-video writes, one failing video reported and skipped while the rest go on, and, with
-``workers > 1``, the videos spread over Ray actors (:mod:`level1_affect.distributed`).
+``Extractor.video(path)`` reads a video once (``level1_affect.media``) and runs face, voice
+and text on its frames and audio; it returns the arrays named in ``level1_affect.schema``
+(plus what it learned: fps, transcript, timings). ``extract_record`` writes one video into
+a feature store; ``level1_affect.dataset.extract_dataset`` does that for a whole dataset.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import hashlib
 import json
 import re
-import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ahjax.core.data.store import FeatureStore
-from ahjax.core.progress import fmt_seconds
-from level1_affect import schema
+from ahjax.core import assets
+from ahjax.core.data.store import FeatureStore, StoreError
+from level1_affect import media, schema
+from level1_affect import talk_type as tt
+from level1_affect.face import FaceEncoder
 from level1_affect.loading import load_once
+from level1_affect.text import TextEncoder, words_from_chunks
+from level1_affect.voice import voice_arrays
+from level1_affect.whisper.transcribe import WhisperJax, english, transcript_words
 
 
 class LabelLengthError(ValueError):
@@ -78,7 +81,6 @@ def talk_identity(talk_type: str) -> str:
     a saved model's content hash, so a store is never reused across different models."""
     if talk_type == "lexicon":
         return "lexicon"
-    from level1_affect import talk_type as tt
     if talk_type == "learned":
         return f"default-v{tt.DEFAULT_VERSION}"
     return tt.model_id(talk_type)
@@ -89,8 +91,6 @@ def default_store_dir(root: str | Path, config: ExtractConfig) -> Path:
     ``$AHJAX_CACHE/features``, keyed by the root's absolute path and the config, so that
     ``python -m ahjax extract`` and the experiments find the same cached features. The key
     includes which talk-type model makes the change/sustain tracks (``talk_identity``)."""
-    import hashlib
-    from ahjax.core import assets
     fields = dataclasses.asdict(config)
     if config.language == "en":   # the default: stores keyed before the field stay valid
         del fields["language"]
@@ -129,17 +129,13 @@ class Extractor:
 
     # Encoders are built on first use (once, under a lock: threads may share an Extractor)
     # so that a text-only run never loads MediaPipe.
-    def _face_encoder(self, fps):
-        from level1_affect.face import FaceEncoder
-        return load_once(self, "_face",
-                         lambda: FaceEncoder(detect_every=self.config.detect_every))
+    def _face_encoder(self) -> FaceEncoder:
+        return load_once(self, "_face", lambda: FaceEncoder(detect_every=self.config.detect_every))
 
-    def _whisper_model(self):
-        from level1_affect.whisper.transcribe import WhisperJax
+    def _whisper_model(self) -> WhisperJax:
         return load_once(self, "_whisper", WhisperJax.load)
 
-    def _text_encoder(self):
-        from level1_affect.text import TextEncoder
+    def _text_encoder(self) -> TextEncoder:
         return load_once(self, "_text", lambda: TextEncoder(
             embeddings=self.config.text_embeddings, talk_type=self.config.talk_type))
 
@@ -148,54 +144,52 @@ class Extractor:
         transcription when ``asr``), so that the first video's time is its own."""
         cfg = self.config
         if cfg.face:
-            self._face_encoder(None)
+            self._face_encoder()
         if (cfg.voice and cfg.voice_embeddings) or (asr and cfg.asr != "never"):
             self._whisper_model()
         if cfg.text:
             self._text_encoder().load()
 
     def video(self, path: str | Path, chunks: Sequence | None = None) -> tuple[dict, dict]:
-        """Level-1 arrays for one video file and an info dict.
-
-        ``chunks`` are transcript chunks (``ahjax.core.data.transcript.Chunk``) on the video's
-        timeline, used for text when given (and ``asr`` is not "always"); otherwise the
-        words come from Whisper. Returns ``(arrays, info)`` where ``arrays`` maps schema
-        names to float32 (n_frames, d) arrays and ``info`` holds fps, n_frames, the
-        transcript used and per-encoder seconds.
-        """
-        from level1_affect import audio as audio_lib
-        from level1_affect.face import frame_times, is_variable_rate, read_video_frames
-
+        """Level-1 arrays (schema name -> float32 (n_frames, d)) and an info dict (fps,
+        n_frames, frame times, transcript, warnings, per-encoder seconds) of one video file,
+        read once. ``chunks``: the dataset's transcript (``ahjax.core.data.transcript.Chunk``),
+        used for text unless ``asr`` is "always"; otherwise Whisper's words."""
         cfg = self.config
+        needs_audio = cfg.voice or cfg.asr != "never"
+        frames, pts, audio, fps, n_guess = media.read(path, audio=needs_audio)
+        warnings = [f"{Path(path)}: no audio track"] if needs_audio and audio is None else []
+        has_audio = audio is not None and len(audio) > 0
         timings: dict[str, float] = {}
         arrays: dict[str, np.ndarray] = {}
-        frames, fps, n_guess = read_video_frames(path)
-        warnings: list[str] = []
 
-        # The face track (MediaPipe on one core) runs in a thread while this one decodes the
-        # audio, transcribes it and encodes it for the voice embeddings (Whisper in XLA):
-        # the two sides overlap on two cores. Their results are those of the sequential
-        # order; ``timings`` then holds overlapping seconds.
+        # The face track (MediaPipe on one core) runs in a thread while this one transcribes
+        # the audio and encodes it for the voice embeddings (Whisper in XLA): the two sides
+        # overlap on two cores. Their results are those of the sequential order; ``timings``
+        # then holds overlapping seconds.
         def face_track():
             t0 = time.perf_counter()
-            face = self._face_encoder(fps).encode(frames, fps)
+            face = self._face_encoder().encode(frames, fps)
             timings["face"] = time.perf_counter() - t0
             return face
 
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahjax-face") as pool:
+        with contextlib.closing(frames), concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="ahjax-face") as pool:
             face_job = pool.submit(face_track) if cfg.face else None
-            audio = None
-            if cfg.voice or cfg.asr != "never":
-                try:
-                    audio = audio_lib.load_audio(path, sr=16000)
-                except audio_lib.NoAudioError as err:
-                    warnings.append(str(err))
             t0 = time.perf_counter()
-            words, language, source = self._words(audio, chunks, warnings)
+            if chunks and cfg.asr != "always":
+                words, language, source = (words_from_chunks(chunks),
+                                           chunks[0].language or None, "dataset")
+            elif cfg.asr == "never" or not has_audio:
+                words, language, source = [], None, "none"
+            else:
+                words, language = transcript_words(self._whisper_model(), audio, cfg.language,
+                                                   warnings)
+                source = "whisper" if language is not None else "none"
             timings["asr"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             states = None
-            if cfg.voice and cfg.voice_embeddings and audio is not None and len(audio):
+            if cfg.voice and cfg.voice_embeddings and has_audio:
                 states = self._whisper_model().embed_states(audio, n_guess / fps)
             timings["voice"] = time.perf_counter() - t0
             if face_job is not None:
@@ -210,26 +204,23 @@ class Extractor:
                 timings["face"] = 0.0
                 n_frames = n_guess or sum(1 for _ in frames)
 
-        info: dict = {"fps": float(fps), "n_frames": int(n_frames), "warnings": warnings}
         # Voice and text are computed on a constant grid at ``fps`` that spans the video's
         # real duration; a variable-frame-rate video's frames then take the grid rows at
         # their presentation times (for a constant rate this is the identity).
-        times = frame_times(path, n_frames, fps)
+        times = media.frame_times(pts, n_frames, fps)
         grid_n, take = n_frames, None
-        if is_variable_rate(times, fps):
+        if media.is_variable_rate(times, fps):
             grid_n = int(np.ceil(times[-1] * fps)) + 1
             take = np.clip(np.round(times * fps).astype(int), 0, grid_n - 1)
-            info["warnings"].append(f"variable frame rate: frames placed by their presentation "
-                                    f"times ({times[-1]:.2f} s for {n_frames} frames at a mean "
-                                    f"{fps:.2f} fps)")
-        info["frame_times"] = times
+            warnings.append(f"variable frame rate: frames placed by their presentation "
+                            f"times ({times[-1]:.2f} s for {n_frames} frames at a mean "
+                            f"{fps:.2f} fps)")
         t0 = time.perf_counter()
         if cfg.voice:
-            voice = self._voice_arrays(audio, fps, grid_n, states)
+            whisper = self._whisper_model() if cfg.voice_embeddings and has_audio else None
+            voice = voice_arrays(audio, fps, grid_n, cfg.voice_embeddings, whisper, states)
             arrays.update({k: v if take is None else v[take] for k, v in voice.items()})
         timings["voice"] += time.perf_counter() - t0
-        info.update(language=language, transcript_source=source,
-                    transcript=" ".join(w["word"] for w in words).strip())
         t0 = time.perf_counter()
         if cfg.text:
             # Our Whisper's words in another language: the text tracks stay absent.
@@ -241,97 +232,11 @@ class Extractor:
             if cfg.text_embeddings:
                 arrays["text_emb"] = text["text_emb"]
         timings["text"] = time.perf_counter() - t0
-        info["seconds"] = timings
-        info["words"] = words
+        info = {"fps": float(fps), "n_frames": int(n_frames), "warnings": warnings,
+                "frame_times": times, "language": language, "transcript_source": source,
+                "transcript": " ".join(w["word"] for w in words).strip(),
+                "seconds": timings, "words": words}
         return {k: np.asarray(v, np.float32) for k, v in arrays.items()}, info
-
-    def _voice_arrays(self, audio, fps, n_frames, states=None) -> dict:
-        from level1_affect import audio as audio_lib
-        if audio is None or len(audio) == 0:
-            # No audio track: zero features and voice_active 0, so level 2 sees no voice.
-            out = {"voice_mel": np.zeros((n_frames, 80), np.float32),
-                   "voice_prosody": np.zeros((n_frames, len(schema.VOICE_PROSODY)), np.float32)}
-            if self.config.voice_embeddings:
-                out["voice_emb"] = np.zeros((n_frames, 512), np.float32)
-            return out
-        out = {"voice_mel": audio_lib.log_mel(audio, 16000, fps, n_frames),
-               "voice_prosody": audio_lib.prosody(audio, 16000, fps, n_frames)}
-        if self.config.voice_embeddings:
-            # Encoder states computed beside the face track cover the guessed length; a
-            # longer video than guessed encodes them again.
-            emb = None if states is None else self._whisper_model().states_on_frames(
-                states, fps, n_frames)
-            out["voice_emb"] = (emb if emb is not None
-                                else self._whisper_model().embed(audio, fps, n_frames))
-        return out
-
-    def _words(self, audio, chunks, warnings: list) -> tuple[list[dict], str | None, str]:
-        """Timed words: from the dataset's chunks, else from Whisper where there is speech
-        (warnings appended to ``warnings``), else none."""
-        cfg = self.config
-        if chunks and cfg.asr != "always":
-            from level1_affect.text import words_from_chunks
-            return words_from_chunks(chunks), (chunks[0].language or None), "dataset"
-        if cfg.asr == "never" or audio is None or len(audio) == 0:
-            return [], None, "none"
-        from level1_affect.whisper.transcribe import transcribe_speech
-        whisper = self._whisper_model()
-        forced = None if cfg.language == "auto" else cfg.language
-        if forced is not None and forced not in whisper.lang_ids:
-            raise ValueError(f"language={forced!r}: not a language Whisper knows")
-        tr, notes = transcribe_speech(whisper, audio, language=forced)
-        warnings.extend(notes)
-        if tr.language is None:
-            return [], None, "none"
-        words = [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])}
-                 for w in tr.words]
-        if not english(tr.language):
-            how = "detected" if forced is None else "set by language="
-            warnings.append(f"speech in language {tr.language!r} ({how}): the text models "
-                            "read English, so the text evidence is not used (text tracks "
-                            "marked absent)")
-        return words, tr.language, "whisper"
-
-
-def english(language: str | None) -> bool:
-    """Whether the text models can read a transcript in ``language`` (None: no words)."""
-    return language is None or language.lower() in ("en", "english")
-
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def folder_records(root: str | Path) -> list:
-    """Records of every video under a plain folder (not a BAH tree): id = the path relative
-    to ``root`` without its suffix, no labels, no split, no transcript (Whisper decides)."""
-    from ahjax.core.data.bah import VideoRecord
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    paths = sorted(p for p in root.rglob("*") if p.is_file()
-                   and p.suffix.lower() in VIDEO_SUFFIXES)
-    if not paths:
-        raise FileNotFoundError(f"{root}: no video files ({', '.join(VIDEO_SUFFIXES)}) in "
-                                "this folder, and it is not a BAH tree (no split/ folder)")
-    return [VideoRecord(video_id=p.relative_to(root).with_suffix("").as_posix(),
-                        participant="", question=0, split="", video_path=p,
-                        frame_labels=None, video_label=-1) for p in paths]
-
-
-def dataset_records(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
-                    only: Sequence[str] | None = None) -> list:
-    """The videos to extract: a BAH tree's (it has a ``split/`` folder) in ``splits``, else
-    every video file of a plain folder; ``only`` restricts them to those ids."""
-    root = Path(root)
-    if (root / "split").is_dir():
-        from ahjax.core.data.bah import load_bah
-        index = load_bah(root, splits=splits)
-        for warning in index.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        records = [r for r in index.videos if r.split in splits]
-    else:
-        records = folder_records(root)
-    return [r for r in records if only is None or r.video_id in only]
 
 
 def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: ExtractConfig,
@@ -339,7 +244,6 @@ def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: Ext
     """Extract one video record into ``store`` (atomic). Returns ``{"status": "done" |
     "skipped" | "failed", ...}`` with the error message, the re-extraction reason, its
     duration and per-encoder seconds; never raises for a bad video."""
-    from ahjax.core.data.store import StoreError
     out: dict = {"video_id": rec.video_id}
     if store.has(rec.video_id):
         try:
@@ -366,112 +270,3 @@ def extract_record(extractor: "Extractor", rec, store: FeatureStore, config: Ext
     except Exception as err:  # one bad video must not stop a 1,400-video extraction
         return dict(out, status="failed", error=f"{type(err).__name__}: {err}",
                     traceback=traceback.format_exc())
-
-
-def _stored_sound(store: FeatureStore, video_id: str) -> bool:
-    """Whether ``video_id`` is in ``store`` and passes :meth:`FeatureStore.verify`."""
-    from ahjax.core.data.store import StoreError
-    if not store.has(video_id):
-        return False
-    try:
-        store.verify(video_id)
-        return True
-    except StoreError:
-        return False
-
-
-def _add(summary: dict, res: dict, progress: bool) -> None:
-    vid = res["video_id"]
-    if "reextracted" in res:
-        summary["reextracted"][vid] = res["reextracted"]
-    if res["status"] == "skipped":
-        summary["skipped"] += 1
-    elif res["status"] == "done":
-        summary["done"] += 1
-        summary["video_seconds"] += res["video_seconds"]
-        for k, v in res["seconds"].items():
-            summary["seconds"][k] = summary["seconds"].get(k, 0.0) + v
-    else:
-        summary["failed"][vid] = res["error"]
-        n = len(summary["failed"])
-        if n <= SHOW_FAILURES:   # the first few in full; the rest are counted at the end
-            first = (res["error"].splitlines() or [""])[0]
-            tqdm.write(f"failed: {vid}: {first}", file=sys.stderr)
-            if not progress:
-                print(res["traceback"], file=sys.stderr)
-        elif n == SHOW_FAILURES + 1:
-            tqdm.write("failed: more videos; every failure is listed in failures.json",
-                       file=sys.stderr)
-
-
-#: How many failed videos ``extract_dataset`` names as they fail (all go to failures.json).
-SHOW_FAILURES = 5
-
-
-def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = ExtractConfig(),
-                    splits: Sequence[str] = ("train", "val", "test"),
-                    progress: bool = True, only: Sequence[str] | None = None,
-                    workers: int = 1, ray_address: str | None = None) -> dict:
-    """Extract every video of ``root`` (a BAH tree, or a plain folder of videos) into the
-    feature store ``out``.
-
-    ``only`` restricts the run to those video ids. Videos already in the store are
-    skipped; a video that fails is reported in the
-    returned summary (and ``out/failures.json``) and the others go on. Returns
-    ``{"done": n, "skipped": n, "failed": {video_id: message}, "reextracted": {video_id:
-    why}, "seconds": {...}}``; a stored video whose arrays no longer pass
-    :meth:`FeatureStore.verify` (NaN, wrong shape, unreadable) is extracted again.
-
-    ``workers > 1`` (or a ``ray_address``) runs the videos on Ray: ``workers`` actors, each
-    loading the models once, on a local Ray started here (``ray.init()``) or on the
-    cluster at ``ray_address`` (``"auto"``: the one this machine belongs to). The workers
-    write into ``out`` themselves, so on a cluster it must be a path every node sees (a
-    network file system). Results are the same as the sequential path's.
-    """
-    records = dataset_records(root, splits, only)
-    store = FeatureStore(out)
-    summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
-               "reextracted": {}}
-    if workers < 1:
-        raise ValueError(f"workers={workers}: must be at least 1")
-    desc = f"extracting level 1 of {Path(root).name}"
-    if workers > 1 or ray_address:
-        from level1_affect import distributed
-        for res in distributed.extract_on_ray(records, out, config, root, workers=workers,
-                                              address=ray_address, progress=progress,
-                                              desc=desc):
-            _add(summary, res, progress)
-    else:
-        # Videos already stored and sound are counted first, and the models are loaded
-        # before the bar starts, so that its rate and estimate are those of real work.
-        todo = []
-        for rec in records:
-            if _stored_sound(store, rec.video_id):
-                _add(summary, {"video_id": rec.video_id, "status": "skipped"}, progress)
-            else:
-                todo.append(rec)
-        if todo:
-            extractor = Extractor(config)
-            if progress and summary["skipped"]:
-                print(f"{summary['skipped']} of {len(records)} videos already extracted",
-                      file=sys.stderr, flush=True)
-            if any(rec.video_path is not None for rec in todo):
-                if progress:
-                    print("loading the level-1 models this config uses", file=sys.stderr,
-                          flush=True)
-                t0 = time.perf_counter()
-                extractor.load(asr=any(not rec.chunks for rec in todo))
-                summary["seconds"]["load"] = time.perf_counter() - t0
-                if progress:
-                    print(f"level-1 models loaded in {fmt_seconds(summary['seconds']['load'])}",
-                          file=sys.stderr, flush=True)
-            bar = tqdm(todo, desc=desc, unit="video", disable=not progress)
-            for rec in bar:
-                bar.set_postfix_str(Path(rec.video_id).name[-40:])
-                _add(summary, extract_record(extractor, rec, store, config, root), progress)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "failures.json").write_text(json.dumps(summary["failed"], indent=1))
-    if len(summary["failed"]) > SHOW_FAILURES:
-        print(f"{len(summary['failed'])} of {len(records)} videos failed; every one with its "
-              f"error: {Path(out) / 'failures.json'}", file=sys.stderr)
-    return summary

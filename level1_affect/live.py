@@ -1,26 +1,13 @@
 """Level 1 while the person is still talking: the tracks level 2 reads, grown chunk by chunk.
 
-``LiveLevel1(fps)`` takes a video's frames and audio as they arrive (``push``) and keeps,
-for every frame received so far, the level-1 arrays the two-level model reads
-(``face_present``, ``face_expr``, ``face_desc``, ``voice_prosody``, ``text_affect``; plus
-``face_blend`` for the figures):
-
-- **face**: a :class:`level1_affect.face.FaceSession`, frame by frame (its rows equal the
-  offline encoder's; with ``detect_every`` k the latest k-1 frames wait for a keyframe);
-- **voice**: prosody of each new stretch of frames computed on that stretch with
-  ``voice_context_s`` seconds of audio before it (the offline track uses the whole file:
-  voice activity thresholds and the pitch z-score then come from the recent past only);
-- **speech**: :class:`LocalAgreement`, Whisper on the audio since the last confirmed
-  word, run every ``asr_every_s`` seconds; a word is confirmed (and never re-emitted)
-  when two consecutive passes agree on it, with its timestamps kept; it runs in its own
-  thread (:class:`AsrWorker`), so a pass does not hold up the frames;
-- **text**: the text features of the confirmed words on their frames (as offline), so a
-  frame's text features arrive a few seconds after the frame itself; only the words
-  whose features can still change are re-encoded (:class:`LiveText`).
-
-``ready()`` is the number of frames whose face and voice rows exist; text rows of earlier
-frames may still change when their words are confirmed. ``finish()`` confirms the last
-words. Nothing here is JAX-specific; the heavy work is the encoders of level 1.
+``LiveLevel1(fps)`` takes a video's frames and audio as they arrive (``push``) and keeps
+the level-1 arrays of every frame so far: face through a ``FaceSession`` (rows equal to
+the offline encoder's), prosody of each new stretch with ``voice_context_s`` of audio
+before it, words from :class:`LocalAgreement` (Whisper passes in an :class:`AsrWorker`
+thread, a word confirmed when two passes agree) and their text features
+(:class:`LiveText`, re-encoding only what can still change). ``ready()``: frames whose
+face and voice rows exist (their text may still change); ``finish()`` confirms the last
+words. docs/live.md tells how it works.
 """
 
 from __future__ import annotations
@@ -33,7 +20,11 @@ import time
 
 import numpy as np
 
+from level1_affect import audio as audio_lib
 from level1_affect import schema
+from level1_affect.talk_type import sentences
+from level1_affect.text import TextEncoder
+from level1_affect.whisper.transcribe import transcribe_speech
 
 SAMPLE_RATE = 16000
 
@@ -45,17 +36,9 @@ def _norm(word: str) -> str:
 class LocalAgreement:
     """Streaming Whisper: confirmed words from consecutive passes over a growing buffer.
 
-    Each ``step()`` transcribes the buffer (speech only, as the offline path does). Words
-    that start before the end of the last confirmed word (``overlap_s`` of timestamp
-    jitter allowed) and a repeat of the last confirmed words at the head of the pass are
-    dropped; of the rest, the longest common prefix with the previous pass's unconfirmed
-    words is confirmed and returned. The buffer keeps the confirmed audio as context for
-    Whisper and is trimmed, once longer than ``trim_s``, after the last confirmed word
-    that ends a sentence (else after the last confirmed word). A buffer longer than
-    ``max_buffer_s`` without agreement confirms the words that end ``settle_s`` before its
-    end (with none, it keeps only its last ``settle_s``). ``finish()`` confirms every word
-    of a last pass. Times are seconds from the start of the stream.
-    """
+    ``step()`` transcribes the buffer (speech only) and confirms the words two passes agree
+    on; ``finish()`` confirms those of a last pass. Times are seconds from the stream's
+    start; docs/live.md says how the buffer is trimmed and when words settle without one."""
 
     def __init__(self, whisper, language: str | None = None, *, trim_s: float = 10.0,
                  max_buffer_s: float = 20.0, settle_s: float = 3.0, min_buffer_s: float = 0.5,
@@ -88,7 +71,6 @@ class LocalAgreement:
         self.buffer = np.concatenate([self.buffer, np.asarray(audio, np.float32).reshape(-1)])
 
     def _whisper_words(self, audio: np.ndarray, language: str | None):
-        from level1_affect.whisper.transcribe import transcribe_speech
         tr, _notes = transcribe_speech(self.whisper, audio, language=language)
         return tr.language, tr.words
 
@@ -254,7 +236,6 @@ class LiveText:
 
     def add(self, words: list[dict]) -> int | None:
         """Add confirmed words (stream seconds); the first frame whose rows changed."""
-        from level1_affect.talk_type import sentences
         words = [{"word": str(w["word"]), "start": float(w["start"]), "end": float(w["end"])}
                  for w in words if str(w["word"]).strip()]
         if not words:
@@ -319,23 +300,9 @@ class LiveText:
 class LiveLevel1:
     """The level-1 arrays of a stream, grown as frames and audio arrive (see the module).
 
-    Args:
-      fps: the stream's frame rate.
-      face_encoder: a :class:`level1_affect.face.FaceEncoder` (loaded once, shareable).
-      whisper: a ``WhisperJax`` for speech, run in an :class:`AsrWorker` thread (None: no
-        words, text features stay zero).
-      text_encoder: a :class:`level1_affect.text.TextEncoder` (default: learned talk type,
-        no word embeddings).
-      audio: whether the source has audio (without it voice rows are zero and silent).
-      asr_every_s: seconds of new audio between Whisper passes (raised by a stream that
-        falls behind).
-      voice_context_s: seconds of audio before a stretch of frames used for its prosody.
-      pending_s: a frame's text is final at the latest this long after it (a word's
-        features read the next words; after a longer pause they are not revised).
-
-    Rows are kept from :meth:`release`'s frame on (the reader says what it no longer
-    needs); :meth:`text_final` says which frames' text can still change.
-    """
+    ``whisper`` (None: no words) runs in an :class:`AsrWorker` thread; ``text_encoder``
+    defaults to the learned talk type without embeddings; ``audio=False``: voice rows are
+    zero. Rows are kept from :meth:`release`'s frame on; docs/live.md has every argument."""
 
     _FACE = ("face_present", "face_expr", "face_blend", "face_desc")
 
@@ -350,7 +317,6 @@ class LiveLevel1:
         self._worker = AsrWorker(self.asr, asr_every_s) if self.asr is not None else None
         self.words: list[dict] = []             # every word confirmed so far (stream seconds)
         if text_encoder is None:
-            from level1_affect.text import TextEncoder
             text_encoder = TextEncoder(embeddings=False)
         self.text_encoder = text_encoder
         self._text = LiveText(text_encoder, self.fps) if self.asr is not None else None
@@ -472,7 +438,6 @@ class LiveLevel1:
 
     def _voice(self) -> None:
         """Prosody rows for the frames whose audio has fully arrived."""
-        from level1_affect import audio as audio_lib
         t0 = time.perf_counter()
         heard = self._audio_start + len(self._audio)
         have = (self.n_frames if self.audio_ended

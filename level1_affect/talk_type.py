@@ -1,25 +1,12 @@
 """Level 1, talk type: a client utterance -> P(change), P(neutral), P(sustain).
 
-In motivational interviewing ambivalence is heard as change talk ("I want to cut down")
-and sustain talk ("but it helps me relax") from the same person. This model learns the
-three talk types from AnnoMI's expert labels (``level1_affect.annomi``).
-
-Two forms (``TalkTypeConfig.trainable_layers``), over a frozen encoder (``minilm``, ``mpnet``
-or a BERT/MPNet folder, ``level1_affect.encoders``):
-
-- 0 (default): an MLP over the sentence embeddings of the utterance, the therapist turn
-  before and the client's previous turn (with presence flags), optionally with the
-  therapist's behaviour (AnnoMI's label) as an auxiliary target;
-- k >= 1: ``[CLS] therapist turn [SEP] utterance [SEP]`` through the frozen lower layers
-  once, then the top k layers fine-tuned with a linear head over the utterance's mean
-  token vector and the sequence mean.
-
-Class imbalance (sustain is about 11% of client turns): the loss weights each class by
-``(n / (3 n_class)) ** class_weight_power``; targets are the annotators' vote fractions.
-
-``TalkTypeModel.save(dir)`` writes ``talk_type.json`` and ``weights.npz``; ``load(dir)``
-reads them back (the frozen layers come from the encoder the saved config names). The
-default model ships with the package (``default_dir()``); nothing is trained on first use.
+Ambivalence is heard as change talk ("I want to cut down") and sustain talk ("but it
+helps me relax") from the same person; this model learns the three talk types from
+AnnoMI's expert labels (``level1_affect.annomi``) over a frozen encoder
+(``level1_affect.encoders``): an MLP over sentence embeddings (``trainable_layers`` 0,
+the default) or the top k layers fine-tuned. ``TalkTypeModel.save(dir)``/``load(dir)``;
+the default model ships with the package (``default_dir()``). docs/talk_type.md has the
+model, its class weighting and its scores.
 """
 
 from __future__ import annotations
@@ -224,7 +211,7 @@ def sentence_rows(texts: Sequence[str], m: encoders.PretrainedEncoder,
     return out
 
 
-def encode(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
+def encode_inputs(texts: Sequence[str], contexts: Sequence[str], config: TalkTypeConfig,
            minilm=None, previous: Sequence[str] | None = None,
            cache: str | os.PathLike | None = None) -> Encoded | Pooled:
     """The model's inputs: with ``trainable_layers`` >= 1, token states after the frozen
@@ -315,7 +302,7 @@ class TalkTypeModel:
             return np.zeros((0, len(LABELS)), np.float32)
         contexts = [c or "" for c in (contexts or [""] * len(texts))]
         previous = [p or "" for p in (previous or [""] * len(texts))]
-        return self.predict_encoded(encode(texts, contexts, self.config, previous=previous))
+        return self.predict_encoded(encode_inputs(texts, contexts, self.config, previous=previous))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``talk_type.json`` (config, info) and ``weights.npz`` into ``path``."""
@@ -400,7 +387,7 @@ def train_examples(examples: Sequence[annomi.Example], config: TalkTypeConfig = 
                    ) -> TalkTypeModel:
     """Encode AnnoMI examples (utterance, the therapist turn before, the client's previous
     turn) and fit, with the therapist's behaviour as the auxiliary target."""
-    enc = encode([e.text for e in examples], [e.therapist for e in examples], config,
+    enc = encode_inputs([e.text for e in examples], [e.therapist for e in examples], config,
                  previous=[e.previous for e in examples], cache=cache)
     return fit(enc, np.stack([e.votes for e in examples]), config, progress=progress,
                behaviour=np.array([e.behaviour for e in examples]))

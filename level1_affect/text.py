@@ -1,28 +1,13 @@
 """Level 1, text: lexicon affect, hedging, hesitation and change/sustain talk on frames.
 
-Two products:
-
-- ``TextEncoder.encode(words, fps, n_frames)`` -> ``text_affect`` (n_frames, 18) with the
-  columns of ``schema.TEXT_AFFECT`` and ``text_emb`` (n_frames, 384): each word's features
-  fill the frames it is spoken on; frames with no word are zero with ``word_present`` 0.
-- ``video_text_features(transcript)`` -> a named vector for one whole answer: the level-1
-  descriptors aggregated plus a level-2-style conflict summary (change and sustain talk
-  together, their flips, sentiment swings between clauses).
-
-Per-word features are computed over a centred window of ``window`` words (default 5: two
-either side), so a frame on "but" in "I want to quit but I can't" carries both the change
-talk before it and the sustain talk after it. VADER (valence) runs on the window's text;
-the other columns are the window mean of per-word indicators.
-
-Timing. Word timestamps are used when given. BAH's Whisper YAML only has chunk
-timestamps; ``words_from_chunks`` then spreads each chunk's words over that chunk's span in
-proportion to their character length (a long word takes longer to say). The reference
-pipeline spreads all tokens evenly over the whole video, which ignores pauses between
-chunks and misplaces words by seconds.
-
-All phrase lists live in the LEXICONS section below. Matching runs on a normalised token
-stream in which contractions are expanded ("can't" -> "can not", "I'm" -> "i am",
-"gonna" -> "going to"), so each pattern is written once, in expanded form.
+``TextEncoder.encode(words, fps, n_frames)`` gives ``text_affect`` (n_frames, 18, the
+columns of ``schema.TEXT_AFFECT``) and ``text_emb`` (n_frames, 384): each word's features
+fill the frames it is spoken on, over a centred window of ``window`` words (so "but" in
+"I want to quit but I can't" carries both talk types); frames with no word are zero.
+``video_text_features(transcript)`` is a named vector for one whole answer. Chunk-level
+timestamps are spread over words by ``words_from_chunks``. The phrase lists (LEXICONS
+below) match a token stream with contractions expanded ("can't" -> "can not"), so each
+pattern is written once. docs/level1.md has the details.
 """
 
 from __future__ import annotations
@@ -36,7 +21,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ahjax.core import assets
-from level1_affect import schema
+from level1_affect import minilm, schema
+from level1_affect import talk_type as tt
 from level1_affect.loading import load_once
 
 # =============================== LEXICONS ==============================================
@@ -303,14 +289,10 @@ SPEECH_RATE_WPS = 2.5  # words per second, for a chunk whose end time is missing
 
 
 def words_from_chunks(chunks: Sequence | None, end_time: float | None = None) -> list[dict]:
-    """Timed words ``[{"word", "start", "end"}]`` from chunk-level timestamps.
-
-    Each chunk's words share its span in proportion to their character length (plus one
-    for the gap after each word). A missing end (Whisper's last chunk) becomes the next
-    chunk's start, else ``start + n_words / 2.5 s``, capped at ``end_time`` when given; a
-    missing start continues from the previous chunk. ``chunks`` are objects with
-    ``start, end, text`` (``ahjax.core.data.transcript.Chunk``) or dicts with those keys.
-    """
+    """Timed words ``[{"word", "start", "end"}]`` from chunk-level timestamps: each chunk's
+    words share its span in proportion to their length; a missing end becomes the next
+    chunk's start (else ``start + n_words / 2.5 s``, capped at ``end_time``). ``chunks``:
+    ``ahjax.core.data.transcript.Chunk`` objects or dicts with ``start, end, text``."""
     chunks = list(chunks or [])  # None (no transcription) gives no words
     get = (lambda c, k: c.get(k)) if chunks and isinstance(chunks[0], dict) else getattr
     out: list[dict] = []
@@ -361,15 +343,9 @@ def _as_timed_words(items, fps: float, n_frames: int) -> list[dict]:
 class TextEncoder:
     """Text affect and embeddings on video frames.
 
-    Args:
-      embeddings: also return ``text_emb`` (loads MiniLM on first use).
-      window: words in the centred context window of each word's features.
-      lexicons: a ready ``Lexicons`` (built on first use otherwise).
-      talk_type: where the change/sustain columns come from: "learned" (the default
-        talk-type model, ``level1_affect.talk_type.load_default``), "lexicon" (the phrase
-        rules) or the folder of a saved talk-type model.
-      talk_model: a loaded ``TalkTypeModel`` (overrides ``talk_type``).
-    """
+    ``embeddings``: also ``text_emb`` (MiniLM); ``window``: words of context per word;
+    ``talk_type``: "learned" (the default model), "lexicon" (phrase rules) or a saved
+    model's folder; ``talk_model``: a loaded ``TalkTypeModel`` (overrides ``talk_type``)."""
 
     def __init__(self, embeddings: bool = True, window: int = 5, lexicons: Lexicons | None = None,
                  minilm=None, talk_type: str = "learned", talk_model=None):
@@ -387,7 +363,6 @@ class TextEncoder:
             return None
 
         def build():
-            from level1_affect import talk_type as tt
             return tt.load_default() if self.talk_type == "learned" else tt.load(self.talk_type)
         return load_once(self, "_talk", build)
 
@@ -405,24 +380,14 @@ class TextEncoder:
 
     def _encoder(self):
         def build():
-            from level1_affect import minilm
             return minilm.load()
         return load_once(self, "_minilm", build)
 
     def encode(self, words, fps: float, n_frames: int) -> dict[str, np.ndarray]:
-        """Frame-aligned text features for one video.
-
-        Args:
-          words: timed words (dicts ``{"word", "start", "end"}`` or ``(word, start, end)``
-            tuples, seconds), transcript chunks (``Chunk`` or dicts with start/end/text,
-            spread by ``words_from_chunks``), a plain string (spread over the whole video)
-            or None/empty.
-          fps: the video's frame rate; n_frames: its number of frames.
-        Returns:
-          ``{"text_affect": (n_frames, 18), "text_emb": (n_frames, 384)}`` float32 (no
-          ``text_emb`` when ``embeddings`` is False). A frame covered by several words holds
-          their mean; a frame covered by none is zero, with ``word_present`` 0.
-        """
+        """Frame-aligned text features of one video of ``n_frames`` at ``fps``: ``words`` are
+        timed words (dicts or ``(word, start, end)``), transcript chunks, a plain string or
+        None. Returns float32 ``text_affect`` (n_frames, 18) and, with ``embeddings``,
+        ``text_emb`` (n_frames, 384): a frame holds the mean of its words, zero without."""
         if fps <= 0 or n_frames < 0:
             raise ValueError(f"need fps > 0 and n_frames >= 0, got fps={fps}, n_frames={n_frames}")
         timed = [w for w in _as_timed_words(words, fps, n_frames) if w["word"].strip()]
@@ -434,9 +399,8 @@ class TextEncoder:
         model = self.talk_model()
         talk = None
         if model is not None:
-            from level1_affect.talk_type import talk_by_sentence
             with self._call_lock:   # an NNX module: one call at a time
-                talk = talk_by_sentence(tokens, model)
+                talk = tt.talk_by_sentence(tokens, model)
         feats = self.lexicons.word_features(tokens, talk)
         vecs = self._encoder().encode_words(tokens)[1] if self.embeddings else None
         count = np.zeros(n_frames, np.float32)
@@ -503,17 +467,11 @@ def _clauses(words: Sequence[str], contrast: np.ndarray) -> list[str]:
 
 
 def video_text_features(transcript: str, lexicons: Lexicons | None = None) -> dict[str, float]:
-    """Named features of one whole answer, keys in ``VIDEO_FEATURES`` order.
-
-    Level 1 aggregated: length, VADER on the whole text, NRC emotion rates, and per-word
-    rates of hedges, hesitations, change talk, sustain talk and contrastive connectives.
-    Level 2 summary: whether change and sustain talk co-occur and how balanced they are,
-    how often the talk flips between them and where the first flip is (fraction of the
-    answer; 1.0 when none), "but" after change talk, and valence swings between
-    consecutive clauses (sign changes of VADER compound beyond +-0.05, their rate, the
-    largest jump, spread, and how strongly both a positive and a negative clause occur).
-    An empty transcript gives all zeros (and ``first_flip_pos`` 1).
-    """
+    """Named features of one whole answer, keys in ``VIDEO_FEATURES`` order: level 1
+    aggregated (length, VADER, NRC emotion rates, rates of hedges, hesitations, change and
+    sustain talk, contrastive connectives) and level-2 summaries (co-occurrence, balance
+    and flips of change/sustain talk, valence swings between clauses). An empty
+    transcript gives zeros (``first_flip_pos`` 1); docs/talk_type.md describes them."""
     global _default_lexicons
     if lexicons is None:
         if _default_lexicons is None:

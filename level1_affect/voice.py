@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ahjax.core.assets import fetch
 from level1_affect import audio as audio_lib
 from level1_affect.errors import MediaError
 from level1_affect.schema import ARRAYS, VOICE_PROSODY
+from level1_affect.whisper import model as wm
+from level1_affect.whisper.transcribe import WhisperJax, transcribe_speech
 
 SAMPLE_RATE = 16000
 
@@ -47,7 +50,6 @@ class VoiceEncoder:
     def whisper(self):
         """The Whisper model, loaded on first use."""
         if self._whisper is None:
-            from level1_affect.whisper.transcribe import WhisperJax
             self._whisper = WhisperJax.load()
         return self._whisper
 
@@ -70,12 +72,33 @@ class VoiceEncoder:
                                      f"finite={bool(np.all(np.isfinite(arr)))}")
         assert out["voice_prosody"].shape[1] == len(VOICE_PROSODY)
         if self.transcribe:
-            from level1_affect.whisper.transcribe import transcribe_speech
             if len(x):
                 out["transcript"], out["warnings"] = transcribe_speech(self.whisper, x)
             else:
                 out["transcript"], out["warnings"] = None, ["no audio samples"]
         return out
+
+
+def voice_arrays(audio: np.ndarray | None, fps: float, n_frames: int, embeddings: bool,
+                 whisper=None, states: np.ndarray | None = None) -> dict:
+    """``voice_mel``, ``voice_prosody`` and (with ``embeddings``) ``voice_emb`` of 16 kHz
+    ``audio`` on ``n_frames`` frames; zeros without audio. ``states``: ``whisper``'s encoder
+    states computed beforehand (``embed_states``), used when they cover the frames."""
+    if audio is None or len(audio) == 0:
+        # No audio track: zero features and voice_active 0, so level 2 sees no voice.
+        out = {"voice_mel": np.zeros((n_frames, 80), np.float32),
+               "voice_prosody": np.zeros((n_frames, len(VOICE_PROSODY)), np.float32)}
+        if embeddings:
+            out["voice_emb"] = np.zeros((n_frames, 512), np.float32)
+        return out
+    out = {"voice_mel": audio_lib.log_mel(audio, SAMPLE_RATE, fps, n_frames),
+           "voice_prosody": audio_lib.prosody(audio, SAMPLE_RATE, fps, n_frames)}
+    if embeddings:
+        # States computed beside the face track cover the guessed length; a longer video
+        # than guessed encodes them again.
+        emb = None if states is None else whisper.states_on_frames(states, fps, n_frames)
+        out["voice_emb"] = emb if emb is not None else whisper.embed(audio, fps, n_frames)
+    return out
 
 
 # ------------------------------------------------------------ openai-whisper checkpoints
@@ -111,9 +134,6 @@ def load_openai_whisper(name_or_path: str | os.PathLike = "base", **kwargs):
     bundled tokenizer serves every multilingual size except large-v3; other vocabularies
     load for ``embed`` only.
     """
-    from ahjax.core.assets import fetch
-    from level1_affect.whisper import model as wm
-    from level1_affect.whisper.transcribe import WhisperJax
     path = Path(name_or_path)
     if not path.suffix:
         path = openai_checkpoint_path(str(name_or_path))

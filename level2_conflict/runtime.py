@@ -179,7 +179,7 @@ class TrainedTwoLevel:
         contributions["remainder"] = aux["remainder"][0, :n]
         return {"prob": prob[0, :n], "contributions": contributions}
 
-    def predict(self, arrays: dict, fps: float) -> dict:
+    def predict_arrays(self, arrays: dict, fps: float) -> dict:
         """A/H ``prob`` (n,), ``decoded`` (n,) 0/1 and ``contributions`` (name -> (n,),
         ``remainder`` included) for one video's level-1 ``arrays`` (schema names)."""
         out = self.scores(arrays, fps)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from level1_affect import audio as A
+from level1_affect import media
 from level1_affect.errors import MediaError
 
 SR = 16000
@@ -59,7 +60,7 @@ def speech():
 def test_load_audio_from_mp4_with_speech(tmp_path, speech):
     path = tmp_path / "talk.mp4"
     write_mp4(path, len(speech) / SR, speech)
-    got = A.load_audio(path)
+    got = media.load_audio(path)
     assert got.dtype == np.float32 and got.ndim == 1
     assert abs(len(got) / SR - len(speech) / SR) < 0.15
     # AAC is lossy but keeps the signal: level within 3 dB, envelope strongly correlated
@@ -68,21 +69,21 @@ def test_load_audio_from_mp4_with_speech(tmp_path, speech):
     env = lambda x: np.sqrt((x[:n * 160].reshape(n, 160) ** 2).mean(1))
     assert np.corrcoef(env(got), env(speech))[0, 1] > 0.9
     # decoding at another rate resamples
-    assert abs(len(A.load_audio(path, sr=8000)) - len(got) / 2) < 400
+    assert abs(len(media.load_audio(path, sr=8000)) - len(got) / 2) < 400
 
 
 def test_no_audio_and_corrupt_files(tmp_path):
     silent = tmp_path / "silent.mp4"
     write_mp4(silent, 0.5)
-    with pytest.raises(A.NoAudioError, match="silent.mp4: no audio track"):
-        A.load_audio(silent)
-    assert issubclass(A.NoAudioError, MediaError) and issubclass(MediaError, ValueError)
+    with pytest.raises(media.NoAudioError, match="silent.mp4: no audio track"):
+        media.load_audio(silent)
+    assert issubclass(media.NoAudioError, MediaError) and issubclass(MediaError, ValueError)
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     with pytest.raises(MediaError, match="broken.mp4"):
-        A.load_audio(bad)
+        media.load_audio(bad)
     with pytest.raises(MediaError, match="missing.wav"):
-        A.load_audio(tmp_path / "missing.wav")
+        media.load_audio(tmp_path / "missing.wav")
 
 
 def test_shapes_follow_the_video(speech):

@@ -113,17 +113,17 @@ def test_variable_frame_rate_places_frames_by_presentation_time(tmp_path):
     from ahjax.core.data.transcript import Chunk
     from level1_affect import schema
     from level1_affect.extract import ExtractConfig, Extractor
-    from level1_affect.face import frame_times, is_variable_rate
+    from level1_affect.media import Video, frame_times, is_variable_rate
 
     # 20 frames 50 ms apart, then 20 frames 150 ms apart: frame 30 is at 2.45 s, while
     # frame / mean fps would put it near 1.8 s.
     times = np.concatenate([np.arange(20) * 0.05, 0.95 + np.arange(1, 21) * 0.15])
     vfr = _write_video(tmp_path / "vfr.mp4", times)
-    got = frame_times(vfr, len(times), 30.0)
+    got = frame_times(Video(vfr).pts, len(times), 30.0)
     np.testing.assert_allclose(got, times, atol=1.5e-3)
     assert is_variable_rate(got, len(times) / (times[-1] + 0.15))
     cfr = _write_video(tmp_path / "cfr.mp4", np.arange(40) / 30.0)
-    assert not is_variable_rate(frame_times(cfr, 40, 30.0), 30.0)
+    assert not is_variable_rate(frame_times(Video(cfr).pts, 40, 30.0), 30.0)
 
     # A word spoken from 2.3 s to 2.7 s covers exactly the frames shown in that span.
     cfg = ExtractConfig(face=False, voice=False, text_embeddings=False, talk_type="lexicon")
@@ -185,7 +185,8 @@ def test_truncated_video_is_refused_or_read_to_where_it_breaks(tmp_path):
 
 
 def test_extraction_progress_names_the_dataset_and_failures_name_the_video(tmp_path, capsys):
-    from level1_affect.extract import ExtractConfig, extract_dataset
+    from level1_affect.dataset import extract_dataset
+    from level1_affect.extract import ExtractConfig
     root = tmp_path / "BAH"
     make_bah_fixture(root)            # annotations only: every video file is missing
     summary = extract_dataset(root, tmp_path / "store", ExtractConfig(talk_type="lexicon"))

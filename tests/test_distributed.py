@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from ahjax.core.data.store import FeatureStore
-from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, demo_root
-from level1_affect.extract import dataset_records, extract_dataset
+from level1_affect.dataset import QUICK_DATA, QUICK_EXTRACT, dataset_records, demo_root, extract_dataset
 
 
 def _folder_of_videos(tmp_path, n=2, broken=True):

@@ -14,6 +14,7 @@ from mediapipe.tasks.python import BaseOptions, vision
 
 from ahjax.core import assets
 from level1_affect import face as face_lib
+from level1_affect import media
 from level1_affect.errors import MediaError
 from level1_affect import fer as fer_lib
 from level1_affect.fer import ExpressionModel, preprocess
@@ -170,7 +171,7 @@ def test_video_roundtrip_and_subsampled_detection(encoder, astronaut, tmp_path):
               for i in range(12)]
     path = tmp_path / "astronaut.mp4"
     _write_video(path, frames, fps=25)
-    it, fps, n = face_lib.read_video_frames(path)
+    it, fps, n = media.read_video_frames(path)
     assert fps == pytest.approx(25) and n == 12
     r = encoder.encode(it, fps, return_landmarks=True)
     assert r["face_present"].shape == (12, 1) and r["face_present"].mean() >= 11 / 12
@@ -192,15 +193,15 @@ def test_bad_videos_raise_media_error(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(MediaError, match="junk.mp4"):
-        face_lib.read_video_frames(junk)
+        media.read_video_frames(junk)
     good = tmp_path / "good.mp4"
     _write_video(good, [np.zeros((64, 64, 3), np.uint8)] * 5)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(MediaError, match="cut.mp4"):
-        face_lib.read_video_frames(cut)
+        media.read_video_frames(cut)
     with pytest.raises(MediaError, match="missing.mp4"):
-        face_lib.read_video_frames(tmp_path / "missing.mp4")
+        media.read_video_frames(tmp_path / "missing.mp4")
     assert issubclass(MediaError, ValueError)
 
 

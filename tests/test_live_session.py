@@ -25,19 +25,19 @@ CHUNKS = (5, 30, 1, 64, 65, 24, 100, 7, 250)   # uneven, some longer than a bloc
 def demo_tracks(tmp_path_factory):
     """Level-1 tracks of a generated demo video: face and voice through the live level 1,
     text from the video's own timed transcript."""
-    from ahjax import streaming as live_stream
     from ahjax.core.data import demo
     from ahjax.core.data.bah import load_bah
     from level1_affect.face import FaceEncoder
     from level1_affect.live import LiveLevel1
+    from level1_affect.media import TAIL, file_source
     root = demo.make_demo(tmp_path_factory.mktemp("demo") / "bah", seed=3, participants=1,
                           questions=(4,), min_duration=8.0, max_duration=8.0, size=128,
                           workers=1)
     video = load_bah(root).videos[0]
-    src = live_stream.file_source(video.video_path)
+    src = file_source(video.video_path)
     live = LiveLevel1(src.fps, FaceEncoder(batch_size=16), audio=src.has_audio)
     for frame, audio, _ in src.frames():
-        live.push([] if frame is live_stream._TAIL else [frame], audio)
+        live.push([] if frame is TAIL else [frame], audio)
     live.finish()
     arrays = live.arrays()
     n = len(arrays["face_present"])
@@ -177,6 +177,7 @@ def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
     import csv
     from ahjax import streaming as live_stream
     from level1_affect.face import FaceEncoder
+    from level1_affect.media import MediaSource
     from level2_conflict.runtime import save_trained
     trained = _trained(False, 12.0)
     run_dir = tmp_path / "run"
@@ -184,7 +185,7 @@ def test_a_stream_keeps_only_the_rows_not_final_yet(tmp_path):
                  run_dir / "deploy_causal")
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(150)]
-    src = live_stream.MediaSource(frames, 12.0, None, name="noise")
+    src = MediaSource(frames, 12.0, None, name="noise")
     kept = []
     gen = live_stream.stream(src, run_dir, live_stream.StreamConfig(asr=False, lag_s=1.0),
                              out=tmp_path / "out", face_encoder=FaceEncoder(batch_size=16))

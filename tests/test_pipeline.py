@@ -18,7 +18,8 @@ from ahjax.core.data.store import FeatureStore
 from experiments import run as runner
 from experiments import two_level
 from level1_affect import schema
-from level1_affect.extract import ExtractConfig, LabelLengthError, extract_dataset, fit_labels
+from level1_affect.dataset import extract_dataset
+from level1_affect.extract import ExtractConfig, LabelLengthError, fit_labels
 from level1_affect.whisper.transcribe import wer
 
 QUICK = two_level.get_config(quick=True)
@@ -232,7 +233,7 @@ def test_stream_a_demo_video_in_real_time(tmp_path, quick_run, demo_root):
 
 def test_whisper_on_demo_speech(demo_root):
     """Corpus word error rate of our JAX Whisper over the held-out demo videos."""
-    from level1_affect.audio import load_audio
+    from level1_affect.media import load_audio
     from level1_affect.whisper.transcribe import WhisperJax
     index = load_bah(demo_root)
     from level1_affect.whisper.transcribe import transcribe_speech

@@ -293,7 +293,7 @@ def test_non_finite_settings_are_refused():
 
 def test_an_empty_split_warns_in_inspect_and_extract(tmp_path, capsys):
     from bah_fixture import make_bah_fixture
-    from level1_affect.extract import dataset_records
+    from level1_affect.dataset import dataset_records
     root = tmp_path / "BAH"
     make_bah_fixture(root)
     (root / "split" / "val.txt").write_text("")
@@ -342,7 +342,7 @@ def test_a_constant_rate_avi_is_constant_rate(tmp_path):
     import av
 
     from level1_affect.extract import ExtractConfig, Extractor
-    from level1_affect.face import is_variable_rate
+    from level1_affect.media import is_variable_rate
     path = tmp_path / "cfr.avi"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=25, options={"bf": "2"})
@@ -362,7 +362,7 @@ def test_a_constant_rate_avi_is_constant_rate(tmp_path):
 
 
 def test_speech_has_one_level_in_mono_stereo_and_six_channels(tmp_path):
-    from level1_affect.audio import load_audio
+    from level1_affect.media import load_audio
     text = "I want to cut down on drinking, but it helps me relax."
     db = {}
     for layout in ("mono", "stereo", "5.1"):

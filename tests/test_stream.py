@@ -18,6 +18,7 @@ from flax import nnx
 
 from ahjax import streaming as live_stream
 from level1_affect.errors import MediaError
+from level1_affect.media import MediaSource
 from level1_affect.live import LocalAgreement
 from level2_conflict import hsmm
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel
@@ -109,7 +110,7 @@ def test_local_agreement_drops_a_reread_of_confirmed_words():
 
 def test_a_stream_left_early_stops_its_threads(causal_dir, face_encoder):
     import threading
-    src = live_stream.MediaSource(_frames(48, 6), FPS, _tone_speech(4.0), name="noise")
+    src = MediaSource(_frames(48, 6), FPS, _tone_speech(4.0), name="noise")
     calls = []
 
     class Quiet:   # a recogniser stand-in: the thread must stop without a last pass
@@ -152,7 +153,7 @@ def test_stream_equals_offline_scores_and_decoding(causal_dir, face_encoder, tmp
     equals the offline semi-Markov decoding of those values."""
     frames = _frames(50)
     audio = _tone_speech(50 / FPS + 0.1)
-    src = live_stream.MediaSource(frames, FPS, audio, name="noise")
+    src = MediaSource(frames, FPS, audio, name="noise")
     lines = list(live_stream.stream(src, causal_dir,
                                     live_stream.StreamConfig(asr=False, chunk_s=1.0,
                                                              lag_s=float("inf")),
@@ -203,7 +204,7 @@ def test_prefix_scores_of_a_causal_model_do_not_change(causal_dir):
 
 def test_fixed_lag_labels_are_final_lag_seconds_behind(causal_dir, face_encoder, tmp_path):
     import ahjax
-    src = live_stream.MediaSource(_frames(60, 1), FPS, None, name="noise")
+    src = MediaSource(_frames(60, 1), FPS, None, name="noise")
     lines = list(ahjax.stream(src, causal_dir,   # the Python API
                                     live_stream.StreamConfig(asr=False, chunk_s=1.0, lag_s=2.0),
                                     face_encoder=face_encoder))
@@ -221,7 +222,7 @@ def test_a_stalled_source_ends_the_stream_with_what_was_decided(causal_dir, face
         yield from _frames(30, 2)
         time.sleep(60)   # the camera froze
         yield from _frames(10, 3)
-    src = live_stream.MediaSource(stalls(), FPS, None, name="frozen")
+    src = MediaSource(stalls(), FPS, None, name="frozen")
     t0 = time.monotonic()
     lines = list(live_stream.stream(src, causal_dir,
                                     live_stream.StreamConfig(asr=False, stall_s=1.0),
@@ -241,7 +242,7 @@ def test_a_source_that_ends_early_or_drops_frames_ends_cleanly(causal_dir, face_
         frames[5] = frames[6] = None   # two frames the device dropped
         yield from frames
         raise MediaError("cut.mp4: decoding failed after 20 frames (truncated)")
-    src = live_stream.MediaSource(breaks(), FPS, None, name="cut.mp4")
+    src = MediaSource(breaks(), FPS, None, name="cut.mp4")
     lines = list(live_stream.stream(src, causal_dir, live_stream.StreamConfig(asr=False),
                                     out=tmp_path / "out", face_encoder=face_encoder))
     final = lines[-1]
@@ -254,7 +255,7 @@ def test_a_source_that_never_delivers_writes_nothing(causal_dir, face_encoder, t
     def frozen():
         time.sleep(60)
         yield from _frames(1)
-    lines = list(live_stream.stream(live_stream.MediaSource(frozen(), FPS, None), causal_dir,
+    lines = list(live_stream.stream(MediaSource(frozen(), FPS, None), causal_dir,
                                     live_stream.StreamConfig(asr=False, stall_s=0.5),
                                     out=tmp_path / "out", face_encoder=face_encoder))
     assert len(lines) == 1 and lines[0]["ended"].startswith("stalled")
@@ -264,7 +265,7 @@ def test_a_source_that_never_delivers_writes_nothing(causal_dir, face_encoder, t
 
 
 def test_realtime_play_reports_latency_and_degrades_when_behind(causal_dir, face_encoder):
-    src = live_stream.MediaSource(_frames(24, 5), FPS, None, realtime=True, name="live")
+    src = MediaSource(_frames(24, 5), FPS, None, realtime=True, name="live")
     lines = list(live_stream.stream(src, causal_dir,
                                     live_stream.StreamConfig(asr=False, chunk_s=0.5),
                                     face_encoder=face_encoder))
@@ -275,7 +276,7 @@ def test_realtime_play_reports_latency_and_degrades_when_behind(causal_dir, face
 
     # The degradation ladder: behind by more than behind_s -> one level lighter, at most
     # the last level; three calm chunks -> one level back.
-    run = live_stream._Run(live_stream.MediaSource([], FPS), None,
+    run = live_stream._Run(MediaSource([], FPS), None,
                            live_stream.StreamConfig(asr=False, behind_s=1.0), face_encoder)
     for _ in range(5):
         run.adapt(2.0)

@@ -159,7 +159,7 @@ def test_rebuilt_layer_equals_minilm():
     """The NNX copy of MiniLM's last layer maps layer-5 states to MiniLM's own output."""
     from level1_affect import minilm
     m = minilm.load()
-    enc = tt.encode(["I want to cut down but it helps me relax."], ["How do you feel about it?"],
+    enc = tt.encode_inputs(["I want to cut down but it helps me relax."], ["How do you feel about it?"],
                     tt.TalkTypeConfig(trainable_layers=1, encoder="minilm"))
     net = tt.build(tt.TalkTypeConfig(trainable_layers=1, encoder="minilm"))
     net.eval()
@@ -216,7 +216,7 @@ def test_another_bert_encoder_by_path(tmp_path, bundled, small_bert):
     config = tt.TalkTypeConfig(trainable_layers=2, epochs=1, batch_size=8, utterance_tokens=24,
                                context_tokens=8, encoder=str(small_bert))
     few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:8]
-    enc = tt.encode([e.text for e in few], [e.therapist for e in few], config)
+    enc = tt.encode_inputs([e.text for e in few], [e.therapist for e in few], config)
     assert enc.states[0].shape[1] == 32        # the folder's width, not MiniLM's 384
     model = tt.fit(enc, np.stack([e.votes for e in few]), config)
     assert len(model.net.layers) == 2
@@ -344,7 +344,7 @@ def test_context_head_step_save_load_and_aux(tmp_path, bundled):
     few = [e for e in bundled if e.transcript_id == bundled[0].transcript_id][:16]
     config = tt.TalkTypeConfig(trainable_layers=0, encoder="minilm", hidden=32, epochs=2, batch_size=8,
                                learning_rate=1e-3, aux_weight=0.5)
-    enc = tt.encode([e.text for e in few], [e.therapist for e in few], config,
+    enc = tt.encode_inputs([e.text for e in few], [e.therapist for e in few], config,
                     previous=[e.previous for e in few], cache=tmp_path / "rows")
     assert isinstance(enc, tt.Pooled) and enc.features.shape == (16, 3 * 384 + 2)
     # presence flags: the first client turn has no previous turn

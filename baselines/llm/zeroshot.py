@@ -116,7 +116,7 @@ class AnswerCache:
 
 def _read_frames(path: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
     """The frames of ``path`` at the ``wanted`` indices (decoded in one pass)."""
-    from level1_affect.face import read_video_frames
+    from level1_affect.media import read_video_frames
     wanted = set(int(i) for i in wanted)
     frames, _, _ = read_video_frames(path)
     out, last = {}, None
@@ -140,7 +140,7 @@ def _read_frames(path: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
 def _segment_frames(path: str, segs: Sequence[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
     """Each segment's frames, decoding ``path`` once and holding only the frames that a
     pending segment still needs (a long video never sits in memory whole)."""
-    from level1_affect.face import read_video_frames
+    from level1_affect.media import read_video_frames
     frames, _, _ = read_video_frames(path)
     buf: dict[int, np.ndarray] = {}
     k, last = 0, None

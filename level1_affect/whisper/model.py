@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ahjax.core.assets import cache_dir
 from level1_affect.errors import MediaError
+from level1_affect.whisper.ct2 import read_ct2
 
 Params = dict  # nested {"model": {"encoder": ..., "decoder": ...}} of arrays
 
@@ -292,8 +294,6 @@ def load_ct2_params(folder: str | os.PathLike) -> tuple[Params, WhisperDims]:
     under the ahjax cache when that folder is read-only; the cache is keyed by the model
     file's size and modification time.
     """
-    from ahjax.core.assets import cache_dir
-    from level1_affect.whisper.ct2 import read_ct2
     src = Path(folder) / "model.bin"
     try:
         st = src.stat()

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ahjax.core.assets import fetch
+from level1_affect.audio import speech_regions
 from level1_affect.whisper import model as wm
 
 SAMPLE_RATE = 16000
@@ -202,7 +204,6 @@ class WhisperJax:
     def load(cls, path: str | os.PathLike | None = None, **kwargs) -> "WhisperJax":
         """Whisper base from the ``whisper_base`` asset (or a folder with the same files:
         ``model.bin`` in CTranslate2 format, ``config.json``, ``tokenizer.json``)."""
-        from ahjax.core.assets import fetch
         folder = Path(path) if path is not None else fetch("whisper_base")
         params, dims = wm.load_ct2_params(folder)
         cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
@@ -495,7 +496,6 @@ def transcribe_speech(model: "WhisperJax", audio: np.ndarray, **kwargs
     warning says so, since Whisper otherwise invents words on such input. Words and segments
     further than ``WORD_SPEECH_TOLERANCE_S`` from any speech are dropped, with a warning.
     """
-    from level1_affect.audio import speech_regions
     audio = np.asarray(audio, np.float32).reshape(-1)
     regions = speech_regions(audio, SAMPLE_RATE)
     if not regions:
@@ -512,6 +512,33 @@ def transcribe_speech(model: "WhisperJax", audio: np.ndarray, **kwargs
     segments = [s for s in tr.segments if _near(s, regions, WORD_SPEECH_TOLERANCE_S)]
     return Transcript(tr.language if words else None, " ".join(w["word"] for w in words),
                       segments, words), warnings
+
+
+def english(language: str | None) -> bool:
+    """Whether the text models can read a transcript in ``language`` (None: no words)."""
+    return language is None or language.lower() in ("en", "english")
+
+
+def transcript_words(model: "WhisperJax", audio: np.ndarray, language: str, warnings: list
+                     ) -> tuple[list[dict], str | None]:
+    """Timed words ``[{"word", "start", "end"}]`` of the speech in 16 kHz ``audio`` and its
+    language (None: no speech); ``language``: a code or "auto". Notes go to ``warnings``,
+    with one when the speech is not English (the text models read English)."""
+    forced = None if language == "auto" else language
+    if forced is not None and forced not in model.lang_ids:
+        raise ValueError(f"language={forced!r}: not a language Whisper knows")
+    tr, notes = transcribe_speech(model, audio, language=forced)
+    warnings.extend(notes)
+    if tr.language is None:
+        return [], None
+    words = [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])}
+             for w in tr.words]
+    if not english(tr.language):
+        how = "detected" if forced is None else "set by language="
+        warnings.append(f"speech in language {tr.language!r} ({how}): the text models "
+                        "read English, so the text evidence is not used (text tracks "
+                        "marked absent)")
+    return words, tr.language
 
 
 def _clip_long_words(timing: list[dict]) -> None:
