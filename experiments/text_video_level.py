@@ -59,6 +59,7 @@ often the stacked model's out-of-fold AVGF1 (and AP) beats each baseline, and al
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -68,12 +69,14 @@ from sklearn.model_selection import train_test_split
 from ahjax.core import assets
 from level1_affect.dataset import DataConfig, transcript_splits
 from ahjax.core.data.bah import load_video_splits, parse_video_name
-from level2_conflict.text_video import (BASELINES, STACKED, ModelConfig, TextViews,
-                                        TwoLevelText, _best_threshold, candidates,
-                                        crossfit_threshold, fit_two_level, level1_shift_table,
-                                        question_onehot, resample_participants,
-                                        resampled_threshold, score, select_and_fit,
-                                        sentence_embeddings, stack_cv, talk_features)
+from baselines.text_video import (BASELINES, candidates, resample_participants,
+                                  select_and_fit)
+from level1_affect.text import VIDEO_FEATURES, Lexicons, video_text_features
+from level2_conflict.text_video import (STACKED, ModelConfig, TextViews, TwoLevelText,
+                                        best_threshold, crossfit_threshold, fit_two_level,
+                                        level1_shift_table, question_onehot,
+                                        resampled_threshold, score, sentence_embeddings,
+                                        stack_cv, talk_features)
 
 METHODS = (*BASELINES, "two_level_text", "two_level_text_talk", "two_level_text_conflict",
            "two_level_text_conflict_no_person",
@@ -116,7 +119,6 @@ def _subsample(rows: list, n: int, seed: int) -> list:
 
 def _write_predictions(path: Path, rows: list, probs: dict[str, np.ndarray]) -> None:
     """``video_id,label,<method>...`` with each method's class-1 probability."""
-    import csv
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["video_id", "label", *probs])
@@ -126,7 +128,6 @@ def _write_predictions(path: Path, rows: list, probs: dict[str, np.ndarray]) -> 
 
 def _write_contributions(path: Path, rows: list, model: TwoLevelText, v: TextViews) -> dict:
     """Per-video named level-2 contributions (they sum to the logit); returns a summary."""
-    import csv
     names, parts, b = model.contributions(v)
     logit = b + parts.sum(1)
     with open(path, "w", newline="") as f:
@@ -154,8 +155,6 @@ def run(config: Config, workdir) -> dict:
     ``two_level_text``, ``contributions_<split>.csv`` (per-video named level-2
     contributions) into ``workdir``.
     """
-    from level1_affect.text import VIDEO_FEATURES, Lexicons, video_text_features
-
     folder = transcript_splits(config.data)
     splits = load_video_splits(folder)
     if "train" not in splits:
@@ -240,7 +239,7 @@ def run(config: Config, workdir) -> dict:
             continue
         table = {}                                  # in-sample: optimistic for every method
         for m, p in predictions[s].items():
-            t_s = _best_threshold(labels, p)
+            t_s = best_threshold(labels, p)
             table[m] = {**score(labels, p, t_s), "threshold": t_s}
         results[f"{s}_threshold_on_{s}"] = table
         if config.model.crossfit_repeats:           # cross-fitted: its honest estimate
@@ -274,7 +273,7 @@ def run(config: Config, workdir) -> dict:
     if config.model.threshold == "resampled" and "val" in evals:
         # The same methods at the plain train-CV threshold, for comparison with the rule.
         labels = np.array([r.label for r in data["val"]])
-        plain = {m: _best_threshold(y, train_oof[m]) for m in predictions["val"]}
+        plain = {m: best_threshold(y, train_oof[m]) for m in predictions["val"]}
         results["val_threshold_cv_train"] = {
             m: {**score(labels, p, plain[m]), "threshold": plain[m]}
             for m, p in predictions["val"].items()}
