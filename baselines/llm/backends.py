@@ -9,7 +9,7 @@ drop them.
 A label's log-probability is the summed log-probability of its tokens after the prompt,
 ``log p("Ambivalent" | prompt)``: the probability of generating exactly that answer, not a
 per-token average, so the two labels are comparable whatever their token counts. Their
-ratio gives the A/H probability that AP is computed from (:func:`positive_probability`).
+ratio gives the A/H probability that AP is computed from (``answer.positive_probability``).
 
 Backends:
 
@@ -29,7 +29,6 @@ with ``Answer:`` and a label continues it after one space.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import math
@@ -39,40 +38,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from baselines.llm.prompts import LABELS, NEGATIVE, POSITIVE
+from ahjax.core import assets
+from baselines.llm.answer import Answer, BackendError, BackendUnavailable
+from baselines.llm.prompts import LABELS
 
 TEMPLATE = "{prompt}\nAnswer:"
 INSTALL_HINT = ("install llama-cpp-python: `bash scripts/install_llm.sh` (builds it once into "
                 "the wheel cache) or `pip install -e .[llm]`")
-
-
-class BackendError(RuntimeError):
-    """A backend failed: a bad request, a prompt too long, a missing runtime."""
-
-
-class BackendUnavailable(BackendError):
-    """The model server could not be reached (after the configured retries)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """A model's answer: the generated ``text`` and, where available, each label's log-prob."""
-
-    text: str
-    label_logprobs: dict | None = None
-
-
-def positive_probability(label_logprobs: Mapping[str, float] | None) -> float | None:
-    """P(A/H) = p(Ambivalent) / (p(Ambivalent) + p(Non-Ambivalent)), or None without scores."""
-    if not label_logprobs:
-        return None
-    d = float(label_logprobs[POSITIVE]) - float(label_logprobs[NEGATIVE])
-    # sigmoid of the log-odds, written to stay finite for any d
-    return 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -104,7 +80,6 @@ class LlamaCppBackend:
         except ImportError as err:
             raise BackendError(f"the GGUF backend needs llama-cpp-python ({err}); {INSTALL_HINT}") from None
         if model_path is None:
-            from ahjax.core import assets
             model_path = assets.fetch("gemma3_270m_gguf")
         path = Path(model_path).expanduser()
         if not path.is_file():
@@ -383,6 +358,6 @@ def make_backend(kind: str, **kwargs):
     if kind == "openai":
         return OpenAIBackend(**kwargs)
     if kind == "videollava":
-        from baselines.llm.videollava import VideoLlavaBackend
+        from baselines.llm.videollava import VideoLlavaBackend   # needs torch (optional)
         return VideoLlavaBackend.from_pretrained(**kwargs)
     raise ValueError(f"unknown backend {kind!r}; known: gguf, openai, videollava")

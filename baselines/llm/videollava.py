@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from baselines.llm.backends import Answer, BackendError
+from baselines.llm.answer import Answer, BackendError
 from baselines.llm.prompts import LABELS
 
 try:

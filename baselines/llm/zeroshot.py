@@ -32,7 +32,7 @@ import numpy as np
 from ahjax.core import metrics as metrics_lib
 from baselines.llm import parse as parse_lib
 from baselines.llm import prompts as prompts_lib
-from baselines.llm.backends import Answer, positive_probability
+from baselines.llm.answer import Answer, positive_probability
 
 CLIP_FRAMES = 8
 
