@@ -37,12 +37,15 @@ import optax
 from flax import nnx
 
 from ahjax.core import assets
+from ahjax.core.data.bah import load_bah
 from ahjax.core.data.store import FeatureStore
 from ahjax.core.train.checkpoint import Checkpointer
 from ahjax.core.train import engine
 from ahjax.core.train.engine import NonFiniteLossError
 from ahjax.core.train.trainer import TrainConfig, make_optimizer
 from baselines.backbones import COMPUTE_DTYPES, normalize_images, set_compute_dtype
+from level1_affect.extract import fit_labels
+from level1_affect.face import FaceEncoder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -297,7 +300,6 @@ def video_face_crops(video_path: str | os.PathLike, size: int, *, detect_every: 
     folder = Path(cache) if cache else assets.cache_dir() / "face_crops"
     target = folder / f"{path.stem[-60:]}-{key}.npy"
     if not target.is_file():
-        from level1_affect.face import FaceEncoder
         enc = encoder or FaceEncoder(detect_every=detect_every)
         crops = enc.encode_file(path, return_crops=True)["face_crops"]
         if len(crops) == 0:
@@ -406,7 +408,6 @@ def write_visual_features(store: FeatureStore, video_id: str, name: str, feats: 
 
 def _video_labels_for(rec, n: int) -> np.ndarray:
     """Frame labels of ``rec`` fitted to ``n`` decoded frames (int8, -1 unlabelled)."""
-    from level1_affect.extract import fit_labels
     if rec.frame_labels is None:
         return rec.labels_for(n)
     return fit_labels(rec.frame_labels, n, 3, str(rec.video_path))
@@ -415,7 +416,6 @@ def _video_labels_for(rec, n: int) -> np.ndarray:
 def bah_face_crops(root: str | os.PathLike, crop_size: int, detect_every: int = 1) -> dict:
     """``{split: [(record, crops (n,S,S,3), labels (n,))]}`` for every video of the BAH tree
     at ``root`` that has a video file (face crops cached, see ``video_face_crops``)."""
-    from ahjax.core.data.bah import load_bah
     index = load_bah(root)
     out = {}
     for split in ("train", "val", "test"):

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from baselines.backbones import EncoderBlock
+from level1_affect import minilm
 
 NUM_FRAMES = 8
 PROMPTS = ("a person who is neither ambivalent nor hesitant",
@@ -217,7 +218,6 @@ def video_focalnet(size: str = "tiny", num_classes: int = 2, *, rngs: nnx.Rngs,
 
 def prompt_embeddings(prompts: Sequence[str] = PROMPTS) -> np.ndarray:
     """(len(prompts), 384) MiniLM sentence embeddings of the class prompts (loads MiniLM)."""
-    from level1_affect import minilm
     return np.asarray(minilm.encode_sentences(list(prompts)), np.float32)
 
 

@@ -49,6 +49,7 @@ import numpy as np
 from flax import nnx
 
 from baselines import adapt as adapt_lib
+from baselines.personalise import Network
 from level2_conflict import features as feats
 from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
 
@@ -237,7 +238,6 @@ def network(cfg: TwoLevelConfig, label: str = "two-level model"):
     """The two-level model as a ``baselines.personalise.Network``: raw level-1 tracks (not
     standardised), features per whole video, centred windows. Train it with an
     ``AdaptConfig`` whose ``context`` is :func:`context_frames` ``(cfg)``."""
-    from baselines.personalise import Network
     return Network(label=label, standardise=False,
                    build=lambda dims, adapt_cfg, seed: TwoLevelAdaptNet.create(cfg, seed),
                    wrap=lambda domain: conflict_domain(domain, cfg))

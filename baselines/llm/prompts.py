@@ -27,6 +27,9 @@ from typing import Mapping
 
 import numpy as np
 
+from level1_affect import schema
+from level1_affect.schema import FACE_EXPR
+
 POSITIVE = "Ambivalent"
 NEGATIVE = "Non-Ambivalent"
 LABELS = (POSITIVE, NEGATIVE)
@@ -113,7 +116,6 @@ def describe_face(expr: np.ndarray | None, smile: np.ndarray | None,
     are blendshape means in [0, 1], counted as shown above 0.3 (a visible, not a trace,
     movement). Frames without a face are left out; no face at all says so.
     """
-    from level1_affect.schema import FACE_EXPR
     if expr is None:
         return "face: not measured"
     keep = np.ones(len(expr), bool) if present is None else np.asarray(present).ravel() > 0.5
@@ -211,7 +213,6 @@ def describe_evidence(arrays: Mapping[str, np.ndarray], columns: Mapping[str, tu
     their column names (default ``level1_affect.schema``), ``text`` the words said in those
     frames. Raises ValueError on an empty frame range.
     """
-    from level1_affect import schema
     columns = dict(columns or {k: v[1] for k, v in schema.ARRAYS.items() if v[1]})
     sl = {k: np.asarray(v)[start:end] for k, v in arrays.items()}
     n = next((len(v) for v in sl.values()), 0)

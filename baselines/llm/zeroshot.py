@@ -33,6 +33,7 @@ from ahjax.core import metrics as metrics_lib
 from baselines.llm import parse as parse_lib
 from baselines.llm import prompts as prompts_lib
 from baselines.llm.answer import Answer, positive_probability
+from level1_affect.face import read_video_frames
 
 CLIP_FRAMES = 8
 
@@ -116,7 +117,6 @@ class AnswerCache:
 
 def _read_frames(path: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
     """The frames of ``path`` at the ``wanted`` indices (decoded in one pass)."""
-    from level1_affect.face import read_video_frames
     wanted = set(int(i) for i in wanted)
     frames, _, _ = read_video_frames(path)
     out, last = {}, None
@@ -140,7 +140,6 @@ def _read_frames(path: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
 def _segment_frames(path: str, segs: Sequence[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
     """Each segment's frames, decoding ``path`` once and holding only the frames that a
     pending segment still needs (a long video never sits in memory whole)."""
-    from level1_affect.face import read_video_frames
     frames, _, _ = read_video_frames(path)
     buf: dict[int, np.ndarray] = {}
     k, last = 0, None
