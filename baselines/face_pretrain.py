@@ -184,15 +184,9 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
         ) -> list[dict]:
     """Train ``model`` in place on ``source`` (items ``{"image", "label"}``); returns per-epoch records.
 
-    Epochs run through the project's one engine (:func:`ahjax.core.train.engine.run_epochs`).
-    With ``workdir``, an orbax checkpoint per epoch goes to ``workdir/checkpoints`` and a
-    run started again there resumes after its last finished epoch. With ``validate``
-    (model -> score, higher is better, e.g. validation AP) the best epoch's weights (the
-    later epoch on a tie) are what the model holds at the end. A non-finite loss follows
-    ``cfg.optim.on_nonfinite``: ``"raise"`` raises :class:`NonFiniteLossError`, ``"stop"``
-    ends training and keeps the best epoch before it. Batches are split over
-    ``cfg.optim.num_devices`` devices of a ``data`` mesh (0: all), parameters replicated;
-    a last, smaller batch is padded with zero-weight rows to a multiple of the devices.
+    Through the one engine (docs/training.md): ``workdir`` checkpoints each epoch and resumes;
+    with ``validate`` (model -> score, higher is better) the model ends with the best epoch's
+    weights. A last, smaller batch is padded with zero-weight rows to a multiple of the devices.
     """
     steps_per_epoch = math.ceil(len(source) / cfg.batch_size)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, steps_per_epoch * cfg.epochs),

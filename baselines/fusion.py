@@ -449,14 +449,11 @@ class _CrossTransformer(_Base):
 
     def __call__(self, inputs: Mapping[str, Array], *, train: bool = False
                  ) -> tuple[Array, dict]:
-        """Returns logits and aux with ``features``, ``token_attention`` (B, W, heads, n, n),
-        the final per-frame self-attention over the n tokens named by ``self.token_names``,
-        and ``token_weights`` (B, W, n): the attention each token receives, averaged.
+        """Returns logits and aux with ``features``, ``token_attention`` (B, W, heads, n, n) and
+        ``token_weights`` (B, W, n): the attention each of ``self.token_names`` receives.
 
-        ``inputs["valid"]`` (B, W), when given, masks the keys of the attention over time:
-        no frame attends to a padded one, so a window's padding never changes its real
-        frames' outputs (in eval mode; in train mode BatchNorm's batch statistics still see
-        every frame). Without it, or with every frame valid, every frame is a key.
+        ``inputs["valid"]`` (B, W), when given, masks padded frames out of the keys of the
+        attention over time (docs/paper_setups.md, "Frame level").
         """
         feats = self.encode(inputs, train)
         b, w, _ = feats[self.modalities[0]].shape

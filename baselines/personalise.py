@@ -51,11 +51,10 @@ class NotEligible(ValueError):
 class Network:
     """The network every method adapts, and how its frames are read.
 
-    ``standardise``: z-score each feature array with the source split's statistics.
-    ``build(dims, cfg, seed) -> model``: the untrained network (``None``: a fresh
-    :class:`~baselines.adapt.AdaptNet`). ``wrap(domain) -> domain``: turns each loaded
-    domain (source, source validation, every target) into what the network reads, e.g.
-    features computed per whole video and centred windows (``None``: as loaded).
+    ``standardise``: z-score each feature array with the source split's statistics;
+    ``build(dims, cfg, seed) -> model`` (``None``: an :class:`~baselines.adapt.AdaptNet`);
+    ``wrap(domain) -> domain`` turns each loaded domain into what the network reads
+    (``None``: as loaded).
     """
     label: str = "backbone + classifier"
     standardise: bool = True

@@ -35,7 +35,8 @@ def candidates(method: str, cfg: ModelConfig) -> dict[str, Callable]:
     return cands
 
 
-def select_and_fit(candidates: dict[str, Callable], x_train, y, groups, evals: dict, cfg: ModelConfig):
+def select_and_fit(candidates: dict[str, Callable], x_train, y, groups, evals: dict,
+                   cfg: ModelConfig):
     """Choose a candidate by grouped out-of-fold AP on train, refit it, predict ``evals``.
 
     Returns ``(name, threshold, out-of-fold train probabilities, {split: probabilities})``.

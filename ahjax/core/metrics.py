@@ -125,11 +125,9 @@ def _f1_per_class(labels: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.
 def bah_metrics(labels, scores) -> dict:
     """Every frame-level metric of the paper for one pool of frames.
 
-    Takes ``labels`` int (n,) in {0, 1, -1} (-1 frames are dropped) and ``scores``, class-1
-    probabilities (n,) or 2-class logits (n, 2). Returns floats ``AVGF1, AP, WAR, F1_POS,
-    F1_NEG, W_F1``, ``CONF`` (2x2 nested list, rows = true class, each row summing to 1, or
-    all 0 when that class is absent) and ``N`` (int, frames used). Raises ValueError on a
-    shape mismatch, labels outside {-1, 0, 1}, non-finite scores, or no positive label.
+    ``labels`` int (n,) in {0, 1, -1} (-1 dropped), ``scores`` class-1 probabilities (n,) or
+    logits (n, 2). Returns ``AVGF1, AP, WAR, F1_POS, F1_NEG, W_F1``, ``CONF`` (2x2, rows = true
+    class, each row sums to 1) and ``N``; ValueError on bad input or no positive label.
     """
     labels, prob, pred = _clean(labels, scores)
     f1, support, conf = _f1_per_class(labels, pred)
@@ -148,13 +146,11 @@ def bah_metrics(labels, scores) -> dict:
 
 
 def video_level(frame_scores: Sequence[np.ndarray], method: str = "vote") -> np.ndarray:
-    """Per-video class-1 probabilities from per-frame scores.
+    """Per-video class-1 probabilities (float64, (n_videos,)) from per-frame scores.
 
-    ``frame_scores`` holds one array per video, probabilities (n_i,) or logits (n_i, 2).
-    ``method``: ``"vote"`` = fraction of frames predicted positive (majority vote is that
-    fraction >= 0.5); ``"mean_logits"`` = softmax of the mean logits, where probabilities
-    enter as their log-odds (the same thing: softmax([a, b])[1] = sigmoid(b - a));
-    ``"mean_probs"`` = mean class-1 probability. Returns float64 (n_videos,).
+    ``frame_scores``: one array per video, probabilities (n_i,) or logits (n_i, 2). ``method``:
+    ``"vote"`` (fraction of frames positive), ``"mean_logits"`` (softmax of the mean logits;
+    probabilities enter as log-odds) or ``"mean_probs"``.
     """
     if method not in VIDEO_METHODS:
         raise ValueError(f"unknown video-level method {method!r}; choose from {VIDEO_METHODS}")

@@ -205,12 +205,9 @@ class TwoLevelAdaptNet(nnx.Module):
     def decompose(self, inputs: Mapping[str, Any], *, train: bool = False) -> dict:
         """Every frame's score and its parts over whole windows ``(B, W)``.
 
-        ``inputs``: the precomputed feature groups and ``affect_<modality>`` tracks of
-        :func:`conflict_domain` (and the embeddings, with ``use_embeddings``), ``valid``
-        marking real frames. Returns ``contributions`` (group -> (B, W)), ``remainder``,
-        ``bias``, ``score``, ``logits`` (B, W, 2) and ``hidden`` (name -> (B, W, hidden)).
-        This is ``TwoLevelModel.__call__`` on those precomputed inputs (its ``aux``,
-        less the auxiliary losses); for raw tracks call the model itself.
+        ``TwoLevelModel.__call__`` on :func:`conflict_domain`'s precomputed ``inputs``; returns
+        ``contributions`` (group -> (B, W)), ``remainder``, ``bias``, ``score``, ``logits``
+        (B, W, 2) and ``hidden`` (name -> (B, W, hidden)).
         """
         missing = [k for k in (*self.model.groups, *AFFECT_KEYS.values()) if k not in inputs]
         if missing:

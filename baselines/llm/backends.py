@@ -61,12 +61,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 class LlamaCppBackend:
     """A local GGUF model through llama-cpp-python, greedy and deterministic.
 
-    ``model_path`` defaults to the ``gemma3_270m_gguf`` asset (a base model, good for
-    plumbing and a floor, not for the paper's numbers). ``n_threads`` defaults to
-    llama-cpp-python's choice, half the logical cores: its worker threads spin while they
-    wait, so more threads than free cores makes it several times slower (measured here:
-    141 prompt tokens took 0.6 s on 1 thread and 3.6-5.1 s on 2 of 2 busy cores). ``score`` adds the label log-probabilities to each :meth:`generate` answer.
-    Raises :class:`BackendError` when llama-cpp-python is missing or the file fails to load.
+    ``model_path`` defaults to the ``gemma3_270m_gguf`` asset, ``n_threads`` to half the
+    logical cores (docs/paper_setups.md, "Zero-shot"); ``score`` adds the label log-probs to
+    each answer. :class:`BackendError` when llama-cpp-python is missing or the file won't load.
     """
 
     name = "gguf"
@@ -218,20 +215,9 @@ def _png_data_url(frame: np.ndarray) -> str:
 class OpenAIBackend:
     """A model behind an OpenAI-compatible API at ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``).
 
-    Text prompts use ``/completions`` (greedy, ``temperature 0``); frames, when given, go to
-    ``/chat/completions`` as PNG ``image_url`` parts (``accepts_video`` says whether to send
-    them: set it for a multimodal server). Label scores (``scoring``):
-
-    - ``"echo"``: the prompt plus each label sent with ``echo`` and ``logprobs``; the
-      label's tokens' log-probs are summed (exact; llama_cpp.server and vLLM support it);
-    - ``"first_token"``: the top-20 log-probs of the first answer token; a label gets the
-      log-sum-exp of the tokens that begin it (an approximation; any server with logprobs);
-    - ``"auto"``: echo, falling back to first_token once if the server refuses echo;
-    - ``"none"``: no scores (AP is then computed from hard answers).
-
-    Network failures, timeouts, 429 and 5xx answers are retried ``retries`` times with
-    exponential backoff from ``backoff`` seconds; then :class:`BackendUnavailable` says
-    which URL failed and how. Other HTTP errors raise :class:`BackendError` at once.
+    Text goes to ``/completions``, frames to ``/chat/completions`` (with ``accepts_video``);
+    ``scoring`` is ``echo``, ``first_token``, ``auto`` or ``none``, and failures are retried
+    (docs/paper_setups.md, "Zero-shot"); then :class:`BackendUnavailable` names the URL.
     """
 
     name = "openai"

@@ -151,12 +151,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 class VideoRecord:
     """Everything the index knows about one video (arrays are never decoded media).
 
-    ``video_id`` is the id exactly as in the split file; ``frame_labels`` int8 (n,) with -1
-    for unlabelled frames, or None without frame annotation; ``segments`` inclusive
-    ``(start, end)`` A/H frame ranges; ``chunks`` the Whisper chunks on a monotonic
-    timeline; ``cues`` the annotator's ``all_cues`` dicts; ``certainty`` ``certainty_ah``;
-    ``metadata`` the participant's ``meta_data.yml`` entry. ``fps`` is the annotation's
-    value when it has one, else read lazily from the video header (None without a video).
+    ``video_id`` as in the split file; ``frame_labels`` int8 (n,), -1 unlabelled, or None;
+    ``segments`` inclusive A/H frame ranges; ``fps`` from the annotation, else lazily from the
+    video header. The other fields: docs/bah_format.md, "The index".
     """
 
     video_id: str

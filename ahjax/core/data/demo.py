@@ -438,13 +438,11 @@ def _video_job(job: dict) -> dict:
 def make_demo(out: str | os.PathLike, seed: int = 0, participants: int = 8, questions: int | Sequence[int] = 7,
               *, min_duration: float = 8.0, max_duration: float = 20.0, size: int = 256,
               workers: int | None = None, progress: bool = False) -> Path:
-    """Generate the demo BAH tree into ``out`` (created; must be empty or absent).
+    """Generate the demo BAH tree into ``out`` (created; must be empty or absent); returns its path.
 
-    ``questions`` is a count (the first that many of 1..7) or explicit question numbers;
-    videos last ``min_duration``..``max_duration`` seconds at 24 fps with ``size`` square
-    frames. ``workers`` processes render videos in parallel (default: up to 2); ``progress``
-    shows a bar per video. The same arguments give the same annotation files byte for byte.
-    Returns the tree's path.
+    ``questions``: a count (the first of 1..7) or question numbers; 24 fps videos of
+    ``min_duration``..``max_duration`` s of ``size`` square frames, ``workers`` processes
+    (default up to 2). The same arguments give the same annotation files byte for byte.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):

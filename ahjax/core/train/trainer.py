@@ -374,14 +374,9 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
           on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``model_fn``'s model on ``train_split`` windows; return the best epoch's model.
 
-    ``spec`` maps modality -> store arrays; ``windows_cfg`` sets window, hop, batch size,
-    data order and undersampling. Writes ``metrics.jsonl`` and ``checkpoints/`` into
-    ``workdir`` and resumes from the latest checkpoint found there. With no ``val_split``
-    the last epoch counts as best. ``on_step(step)`` is called after every step (tests use
-    it to interrupt a run). When the loss or the validation outputs stop being finite,
-    ``cfg.on_nonfinite="stop"`` ends training and returns the best validated epoch before
-    it (``TrainResult.diverged`` names the step and epoch; a RuntimeError if no epoch was
-    validated), and ``"raise"`` raises :class:`NonFiniteLossError` naming them.
+    ``spec`` maps modality -> store arrays; writes ``metrics.jsonl`` and ``checkpoints/`` into
+    ``workdir`` and resumes there. ``on_step(step)`` runs after every step; non-finite loss or
+    outputs follow ``cfg.on_nonfinite`` (docs/training.md, "The frame-level trainer").
     """
     if cfg.on_nonfinite not in ("stop", "raise"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'raise', got {cfg.on_nonfinite!r}")
@@ -571,14 +566,7 @@ def epochs_without_gain(history: Sequence[Mapping]) -> int:
 def training_key(store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowConfig,
                  cfg: TrainConfig, describe: Mapping, splits: Sequence[str],
                  model: nnx.Module) -> str:
-    """Content hash of everything a :func:`train` result depends on.
-
-    That is: the bytes of every array ``spec`` names (and the labels) of every video of
-    ``splits``, with the split membership; the window and train configs; ``describe``
-    (JSON: the method and its model config, which ``model_fn`` closes over); the source of
-    the loaded modules of ``ahjax`` and of the package defining ``model``'s class; and the
-    versions of jax, flax, optax and numpy with the backend and device count.
-    """
+    """Content hash of everything a :func:`train` result depends on (docs/training.md, "Reuse")."""
     import flax
     h = hashlib.blake2b(digest_size=16)
     blob = {"spec": {m: list(a) for m, a in spec.items()},
@@ -612,13 +600,9 @@ def train_or_reuse(model_fn: ModelFn, store: FeatureStore, spec: win.Spec,
                    train_split: str = "train", val_split: str | None = "val") -> TrainResult:
     """:func:`train`, or the result of an identical earlier training read from ``cache_dir``.
 
-    An entry ``<cache_dir>/<training_key(...)>/`` holds the best epoch's parameters and
-    the history; it is written after a training and used instead of training when every
-    input of :func:`training_key` matches (``describe`` must name whatever ``model_fn``
-    depends on beyond the configs). A reused result has ``reused_from`` set and the entry's
-    ``metrics.jsonl`` copied into ``workdir`` with a ``reused.json`` naming the entry;
-    ``cache_dir=None`` always trains. Only the ``REUSE_KEEP`` newest entries per
-    ``describe`` are kept.
+    An entry ``<cache_dir>/<training_key(...)>/`` holds the best parameters and the history;
+    ``describe`` must name whatever ``model_fn`` depends on beyond the configs. ``cache_dir=None``
+    always trains (docs/training.md, "Reuse").
     """
     if cache_dir is None:
         return train(model_fn, store, spec, windows_cfg, cfg, workdir,
