@@ -1,5 +1,5 @@
 """Shared test helpers. pytest puts tests/ on ``sys.path`` for this file, so test modules
-import helper modules (``bah_fixture``, ``test_windows``) by name."""
+import helper modules (``bah_fixture``, ``test_windows``, this one) by name."""
 
 import subprocess
 import sys
@@ -10,11 +10,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_python(*args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` in a child process from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def run_module():
-    """``run_module("ahjax", "inspect", root)``: ``python -m ...`` in a child process from the
-    repository root, output captured as text."""
-    def run(*args, cwd=REPO, timeout=300):
-        return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True,
-                              text=True, cwd=cwd, timeout=timeout)
-    return run
+    """:func:`run_python` as a fixture: ``run_module("ahjax", "inspect", root)``."""
+    return run_python
