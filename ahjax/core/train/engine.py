@@ -1,19 +1,9 @@
 """The one epoch loop every training in the project runs through.
 
-:func:`ahjax.core.train.trainer.train` (the frame-level models), the domain-adaptation methods
-(``baselines.adapt``) and image/backbone training (``baselines.face_pretrain``) differ in
-their data and their step, not in how an epoch is run. They share, from here:
-
-- :func:`run_epochs`: epochs of steps with a progress bar, losses kept on the device and
-  read in groups, one non-finite policy (``"raise"``: :class:`NonFiniteLossError`;
-  ``"stop"``: end there and keep the best epoch before it), validation after each epoch,
-  one best-epoch rule (the highest validation score, the later epoch on a tie, or the last
-  epoch without a score) and a per-epoch hook for checkpoints;
-- :func:`data_mesh`, :func:`replicate`, :func:`put_batch`: the same 1-D ``data`` mesh
-  data parallelism (parameters replicated, batches split on their first axis), so a jitted
-  step written for one device runs data-parallel on several unchanged;
-- the optimiser builder :func:`ahjax.core.train.trainer.make_optimizer` and the orbax
-  :class:`~ahjax.core.train.checkpoint.Checkpointer`, which every training uses.
+The frame-level trainer, domain adaptation and image training share from here
+:func:`run_epochs` (progress, losses read in groups, one non-finite policy, validation,
+one best-epoch rule, a per-epoch hook) and the data-parallel mesh (:func:`data_mesh`,
+:func:`replicate`, :func:`put_batch`). docs/training.md says more.
 """
 
 from __future__ import annotations

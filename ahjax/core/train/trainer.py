@@ -1,32 +1,10 @@
 """The one trainer: frame-level A/H models on windows of a feature store, data-parallel.
 
-A model is any ``nnx.Module`` built by ``model_fn(dims, rngs)`` (``dims``: modality -> input
-width) whose ``__call__(inputs, *, train)`` maps ``{modality: (B, W, d)}`` to
-``(logits (B, W, 2), aux)``; ``aux["aux_loss"]``, when present, is added to the loss. A
-model that needs more of the batch than its modalities (e.g. ``valid``, the real-frame
-mask) names those keys in an ``extra_inputs`` attribute.
-
-The train step is ``(state, batch, rng) -> (state, metrics)``: one ``jax.jit`` over the
-split NNX state (``nnx.split`` -> ``jit`` -> ``nnx.merge``, the functional form the NNX
-performance guide recommends for small models). Batches are sharded over a 1-D ``data``
-mesh axis and the state is replicated, so the same code runs on 1 or N devices and
-BatchNorm statistics are those of the global batch. The loss is cross-entropy averaged
-over the frames with ``mask`` 1 (never padding or unlabelled frames).
-
-Every epoch ends with validation (windows stitched back into whole videos ->
-``bah_metrics``), a JSON line in ``<workdir>/metrics.jsonl`` and an orbax checkpoint; the
-best epoch is the one with the highest validation AP. A run started again in the same
-workdir resumes from its latest checkpoint and, since data order and dropout keys are
-functions of ``(seed, epoch)`` and the step, ends exactly where an uninterrupted run would.
-
-:func:`train_or_reuse` wraps :func:`train` with a cache of finished trainings keyed by a
-content hash of the features, configs and code, for reference models an experiment
-retrains unchanged on every run.
-
-The pieces every training shares live in :mod:`ahjax.core.train.engine` (the data mesh, the
-non-finite error, the epoch loop the domain-adaptation and image trainings run through)
-and here (:func:`make_optimizer`); this loop adds what frame-level training needs beyond
-them: mid-epoch checkpoints and resumption at the exact step.
+A model is any ``nnx.Module`` built by ``model_fn(dims, rngs)`` whose ``__call__(inputs, *,
+train)`` maps ``{modality: (B, W, d)}`` to ``(logits (B, W, 2), aux)``. Every epoch ends
+with validation, a line in ``metrics.jsonl`` and a checkpoint; a run started again resumes
+exactly where it stopped. :func:`train_or_reuse` caches finished trainings. More:
+docs/training.md, "The frame-level loop".
 """
 
 from __future__ import annotations
