@@ -1,21 +1,10 @@
 """Train a frame-level visual backbone: basic-emotion pretraining, A/H fine-tuning, features.
 
-The paper's visual backbones are pretrained on a facial-expression dataset, then fine-tuned
-on A/H frames. No such dataset or weights ship offline (docs/weights.md), so pretraining takes
-*any* folder of face images with one sub-folder per emotion (``angry/ happy/ ...``, as
-RAF-DB or FER2013 exported to images are laid out) and is skipped when none is given.
-
-- :class:`EmotionFolder` + :func:`image_dataset`: a grain pipeline with random flips and
-  scale-jittered crops.
-- :func:`fit`: cross-entropy with optax, one jitted NNX step, epochs run by the shared
-  engine (:mod:`ahjax.core.train.engine`), an orbax checkpoint per epoch (resumable), and the
-  best epoch kept when a validation score is given.
-- :func:`video_face_crops`: aligned face crops of a BAH-layout video (``FaceEncoder``),
-  resized and cached on disk; :func:`frame_items` picks labelled frames with negative
-  undersampling; :class:`CropFrames` reads them back lazily for grain.
-- :func:`extract_visual_features`: the backbone as the video-modality feature extractor,
-  ``(n_frames, D)`` per video, written into a ``FeatureStore`` by
-  :func:`write_visual_features` under a name such as ``face_resnet18``.
+Pretraining takes any folder of face images with one sub-folder per emotion (skipped when
+none is given); :func:`fit` trains through the shared engine; :func:`video_face_crops`,
+:func:`frame_items` and :class:`CropFrames` give A/H frames; :func:`extract_visual_features`
+makes the backbone a video-modality feature extractor. More: docs/paper_setups.md,
+"Visual backbones".
 """
 
 from __future__ import annotations

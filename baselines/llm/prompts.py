@@ -1,24 +1,9 @@
 """The zero-shot prompts of the BAH paper (Table 6) in one place, and our two variants.
 
-The five paper prompts are verbatim: the words and their order are those the authors
-published with the paper (the reference zero-shot script of ``zero-shot-m-llm-bah-
-prediction``, the code behind Table 6): an optional ``Video transcript: ...`` first, then
-an optional ``Definition: ...``, then the instruction, which quotes both labels and ends in
-``Respond with only one word: ``. The published strings join the definition and the
-instruction with no space (``...simultaneously.Classify ...``); that is kept, since it is
-what the paper's numbers were measured with. The Video-LLaVA chat wrapper
-(``USER: <video>\n{prompt}ASSISTANT:``) belongs to the backend, not to the prompt.
-
-Two prompts are ours, built the same way so that they differ from a paper prompt only in
-what they add:
-- ``transcript_simple``: the transcript and the Simple instruction (no definition);
-- ``evidence``: the transcript, a short textual summary of the level-1 affect tracks of the
-  same frames (face expression and smile, voice pitch and pauses, word sentiment and
-  hedges), and Definition 2, so that the model reasons over affect per modality, as the
-  paper suggests for future work.
-
-An empty transcript (a segment with no speech) is written ``(no speech)``; the reference
-would leave the slot empty.
+The five paper prompts are verbatim (even the missing space after the definition); ours,
+``transcript_simple`` and ``evidence`` (the transcript, a summary of the level-1 affect
+tracks and Definition 2), differ from a paper prompt only in what they add. More:
+docs/paper_setups.md, "Prompts".
 """
 
 from __future__ import annotations
