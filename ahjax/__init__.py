@@ -20,9 +20,9 @@ def __getattr__(name: str):
     # PEP 562: the front door imports every layer, so it loads on first use and
     # ``import ahjax.core`` pulls in nothing above the core.
     if name in ("load", "extract", "Result", "Model"):
-        from ahjax import api
+        from ahjax import api  # PEP 562: loaded on first use
         return getattr(api, name)
     if name == "stream":
-        from ahjax.streaming import stream
+        from ahjax.streaming import stream  # PEP 562: loaded on first use
         return stream
     raise AttributeError(f"module 'ahjax' has no attribute {name!r}")

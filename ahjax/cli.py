@@ -14,13 +14,14 @@ import json
 import sys
 from pathlib import Path
 
+from ahjax.core.assets import enable_compilation_cache
 from ahjax.core.config import debug_requested
 from ahjax.core.interrupt import exit_on_signals, on_signal
 
 
 def extract_main(argv: list[str] | None = None) -> int:
     """Level 1 over every video of ``--root`` into the feature store."""
-    from ahjax.core.assets import enable_compilation_cache
+    # Here, not at the top: level 1 imports JAX and its encoders; inspect and demo stay light.
     from level1_affect.dataset import extract_dataset
     from level1_affect.extract import ExtractConfig, default_store_dir
 

@@ -13,6 +13,7 @@ same code measures both sides.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ahjax import streaming as live
+from ahjax.core.data import demo
 from level1_affect.media import file_source
 
 
@@ -31,7 +34,6 @@ def session_video(folder: str | Path, minutes: float, distinct: int = 4) -> Path
     without re-encoding."""
     from imageio_ffmpeg import get_ffmpeg_exe
 
-    from ahjax.core.data import demo
     folder = Path(folder)
     n = max(1, int(np.ceil(minutes)))
     parts = []
@@ -74,7 +76,6 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
     """Stream ``path`` (as fast as possible, no degradation; or in real time, degrading
     when behind) and report per minute of media: chunks, mean and max processing seconds
     per chunk, latency median and p95 (real time), RSS at the minute's end."""
-    from ahjax import streaming as live
     load = list(os.getloadavg())
     t0 = time.monotonic()
     src = _Recorded(file_source(path, realtime=realtime))
@@ -207,7 +208,6 @@ def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool)
     """The final files of ``python -m ahjax stream`` (as fast as possible) with the code of
     git revision ``rev`` and with this code, on one video: per ``tracks.csv`` column the
     largest difference, whether the segments and the words are the same."""
-    import csv
     path, checkpoint = Path(path).resolve(), Path(checkpoint).resolve()
     repo = Path(__file__).resolve().parent.parent
     out: dict = {"rev": rev, "asr": asr}

@@ -1,25 +1,10 @@
 """Frame-level visual backbones of the paper in Flax NNX: ResNet18/34/50/101/152 and APViT.
 
-Every backbone maps a batch of face crops to class logits and its pooled features:
 ``model(images (B, H, W, 3) float, *, train) -> (logits (B, num_classes), aux)`` with
-``aux["features"]`` (B, D), the vector a video-modality extractor keeps per frame (see
-``baselines.face_pretrain.extract_visual_features``). Images are expected normalised
-(``normalize_images``); the head is ``model.head`` so fine-tuning can swap it
-(``replace_head``).
-
-ResNets follow torchvision's v1.5 layout (stride on the 3x3 conv of a bottleneck, explicit
-symmetric padding, BatchNorm after every conv, zero-initialised last BN gamma optional), so
-parameter counts equal the published ones with a 1000-class head. ``stage_depths`` and
-``width`` shrink them for tests.
-
-APViT (Xue et al., "Vision Transformer with Attentive Pooling for Robust Facial Expression
-Recognition", 2022) keeps only the most attended image patches: attentive patch pooling
-(APP) picks the top-k patches of a CNN feature map by their channel-summed activation, and
-attentive token pooling (ATP) drops, inside the transformer, the tokens the class token
-attends to least. Simplifications here, documented because they change what is compared:
-the IR-50 CNN that APViT runs before the transformer is replaced by a small strided conv
-stem (no face-recognition weights are available offline, see docs/weights.md), and ATP runs once
-per configured layer with the head-averaged class-token attention of that layer.
+``aux["features"]`` (B, D), the vector a video-modality extractor keeps per frame; images
+normalised by ``normalize_images``, the head swappable (``replace_head``). ResNets follow
+torchvision's v1.5 layout; APViT's IR-50 stem is replaced by a small conv stem (no weights
+offline). Details: docs/paper_setups.md, "Visual backbones".
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """Train a frame-level visual backbone: basic-emotion pretraining, A/H fine-tuning, features.
 
-The paper's visual backbones are pretrained on a facial-expression dataset, then fine-tuned
-on A/H frames. No such dataset or weights ship offline (docs/weights.md), so pretraining takes
-*any* folder of face images with one sub-folder per emotion (``angry/ happy/ ...``, as
-RAF-DB or FER2013 exported to images are laid out) and is skipped when none is given.
-
-- :class:`EmotionFolder` + :func:`image_dataset`: a grain pipeline with random flips and
-  scale-jittered crops.
-- :func:`fit`: cross-entropy with optax, one jitted NNX step, epochs run by the shared
-  engine (:mod:`ahjax.core.train.engine`), an orbax checkpoint per epoch (resumable), and the
-  best epoch kept when a validation score is given.
-- :func:`video_face_crops`: aligned face crops of a BAH-layout video (``FaceEncoder``),
-  resized and cached on disk; :func:`frame_items` picks labelled frames with negative
-  undersampling; :class:`CropFrames` reads them back lazily for grain.
-- :func:`extract_visual_features`: the backbone as the video-modality feature extractor,
-  ``(n_frames, D)`` per video, written into a ``FeatureStore`` by
-  :func:`write_visual_features` under a name such as ``face_resnet18``.
+Pretraining takes any folder of face images with one sub-folder per emotion (skipped when
+none is given); :func:`fit` trains through the shared engine; :func:`video_face_crops`,
+:func:`frame_items` and :class:`CropFrames` give A/H frames; :func:`extract_visual_features`
+makes the backbone a video-modality feature extractor. More: docs/paper_setups.md,
+"Visual backbones".
 """
 
 from __future__ import annotations
@@ -37,12 +26,15 @@ import optax
 from flax import nnx
 
 from ahjax.core import assets
+from ahjax.core.data.bah import load_bah
 from ahjax.core.data.store import FeatureStore
 from ahjax.core.train.checkpoint import Checkpointer
 from ahjax.core.train import engine
 from ahjax.core.train.engine import NonFiniteLossError
 from ahjax.core.train.trainer import TrainConfig, make_optimizer
 from baselines.backbones import COMPUTE_DTYPES, normalize_images, set_compute_dtype
+from level1_affect.extract import fit_labels
+from level1_affect.face import FaceEncoder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -181,15 +173,9 @@ def fit(model: nnx.Module, source, cfg: ImageTrainConfig, workdir: str | os.Path
         ) -> list[dict]:
     """Train ``model`` in place on ``source`` (items ``{"image", "label"}``); returns per-epoch records.
 
-    Epochs run through the project's one engine (:func:`ahjax.core.train.engine.run_epochs`).
-    With ``workdir``, an orbax checkpoint per epoch goes to ``workdir/checkpoints`` and a
-    run started again there resumes after its last finished epoch. With ``validate``
-    (model -> score, higher is better, e.g. validation AP) the best epoch's weights (the
-    later epoch on a tie) are what the model holds at the end. A non-finite loss follows
-    ``cfg.optim.on_nonfinite``: ``"raise"`` raises :class:`NonFiniteLossError`, ``"stop"``
-    ends training and keeps the best epoch before it. Batches are split over
-    ``cfg.optim.num_devices`` devices of a ``data`` mesh (0: all), parameters replicated;
-    a last, smaller batch is padded with zero-weight rows to a multiple of the devices.
+    Through the one engine (docs/training.md): ``workdir`` checkpoints each epoch and resumes;
+    with ``validate`` (model -> score, higher is better) the model ends with the best epoch's
+    weights. A last, smaller batch is padded with zero-weight rows to a multiple of the devices.
     """
     steps_per_epoch = math.ceil(len(source) / cfg.batch_size)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, steps_per_epoch * cfg.epochs),
@@ -297,7 +283,6 @@ def video_face_crops(video_path: str | os.PathLike, size: int, *, detect_every: 
     folder = Path(cache) if cache else assets.cache_dir() / "face_crops"
     target = folder / f"{path.stem[-60:]}-{key}.npy"
     if not target.is_file():
-        from level1_affect.face import FaceEncoder
         enc = encoder or FaceEncoder(detect_every=detect_every)
         crops = enc.encode_file(path, return_crops=True)["face_crops"]
         if len(crops) == 0:
@@ -406,7 +391,6 @@ def write_visual_features(store: FeatureStore, video_id: str, name: str, feats: 
 
 def _video_labels_for(rec, n: int) -> np.ndarray:
     """Frame labels of ``rec`` fitted to ``n`` decoded frames (int8, -1 unlabelled)."""
-    from level1_affect.extract import fit_labels
     if rec.frame_labels is None:
         return rec.labels_for(n)
     return fit_labels(rec.frame_labels, n, 3, str(rec.video_path))
@@ -415,7 +399,6 @@ def _video_labels_for(rec, n: int) -> np.ndarray:
 def bah_face_crops(root: str | os.PathLike, crop_size: int, detect_every: int = 1) -> dict:
     """``{split: [(record, crops (n,S,S,3), labels (n,))]}`` for every video of the BAH tree
     at ``root`` that has a video file (face crops cached, see ``video_face_crops``)."""
-    from ahjax.core.data.bah import load_bah
     index = load_bah(root)
     out = {}
     for split in ("train", "val", "test"):

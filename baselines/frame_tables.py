@@ -1,19 +1,9 @@
 """What the paper's frame-level tables share: rows of (model, modalities), trained and scored.
 
-Table 1 (context: frame-wise vs TCN) and Table 2 (fusion method x modality subset) are
-both lists of :class:`Row`: a model builder and the modalities it reads. Every row is
-trained with the same recipe on the same feature store and windows, its best epoch is
-picked by validation AP, and its whole videos are scored on val and test with the
-paper's metrics (:func:`level1_affect.dataset.score_videos`). :func:`run_rows` returns the
-results every table experiment writes: ``test``/``val`` (every metric of every row),
-``table`` (the paper's layout: its rows, AVGF1/AP/WAR on test), ``training`` and
-``setup``.
-
-Windows and epochs: the recipe is the paper's (windows of 696 frames, hop 48, 60 epochs).
-The embedded demo dataset has videos of 8-20 s, shorter than one such window, and a train
-split about 40x smaller than BAH's, so on it the window and the epoch count come from
-``demo_window``/``demo_epochs`` (the two_level experiment's baseline windows), and the
-effective values are written into ``setup``.
+Tables 1 and 2 are lists of :class:`Row`; :func:`run_rows` trains each with the same recipe,
+keeps the best epoch by validation AP and scores whole videos on val and test, returning
+``test``/``val``, ``table``, ``training`` and ``setup``. On the demo data the window and
+epoch count are the demo's (docs/paper_setups.md, "Frame-level tables").
 """
 
 from __future__ import annotations

@@ -1,51 +1,17 @@
 """The paper's frame-level fusion baselines: CAN, LFAN, MT and JMT over per-modality TCNs.
 
 Every model takes ``{modality: (B, W, d_m)}`` for exactly the modalities it was built for
-(any non-empty subset of video/audio/text, or other named modalities) and returns
-``(logits (B, W, 2), aux)``. ``aux["features"]`` holds each modality's TCN output and the
-other entries hold the fusion's weights or attention maps, so what a model looked at is
-part of what it returns.
+and returns ``(logits (B, W, 2), aux)``. ``aux["features"]`` holds each modality's TCN
+output and the other entries the fusion's weights or attention maps, so what a model looked
+at is part of what it returns.
 
-- **CAN**: per-modality linear to ``d_model``; a softmax gate over the concatenation of all
-  projections (one weight per feature, summing to 1 over the frame); fc-BN-LeakyReLU-fc.
-- **LFAN**: leader-follower attentive fusion. Each modality gives one query/key/value per
-  frame; ``lfan_heads`` heads attend across the k modality tokens of that frame; the
-  attended tokens (plus a residual) are projected and layer-normed, then concatenated with
-  the leader's TCN features (video when present, else the first modality) and mapped to 2.
-- **MT**: a transformer encoder per modality over the frames of one clip, cross-attention
-  for every ordered pair of modalities over the frames of one clip, then a per-frame
-  encoder and self-attention over the stacked cross-attended tokens of that frame.
-- **JMT**: MT plus a joint token (a linear map of the concatenated modalities) that every
-  modality cross-attends to and that cross-attends to every modality.
+- **CAN**: a softmax gate over the concatenated per-modality projections, then an MLP.
+- **LFAN**: leader-follower attention across the modality tokens of each frame.
+- **MT**: per-modality transformers and pairwise cross-attention over a clip's frames,
+  then self-attention over each frame's tokens; **JMT** adds a joint token.
 
-Two defects of the reference MT/JMT are not reproduced (docs/paper_setups.md): they silently drop
-the text modality, and their final attention, given a ``(frames x batch, k, d)`` tensor as
-if it were sequence-first, attends across all frames of all clips in the batch, so one
-clip's outputs depend on the others. Here every given modality is used, and the final
-attention runs over the tokens of one frame (``(B*W, n_tokens, d)``); the temporal
-attention runs over the frames of one clip only. In eval mode (BatchNorm on running
-statistics) a clip's outputs never depend on the rest of the batch.
-
-Padding: a window's zero-padded tail (``valid`` 0, ahjax/core/data/windows.py) never reaches
-its real frames. The TCNs are causal and CAN/LFAN fuse per frame; MT/JMT, whose attention
-runs over time, take ``inputs["valid"]`` (B, W) (they name it in ``extra_inputs`` so the
-trainer passes it) and mask padded frames out as keys. Without ``valid`` every frame is a
-key, which is the same as all frames valid.
-
-With ``FusionConfig.context=False`` (the paper's "no context" rows) each TCN becomes a
-kernel-1 TCN, i.e. the same blocks, widths and norms applied to each frame alone, and MT/JMT
-attend within a frame only, so frame t's logits depend on frame t's inputs alone.
-
-Other departures, all small: MT/JMT project every modality to ``d_model`` (the reference
-projects only its 64-wide audio) and mean-pool the final tokens (the reference keeps the
-last token of a fixed two-modality order).
-
-Speed on CPU (experiments/bench.py), without changing the function: attention folds heads
-into the batch so both products are 3-D batched matmuls, dense layers run on 2-D arrays,
-the final attention is mean-pooled before its output projection, and softmax/LayerNorm/ReLU
-have hand-written backward passes that keep fewer arrays alive between the forward and the
-backward pass (XLA maps its scratch memory afresh at every step, so each MB kept costs
-page faults).
+Each model in detail, the reference's defects not reproduced, padding, ``context=False``
+and the CPU speed work: docs/paper_setups.md, "Frame level".
 """
 
 from __future__ import annotations
@@ -449,14 +415,11 @@ class _CrossTransformer(_Base):
 
     def __call__(self, inputs: Mapping[str, Array], *, train: bool = False
                  ) -> tuple[Array, dict]:
-        """Returns logits and aux with ``features``, ``token_attention`` (B, W, heads, n, n),
-        the final per-frame self-attention over the n tokens named by ``self.token_names``,
-        and ``token_weights`` (B, W, n): the attention each token receives, averaged.
+        """Returns logits and aux with ``features``, ``token_attention`` (B, W, heads, n, n) and
+        ``token_weights`` (B, W, n): the attention each of ``self.token_names`` receives.
 
-        ``inputs["valid"]`` (B, W), when given, masks the keys of the attention over time:
-        no frame attends to a padded one, so a window's padding never changes its real
-        frames' outputs (in eval mode; in train mode BatchNorm's batch statistics still see
-        every frame). Without it, or with every frame valid, every frame is a key.
+        ``inputs["valid"]`` (B, W), when given, masks padded frames out of the keys of the
+        attention over time (docs/paper_setups.md, "Frame level").
         """
         feats = self.encode(inputs, train)
         b, w, _ = feats[self.modalities[0]].shape

@@ -1,25 +1,10 @@
 """The personalisation protocol of the BAH paper (Table 5): each test subject is a domain.
 
-Targets: every participant of the target split (``test``) whose labelled frames hold both
-classes. Source: the labelled frames of the source split (``train``) of every other
-participant. Each target's frames are split into ``adapt`` / ``val`` / ``test`` parts by
-whole *segments*, where a segment is a maximal run of one label inside one video (an A/H
-segment, or a stretch without A/H): no frame of a segment lands on two sides, and each
-part gets both classes. Per class, segments are shuffled (seed and participant id) and
-handed one by one to the part furthest below its share of that class's frames
-(``fractions``), parts still without a segment of the class first. When a class has fewer
-than three segments, its longest one is halved until there are three (the pieces are then
-the segments; recorded in the split as ``halved``). Unlabelled (-1) frames belong to no
-part; they may still be context of a neighbouring frame.
-
-:func:`run_personalisation` trains one source model, runs every method on every target
-from it and returns per-target metrics and their mean and standard deviation over targets
-(``ahjax.core.metrics.mean_std``, population std). The splits are written to
-``<workdir>/personalisation_splits.json``. Which network the methods adapt, and how its
-frames are read, is a :class:`Network`: by default the paper's backbone + classifier
-(:class:`~baselines.adapt.AdaptNet`) on standardised features; ``experiments.table5`` also
-passes the two-level model (``baselines.adapt.two_level.network``). Targets and splits depend
-only on the labels, so every network sees the same ones.
+Targets are the test participants with both classes; each target's frames are split into
+``adapt`` / ``val`` / ``test`` parts by whole segments. :func:`run_personalisation` trains
+one source model, runs every method on every target and returns per-target metrics and
+their mean and std. The network is a :class:`Network`. The split rule:
+docs/paper_setups.md, "The personalisation protocol".
 """
 
 from __future__ import annotations
@@ -51,11 +36,10 @@ class NotEligible(ValueError):
 class Network:
     """The network every method adapts, and how its frames are read.
 
-    ``standardise``: z-score each feature array with the source split's statistics.
-    ``build(dims, cfg, seed) -> model``: the untrained network (``None``: a fresh
-    :class:`~baselines.adapt.AdaptNet`). ``wrap(domain) -> domain``: turns each loaded
-    domain (source, source validation, every target) into what the network reads, e.g.
-    features computed per whole video and centred windows (``None``: as loaded).
+    ``standardise``: z-score each feature array with the source split's statistics;
+    ``build(dims, cfg, seed) -> model`` (``None``: an :class:`~baselines.adapt.AdaptNet`);
+    ``wrap(domain) -> domain`` turns each loaded domain into what the network reads
+    (``None``: as loaded).
     """
     label: str = "backbone + classifier"
     standardise: bool = True

@@ -14,12 +14,16 @@ padding (always at the end) never changes the predictions of real frames.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from ahjax.core.data.windows import Windows
+from ahjax.core.train import trainer as trainer_lib
 
 # The paper's widths per modality (docs/paper_setups.md).
 CHANNELS = {
@@ -179,10 +183,6 @@ def train_concat_tcn(store, spec: dict, model: TCNConfig, windows, train, workdi
     """Train a :class:`ConcatTCN` on ``store`` (``spec``: modality -> arrays) with the
     trainer, keep the best epoch by val AP, score val and test with the paper's frame
     metrics; returns ``{"val": {METHOD: ...}, "test": {...}, "training": ..., "notes": ...}``."""
-    from pathlib import Path
-
-    from ahjax.core.data.windows import Windows
-    from ahjax.core.train import trainer as trainer_lib
     train_split, val_split, test_split = splits
 
     def build(dims, rngs):

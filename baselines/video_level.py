@@ -2,25 +2,9 @@
 
 Both read 8 face crops sampled across the video (:func:`sample_frame_indices`) as
 ``(B, T, H, W, 3)`` normalised images and return ``(logits (B, 2), aux{"features"})``.
-
-**Video-FocalNet** (Wasim et al., ICCV 2023) is FocalNet with spatio-temporal focal
-modulation: each frame is patch-embedded (4x4, tubelet 1) and goes through four stages of
-blocks; in a block, a query is modulated by a *spatial* context (hierarchical depthwise 2-D
-convs with kernels 3, 5 and GELU, plus a global average, mixed by per-position gates, then
-a 1x1 conv ``h``) and, multiplicatively, by a *temporal* context built the same way with
-1-D convs along time. As in the official model (and its Keras port that loads the official
-weights), the temporal convs are full 1-D convolutions, which is why Video-FocalNet-T has
-about 49.5M parameters against FocalNet-T's 28.4M; ``depthwise_temporal=True`` makes them
-depthwise and ``temporal=False`` gives plain FocalNet applied per frame.
-
-**CLIP-style** (EmoCLIP-like): a frame encoder (any ``baselines.backbones`` model), a
-projection to a joint space, a small temporal transformer with mean pooling, and class
-embeddings compared by scaled cosine similarity (CLIP's learnable temperature). EmoCLIP's
-class embeddings come from CLIP's text encoder on class descriptions; no CLIP weights exist
-offline (docs/weights.md), so here they are either learned directly or start from our MiniLM
-sentence embeddings of prompts (:data:`PROMPTS`) through a learned projection. Training is
-cross-entropy over the two class prompts, i.e. CLIP's video-to-text contrastive loss with
-the class prompts as the text side.
+Video-FocalNet has spatio-temporal focal modulation; the CLIP-style model compares a
+temporal transformer's video embedding with class-prompt embeddings (learned, or MiniLM
+through a projection). Both in detail: docs/paper_setups.md, "Video-level models".
 """
 
 from __future__ import annotations
@@ -34,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from baselines.backbones import EncoderBlock
+from level1_affect import minilm
 
 NUM_FRAMES = 8
 PROMPTS = ("a person who is neither ambivalent nor hesitant",
@@ -217,7 +202,6 @@ def video_focalnet(size: str = "tiny", num_classes: int = 2, *, rngs: nnx.Rngs,
 
 def prompt_embeddings(prompts: Sequence[str] = PROMPTS) -> np.ndarray:
     """(len(prompts), 384) MiniLM sentence embeddings of the class prompts (loads MiniLM)."""
-    from level1_affect import minilm
     return np.asarray(minilm.encode_sentences(list(prompts)), np.float32)
 
 

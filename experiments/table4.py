@@ -7,7 +7,7 @@
   embeddings (MiniLM prompts through a learned projection, or learned directly);
 - ``question-only``: the train-set A/H rate of the video's question (the strong prior
   docs/bah_format.md asks every video-level result to be reported beside);
-- ``text-only``: transcript TF-IDF + logistic regression (``level2_conflict.text_video``).
+- ``text-only``: transcript TF-IDF + logistic regression (``baselines.text_video``).
 
 Columns: the paper's AVGF1 and AP at video level (plus WAR and F1s) on test; val too in
 ``results.json``. Deep models keep their best epoch by validation AP and threshold at 0.5.
@@ -29,6 +29,7 @@ from baselines import face_pretrain as fp
 from baselines.backbones import TINY, build_backbone
 from baselines.video_level import (NUM_FRAMES, ClipStyleVideo, prompt_embeddings,
                                    sample_frame_indices, video_focalnet)
+from baselines import text_video as text_baselines
 from level2_conflict import text_video as tvl
 from level1_affect.dataset import QUICK_DATA, DataConfig, demo_root
 
@@ -131,7 +132,7 @@ def run_deep(config: Config, name: str, data: dict, workdir: Path) -> tuple[dict
 
 
 def run_text(config: Config, method: str, data: dict) -> tuple[dict, str]:
-    """Question-only or a transcript model of ``level2_conflict.text_video``; ({split: metrics}, note)."""
+    """Question-only or a transcript model of ``baselines.text_video``; ({split: metrics}, note)."""
     cfg = config.text_model
     feats = {}
     for s, rows in data.items():
@@ -146,10 +147,11 @@ def run_text(config: Config, method: str, data: dict) -> tuple[dict, str]:
     y = np.array([r.video_label for r, _, _ in data["train"]])
     groups = [r.participant for r, _, _ in data["train"]]
     evals = {s: feats[s] for s in ("val", "test") if data.get(s)}
-    cands = tvl.candidates(method, cfg)
+    cands = text_baselines.candidates(method, cfg)
     counts = np.bincount(y, minlength=2)
     if min(counts) >= cfg.cv_folds and len(set(groups)) >= cfg.cv_folds:
-        chosen, t, _, probs = tvl.select_and_fit(cands, feats["train"], y, groups, evals, cfg)
+        chosen, t, _, probs = text_baselines.select_and_fit(cands, feats["train"], y, groups,
+                                                            evals, cfg)
         note = f"chose {chosen} by grouped {cfg.cv_folds}-fold CV AP on train, threshold {t:.2f}"
     elif counts.min() > 0 or method == "question_only":
         # Too few training videos per class for the grouped CV of text_video_level.

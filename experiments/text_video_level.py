@@ -4,61 +4,17 @@
 v1 video-level splits (``video_id,label,transcript`` lines; default
 ``../shared/data/bah-video-splits`` beside the repository, or ``$AHJAX_SPLITS``).
 
-Methods (class-1 probability per video):
-- ``question_only``: the train-set A/H rate of the video's question (number in its id).
-- ``tfidf_logreg``: word 1-2 gram TF-IDF + logistic regression.
-- ``minilm_logreg``, ``mpnet_logreg``: the MiniLM / MPNet sentence embedding of the
-  transcript + logistic regression.
-- ``two_level_text`` (ours, stacked). Level 1 scores each video from five views, each a
-  model of its own with its own grouped-CV choice of C: ``question_prior`` (the question's
-  train-set A/H rate), ``tfidf`` and ``embedding`` (as the TF-IDF baseline and the ``encoder``'s logistic regression), ``affect`` (logistic
-  regression over the 19 level-1 text descriptors of
-  ``level1_affect.text.video_text_features``: length, VADER, NRC emotions, hedge /
-  hesitation / change / sustain / contrast rates) and ``conflict`` (logistic regression over
-  its 15 level-2 conflict-summary features: change and sustain talk together, their flips,
-  "but" after change talk, valence swings between clauses...). Level 2 is a logistic
-  regression on standardised inputs, fitted on the views' out-of-fold logits (folds grouped
-  by participant, so a row's level-1 score never comes from a model that saw its
-  participant); its per-video logit is the intercept plus one named contribution per input
-  (``contributions_<split>.csv``; coefficients and mean contributions in the results). Its
-  level-2 C is chosen by nested grouped CV on train (outer folds hold out participants, and
-  inside each outer training part level 1 picks its C and makes its out-of-fold logits with
-  inner grouped folds); its inputs are the four view logits (``views``). Ablations
-  ``two_level_text_conflict`` (the earlier default: the design chosen by the same nested CV
-  among ``views``, ``views+conflict`` (the 15 raw conflict features), ``views+conflict_score``
-  (the conflict view's logit) and ``views+conflict_score+person`` (four logits averaged over
-  the participant's other videos, no label read)) and ``two_level_text_conflict_no_person``
-  (the same without the person design). The conflict input left the default on val
-  evidence: the same AP, a lower AVGF1 under every threshold protocol.
-- Ablations of an earlier single-model design: ``two_level_text_concat`` (the 34
-  descriptors plus the sentence embedding in one logistic regression), ``+q`` (with the
-  question one-hot) and ``two_level_text_lexicon`` (only the 34 named descriptors, in a
-  logistic regression or a small gradient-boosted model, whichever wins the training CV).
-
-Model selection uses the training split only: stratified K-fold grouped by participant
-picks each method's hyperparameters by the paper's AP on out-of-fold predictions (nested
-for the stacked model). The decision threshold (``model.threshold``) is, by default,
-``"resampled"``: the median over val-sized draws of training participants of the threshold
-maximising out-of-fold AVGF1 on the draw (robust to the score shift a split of val's size
-shows against all of train); ``"cv"`` takes the best out-of-fold AVGF1 on all of train
-(``val_threshold_cv_train`` reports it beside the default), a number fixes it. Val and test
-are only scored. AP always uses the untouched probabilities.
-
-Two more protocols report the hard-decision metrics with the threshold calibrated on the
-labelled evaluation split itself (the issue allows hyperparameters chosen on val), the same
-way for every method: ``val_threshold_on_val`` takes each method's best-AVGF1 threshold on
-val (in-sample, so optimistic for all); ``val_threshold_crossfit_on_val`` is its honest
-estimate: the split is halved by participant, each half is decided at the other half's
-best threshold, averaged over ``model.crossfit_repeats`` halvings shared by every method
-(with the share of halvings each baseline loses).
-
-``train_cv_resampled_like_val`` says how much a split of val's size can tell: it draws
-``model.resample_draws`` sets of as many training participants as val has and counts how
-often the stacked model's out-of-fold AVGF1 (and AP) beats each baseline, and all three.
+The baselines (``baselines.text_video``), the stacked two-level text model and its
+ablations (``level2_conflict.text_video``) are each chosen on train only, by
+participant-grouped CV AP (nested for the stacked model), at the ``model.threshold`` rule
+(default ``"resampled"``); val and test are only scored. Also reported: thresholds
+calibrated on val itself (in-sample and cross-fitted) and val-sized draws of training
+participants. The methods and protocols: docs/two_level.md, "The two-level text model".
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -68,12 +24,14 @@ from sklearn.model_selection import train_test_split
 from ahjax.core import assets
 from level1_affect.dataset import DataConfig, transcript_splits
 from ahjax.core.data.bah import load_video_splits, parse_video_name
-from level2_conflict.text_video import (BASELINES, STACKED, ModelConfig, TextViews,
-                                        TwoLevelText, _best_threshold, candidates,
-                                        crossfit_threshold, fit_two_level, level1_shift_table,
-                                        question_onehot, resample_participants,
-                                        resampled_threshold, score, select_and_fit,
-                                        sentence_embeddings, stack_cv, talk_features)
+from baselines.text_video import (BASELINES, candidates, resample_participants,
+                                  select_and_fit)
+from level1_affect.text import VIDEO_FEATURES, Lexicons, video_text_features
+from level2_conflict.text_video import (STACKED, ModelConfig, TextViews, TwoLevelText,
+                                        best_threshold, crossfit_threshold, fit_two_level,
+                                        level1_shift_table, question_onehot,
+                                        resampled_threshold, score, sentence_embeddings,
+                                        stack_cv, talk_features)
 
 METHODS = (*BASELINES, "two_level_text", "two_level_text_talk", "two_level_text_conflict",
            "two_level_text_conflict_no_person",
@@ -116,7 +74,6 @@ def _subsample(rows: list, n: int, seed: int) -> list:
 
 def _write_predictions(path: Path, rows: list, probs: dict[str, np.ndarray]) -> None:
     """``video_id,label,<method>...`` with each method's class-1 probability."""
-    import csv
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["video_id", "label", *probs])
@@ -126,7 +83,6 @@ def _write_predictions(path: Path, rows: list, probs: dict[str, np.ndarray]) -> 
 
 def _write_contributions(path: Path, rows: list, model: TwoLevelText, v: TextViews) -> dict:
     """Per-video named level-2 contributions (they sum to the logit); returns a summary."""
-    import csv
     names, parts, b = model.contributions(v)
     logit = b + parts.sum(1)
     with open(path, "w", newline="") as f:
@@ -154,8 +110,6 @@ def run(config: Config, workdir) -> dict:
     ``two_level_text``, ``contributions_<split>.csv`` (per-video named level-2
     contributions) into ``workdir``.
     """
-    from level1_affect.text import VIDEO_FEATURES, Lexicons, video_text_features
-
     folder = transcript_splits(config.data)
     splits = load_video_splits(folder)
     if "train" not in splits:
@@ -240,7 +194,7 @@ def run(config: Config, workdir) -> dict:
             continue
         table = {}                                  # in-sample: optimistic for every method
         for m, p in predictions[s].items():
-            t_s = _best_threshold(labels, p)
+            t_s = best_threshold(labels, p)
             table[m] = {**score(labels, p, t_s), "threshold": t_s}
         results[f"{s}_threshold_on_{s}"] = table
         if config.model.crossfit_repeats:           # cross-fitted: its honest estimate
@@ -274,7 +228,7 @@ def run(config: Config, workdir) -> dict:
     if config.model.threshold == "resampled" and "val" in evals:
         # The same methods at the plain train-CV threshold, for comparison with the rule.
         labels = np.array([r.label for r in data["val"]])
-        plain = {m: _best_threshold(y, train_oof[m]) for m in predictions["val"]}
+        plain = {m: best_threshold(y, train_oof[m]) for m in predictions["val"]}
         results["val_threshold_cv_train"] = {
             m: {**score(labels, p, plain[m]), "threshold": plain[m]}
             for m, p in predictions["val"].items()}

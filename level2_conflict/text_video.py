@@ -1,20 +1,16 @@
-"""Video-level A/H from a transcript: the baselines and the two-level text model.
-
-The library behind ``python -m experiments.run text_video_level`` (and the text rows of
-``table4``):
+"""Video-level A/H from a transcript: the two-level text model and what the baselines share.
 
 - features: sentence embeddings of whole transcripts (MiniLM or MPNet) and the learned
   talk-type summary, both cached on disk by text (``sentence_embeddings``,
   ``talk_features``), the question one-hot;
-- baselines: the question's A/H rate (``QuestionRate``), TF-IDF, MiniLM and MPNet logistic
-  regressions (``candidates``), one chosen by participant-grouped out-of-fold AP on train
-  (``select_and_fit``), scored with the paper's metrics (``score``) at a threshold set on
-  train (``resampled_threshold``: robust to the score shift of a small split);
+- scoring with the paper's metrics (``score``) at a threshold set on train
+  (``resampled_threshold``), participant-grouped folds, out-of-fold selection;
 - the two-level text model (``TwoLevelText``): level 1 scores each view of the transcript
-  (question prior, TF-IDF, sentence embedding, level-1 affect descriptors, the conflict summary, the
-  talk types) out of fold by participant; level 2 is a logistic regression over those
-  scores whose logit is an intercept plus one named contribution per view, its design
-  chosen by nested grouped CV (``stack_cv``, ``fit_two_level``).
+  out of fold by participant; level 2 is a logistic regression over those scores whose
+  logit is an intercept plus one named contribution per view, its design chosen by nested
+  grouped CV (``stack_cv``, ``fit_two_level``). docs/two_level.md says more.
+
+The text baselines (question rate, TF-IDF, MiniLM, MPNet) are in ``baselines.text_video``.
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
@@ -32,9 +27,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ahjax.core.metrics import bah_metrics, frame_ap
+from level1_affect import encoders
+from level1_affect import talk_type as tt
+from level1_affect.text import VIDEO_FEATURES
 
 METRICS = ("AVGF1", "AP", "WAR", "F1_POS", "F1_NEG", "W_F1")
-BASELINES = ("question_only", "tfidf_logreg", "minilm_logreg", "mpnet_logreg")
 N_QUESTIONS = 7
 LEVEL2_INPUTS = ("views", "views+conflict", "views+conflict_score", "views+conflict_score+person",
                  "views+talk_score", "views+talk_score+person")
@@ -65,15 +62,12 @@ def sentence_embeddings(texts: Sequence[str], cache: Path, encoder: str = "minil
     """(n, dim) sentence embeddings of whole transcripts by ``encoder`` (``minilm``,
     ``mpnet`` or a folder), cached on disk by encoder and text; texts beyond the encoder's
     limit (MiniLM 256, MPNet 384 tokens) are truncated, as sentence-transformers does."""
-    from level1_affect import encoders
     return encoders.load(encoder).cached_sentences(texts, cache)
 
 
 def talk_features(texts: Sequence[str], cache: Path, model_dir: str = "") -> np.ndarray:
     """(n, 8) ``VIDEO_TALK_FEATURES`` of whole transcripts from a talk-type model (default:
     the packaged one), cached by model and text."""
-    from level1_affect import encoders
-    from level1_affect import talk_type as tt
     path = Path(model_dir) if model_dir else tt.ensure_default()
 
     def compute(todo):
@@ -112,7 +106,7 @@ def _take(x, idx):
     return [x[i] for i in idx] if isinstance(x, list) else x[idx]
 
 
-def _best_threshold(y: np.ndarray, p: np.ndarray) -> float:
+def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold in 0.05..0.95 with the best AVGF1 on (out-of-fold) predictions."""
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
     scores = [bah_metrics(y, (p >= t).astype(np.float64))["AVGF1"] for t in grid]
@@ -120,7 +114,7 @@ def _best_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 
 # Threshold rules read from the training data (the "resampled" one is applied in run()).
-_DATA_THRESHOLDS = ("cv", "resampled")
+DATA_THRESHOLDS = ("cv", "resampled")
 
 
 def _shift(p: np.ndarray, t: float) -> np.ndarray:
@@ -140,19 +134,15 @@ def crossfit_decisions(y: np.ndarray, p: np.ndarray, parts: list) -> np.ndarray:
     """0/1 decisions: each ``(fit, apply)`` part decided at the best-AVGF1 threshold of ``fit``."""
     hard = np.zeros(len(y))
     for fit, apply in parts:
-        hard[apply] = (p[apply] >= _best_threshold(y[fit], p[fit])).astype(np.float64)
+        hard[apply] = (p[apply] >= best_threshold(y[fit], p[fit])).astype(np.float64)
     return hard
 
 
 def crossfit_threshold(y: np.ndarray, probs: dict[str, np.ndarray], groups, repeats: int,
                        seed: int) -> dict:
-    """Hard-decision metrics with the threshold calibrated on labelled evaluation videos.
+    """Hard-decision metrics at thresholds cross-fitted on halves of the labelled split.
 
-    For each of ``repeats`` random halvings of the split by participant, each half is
-    decided at the threshold with the best AVGF1 on the *other* half, so no video's decision
-    uses its own label (or its participant's); the metrics of the pooled decisions are
-    averaged over repeats. Every method sees the same halvings, so ``per_repeat`` (each
-    repeat's AVGF1) supports paired comparisons. AP needs no threshold and is unchanged.
+    Averaged over ``repeats`` participant halvings shared by every method (docs/two_level.md).
     Returns ``{method: {metric: mean, "AVGF1_sd": ..., "per_repeat": [...]}}``.
     """
     out: dict = {m: [] for m in probs}
@@ -170,47 +160,6 @@ def crossfit_threshold(y: np.ndarray, probs: dict[str, np.ndarray], groups, repe
     return table
 
 
-def resample_participants(y: np.ndarray, oof: dict[str, np.ndarray], thresholds: dict, groups,
-                          n_participants: int, draws: int, seed: int) -> dict:
-    """How the methods compare on evaluation sets the size of val, from train alone.
-
-    Each draw takes ``n_participants`` training participants without replacement and scores
-    every method's out-of-fold probabilities on their videos at the method's train
-    threshold (chosen on all of train: a small optimism shared by every method). Returns
-    ``{method: {"AVGF1", "AP", "AVGF1_p05", "AVGF1_p95", and for two_level_text
-    "wins_vs_<baseline>" and "wins_vs_all" (share of draws with a strictly higher AVGF1,
-    than that baseline or than every one), "AP_wins_vs_..." the same for AP}}``.
-    """
-    groups = np.asarray(groups)
-    people = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    runs: dict = {m: {"AVGF1": [], "AP": []} for m in oof}
-    for _ in range(draws):
-        pick = rng.choice(people, size=min(n_participants, len(people)), replace=False)
-        rows = np.isin(groups, pick)
-        if not 0 < y[rows].sum() < rows.sum():
-            continue
-        for m, p in oof.items():
-            sc = score(y[rows], p[rows], thresholds[m])
-            runs[m]["AVGF1"].append(sc["AVGF1"])
-            runs[m]["AP"].append(sc["AP"])
-    table = {}
-    for m, r in runs.items():
-        f1 = np.array(r["AVGF1"])
-        table[m] = {"AVGF1": float(f1.mean()), "AP": float(np.mean(r["AP"])),
-                    "AVGF1_p05": float(np.quantile(f1, 0.05)),
-                    "AVGF1_p95": float(np.quantile(f1, 0.95))}
-    base = [m for m in BASELINES if m in runs]
-    if "two_level_text" in runs and base:
-        for metric, tag in (("AVGF1", "wins"), ("AP", "AP_wins")):
-            ours = np.array(runs["two_level_text"][metric])
-            beats = {m: ours > np.array(runs[m][metric]) for m in base}
-            for m in base:
-                table["two_level_text"][f"{tag}_vs_{m}"] = float(beats[m].mean())
-            table["two_level_text"][f"{tag}_vs_all"] = float(np.all(list(beats.values()), 0).mean())
-    return table
-
-
 def resampled_threshold(y: np.ndarray, p: np.ndarray, groups, n_participants: int,
                         draws: int, seed: int) -> float:
     """A decision threshold robust to the sampling of a small evaluation split: the median,
@@ -225,8 +174,8 @@ def resampled_threshold(y: np.ndarray, p: np.ndarray, groups, n_participants: in
         rows = np.isin(groups, rng.choice(people, size=min(n_participants, len(people)),
                                           replace=False))
         if 0 < y[rows].sum() < rows.sum():
-            found.append(_best_threshold(y[rows], p[rows]))
-    return float(np.median(found)) if found else _best_threshold(y, p)
+            found.append(best_threshold(y[rows], p[rows]))
+    return float(np.median(found)) if found else best_threshold(y, p)
 
 
 def grouped_folds(y: np.ndarray, groups, n_splits: int, seed: int) -> list:
@@ -235,7 +184,7 @@ def grouped_folds(y: np.ndarray, groups, n_splits: int, seed: int) -> list:
     return list(cv.split(np.zeros(len(y)), y, np.asarray(groups)))
 
 
-def _select_oof(candidates: dict[str, Callable], x, y, folds) -> tuple[str, np.ndarray]:
+def select_oof(candidates: dict[str, Callable], x, y, folds) -> tuple[str, np.ndarray]:
     """The candidate with the best out-of-fold AP over ``folds``, and its OOF probabilities."""
     best = None
     for name, make in candidates.items():
@@ -248,39 +197,20 @@ def _select_oof(candidates: dict[str, Callable], x, y, folds) -> tuple[str, np.n
     return best[0], best[2]
 
 
-def select_and_fit(candidates: dict[str, Callable], x_train, y, groups, evals: dict, cfg: ModelConfig):
-    """Choose a candidate by grouped out-of-fold AP on train, refit it, predict ``evals``.
-
-    Returns ``(name, threshold, out-of-fold train probabilities, {split: probabilities})``.
-    """
-    folds = grouped_folds(y, groups, cfg.cv_folds, cfg.seed)
-    name, oof = _select_oof(candidates, x_train, y, folds)
-    threshold = _best_threshold(y, oof) if cfg.threshold in _DATA_THRESHOLDS else float(cfg.threshold)
-    model = candidates[name]().fit(x_train, y)
-    probs = {s: model.predict_proba(x)[:, 1] for s, x in evals.items()}
-    return name, threshold, oof, probs
-
-
 def _logreg(c: float, scale: bool = True):
     lr = LogisticRegression(C=c, max_iter=5000)
     return make_pipeline(StandardScaler(), lr) if scale else lr
 
 
-def candidates(method: str, cfg: ModelConfig) -> dict[str, Callable]:
-    if method == "question_only":
+def view_candidates(view: str, cfg: ModelConfig) -> dict[str, Callable]:
+    """A level-1 view's candidate models by name; the text baselines use the same grids."""
+    if view == "question_prior":
         return {"question_rate": QuestionRate}
-    if method == "tfidf_logreg":
+    if view == "tfidf":
         return {f"tfidf_lr_C{c}": (lambda c=c: make_pipeline(
             TfidfVectorizer(ngram_range=(1, 2), min_df=cfg.tfidf_min_df, sublinear_tf=True),
             LogisticRegression(C=c, max_iter=5000))) for c in cfg.logreg_c}
-    cands = {f"lr_C{c}": (lambda c=c: _logreg(c)) for c in cfg.logreg_c}
-    # Trees only on the 34 named descriptors: on 400+ embedding dimensions a boosted model
-    # costs ~30 s a fit here and has no interpretable splits to offer.
-    if method == "two_level_text_lexicon":
-        cands.update({f"gbm_depth{d}": (lambda d=d: HistGradientBoostingClassifier(
-            max_depth=d, learning_rate=cfg.gbm_lr, max_iter=cfg.gbm_iters, l2_regularization=1.0,
-            random_state=cfg.seed)) for d in cfg.gbm_depth})
-    return cands
+    return {f"lr_C{c}": (lambda c=c: _logreg(c)) for c in cfg.logreg_c}   # scaled, over C
 
 
 # ---- the two-level stacked text model ------------------------------------------------
@@ -289,7 +219,6 @@ LEVEL1_VIEWS = ("question_prior", "tfidf", "embedding", "affect", "conflict", "t
 
 def descriptor_split() -> tuple[tuple, tuple]:
     """``VIDEO_FEATURES`` cut into level-1 affect descriptors and the level-2 conflict summary."""
-    from level1_affect.text import VIDEO_FEATURES
     i = VIDEO_FEATURES.index("change_and_sustain")
     return tuple(VIDEO_FEATURES[:i]), tuple(VIDEO_FEATURES[i:])
 
@@ -337,32 +266,20 @@ def _view_input(view: str, v: TextViews):
     raise ValueError(f"unknown level-1 view {view!r}; known: {LEVEL1_VIEWS}")
 
 
-def _viewcandidates(view: str, cfg: ModelConfig) -> dict[str, Callable]:
-    """Each level-1 view's candidates: the same grids as the matching baselines."""
-    if view == "question_prior":
-        return candidates("question_only", cfg)
-    if view == "tfidf":
-        return candidates("tfidf_logreg", cfg)
-    return candidates("minilm_logreg", cfg)     # scaled logistic regressions over C
-
-
 def fit_level1(v: TextViews, y: np.ndarray, folds: list, cfg: ModelConfig,
                views: Sequence[str] = LEVEL1_VIEWS):
     """Level 1 on ``v``: per view, the candidate with the best OOF AP over ``folds``.
 
-    Returns ``(z, models, chosen)``: ``z`` (n, n_views) the out-of-fold logits (each row
-    predicted by a model that never saw the row's fold, and the folds are grouped by
-    participant, so never the row's own participant), ``models`` each view refitted on all
-    of ``v``, ``chosen`` the candidate names. The logits are those of the chosen C, so they
-    share its (small) selection optimism, as ``LogisticRegressionCV`` + ``cross_val_predict``.
+    Returns ``(z, models, chosen)``: ``z`` (n, n_views) the out-of-fold logits of the chosen
+    candidates, ``models`` each view refitted on all of ``v``, ``chosen`` the candidate names.
     """
     if v.talk is None:            # no talk-type summary computed: the talk view is left out
         views = tuple(view for view in views if view != "talk")
     z = np.zeros((len(y), len(views)))
     models, chosen = {}, {}
     for j, view in enumerate(views):
-        x, cands = _view_input(view, v), _viewcandidates(view, cfg)
-        chosen[view], oof = _select_oof(cands, x, y, folds)
+        x, cands = _view_input(view, v), view_candidates(view, cfg)
+        chosen[view], oof = select_oof(cands, x, y, folds)
         z[:, j] = _logit(oof)
         models[view] = cands[chosen[view]]().fit(x, y)
     return z, models, chosen
@@ -393,18 +310,9 @@ def person_context(z: np.ndarray, groups) -> np.ndarray:
 
 
 def level2_matrix(z: np.ndarray, v: TextViews, inputs: str, views=LEVEL1_VIEWS):
-    """Level-2 inputs and their names.
+    """Level-2 inputs and their names for the design ``inputs`` (one of ``LEVEL2_INPUTS``).
 
-    ``views``: the logits of the question prior, TF-IDF, sentence-embedding and affect views;
-    ``views+conflict``: those plus the 15 raw conflict-summary features;
-    ``views+conflict_score``: those plus the logit of the conflict view (a level-1 logistic
-    regression over the conflict summary), five named inputs in all;
-    ``views+conflict_score+person``: those five plus, for each of ``PERSON_VIEWS``, its
-    logit averaged over the participant's other videos in the same set
-    (``person_context``; NaN when there is none), so level 2 can weigh an answer against
-    the person's usual way of talking. ``views+talk_score`` and ``views+talk_score+person``
-    are the same with the talk view (a logistic regression over the learned talk-type
-    summary, ``VIDEO_TALK_FEATURES``) in place of the conflict view.
+    The designs are listed in docs/two_level.md, "The two-level text model".
     """
     col = {view: j for j, view in enumerate(views)}
     base = ["question_prior", "tfidf", "embedding", "affect"]
@@ -496,14 +404,10 @@ class TwoLevelText:
 
 
 def stack_cv(v: TextViews, y: np.ndarray, cfg: ModelConfig) -> tuple[dict, list]:
-    """Nested, participant-grouped CV of every level-2 design on train.
+    """Nested, participant-grouped CV of every level-2 design on train (docs/two_level.md).
 
-    Outer folds hold out participants; inside each outer training part, level 1 chooses its
-    C and makes out-of-fold logits with inner grouped folds, level 2 fits on those, and the
-    outer held-out part is scored by level-1 models refitted on the outer training part.
     Returns ``({(inputs, c): outer OOF probabilities}, outer folds, shifts)``; ``shifts[k]``
-    is, per level-1 view, the mean logit of outer fold k's held-out participants minus the
-    mean out-of-fold logit of the rest: how far a new group of people moves the scores.
+    is, per level-1 view, how far outer fold k's held-out participants move the mean logit.
     """
     outer = grouped_folds(y, v.groups, cfg.cv_folds, cfg.seed)
     parts = []
@@ -554,11 +458,11 @@ def fit_two_level(v: TextViews, y: np.ndarray, evals: dict, cfg: ModelConfig,
         if best is None or ap > best[1] + 1e-9:
             best = (key, ap)
     key = best[0]
-    threshold = (_best_threshold(y, designs[key]) if cfg.threshold in _DATA_THRESHOLDS
+    threshold = (best_threshold(y, designs[key]) if cfg.threshold in DATA_THRESHOLDS
                  else float(cfg.threshold))
     model = TwoLevelText(cfg, inputs=key[0], c=key[1]).fit(v, y, folds=outer)
     probs = {s: model.predict_proba(x)[:, 1] for s, x in evals.items()}
-    table = {f"{i} C={c}": {"AP": frame_ap(y, p), "AVGF1": score(y, p, _best_threshold(y, p))["AVGF1"]}
+    table = {f"{i} C={c}": {"AP": frame_ap(y, p), "AVGF1": score(y, p, best_threshold(y, p))["AVGF1"]}
              for (i, c), p in designs.items()}
     return model, key, threshold, designs[key], probs, table
 

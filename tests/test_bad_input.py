@@ -2,20 +2,9 @@
 (``--debug`` shows it), nothing half-written. Media-level cases (silence, tone, noise,
 corrupt and missing videos) are in test_speech_gate.py and test_pipeline.py."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bah_fixture import make_bah_fixture
-
-REPO = Path(__file__).parent.parent
-
-
-def _run(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +15,9 @@ def bad_tree(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_runner_on_a_malformed_tree_fails_in_one_line_and_marks_the_run(bad_tree, tmp_path):
-    res = _run("experiments.run", "two_level", f"--config.data.root={bad_tree}",
+def test_runner_on_a_malformed_tree_fails_in_one_line_and_marks_the_run(run_module, bad_tree,
+                                                                        tmp_path):
+    res = run_module("experiments.run", "two_level", f"--config.data.root={bad_tree}",
                "--workdir", tmp_path / "runs")
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
@@ -38,13 +28,13 @@ def test_runner_on_a_malformed_tree_fails_in_one_line_and_marks_the_run(bad_tree
     failed = (run_dir / "FAILED.txt").read_text()
     assert failed.startswith("BahFormatError: ") and "Traceback" in failed
     assert not (run_dir / "results.json").exists()
-    debug = _run("experiments.run", "two_level", f"--config.data.root={bad_tree}",
+    debug = run_module("experiments.run", "two_level", f"--config.data.root={bad_tree}",
                  "--workdir", tmp_path / "runs2", "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_extract_on_a_malformed_tree_fails_in_one_line(bad_tree, tmp_path):
-    res = _run("ahjax", "extract", "--root", bad_tree, "--out", tmp_path / "store")
+def test_extract_on_a_malformed_tree_fails_in_one_line(run_module, bad_tree, tmp_path):
+    res = run_module("ahjax", "extract", "--root", bad_tree, "--out", tmp_path / "store")
     assert res.returncode == 2 and res.stdout == ""
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
     assert "split-frames/train.txt:1:" in res.stderr
@@ -54,8 +44,8 @@ def test_extract_on_a_malformed_tree_fails_in_one_line(bad_tree, tmp_path):
     (["--detect-every", "0"], "detect_every=0: must be at least 1"),
     (["--talk-type", "nowhere"], "talk_type='nowhere'"),
 ])
-def test_extract_checks_its_settings_first(bad_tree, tmp_path, args, message):
-    res = _run("ahjax", "extract", "--root", bad_tree, "--out", tmp_path / "store", *args)
+def test_extract_checks_its_settings_first(run_module, bad_tree, tmp_path, args, message):
+    res = run_module("ahjax", "extract", "--root", bad_tree, "--out", tmp_path / "store", *args)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "store").exists()
 
@@ -67,17 +57,18 @@ def test_extract_checks_its_settings_first(bad_tree, tmp_path, args, message):
     ("--config.multi.train.lr=1e999", "multi.train.lr=inf: must be a finite number"),
 ])
 @pytest.mark.slow
-def test_runner_refuses_out_of_range_settings_before_any_work(tmp_path, override, message):
-    res = _run("experiments.run", "two_level", override, "--workdir", tmp_path / "runs")
+def test_runner_refuses_out_of_range_settings_before_any_work(run_module, tmp_path, override,
+                                                              message):
+    res = run_module("experiments.run", "two_level", override, "--workdir", tmp_path / "runs")
     assert res.returncode == 2 and message in res.stderr, res.stderr[-1500:]
     assert "Traceback" not in res.stderr and not (tmp_path / "runs").exists()
 
 
-def test_talk_type_on_a_malformed_annomi_fails_in_one_line(tmp_path):
+def test_talk_type_on_a_malformed_annomi_fails_in_one_line(run_module, tmp_path):
     (tmp_path / "AnnoMI-full.csv").write_text(
         "transcript_id,utterance_id,interlocutor,utterance_text,client_talk_type\n"
         "1,0,client,I will stop.,maybe\n")
-    res = _run("experiments.run", "talk_type", f"--config.data.annomi={tmp_path}",
+    res = run_module("experiments.run", "talk_type", f"--config.data.annomi={tmp_path}",
                "--workdir", tmp_path / "runs")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "AnnoMI-full.csv: line 2, column client_talk_type: 'maybe'" in res.stderr
@@ -167,20 +158,20 @@ def test_odd_but_valid_videos_go_through_level_one(tmp_path, case):
 
 
 @pytest.mark.parametrize("content", [b"", b"this is a text file, not a video\n" * 20])
-def test_zero_byte_and_renamed_text_files_are_refused_in_one_line(tmp_path, content):
+def test_zero_byte_and_renamed_text_files_are_refused_in_one_line(run_module, tmp_path, content):
     video = tmp_path / "clip.mp4"
     video.write_bytes(content)
-    res = _run("ahjax", "predict", video, "--out", tmp_path / "out")
+    res = run_module("ahjax", "predict", video, "--out", tmp_path / "out")
     assert res.returncode == 2 and "clip.mp4" in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
-def test_truncated_video_is_refused_or_read_to_where_it_breaks(tmp_path):
+def test_truncated_video_is_refused_or_read_to_where_it_breaks(run_module, tmp_path):
     import numpy as np
     full = _write_video(tmp_path / "full.mp4", np.arange(60) / 30.0)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
-    res = _run("ahjax", "predict", cut, "--out", tmp_path / "out")
+    res = run_module("ahjax", "predict", cut, "--out", tmp_path / "out")
     assert res.returncode == 2 and "cut.mp4" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -201,10 +192,10 @@ def test_extraction_progress_names_the_dataset_and_failures_name_the_video(tmp_p
     (["--questions", "9"], "--questions in 1..7"),
     ([], "is not empty"),
 ])
-def test_demo_generator_refuses_bad_input_in_one_line(tmp_path, args, message):
+def test_demo_generator_refuses_bad_input_in_one_line(run_module, tmp_path, args, message):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    res = _run("ahjax", "demo", "--out", out, *args)
+    res = run_module("ahjax", "demo", "--out", out, *args)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -2,8 +2,6 @@
 
 import os
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,11 +15,8 @@ from ahjax.core.data.compacted import CompactedFeatures
 from ahjax.core.data.errors import BahFormatError
 from ahjax.core.data.transcript import Chunk, monotonic_chunks, read_transcription
 from ahjax.core.data.yamlio import BahSafeLoader, load_yaml
+from bah_fixture import HOSTILE, make_bah_fixture
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bah_fixture import HOSTILE, make_bah_fixture  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 V1_SPLITS = Path("/work/shared/data/bah-video-splits")
 
 
@@ -340,18 +335,13 @@ def test_compacted_errors(tmp_path, over, match):
         CompactedFeatures(tmp_path / "features").load(vid)
 
 
-def _inspect(*args):
-    return subprocess.run([sys.executable, "-m", "ahjax", "inspect", *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
-
-
-def test_inspect_cli(tree, tmp_path):
+def test_inspect_cli(run_module, tree, tmp_path):
     root, expected, _ = tree
-    res = _inspect(root, "--json")
+    res = run_module("ahjax", "inspect", root, "--json", timeout=60)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"splits": expected["splits"]}
     assert len(res.stdout.strip().splitlines()) == 1
-    res = _inspect(root)
+    res = run_module("ahjax", "inspect", root, timeout=60)
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["split", "videos", "participants", "frames", "ah_frames",
                                 "missing_videos", "ah_share"]
@@ -360,7 +350,7 @@ def test_inspect_cli(tree, tmp_path):
     assert "warning: 10 split entries have no video file" in res.stderr
     assert len({len(line) for line in lines}) == 1  # aligned
     make_bah_fixture(tmp_path / "bad", "label_length")
-    res = _inspect(tmp_path / "bad", "--json")
+    res = run_module("ahjax", "inspect", tmp_path / "bad", "--json", timeout=60)
     assert res.returncode == 2 and res.stdout == ""
     assert "split-frames/train.txt:1:" in res.stderr and "61 frame labels here but 60" in res.stderr
     assert "Traceback" not in res.stderr

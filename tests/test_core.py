@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -86,15 +84,15 @@ def test_results_markdown_and_json(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == res
 
 
-def test_runner_lists_experiments():
-    out = subprocess.run([sys.executable, "-m", "experiments.run", "--list"],
-                         capture_output=True, text=True, check=True).stdout
+def test_runner_lists_experiments(run_module):
+    proc = run_module("experiments.run", "--list")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
     assert "two_level" in out and "text_video_level" in out
 
 
-def test_runner_rejects_unknown_override():
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", "text_video_level",
-                           "--config.no_such_key=1"], capture_output=True, text=True)
+def test_runner_rejects_unknown_override(run_module):
+    proc = run_module("experiments.run", "text_video_level", "--config.no_such_key=1")
     assert proc.returncode == 2 and "unknown config key 'no_such_key'" in proc.stderr
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from baselines.llm import parse, prompts, zeroshot
-from baselines.llm.backends import (Answer, BackendError, BackendUnavailable, OpenAIBackend,
-                                    positive_probability)
+from baselines.llm.answer import Answer, BackendError, BackendUnavailable, positive_probability
+from baselines.llm.backends import OpenAIBackend
 from level1_affect import schema
 
 TRANSCRIPT = "I want to exercise more, but maybe not this week."

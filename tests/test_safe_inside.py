@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from test_bad_input import REPO, _run, _write_video
+from conftest import REPO, run_python as _run
+from test_bad_input import _write_video
 
 from ahjax.core.config import ConfigError, apply_overrides
 from level2_conflict import hsmm

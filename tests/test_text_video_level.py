@@ -9,6 +9,7 @@ from ahjax.core.metrics import bah_metrics, frame_ap
 from level1_affect.dataset import DataConfig, transcript_splits
 from experiments import run as runner
 from experiments import text_video_level as tvl
+from baselines import text_video as tb
 from level2_conflict import text_video as tv
 
 
@@ -30,7 +31,7 @@ def test_threshold_shift_keeps_ap_and_moves_decisions():
     assert got["AVGF1"] == pytest.approx(hard["AVGF1"]) and got["WAR"] == pytest.approx(hard["WAR"])
     assert got["AP"] == pytest.approx(bah_metrics(y, p)["AP"])
     # The chosen threshold is the best AVGF1 on the given predictions.
-    t = tv._best_threshold(y, p)
+    t = tv.best_threshold(y, p)
     assert tv.score(y, p, t)["AVGF1"] >= got["AVGF1"] - 1e-12
 
 
@@ -39,8 +40,8 @@ def test_grouped_cv_never_splits_a_participant():
     y = np.array([0, 1] * 30)
     groups = [f"p{i // 4}" for i in range(60)]
     x = np.random.default_rng(1).normal(size=(60, 3)) + y[:, None]
-    name, t, oof, probs = tv.select_and_fit(
-        tv.candidates("minilm_logreg", tv.ModelConfig(cv_folds=3, logreg_c=(0.1, 1.0))),
+    name, t, oof, probs = tb.select_and_fit(
+        tb.candidates("minilm_logreg", tv.ModelConfig(cv_folds=3, logreg_c=(0.1, 1.0))),
         x, y, groups, {"val": x[:10]}, tv.ModelConfig(cv_folds=3, logreg_c=(0.1, 1.0)))
     assert name in ("lr_C0.1", "lr_C1.0") and 0.05 <= t <= 0.95
     assert probs["val"].shape == (10,) and oof.shape == y.shape and frame_ap(y, oof) > 0.7
@@ -53,13 +54,13 @@ def test_resample_participants_counts_paired_wins_on_val_sized_draws():
     noisy = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.25, len(y)), 0, 1)
     oof = {"two_level_text": y * 0.8 + 0.1, "question_only": noisy, "tfidf_logreg": noisy}
     t = {m: 0.5 for m in oof}
-    table = tv.resample_participants(y, oof, t, groups, 10, 30, 0)
+    table = tb.resample_participants(y, oof, t, groups, 10, 30, 0)
     ours = table["two_level_text"]
     assert ours["AVGF1"] == 1.0 and ours["wins_vs_question_only"] == 1.0 and ours["wins_vs_all"] == 1.0
     assert table["question_only"]["AVGF1_p05"] <= table["question_only"]["AVGF1"] <= 1.0
     # A copy of a baseline never wins against it (ties are not wins).
     oof["two_level_text"] = noisy
-    table = tv.resample_participants(y, oof, t, groups, 10, 30, 0)
+    table = tb.resample_participants(y, oof, t, groups, 10, 30, 0)
     assert table["two_level_text"]["wins_vs_tfidf_logreg"] == 0.0
     assert table["two_level_text"]["wins_vs_all"] == 0.0
 
@@ -77,7 +78,7 @@ def test_crossfit_threshold_never_reads_a_decided_videos_label():
     y2[apply] = 1 - y2[apply]
     np.testing.assert_array_equal(tv.crossfit_decisions(y2, p, halves)[apply], hard[apply])
     # Each half is cut at the other half's best threshold.
-    t = tv._best_threshold(y[fit], p[fit])
+    t = tv.best_threshold(y[fit], p[fit])
     np.testing.assert_array_equal(hard[apply], (p[apply] >= t).astype(float))
     table = tv.crossfit_threshold(y, {"a": p, "flat": np.full(80, 0.5)}, groups, 4, 0)
     assert len(table["a"]["per_repeat"]) == 4 and table["a"]["AP"] == pytest.approx(
@@ -141,7 +142,7 @@ def test_quick_run_end_to_end(tmp_path):
     resampled = results["train_cv_resampled_like_val"]
     assert resampled.keys() == results["train_cv"].keys()
     ours = resampled["two_level_text"]
-    assert 0 <= ours["wins_vs_all"] <= min(ours[f"wins_vs_{m}"] for m in tv.BASELINES
+    assert 0 <= ours["wins_vs_all"] <= min(ours[f"wins_vs_{m}"] for m in tb.BASELINES
                                            if m in config.methods) <= 1
     assert ours["AVGF1_p05"] <= ours["AVGF1"] <= ours["AVGF1_p95"]
     assert sum("every baseline" in n for n in results["notes"]) == 4
@@ -259,11 +260,11 @@ def test_resampled_threshold_is_the_median_of_val_sized_draws():
     for _ in range(100):
         rows = np.isin(groups, draws.choice(people, size=5, replace=False))
         if 0 < y[rows].sum() < rows.sum():
-            found.append(tv._best_threshold(y[rows], p[rows]))
+            found.append(tv.best_threshold(y[rows], p[rows]))
     assert t == pytest.approx(float(np.median(found)))
     # With one participant per draw and single-class participants, it falls back to all of train.
     one = np.repeat(["a", "b"], 10)
     y1 = np.repeat([0, 1], 10)
     p1 = np.linspace(0, 1, 20)
-    assert tv.resampled_threshold(y1, p1, one, 1, 10, 0) == tv._best_threshold(y1, p1)
+    assert tv.resampled_threshold(y1, p1, one, 1, 10, 0) == tv.best_threshold(y1, p1)
     assert tvl.get_config().model.threshold == "resampled"

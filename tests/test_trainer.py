@@ -24,6 +24,7 @@ from baselines.tcn import ConcatTCN, TCNConfig
 from test_windows import SPEC, make_store
 
 ROOT = Path(__file__).resolve().parents[1]
+CHILD_PATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])   # child scripts import test_windows
 WCFG = win.WindowConfig(window=16, hop=8, batch_size=4, seed=0)
 TCFG = T.TrainConfig(epochs=3, lr=0.05, progress=False, log_every=3)
 RESUME_CFG = dataclasses.replace(TCFG, checkpoint_every=4)
@@ -355,8 +356,7 @@ def test_training_key_follows_the_features(tmp_path):
 
 
 MULTI = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, {tests!r})
+    import json
     import jax, numpy as np
     from flax import nnx
     from ahjax.core.data import windows as win
@@ -384,8 +384,8 @@ MULTI = textwrap.dedent("""
 @pytest.mark.slow
 def test_four_devices_match_one(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    code = MULTI.format(tests=str(ROOT / "tests"), root=str(tmp_path))
+               JAX_PLATFORMS="cpu", PYTHONPATH=CHILD_PATH)
+    code = MULTI.format(root=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -449,7 +449,6 @@ def test_adaptation_and_image_training_on_four_devices_match_one():
 
 PROCESS = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, {tests!r})
     pid, nproc, root = int(sys.argv[1]), int(sys.argv[2]), {root!r}
     from ahjax.core.train import engine
     engine.initialize_distributed({coordinator!r}, nproc, pid)
@@ -483,9 +482,9 @@ def test_two_processes_on_loopback_train_like_one(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = PROCESS.format(tests=str(ROOT / "tests"), root=str(tmp_path),
+    code = PROCESS.format(root=str(tmp_path),
                           coordinator=f"127.0.0.1:{port}")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=CHILD_PATH)
     env.pop("XLA_FLAGS", None)
     run = lambda pid, n: subprocess.Popen(  # noqa: E731
         [sys.executable, "-c", code, str(pid), str(n)], env=env, cwd=ROOT,

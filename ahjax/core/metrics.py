@@ -1,22 +1,8 @@
 """The BAH paper's evaluation, computed exactly as its reference code does.
 
-Class 1 = A/H present. Frame-level metrics pool every labelled frame of a split (frames
-labelled -1 are dropped first).
-
-- ``AVGF1``: mean of the two per-class F1 scores (sklearn ``f1_score(average=None)``,
-  zero_division 0.0), ``F1_NEG``/``F1_POS`` the two scores, ``W_F1`` their support-weighted mean.
-- ``AP``: NOT sklearn's ``average_precision_score``. At the 1000 thresholds
-  ``numpy.arange(0, 1, 0.001)`` a frame is positive when its class-1 probability is
-  ``>= t``; precision is ``tp/(tp+fp)``, or 0.0 when nothing is predicted positive; recall
-  is ``tp/(tp+fn)``; AP is ``sklearn.metrics.auc(recall, precision)``, the trapezoidal area
-  along the threshold order (recall never increases with t, so auc's direction is -1).
-- ``WAR``: weighted average recall, which is plain accuracy.
-- ``CONF``: 2x2 confusion matrix, rows = true class, normalised per row.
-
-Scores are either class-1 probabilities, shape (n,), or 2-class logits, shape (n, 2),
-turned into probabilities by a softmax (in float64). Hard predictions are the argmax of
-logits, or ``prob >= 0.5`` for probabilities; the two differ only on an exact tie
-(logits equal, probability exactly 0.5), where argmax says 0 and the threshold says 1.
+Class 1 = A/H present; frame-level metrics pool every labelled frame of a split (-1
+dropped). ``AVGF1``, ``F1_NEG``/``F1_POS``, ``W_F1``, ``AP`` (the reference's own, not
+sklearn's), ``WAR`` and ``CONF``: definitions in docs/bah_format.md, "Metric definitions".
 """
 
 from __future__ import annotations
@@ -125,11 +111,9 @@ def _f1_per_class(labels: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.
 def bah_metrics(labels, scores) -> dict:
     """Every frame-level metric of the paper for one pool of frames.
 
-    Takes ``labels`` int (n,) in {0, 1, -1} (-1 frames are dropped) and ``scores``, class-1
-    probabilities (n,) or 2-class logits (n, 2). Returns floats ``AVGF1, AP, WAR, F1_POS,
-    F1_NEG, W_F1``, ``CONF`` (2x2 nested list, rows = true class, each row summing to 1, or
-    all 0 when that class is absent) and ``N`` (int, frames used). Raises ValueError on a
-    shape mismatch, labels outside {-1, 0, 1}, non-finite scores, or no positive label.
+    ``labels`` int (n,) in {0, 1, -1} (-1 dropped), ``scores`` class-1 probabilities (n,) or
+    logits (n, 2). Returns ``AVGF1, AP, WAR, F1_POS, F1_NEG, W_F1``, ``CONF`` (2x2, rows = true
+    class, each row sums to 1) and ``N``; ValueError on bad input or no positive label.
     """
     labels, prob, pred = _clean(labels, scores)
     f1, support, conf = _f1_per_class(labels, pred)
@@ -148,13 +132,11 @@ def bah_metrics(labels, scores) -> dict:
 
 
 def video_level(frame_scores: Sequence[np.ndarray], method: str = "vote") -> np.ndarray:
-    """Per-video class-1 probabilities from per-frame scores.
+    """Per-video class-1 probabilities (float64, (n_videos,)) from per-frame scores.
 
-    ``frame_scores`` holds one array per video, probabilities (n_i,) or logits (n_i, 2).
-    ``method``: ``"vote"`` = fraction of frames predicted positive (majority vote is that
-    fraction >= 0.5); ``"mean_logits"`` = softmax of the mean logits, where probabilities
-    enter as their log-odds (the same thing: softmax([a, b])[1] = sigmoid(b - a));
-    ``"mean_probs"`` = mean class-1 probability. Returns float64 (n_videos,).
+    ``frame_scores``: one array per video, probabilities (n_i,) or logits (n_i, 2). ``method``:
+    ``"vote"`` (fraction of frames positive), ``"mean_logits"`` (softmax of the mean logits;
+    probabilities enter as log-odds) or ``"mean_probs"``.
     """
     if method not in VIDEO_METHODS:
         raise ValueError(f"unknown video-level method {method!r}; choose from {VIDEO_METHODS}")

@@ -1,52 +1,12 @@
 """Domain adaptation for personalisation: the methods of the BAH paper's Table 5.
 
-Every method works on the same network, :class:`AdaptNet` (a backbone that maps one frame,
-optionally with its causal context, to a feature vector ending in BatchNorm, then a linear
-classifier to 2 logits), and starts from the same source-trained weights. Any other network
-with the same interface works too (``baselines.adapt.two_level.TwoLevelAdaptNet``, the two-level
-model, does): ``model(inputs, train=...) -> (logits (B, 2), {"features": (B, f)})``, a
-``classifier`` with ``kernel`` (f, 2) and ``bias`` (2,) such that ``logits = features @ kernel
-+ bias`` (T3A reads it), and optionally ``param_groups``, a dict naming which parameters a
-method trains where the defaults do not fit the network: ``"backbone"`` (SHOT: everything
-but the classifier; default :data:`BACKBONE_PARAMS`) and ``"norm"`` (Tent; default
-:data:`NORM_PARAMS`, the BatchNorm scales and biases). A method is a small frozen dataclass
-with two entry points:
-
-- ``adapt(model, source, target, val, key) -> model`` before testing (UDA, SFDA, Oracle);
-  ``target`` is the target's adapt part, *unlabelled* except for the Oracle.
-- ``predict(model, test, key) -> logits (n, 2)``; test-time methods adapt here, online,
-  batch by batch over the test stream, and score each batch as they see it.
-
-Methods (``METHODS``, name -> class; ``build_method(name, cfg)``):
-
-- ``source_only``: the source model as it is.
-- ``mmd`` (UDA): source CE + lambda * multi-kernel Gaussian MMD between source and target
-  features (5 kernels, multiplier 2, bandwidth from the mean pairwise squared distance).
-- ``acpl`` (UDA): progressive pseudo-labels from two augmented views of each target frame,
-  kept when their averaged confidence passes a threshold (0.90, minus 0.02 each round),
-  source CE + target CE on kept pseudo-labels + lambda * MMD. The public implementation
-  detaches the MMD term, which silently turns it off; here its gradient flows.
-- ``shot`` (SFDA): classifier frozen; information maximisation (mean entropy minus the
-  entropy of the mean prediction) + 0.3 x CE on centroid pseudo-labels (cosine distance,
-  two rounds of reassignment), refreshed every ``shot_refresh`` epochs.
-- ``nrc`` (SFDA): feature and score memory banks over the target; K=5 nearest neighbours
-  weighted 1 when reciprocal and 0.1 otherwise, KK=5 expanded neighbours at 0.1, plus
-  a diversity term.
-- ``oracle``: fine-tuned on the target's labelled adapt part (upper bound).
-- ``tent`` (TTA): entropy minimisation on the BatchNorm scale/bias with batch statistics
-  (on a network without BatchNorm, on its ``"norm"`` parameter group).
-- ``t3a`` (TTA): classifier replaced by prototypes from the lowest-entropy test features
-  seen so far (Iwasawa & Matsuo 2021); no text encoder needed.
-
-Not included: the CLIP-based test-time methods of the paper (TPT, TDA, DPE, PromptAlign,
-ReTA, T3AL, TTA-CaP, CLIP-AUTT). They need CLIP image and text weights, which are not
-available offline here. :class:`VisionLanguageEncoder` is the protocol such weights must
-satisfy and :class:`VisionLanguageTTA` the base class one of them would subclass.
-
-Model selection for training-based methods follows the paper's rule (docs/bah_format.md): the
-epoch with the best AP on the target's validation part (``select="last"`` turns it off).
-Training runs through the project's one engine (:mod:`ahjax.core.train.engine`): the trainer's
-optimiser builder, its non-finite and best-epoch policy, and its data-parallel mesh.
+Every method adapts the same network (:class:`AdaptNet`, or any with its interface, such
+as ``baselines.adapt.two_level.TwoLevelAdaptNet``) from the same source-trained weights.
+A method is a small frozen dataclass: ``adapt(model, source, target, val, key) -> model``
+before testing (UDA, SFDA, Oracle) and ``predict(model, test, key) -> logits (n, 2)``
+(test-time methods adapt here, batch by batch). ``METHODS`` maps names to classes
+(``build_method(name, cfg)``); each is described, with the network interface, in
+docs/paper_setups.md, "Personalisation".
 
 The package: :mod:`~baselines.adapt.config` (:class:`AdaptConfig`),
 :mod:`~baselines.adapt.domains` (:class:`Domain`), :mod:`~baselines.adapt.networks` (the

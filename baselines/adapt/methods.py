@@ -112,11 +112,9 @@ class Method:
 class TrainedMethod(Method):
     """A method trained by gradient steps over the target's adapt part (and the source).
 
-    Subclasses define ``loss(model, mstate, batch, key) -> (loss, (metrics, mstate))`` and,
-    when they need it, ``refresh(model, mstate, source, target, epoch)`` run on the host at
-    the start of each epoch (pseudo-labels, banks). A batch holds ``tgt`` inputs, ``tgt_y``
-    (-1 unless labelled), ``tgt_idx`` (positions in the target) and, when
-    ``uses_source``, ``src`` inputs and ``src_y``.
+    Subclasses define ``loss(model, mstate, batch, key) -> (loss, (metrics, mstate))`` and may
+    define ``refresh(model, mstate, source, target, epoch)``, run on the host at each epoch's
+    start (pseudo-labels, banks). Batch keys: docs/paper_setups.md, "Personalisation".
     """
     uses_source: ClassVar[bool] = False
     lr_field: ClassVar[str] = "adapt_lr"
@@ -139,14 +137,8 @@ def fit(method: TrainedMethod, model: AdaptNet, source: Domain | None, target: D
         val: Domain | None, key: jax.Array) -> tuple[AdaptNet, list[dict]]:
     """Train ``model`` (a copy) with ``method``; returns (model of the selected epoch, history).
 
-    One epoch is one shuffled pass over ``target`` in batches of ``cfg.batch_size`` (the last
-    one wrapped around so shapes stay fixed); source batches are drawn uniformly. Epochs
-    run through the project's one engine (:func:`ahjax.core.train.engine.run_epochs`): its
-    non-finite policy (a NaN loss raises :class:`~ahjax.core.train.engine.NonFiniteLossError`
-    naming the epoch), its best-epoch rule (the best validation AP, the later epoch on a
-    tie, when ``cfg.select == "val_ap"`` and a validation part with both classes is given;
-    else the last) and its data parallelism (parameters replicated, each batch split over
-    ``cfg.num_devices`` devices of a ``data`` mesh; 0: all).
+    One epoch is one shuffled pass over ``target`` (the last batch wrapped around), source
+    batches drawn uniformly, through the one engine (``engine.run_epochs``; docs/training.md).
     """
     cfg = method.cfg
     if method.uses_source and (source is None or len(source) == 0):

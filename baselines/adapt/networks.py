@@ -12,6 +12,7 @@ from flax import nnx
 
 from baselines.adapt.config import AdaptConfig
 from baselines.adapt.domains import Domain, Inputs
+from baselines.tcn import TCN  # the frame-level baseline's TCN, shared, not copied
 
 
 def _under_norm(path: tuple, value: Any) -> bool:
@@ -47,8 +48,6 @@ class TCNBackbone(nnx.Module):
     """The paper's per-modality causal TCN over each frame's context, then Linear-BN."""
 
     def __init__(self, dims: Mapping[str, int], cfg: AdaptConfig, *, rngs: nnx.Rngs):
-        from baselines.tcn import TCN  # the frame-level baseline's TCN, shared, not copied
-
         self.modalities = tuple(sorted(dims))
         self.tcns = nnx.Dict({m: TCN(int(dims[m]), cfg.tcn_channels, dropout=cfg.dropout,
                                      rngs=rngs) for m in self.modalities})

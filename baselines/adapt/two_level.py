@@ -1,39 +1,12 @@
 """Personalising the two-level model with the methods of :mod:`baselines.adapt` (Table 5,
 beyond the paper).
 
-The methods of ``baselines.adapt`` (MMD, ACPL, SHOT, NRC, Oracle, Tent, T3A) are written
-against a backbone -> features -> linear classifier network. :class:`TwoLevelAdaptNet`
-presents a :class:`~level2_conflict.model.TwoLevelModel` that way, without changing what
-it computes:
-
-- **features**: the hidden state of every branch at the read-out, concatenated in the
-  order of :attr:`TwoLevelAdaptNet.names` (the named groups, then ``remainder``):
-  ``(B, n_branches x hidden)``.
-- **classifier**: the branches' read-out vectors ``w_g`` and the model's bias ``b``. The
-  score is ``sum_g w_g . h_g + b`` (each term is group g's named contribution), so as a
-  linear classifier ``kernel = [-w/2, w/2]`` and ``bias = [-b/2, b/2]``: exactly the
-  model's logits ``[-score/2, score/2]``.
-- **parameter groups** (:attr:`TwoLevelAdaptNet.param_groups`): ``backbone`` (SHOT, whose
-  classifier stays frozen) is every branch body, i.e. all but the read-outs and the bias.
-  ``norm`` (Tent) is every branch's *input projection* (``inp``, kernel and bias): the
-  model has no normalisation layer, so Tent cannot renormalise with test statistics, and
-  the per-branch affine map applied straight to the conflict features is the nearest
-  thing to BatchNorm's scale and shift (it re-weights and re-centres what each branch
-  reads, and nothing else). All other methods train every parameter.
-
-Adaptation only moves parameter values, never the structure, so an adapted model is an
-ordinary ``TwoLevelModel`` (``adapted.model``) whose every frame score is still, exactly,
-the sum of its named contributions, the remainder and the bias. T3A replaces the read-out
-by class prototypes; its score is then ``sum_g (p1 - p0)_g . h_g`` over the same branch
-hidden states, still one additive term per named group, but with T3A's vectors instead of
-the model's read-outs.
-
-Frames: the conflict features and affect tracks are parameter-free, so
-:func:`conflict_domain` computes them once per *whole video* (as ``experiments.two_level``
-scores a test video: the whole video is one window), and :class:`CentredDomain` hands each
-frame the centred window of them that the branches' receptive field needs
-(:func:`receptive_reach`), padded with zeros and a ``valid`` mask at the video's ends. A
-frame's score is then the one the model gives it on its whole video.
+:class:`TwoLevelAdaptNet` presents a :class:`~level2_conflict.model.TwoLevelModel` as a
+backbone -> features -> linear classifier network without changing what it computes, so an
+adapted model is still an ordinary ``TwoLevelModel`` whose frame scores are sums of named
+contributions. :func:`conflict_domain` computes the conflict features once per whole video
+and :class:`CentredDomain` hands each frame its centred window. How the parts map, and why:
+docs/two_level.md, "Personalising the two-level model".
 """
 
 from __future__ import annotations
@@ -49,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from baselines import adapt as adapt_lib
+from baselines.personalise import Network
 from level2_conflict import features as feats
 from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
 
@@ -204,12 +178,9 @@ class TwoLevelAdaptNet(nnx.Module):
     def decompose(self, inputs: Mapping[str, Any], *, train: bool = False) -> dict:
         """Every frame's score and its parts over whole windows ``(B, W)``.
 
-        ``inputs``: the precomputed feature groups and ``affect_<modality>`` tracks of
-        :func:`conflict_domain` (and the embeddings, with ``use_embeddings``), ``valid``
-        marking real frames. Returns ``contributions`` (group -> (B, W)), ``remainder``,
-        ``bias``, ``score``, ``logits`` (B, W, 2) and ``hidden`` (name -> (B, W, hidden)).
-        This is ``TwoLevelModel.__call__`` on those precomputed inputs (its ``aux``,
-        less the auxiliary losses); for raw tracks call the model itself.
+        ``TwoLevelModel.__call__`` on :func:`conflict_domain`'s precomputed ``inputs``; returns
+        ``contributions`` (group -> (B, W)), ``remainder``, ``bias``, ``score``, ``logits``
+        (B, W, 2) and ``hidden`` (name -> (B, W, hidden)).
         """
         missing = [k for k in (*self.model.groups, *AFFECT_KEYS.values()) if k not in inputs]
         if missing:
@@ -237,7 +208,6 @@ def network(cfg: TwoLevelConfig, label: str = "two-level model"):
     """The two-level model as a ``baselines.personalise.Network``: raw level-1 tracks (not
     standardised), features per whole video, centred windows. Train it with an
     ``AdaptConfig`` whose ``context`` is :func:`context_frames` ``(cfg)``."""
-    from baselines.personalise import Network
     return Network(label=label, standardise=False,
                    build=lambda dims, adapt_cfg, seed: TwoLevelAdaptNet.create(cfg, seed),
                    wrap=lambda domain: conflict_domain(domain, cfg))

@@ -1,35 +1,15 @@
 """One interface over the models that answer the zero-shot prompts.
 
-A backend has ``generate(prompt, images=None) -> Answer`` (the answer text, and the two
-labels' log-probabilities where the backend can give them) and ``score_labels(prompt) ->
-{label: logprob}`` (None where it cannot), plus ``accepts_video``: whether ``images`` (RGB
-frames, uint8 (h, w, 3)) are used. Text-only backends refuse frames rather than silently
-drop them.
-
-A label's log-probability is the summed log-probability of its tokens after the prompt,
-``log p("Ambivalent" | prompt)``: the probability of generating exactly that answer, not a
-per-token average, so the two labels are comparable whatever their token counts. Their
-ratio gives the A/H probability that AP is computed from (:func:`positive_probability`).
-
-Backends:
-
-- :class:`LlamaCppBackend`: a local GGUF model through llama-cpp-python (default: the
-  Gemma 3 270M asset). Greedy decoding and label scoring share llama.cpp's KV cache, so a
-  prompt prefix shared by consecutive calls is evaluated once.
-- :class:`OpenAIBackend`: any OpenAI-compatible server (``llama_cpp.server``, vLLM,
-  llama-server ...) over HTTP with the standard library: ``/completions`` for text,
-  ``/chat/completions`` with image parts for frames; timeouts, retries with backoff, and
-  :class:`BackendUnavailable` naming the URL when the server cannot be reached.
-- Video-LLaVA through transformers: ``baselines.llm.videollava`` (torch; optional).
-
-Base models with no chat template answer a completion prompt: ``TEMPLATE`` ends the task
-with ``Answer:`` and a label continues it after one space.
+A backend has ``generate(prompt, images=None) -> Answer``, ``score_labels(prompt) ->
+{label: logprob}`` (None where it cannot) and ``accepts_video``. Backends:
+:class:`LlamaCppBackend` (a local GGUF model), :class:`OpenAIBackend` (an OpenAI-compatible
+server) and Video-LLaVA (``baselines.llm.videollava``, torch; optional), built by name with
+:func:`make_backend`. How labels are scored: docs/paper_setups.md, "Zero-shot backends".
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import math
@@ -39,40 +19,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from baselines.llm.prompts import LABELS, NEGATIVE, POSITIVE
+from ahjax.core import assets
+from baselines.llm.answer import Answer, BackendError, BackendUnavailable
+from baselines.llm.prompts import LABELS
 
 TEMPLATE = "{prompt}\nAnswer:"
 INSTALL_HINT = ("install llama-cpp-python: `bash scripts/install_llm.sh` (builds it once into "
                 "the wheel cache) or `pip install -e .[llm]`")
-
-
-class BackendError(RuntimeError):
-    """A backend failed: a bad request, a prompt too long, a missing runtime."""
-
-
-class BackendUnavailable(BackendError):
-    """The model server could not be reached (after the configured retries)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """A model's answer: the generated ``text`` and, where available, each label's log-prob."""
-
-    text: str
-    label_logprobs: dict | None = None
-
-
-def positive_probability(label_logprobs: Mapping[str, float] | None) -> float | None:
-    """P(A/H) = p(Ambivalent) / (p(Ambivalent) + p(Non-Ambivalent)), or None without scores."""
-    if not label_logprobs:
-        return None
-    d = float(label_logprobs[POSITIVE]) - float(label_logprobs[NEGATIVE])
-    # sigmoid of the log-odds, written to stay finite for any d
-    return 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -85,12 +42,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 class LlamaCppBackend:
     """A local GGUF model through llama-cpp-python, greedy and deterministic.
 
-    ``model_path`` defaults to the ``gemma3_270m_gguf`` asset (a base model, good for
-    plumbing and a floor, not for the paper's numbers). ``n_threads`` defaults to
-    llama-cpp-python's choice, half the logical cores: its worker threads spin while they
-    wait, so more threads than free cores makes it several times slower (measured here:
-    141 prompt tokens took 0.6 s on 1 thread and 3.6-5.1 s on 2 of 2 busy cores). ``score`` adds the label log-probabilities to each :meth:`generate` answer.
-    Raises :class:`BackendError` when llama-cpp-python is missing or the file fails to load.
+    ``model_path`` defaults to the ``gemma3_270m_gguf`` asset, ``n_threads`` to half the
+    logical cores (docs/paper_setups.md, "Zero-shot"); ``score`` adds the label log-probs to
+    each answer. :class:`BackendError` when llama-cpp-python is missing or the file won't load.
     """
 
     name = "gguf"
@@ -104,7 +58,6 @@ class LlamaCppBackend:
         except ImportError as err:
             raise BackendError(f"the GGUF backend needs llama-cpp-python ({err}); {INSTALL_HINT}") from None
         if model_path is None:
-            from ahjax.core import assets
             model_path = assets.fetch("gemma3_270m_gguf")
         path = Path(model_path).expanduser()
         if not path.is_file():
@@ -243,20 +196,9 @@ def _png_data_url(frame: np.ndarray) -> str:
 class OpenAIBackend:
     """A model behind an OpenAI-compatible API at ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``).
 
-    Text prompts use ``/completions`` (greedy, ``temperature 0``); frames, when given, go to
-    ``/chat/completions`` as PNG ``image_url`` parts (``accepts_video`` says whether to send
-    them: set it for a multimodal server). Label scores (``scoring``):
-
-    - ``"echo"``: the prompt plus each label sent with ``echo`` and ``logprobs``; the
-      label's tokens' log-probs are summed (exact; llama_cpp.server and vLLM support it);
-    - ``"first_token"``: the top-20 log-probs of the first answer token; a label gets the
-      log-sum-exp of the tokens that begin it (an approximation; any server with logprobs);
-    - ``"auto"``: echo, falling back to first_token once if the server refuses echo;
-    - ``"none"``: no scores (AP is then computed from hard answers).
-
-    Network failures, timeouts, 429 and 5xx answers are retried ``retries`` times with
-    exponential backoff from ``backoff`` seconds; then :class:`BackendUnavailable` says
-    which URL failed and how. Other HTTP errors raise :class:`BackendError` at once.
+    Text goes to ``/completions``, frames to ``/chat/completions`` (with ``accepts_video``);
+    ``scoring`` is ``echo``, ``first_token``, ``auto`` or ``none``, and failures are retried
+    (docs/paper_setups.md, "Zero-shot"); then :class:`BackendUnavailable` names the URL.
     """
 
     name = "openai"
@@ -383,6 +325,6 @@ def make_backend(kind: str, **kwargs):
     if kind == "openai":
         return OpenAIBackend(**kwargs)
     if kind == "videollava":
-        from baselines.llm.videollava import VideoLlavaBackend
+        from baselines.llm.videollava import VideoLlavaBackend   # needs torch (optional)
         return VideoLlavaBackend.from_pretrained(**kwargs)
     raise ValueError(f"unknown backend {kind!r}; known: gguf, openai, videollava")

@@ -1,19 +1,8 @@
 """Reading a model's answer as one of the two labels, strictly, and counting what fails.
 
-Two rules:
-
-- ``strict`` (ours, the default): the first non-empty line of the answer, lower-cased and
-  with everything that is not a letter removed, must be exactly ``ambivalent`` or
-  ``nonambivalent``. So ``Non-Ambivalent``, ``non ambivalent.``, ``**Ambivalent**`` and
-  ``"NON-AMBIVALENT"`` are recognised; ``Ambivalent, because...``, ``Not ambivalent``,
-  ``Yes`` and an empty answer are not, and are counted as unparseable rather than guessed.
-- ``reference``: the rule of the paper's code, where the text after the last ``:`` (the
-  reference decodes prompt and answer together and splits on ``:``) is negative when it is
-  exactly ``Non-Ambivalent`` (surrounding whitespace aside) and positive otherwise. It never fails, so a model
-  that rambles scores as "always A/H"; report it only beside the strict rule.
-
-:class:`Tally` counts answers per outcome so the unparseable rate is reported beside the
-metrics.
+``strict`` (the default) accepts only an exact label on the first line; ``reference`` is
+the paper's lenient rule, which never fails. :class:`Tally` counts answers per outcome.
+Both rules in full: docs/paper_setups.md, "Parsing answers".
 """
 
 from __future__ import annotations

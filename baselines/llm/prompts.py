@@ -1,24 +1,9 @@
 """The zero-shot prompts of the BAH paper (Table 6) in one place, and our two variants.
 
-The five paper prompts are verbatim: the words and their order are those the authors
-published with the paper (the reference zero-shot script of ``zero-shot-m-llm-bah-
-prediction``, the code behind Table 6): an optional ``Video transcript: ...`` first, then
-an optional ``Definition: ...``, then the instruction, which quotes both labels and ends in
-``Respond with only one word: ``. The published strings join the definition and the
-instruction with no space (``...simultaneously.Classify ...``); that is kept, since it is
-what the paper's numbers were measured with. The Video-LLaVA chat wrapper
-(``USER: <video>\n{prompt}ASSISTANT:``) belongs to the backend, not to the prompt.
-
-Two prompts are ours, built the same way so that they differ from a paper prompt only in
-what they add:
-- ``transcript_simple``: the transcript and the Simple instruction (no definition);
-- ``evidence``: the transcript, a short textual summary of the level-1 affect tracks of the
-  same frames (face expression and smile, voice pitch and pauses, word sentiment and
-  hedges), and Definition 2, so that the model reasons over affect per modality, as the
-  paper suggests for future work.
-
-An empty transcript (a segment with no speech) is written ``(no speech)``; the reference
-would leave the slot empty.
+The five paper prompts are verbatim (even the missing space after the definition); ours,
+``transcript_simple`` and ``evidence`` (the transcript, a summary of the level-1 affect
+tracks and Definition 2), differ from a paper prompt only in what they add. More:
+docs/paper_setups.md, "Prompts".
 """
 
 from __future__ import annotations
@@ -26,6 +11,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+
+from level1_affect import schema
+from level1_affect.schema import FACE_EXPR
 
 POSITIVE = "Ambivalent"
 NEGATIVE = "Non-Ambivalent"
@@ -113,7 +101,6 @@ def describe_face(expr: np.ndarray | None, smile: np.ndarray | None,
     are blendshape means in [0, 1], counted as shown above 0.3 (a visible, not a trace,
     movement). Frames without a face are left out; no face at all says so.
     """
-    from level1_affect.schema import FACE_EXPR
     if expr is None:
         return "face: not measured"
     keep = np.ones(len(expr), bool) if present is None else np.asarray(present).ravel() > 0.5
@@ -211,7 +198,6 @@ def describe_evidence(arrays: Mapping[str, np.ndarray], columns: Mapping[str, tu
     their column names (default ``level1_affect.schema``), ``text`` the words said in those
     frames. Raises ValueError on an empty frame range.
     """
-    from level1_affect import schema
     columns = dict(columns or {k: v[1] for k, v in schema.ARRAYS.items() if v[1]})
     sl = {k: np.asarray(v)[start:end] for k, v in arrays.items()}
     n = next((len(v) for v in sl.values()), 0)

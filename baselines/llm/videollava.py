@@ -1,25 +1,9 @@
 """Video-LLaVA through transformers (PyTorch), and LoRA fine-tuning of its language model.
 
-Optional: needs torch (``pip install -e .[videollava]``). The 7B weights
-(``LanguageBind/Video-LLaVA-7B-hf``, about 15 GB in float16) and a GPU are the user's to
-bring; nothing here downloads. ``VideoLlavaBackend.from_pretrained(path)`` loads them from a
-local folder.
-
-As the paper's reference does, a clip is 8 frames sampled uniformly
-(``numpy.linspace(0, n - 1, 8)``, see ``zeroshot.uniform_indices``), the prompt is
-``USER: <video>\\n{prompt}ASSISTANT:`` with the prompt verbatim, and decoding is greedy.
-Frames are preprocessed as the reference does: each frame is first squashed to 224 x 224
-(``PIL.Image.resize``, bicubic; the aspect ratio is not kept), then goes through the
-checkpoint's processor (shortest side to the vision tower's size, bicubic antialiased,
-centre crop, OpenAI-CLIP mean and std), all here in torch, so neither torchvision nor the
-processor files are needed (``squash=0`` skips the squash and keeps the aspect ratio); the
-``<video>`` placeholder is expanded to
-``frames x ((size / patch)^2 + 1)`` tokens, the count the model expects.
-
-LoRA (:func:`add_lora`, :func:`lora_step`): low-rank adapters ``W + (alpha / r) B A`` on
-the language model's attention projections, ``B`` starting at zero so the adapted model
-starts equal to the base one; everything else is frozen. Written here in a few lines rather
-than taken from peft to keep the dependency list short.
+Optional: needs torch (``pip install -e .[videollava]``); the 7B weights and a GPU are the
+user's to bring, loaded from a local folder by ``VideoLlavaBackend.from_pretrained(path)``.
+Clips, prompts and frame preprocessing follow the paper's reference; LoRA is written here
+(:func:`add_lora`, :func:`lora_step`). More: docs/paper_setups.md, "Video-LLaVA".
 """
 
 from __future__ import annotations
@@ -30,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from baselines.llm.backends import Answer, BackendError
+from baselines.llm.answer import Answer, BackendError
 from baselines.llm.prompts import LABELS
 
 try:

@@ -1,24 +1,9 @@
 """Zero-shot inference at video and frame level, as the BAH paper's Table 7 does it.
 
-- Video level: one answer per video from 8 uniformly spaced frames
-  (``numpy.arange(0, n, n / 8)``, the reference's sampling) with the whole transcript in
-  the prompt.
-- Frame level: the video cut into consecutive 8-frame segments (a sliding window, stride 8
-  by default; the last segment takes what is left), one answer per segment from its frames
-  and the words said during it, copied to every frame of the segment. Word times come from
-  the Whisper chunk timestamps, each chunk's span shared among its words
-  (``level1_affect.text.words_from_chunks``); a word belongs to every segment it overlaps.
-
-A text-only backend is never shown frames, so for it a segment differs from the next only
-by its words: identical prompts are answered once (:class:`AnswerCache`), which is what
-makes frame level affordable on a CPU. Prompts without the transcript then get one answer
-for every frame of every video; the tables show what that is worth.
-
-Each answer gives a decision (the parsed label; see ``parse.decide`` for unparseable ones)
-and a probability (from the label log-probabilities, or the decision when the backend has
-none). AVGF1, WAR and F1 come from decisions, AP from probabilities; ``AVGF1_REF`` applies
-the reference's lenient parse, and ``UNPARSED`` is the share of answers that were neither
-label.
+Video level: one answer per video from 8 uniform frames and the whole transcript. Frame
+level: one answer per 8-frame segment from its frames and words, copied to its frames;
+identical prompts are answered once (:class:`AnswerCache`). Decisions give AVGF1, WAR and
+F1, probabilities give AP. More: docs/paper_setups.md, "Zero-shot inference".
 """
 
 from __future__ import annotations
@@ -32,7 +17,8 @@ import numpy as np
 from ahjax.core import metrics as metrics_lib
 from baselines.llm import parse as parse_lib
 from baselines.llm import prompts as prompts_lib
-from baselines.llm.backends import Answer, positive_probability
+from baselines.llm.answer import Answer, positive_probability
+from level1_affect.media import read_video_frames
 
 CLIP_FRAMES = 8
 
@@ -116,7 +102,6 @@ class AnswerCache:
 
 def _read_frames(path: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
     """The frames of ``path`` at the ``wanted`` indices (decoded in one pass)."""
-    from level1_affect.media import read_video_frames
     wanted = set(int(i) for i in wanted)
     frames, _, _ = read_video_frames(path)
     out, last = {}, None
@@ -140,7 +125,6 @@ def _read_frames(path: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
 def _segment_frames(path: str, segs: Sequence[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
     """Each segment's frames, decoding ``path`` once and holding only the frames that a
     pending segment still needs (a long video never sits in memory whole)."""
-    from level1_affect.media import read_video_frames
     frames, _, _ = read_video_frames(path)
     buf: dict[int, np.ndarray] = {}
     k, last = 0, None

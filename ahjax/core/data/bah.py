@@ -1,25 +1,8 @@
 """The BAH dataset index: split lists, annotations, transcriptions and metadata, no decoding.
 
-Reads the real release layout (see ``docs/bah_format.md``)::
-
-    split/{train,val,test}.txt            video_id,label,transcript (transcript has commas)
-    split-frames/{train,val,test}.txt     frame_id,label   (optional)
-    video_annotation_transcript.yaml      {video_id: {global_ah, frame_annotation, ...}}
-      or annotation.yml (older)           {'<pid>/Visite 1/<name>': {...}}
-    transcription/<video_id>/<stem>.yml   Whisper output
-    meta_data.yml                         {participant id: {Age, Gender, ...}}
-    Videos/<pid>/Visite_1/<name>.mp4      (optional: the index never decodes them)
-
-Ids are matched tolerantly (:func:`canonical_id`): a leading ``Videos/``, spaces vs
-underscores (``Visite 1`` / ``Visite_1``, ``2024-10-02 15-46-17``), a
-``-DESKTOP-XXXX`` suffix before ``.mp4`` and letter case are ignored; two different ids
-that become equal under those rules are reported instead of guessed between.
-
-Frame labels come from ``frame_annotation`` (else ``split-frames``); frames listed in
-neither stay -1 (the release has 51 videos with such gaps). Every malformed input raises
-:class:`BahFormatError` naming the file, the line and the problem. A video id that would
-leave the dataset root (``../``, an absolute path, a symlink pointing outside) is rejected:
-point ``root`` itself at a symlink if the data lives elsewhere, not at links inside it.
+Reads the real release layout (docs/bah_format.md, "Layout"); ids are matched tolerantly
+(:func:`canonical_id`), and every malformed input raises :class:`BahFormatError` naming the
+file, the line and the problem. The details: docs/bah_format.md, "Reading the index".
 """
 
 from __future__ import annotations
@@ -151,12 +134,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 class VideoRecord:
     """Everything the index knows about one video (arrays are never decoded media).
 
-    ``video_id`` is the id exactly as in the split file; ``frame_labels`` int8 (n,) with -1
-    for unlabelled frames, or None without frame annotation; ``segments`` inclusive
-    ``(start, end)`` A/H frame ranges; ``chunks`` the Whisper chunks on a monotonic
-    timeline; ``cues`` the annotator's ``all_cues`` dicts; ``certainty`` ``certainty_ah``;
-    ``metadata`` the participant's ``meta_data.yml`` entry. ``fps`` is the annotation's
-    value when it has one, else read lazily from the video header (None without a video).
+    ``video_id`` as in the split file; ``frame_labels`` int8 (n,), -1 unlabelled, or None;
+    ``segments`` inclusive A/H frame ranges; ``fps`` from the annotation, else lazily from the
+    video header. The other fields: docs/bah_format.md, "The index".
     """
 
     video_id: str

@@ -1,26 +1,10 @@
 """The embedded default dataset: a small, synthetic BAH tree with known ground truth.
 
 ``make_demo(out, seed)`` writes, deterministically for a seed, a tree in the real BAH
-layout (``docs/bah_format.md``): H.264/AAC videos at 24 fps of a real photographed face
-(``face_anim``) speaking synthesised sentences (``speech``, espeak-ng), Whisper-style
-transcription YAML, split files, frame splits, the per-video annotation YAML, participant
-metadata and ``bah-video.csv``. It is synthetic and says so in ``README.txt``.
-
-What a video is: one participant answering one of BAH's seven question types with
-sentences about changing a health behaviour. Outside A/H, face, voice and words agree
-(positive words + smile + lively voice; negative words + frown + low, slow voice; neutral
-words + relaxed face + ordinary voice). A/H segments are injected as
-
-* cross-modal conflicts: ``text_face`` (words against the face), ``text_voice`` (positive
-  words in a flat, slow monotone, or negative words in a lively voice) and ``face_voice``
-  (neutral words, smile with a flat voice or frown with a lively one);
-* within-modality flips: ``flip_text`` ("I want to ... but ..."), ``flip_face`` (a smile
-  that drops to a frown) and ``flip_voice`` (lively prosody that goes flat mid-utterance);
-
-with durations drawn from a gamma law of mean 100 frames clipped to 40..200 (BAH: 103).
-The question sets the chance that a video holds A/H (BAH v1 shares, q4 and q7 high, q1
-low). The frame labels are exactly the injected windows; ``ground_truth.json`` records the
-kind of every segment and the word timings for analysis.
+layout: videos of a real photographed face (``face_anim``) speaking synthesised sentences
+(``speech``), with A/H segments injected as cross-modal conflicts and within-modality
+flips, and ``ground_truth.json`` recording each. What a video holds: docs/bah_format.md,
+"The demo dataset".
 """
 
 from __future__ import annotations
@@ -438,13 +422,11 @@ def _video_job(job: dict) -> dict:
 def make_demo(out: str | os.PathLike, seed: int = 0, participants: int = 8, questions: int | Sequence[int] = 7,
               *, min_duration: float = 8.0, max_duration: float = 20.0, size: int = 256,
               workers: int | None = None, progress: bool = False) -> Path:
-    """Generate the demo BAH tree into ``out`` (created; must be empty or absent).
+    """Generate the demo BAH tree into ``out`` (created; must be empty or absent); returns its path.
 
-    ``questions`` is a count (the first that many of 1..7) or explicit question numbers;
-    videos last ``min_duration``..``max_duration`` seconds at 24 fps with ``size`` square
-    frames. ``workers`` processes render videos in parallel (default: up to 2); ``progress``
-    shows a bar per video. The same arguments give the same annotation files byte for byte.
-    Returns the tree's path.
+    ``questions``: a count (the first of 1..7) or question numbers; 24 fps videos of
+    ``min_duration``..``max_duration`` s of ``size`` square frames, ``workers`` processes
+    (default up to 2). The same arguments give the same annotation files byte for byte.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):

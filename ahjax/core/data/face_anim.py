@@ -1,26 +1,8 @@
 """Animate the real photographed face in ``skimage.data.astronaut()`` into expressions.
 
-The embedded demo dataset needs video of a real face whose expression we control frame
-by frame, so that off-the-shelf face models (MediaPipe FaceLandmarker, a FER classifier)
-respond to it as they would to a person. We have exactly one photograph of a face (Eileen
-Collins' NASA portrait, public domain, shipped with scikit-image), so every participant is
-that face, warped and recoloured.
-
-How a frame is made (all in one backward warp, so each pixel is resampled once):
-
-1. Expressions are smooth displacement fields defined in the photo's pixel coordinates
-   around landmarks measured once with MediaPipe FaceLandmarker on the photo (listed in
-   ``_LM``). Each channel (smile, frown, surprise, jaw, blink) is a sum of anisotropic,
-   optionally plateaued Gaussian bumps, precomputed on a grid around the face; a frame's
-   field is the linear mix of the channels by their intensities. The photo smiles with
-   teeth, so a fixed "neutral" field (mouth corners down and in, lower lip up) is always
-   applied and ``smile`` restores and strengthens the original smile.
-2. Head motion (small rotation, translation, scale over time) and identity (scale, aspect,
-   horizontal flip, position) are one affine map from output pixels to photo pixels.
-3. Identity colour (skin tone, hair colour, white balance) and a replaced background are
-   baked into a per-participant copy of the photo once, not per frame.
-
-Displacements are kept below one pixel per pixel of gradient so the warp never folds.
+Every demo participant is that one public-domain face, warped (smile, frown, surprise, jaw,
+blink, head motion) and recoloured in one backward warp per frame. How a frame is made:
+docs/bah_format.md, "The demo face".
 """
 
 from __future__ import annotations

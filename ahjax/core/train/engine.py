@@ -1,19 +1,9 @@
 """The one epoch loop every training in the project runs through.
 
-:func:`ahjax.core.train.trainer.train` (the frame-level models), the domain-adaptation methods
-(``baselines.adapt``) and image/backbone training (``baselines.face_pretrain``) differ in
-their data and their step, not in how an epoch is run. They share, from here:
-
-- :func:`run_epochs`: epochs of steps with a progress bar, losses kept on the device and
-  read in groups, one non-finite policy (``"raise"``: :class:`NonFiniteLossError`;
-  ``"stop"``: end there and keep the best epoch before it), validation after each epoch,
-  one best-epoch rule (the highest validation score, the later epoch on a tie, or the last
-  epoch without a score) and a per-epoch hook for checkpoints;
-- :func:`data_mesh`, :func:`replicate`, :func:`put_batch`: the same 1-D ``data`` mesh
-  data parallelism (parameters replicated, batches split on their first axis), so a jitted
-  step written for one device runs data-parallel on several unchanged;
-- the optimiser builder :func:`ahjax.core.train.trainer.make_optimizer` and the orbax
-  :class:`~ahjax.core.train.checkpoint.Checkpointer`, which every training uses.
+The frame-level trainer, domain adaptation and image training share from here
+:func:`run_epochs` (progress, losses read in groups, one non-finite policy, validation,
+one best-epoch rule, a per-epoch hook) and the data-parallel mesh (:func:`data_mesh`,
+:func:`replicate`, :func:`put_batch`). docs/training.md says more.
 """
 
 from __future__ import annotations
@@ -121,13 +111,9 @@ def local_copy(tree: Any) -> Any:
 
 def put_batch(batch: Mapping[str, Any], mesh: Mesh, keys: Iterable[str] | None = None
               ) -> dict:
-    """The arrays of ``batch`` (those named in ``keys``, default all; nested mappings
-    too) as global arrays split over ``mesh``'s ``data`` axis along their first axis.
-
-    With one process the batch is all of it; with several, each process passes only its
-    own rows (:class:`ahjax.core.data.windows.WindowLoader` with ``shard``) and the global batch
-    is their concatenation in process order. The rows a process passes must divide
-    evenly over its devices of the mesh.
+    """``batch``'s arrays (those in ``keys``, default all; nested too) as global arrays split
+    over ``mesh``'s ``data`` axis. With several processes each passes only its own rows, which
+    must divide evenly over its devices; the global batch is their concatenation (docs/training.md).
     """
     sharding = NamedSharding(mesh, P("data"))
     n_local = len(sharding.addressable_devices)
@@ -171,18 +157,11 @@ def run_epochs(*, epochs: int, batches: Callable[[int], Iterable],
                start_epoch: int = 0, history: list[dict] | None = None,
                on_nonfinite: str = "raise", desc: str = "training", progress: bool = False,
                flush_every: int = 16) -> EpochResult:
-    """Run epochs ``start_epoch..epochs-1`` of ``step`` over ``batches(epoch)``.
+    """Run epochs ``start_epoch..epochs-1`` of ``step(batch, epoch)`` (metrics with ``"loss"``).
 
-    ``step(batch, epoch)`` does one update and returns its metrics (device arrays are fine:
-    they are fetched every ``flush_every`` steps, so the host does not wait on each step);
-    it must include ``"loss"``. After each epoch ``validate(epoch)`` (optional) gives a
-    score, higher is better (NaN: no score), and ``end_epoch(record)`` (optional) sees the
-    epoch's record (``epoch``, ``loss`` and the mean of every other metric, ``score``,
-    ``seconds``) after it is appended to ``history`` (a resumed run's earlier records;
-    the list is extended in place and returned): checkpoints are written there.
-    A non-finite loss or score raises :class:`NonFiniteLossError` naming the epoch
-    (``on_nonfinite="raise"``) or ends training there (``"stop"``: the epochs before it
-    stand and :attr:`EpochResult.diverged` says why).
+    After each epoch ``validate(epoch)`` gives a score (higher is better, NaN: none) and
+    ``end_epoch(record)`` sees the record appended to ``history`` (extended in place, returned).
+    Metrics fetching and the non-finite policy: docs/training.md, "The epoch loop".
     """
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")

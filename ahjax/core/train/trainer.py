@@ -1,32 +1,10 @@
 """The one trainer: frame-level A/H models on windows of a feature store, data-parallel.
 
-A model is any ``nnx.Module`` built by ``model_fn(dims, rngs)`` (``dims``: modality -> input
-width) whose ``__call__(inputs, *, train)`` maps ``{modality: (B, W, d)}`` to
-``(logits (B, W, 2), aux)``; ``aux["aux_loss"]``, when present, is added to the loss. A
-model that needs more of the batch than its modalities (e.g. ``valid``, the real-frame
-mask) names those keys in an ``extra_inputs`` attribute.
-
-The train step is ``(state, batch, rng) -> (state, metrics)``: one ``jax.jit`` over the
-split NNX state (``nnx.split`` -> ``jit`` -> ``nnx.merge``, the functional form the NNX
-performance guide recommends for small models). Batches are sharded over a 1-D ``data``
-mesh axis and the state is replicated, so the same code runs on 1 or N devices and
-BatchNorm statistics are those of the global batch. The loss is cross-entropy averaged
-over the frames with ``mask`` 1 (never padding or unlabelled frames).
-
-Every epoch ends with validation (windows stitched back into whole videos ->
-``bah_metrics``), a JSON line in ``<workdir>/metrics.jsonl`` and an orbax checkpoint; the
-best epoch is the one with the highest validation AP. A run started again in the same
-workdir resumes from its latest checkpoint and, since data order and dropout keys are
-functions of ``(seed, epoch)`` and the step, ends exactly where an uninterrupted run would.
-
-:func:`train_or_reuse` wraps :func:`train` with a cache of finished trainings keyed by a
-content hash of the features, configs and code, for reference models an experiment
-retrains unchanged on every run.
-
-The pieces every training shares live in :mod:`ahjax.core.train.engine` (the data mesh, the
-non-finite error, the epoch loop the domain-adaptation and image trainings run through)
-and here (:func:`make_optimizer`); this loop adds what frame-level training needs beyond
-them: mid-epoch checkpoints and resumption at the exact step.
+A model is any ``nnx.Module`` built by ``model_fn(dims, rngs)`` whose ``__call__(inputs, *,
+train)`` maps ``{modality: (B, W, d)}`` to ``(logits (B, W, 2), aux)``. Every epoch ends
+with validation, a line in ``metrics.jsonl`` and a checkpoint; a run started again resumes
+exactly where it stopped. :func:`train_or_reuse` caches finished trainings. More:
+docs/training.md, "The frame-level loop".
 """
 
 from __future__ import annotations
@@ -374,14 +352,9 @@ def train(model_fn: ModelFn, store: FeatureStore, spec: win.Spec, windows_cfg: w
           on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``model_fn``'s model on ``train_split`` windows; return the best epoch's model.
 
-    ``spec`` maps modality -> store arrays; ``windows_cfg`` sets window, hop, batch size,
-    data order and undersampling. Writes ``metrics.jsonl`` and ``checkpoints/`` into
-    ``workdir`` and resumes from the latest checkpoint found there. With no ``val_split``
-    the last epoch counts as best. ``on_step(step)`` is called after every step (tests use
-    it to interrupt a run). When the loss or the validation outputs stop being finite,
-    ``cfg.on_nonfinite="stop"`` ends training and returns the best validated epoch before
-    it (``TrainResult.diverged`` names the step and epoch; a RuntimeError if no epoch was
-    validated), and ``"raise"`` raises :class:`NonFiniteLossError` naming them.
+    ``spec`` maps modality -> store arrays; writes ``metrics.jsonl`` and ``checkpoints/`` into
+    ``workdir`` and resumes there. ``on_step(step)`` runs after every step; non-finite loss or
+    outputs follow ``cfg.on_nonfinite`` (docs/training.md, "The frame-level trainer").
     """
     if cfg.on_nonfinite not in ("stop", "raise"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'raise', got {cfg.on_nonfinite!r}")
@@ -571,14 +544,7 @@ def epochs_without_gain(history: Sequence[Mapping]) -> int:
 def training_key(store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowConfig,
                  cfg: TrainConfig, describe: Mapping, splits: Sequence[str],
                  model: nnx.Module) -> str:
-    """Content hash of everything a :func:`train` result depends on.
-
-    That is: the bytes of every array ``spec`` names (and the labels) of every video of
-    ``splits``, with the split membership; the window and train configs; ``describe``
-    (JSON: the method and its model config, which ``model_fn`` closes over); the source of
-    the loaded modules of ``ahjax`` and of the package defining ``model``'s class; and the
-    versions of jax, flax, optax and numpy with the backend and device count.
-    """
+    """Content hash of everything a :func:`train` result depends on (docs/training.md, "Reuse")."""
     import flax
     h = hashlib.blake2b(digest_size=16)
     blob = {"spec": {m: list(a) for m, a in spec.items()},
@@ -612,13 +578,9 @@ def train_or_reuse(model_fn: ModelFn, store: FeatureStore, spec: win.Spec,
                    train_split: str = "train", val_split: str | None = "val") -> TrainResult:
     """:func:`train`, or the result of an identical earlier training read from ``cache_dir``.
 
-    An entry ``<cache_dir>/<training_key(...)>/`` holds the best epoch's parameters and
-    the history; it is written after a training and used instead of training when every
-    input of :func:`training_key` matches (``describe`` must name whatever ``model_fn``
-    depends on beyond the configs). A reused result has ``reused_from`` set and the entry's
-    ``metrics.jsonl`` copied into ``workdir`` with a ``reused.json`` naming the entry;
-    ``cache_dir=None`` always trains. Only the ``REUSE_KEEP`` newest entries per
-    ``describe`` are kept.
+    An entry ``<cache_dir>/<training_key(...)>/`` holds the best parameters and the history;
+    ``describe`` must name whatever ``model_fn`` depends on beyond the configs. ``cache_dir=None``
+    always trains (docs/training.md, "Reuse").
     """
     if cache_dir is None:
         return train(model_fn, store, spec, windows_cfg, cfg, workdir,
