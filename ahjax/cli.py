@@ -22,8 +22,7 @@ from ahjax.core.interrupt import exit_on_signals, on_signal
 def extract_main(argv: list[str] | None = None) -> int:
     """Level 1 over every video of ``--root`` into the feature store."""
     # Here, not at the top: level 1 imports JAX and its encoders; inspect and demo stay light.
-    from level1_affect.dataset import extract_dataset
-    from level1_affect.extract import ExtractConfig, default_store_dir
+    from level1_affect.dataset import ExtractConfig, default_store_dir, extract_dataset
 
     enable_compilation_cache()  # reuse compiled encoders across runs ($AHJAX_JAX_CACHE=0: off)
 

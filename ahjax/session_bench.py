@@ -14,6 +14,7 @@ same code measures both sides.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import subprocess
@@ -24,9 +25,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ahjax import streaming as live
-from ahjax.core.data import demo
-from level1_affect.media import file_source
+
+
+def _module(*names: str):
+    """The first of ``names`` that imports: :func:`measure_at` runs this file inside older
+    revisions, whose modules had other names (``ahjax.stream``, ``ahjax.data.demo``)."""
+    for name in names[:-1]:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    return importlib.import_module(names[-1])
+
+
+def _stream_command(tree: str | Path | None) -> list[str]:
+    """``python -m ahjax stream`` (``-m ahjax.stream`` in revisions before the one command line)."""
+    root = Path(tree) if tree else Path(__file__).resolve().parent.parent
+    return ["-m", "ahjax", "stream"] if (root / "ahjax" / "__main__.py").is_file() else [
+        "-m", "ahjax.stream"]
 
 
 def session_video(folder: str | Path, minutes: float, distinct: int = 4) -> Path:
@@ -38,7 +54,7 @@ def session_video(folder: str | Path, minutes: float, distinct: int = 4) -> Path
     n = max(1, int(np.ceil(minutes)))
     parts = []
     for seed in range(min(distinct, n)):
-        root = demo.make_demo(folder / f"demo{seed}", seed=seed, participants=1, questions=(4,),
+        root = _module("ahjax.core.data.demo", "ahjax.data.demo").make_demo(folder / f"demo{seed}", seed=seed, participants=1, questions=(4,),
                               min_duration=60.0, max_duration=60.0)
         parts.append(sorted((root / "Videos").rglob("*.mp4"))[0])
     listing = folder / "parts.txt"
@@ -78,7 +94,9 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
     per chunk, latency median and p95 (real time), RSS at the minute's end."""
     load = list(os.getloadavg())
     t0 = time.monotonic()
-    src = _Recorded(file_source(path, realtime=realtime))
+    live = _module("ahjax.streaming", "ahjax.stream")
+    media = _module("level1_affect.media", "ahjax.stream")   # where file_source lives
+    src = _Recorded(media.file_source(path, realtime=realtime))
     config = live.StreamConfig(realtime=realtime, degrade=realtime)
     minutes: dict[int, dict] = {}
     prev, first_line, rss0 = None, None, _rss_mb()
@@ -124,7 +142,7 @@ def first_line_s(path: str | Path, checkpoint: str | Path, cwd: str | Path | Non
     env = {**os.environ, "PYTHONPATH": str(cwd)} if cwd else None
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "ahjax", "stream", str(path), "--checkpoint",
+        proc = subprocess.Popen([sys.executable, *_stream_command(cwd), str(path), "--checkpoint",
                                  str(checkpoint), "--realtime", "--out", str(Path(tmp) / "o")],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 cwd=cwd, env=env)
@@ -219,7 +237,7 @@ def files_against(rev: str, path: str | Path, checkpoint: str | Path, asr: bool)
             got = {}
             for side, cwd in (("before", tree), ("after", repo)):
                 folder = Path(tmp) / side
-                cmd = [sys.executable, "-m", "ahjax", "stream", str(path), "--checkpoint",
+                cmd = [sys.executable, *_stream_command(cwd), str(path), "--checkpoint",
                        str(checkpoint), "--out", str(folder)] + ([] if asr else ["--no-asr"])
                 subprocess.run(cmd, cwd=cwd, check=True, capture_output=True,
                                env={**os.environ, "PYTHONPATH": str(cwd)})
