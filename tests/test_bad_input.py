@@ -5,6 +5,7 @@ corrupt and missing videos) are in test_speech_gate.py and test_pipeline.py."""
 import pytest
 
 from bah_fixture import make_bah_fixture
+from conftest import encode_frames
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +87,8 @@ def _write_video(path, times, size=(64, 48)):
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, 1000)
         stream.codec_context.time_base = Fraction(1, 1000)
-        for i, t in enumerate(times):
-            img = np.full((size[1], size[0], 3), (i * 6) % 255, np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = int(round(t * 1000))
-            frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        encode_frames(out, stream, [np.full((size[1], size[0], 3), (i * 6) % 255, np.uint8)
+                                    for i in range(len(times))], times)
     return path
 
 

@@ -7,6 +7,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import encode_frames
 from level1_affect import media
 from level1_affect.errors import MediaError
 
@@ -21,14 +22,8 @@ def _write(path, times=TIMES, sr=22050, layout="stereo"):
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         video.time_base = video.codec_context.time_base = Fraction(1, 1000)
         audio = out.add_stream("aac", rate=sr, layout=layout)
-        for i, t in enumerate(times):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 12, np.uint8),
-                                               format="rgb24")
-            frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)
-            for packet in video.encode(frame):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
+        encode_frames(out, video, [np.full((48, 64, 3), i * 12, np.uint8)
+                                   for i in range(len(times))], times)
         t = np.arange(int((times[-1] + 0.2) * sr)) / sr
         wave = 0.2 * np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)])
         for start in range(0, wave.shape[1], 1024):
@@ -88,12 +83,7 @@ def test_video_without_audio_and_bad_files(tmp_path):
     with av.open(str(tmp_path / "silent.mp4"), "w") as out:
         stream = out.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(5):
-            img = np.full((48, 64, 3), i * 40, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        encode_frames(out, stream, [np.full((48, 64, 3), i * 40, np.uint8) for i in range(5)])
     frames, pts, audio, fps, n = media.read(tmp_path / "silent.mp4")
     assert audio is None and fps == 25 and len(list(frames)) == n == len(pts) == 5
     with pytest.raises(media.NoAudioError, match="silent.mp4: no audio track"):

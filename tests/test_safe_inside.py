@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, run_python as _run
+from conftest import REPO, encode_frames, run_python as _run
 from test_bad_input import _write_video
 
 from ahjax.core.config import ConfigError, apply_overrides
@@ -348,12 +348,7 @@ def test_a_constant_rate_avi_is_constant_rate(tmp_path):
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=25, options={"bf": "2"})
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(50):
-            img = np.full((48, 64, 3), i * 5, np.uint8)
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
+        encode_frames(out, stream, [np.full((48, 64, 3), i * 5, np.uint8) for i in range(50)])
     cfg = ExtractConfig(face=False, voice=False, text=False, asr="never")
     _, info = Extractor(cfg).video(path)
     assert info["n_frames"] == 50 and not any("variable" in w for w in info["warnings"])
