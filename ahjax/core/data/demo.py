@@ -580,7 +580,7 @@ def ensure_demo(cache_dir: str | os.PathLike | None = None, seed: int = 0, **kwa
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m ahjax demo --out DIR [--seed S] ...``; bad input is
     one line on stderr and exit status 2 (``--debug`` or ``AHJAX_DEBUG=1``: the traceback)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ahjax demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (absent or empty)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--participants", type=int, default=8)
