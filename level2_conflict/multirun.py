@@ -71,6 +71,19 @@ class Bank:
         return "cues" in self.arrays
 
     @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the arrays, valid frames, labels and slots (once per bank)."""
+        h = hashlib.sha256()
+        for name in sorted(self.arrays):
+            arr = np.ascontiguousarray(self.arrays[name])
+            h.update(f"{name}{arr.shape}{arr.dtype}".encode())
+            h.update(memoryview(arr).cast("B"))
+        for arr in (self.valid, self.labels):
+            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        h.update(repr(sorted((v, dataclasses.astuple(s)) for v, s in self.slots.items())).encode())
+        return h.hexdigest()
+
+    @functools.cached_property
     def device(self) -> tuple:
         """``(arrays, valid, labels)`` on the device, put there once per bank."""
         return ({k: jnp.asarray(v) for k, v in self.arrays.items()}, jnp.asarray(self.valid),
@@ -372,13 +385,7 @@ def training_key(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     cfg = dataclasses.replace(cfg, progress=False)
     h.update(repr((model_cfg, cfg, [dataclasses.astuple(r) for r in runs],
                    None if durations is None else list(durations))).encode())
-    for name in sorted(bank.arrays):
-        arr = np.ascontiguousarray(bank.arrays[name])
-        h.update(f"{name}{arr.shape}{arr.dtype}".encode())
-        h.update(memoryview(arr).cast("B"))
-    for arr in (bank.valid, bank.labels):
-        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
-    h.update(repr(sorted((v, dataclasses.astuple(s)) for v, s in bank.slots.items())).encode())
+    h.update(bank.digest.encode())
     here = Path(__file__).parent
     for name in _KEY_SOURCES:
         h.update((here / name).read_bytes())
