@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from level1_affect.schema import FACE_DESC, TEXT_AFFECT, VOICE_PROSODY
+from level1_affect.schema import FACE_DESC
 from level2_conflict import features as feats
 from level2_conflict import hsmm, multirun, runtime, selection
 from level2_conflict.model import TwoLevelConfig, TwoLevelModel

@@ -64,7 +64,6 @@ def test_ct2_mapping_fills_every_parameter(asset):
     dims = wm.dims_from_ct2(variables)
     assert dims == wm.WhisperDims()
     params = wm.params_from_ct2(variables, dims)
-    from flax.traverse_util import flatten_dict
     flat = flatten_dict(params)
     assert len(flat) == 245 and all(v.dtype == np.float32 for v in flat.values())
     assert {k: v.shape for k, v in flat.items()} == wm.param_shapes(dims)
@@ -144,7 +143,6 @@ def test_openai_state_dict_mapping_agrees_with_ct2_mapping():
     state = _openai_state(dims, np.random.default_rng(0))
     a = wm.params_from_openai(state, dims)
     b = wm.params_from_ct2(_ct2_from_openai(state, dims), dims)
-    from flax.traverse_util import flatten_dict
     fa, fb = flatten_dict(a), flatten_dict(b)
     assert fa.keys() == fb.keys()
     for k in fa:
@@ -320,7 +318,6 @@ def test_openai_checkpoint_loader_errors(tmp_path):
 def test_openai_checkpoint_roundtrip(tmp_path):
     # A tiny random checkpoint written the way openai-whisper stores them.
     torch = pytest.importorskip("torch")
-    from flax.traverse_util import flatten_dict
     from level1_affect.voice import load_openai_whisper
     dims = wm.WhisperDims(n_vocab=60, n_audio_state=16, n_audio_head=2, n_audio_layer=1,
                           n_text_ctx=8, n_text_state=16, n_text_head=2, n_text_layer=1)
