@@ -116,6 +116,10 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
             m["latency"] += list(now - cap[np.isfinite(cap)])
             m["rss_mb"] = _rss_mb()
             m["levels"] = m.get("levels", []) + [line["level"]]
+            for k, v in (line.get("cost_s") or {}).items():   # absent in older revisions
+                m.setdefault("cost", {}).setdefault(k, []).append(v)
+            for k, v in (line.get("asr") or {}).items():
+                m.setdefault("asr", {}).setdefault(k, []).append(v)
     rows = []
     for k in sorted(minutes):
         m = minutes[k]
@@ -126,7 +130,15 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
                      "latency_median_s": float(np.median(lat)) if len(lat) else None,
                      "latency_p95_s": float(np.percentile(lat, 95)) if len(lat) else None,
                      "rss_mb": m["rss_mb"],
-                     "levels": {str(v): m["levels"].count(v) for v in sorted(set(m["levels"]))}})
+                     "levels": {str(v): m["levels"].count(v) for v in sorted(set(m["levels"]))},
+                     # Mean seconds per chunk of each part of the main thread's work.
+                     "cost_s": {k: float(np.mean(v)) for k, v in m.get("cost", {}).items()},
+                     # Whisper at the minute's end: passes so far; mean of the latest
+                     # pass's seconds, its audio and the words' lag behind the audio.
+                     "asr": ({"passes": int(m["asr"]["passes"][-1]),
+                              **{k: float(np.mean(m["asr"][k]))
+                                 for k in ("pass_s", "buffer_s", "words_lag_s")}}
+                             if "asr" in m else None)})
     return {"realtime": realtime, "load_average_before": load,
             "load_average_after": list(os.getloadavg()), "rss_mb_before": rss0,
             "first_line_s": first_line, "wall_s": summary["wall_s"],

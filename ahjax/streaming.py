@@ -207,6 +207,7 @@ class _Run:
         self.last_frame = None
         self.out = out
         self.spool = None             # (folder, open tracks.csv, csv writer) once rows come
+        self._spent = dict(self.live.seconds)   # level 1's seconds at the last line
 
     def push(self, frames: list, audio, capture) -> list[dict]:
         filled = []
@@ -229,6 +230,7 @@ class _Run:
         out = {"t_start": first / self.fps, "t_end": n / self.fps, "frames": [first, n],
                "tracks": tracks, "words": words, "level": self.level, "final": final}
         self.levels.append(self.level)
+        t0 = time.perf_counter()
         if self.model is not None:
             revised = self.live.revised()
             start, scores = self.scorer.scores(
@@ -248,6 +250,7 @@ class _Run:
                 segments[-1]["open"] = True
             out.update(ah_prob=prob, contributions=contrib, segments=segments,
                        decided_until_s=self.segments.n / self.fps)
+        t1 = time.perf_counter()
         now = time.monotonic()
         capture, self.capture = self.capture[:n - first], self.capture[n - first:]
         lat = now - capture
@@ -259,6 +262,13 @@ class _Run:
                            else None)
         out["dropped"] = self.dropped
         self._settle()
+        # Where this chunk's time went (seconds of this process's main thread; Whisper runs
+        # beside it, its latest pass in ``asr``).
+        seconds = self.live.seconds
+        cost = {k: seconds[k] - self._spent.get(k, 0.0) for k in ("face", "voice", "text")}
+        self._spent = dict(seconds)
+        out["cost_s"] = {**cost, "level2": t1 - t0, "output": time.perf_counter() - t1}
+        out["asr"] = self.live.asr_status()
         return out
 
     def _settle(self) -> None:

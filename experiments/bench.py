@@ -188,31 +188,88 @@ def run_reference(folder: str | Path, name: str, steps: int, batch: int, frames:
     return json.loads(lines[-1])
 
 
-def run_ours(name: str, steps: int, batch: int, frames: int, threads: int) -> dict:
+def run_ours(name: str, steps: int, batch: int, frames: int, threads: int,
+             xla_flags: str = "") -> dict:
     """Our model ``name`` measured by this module in a child process limited to ``threads``
-    threads, as the reference is (XLA's CPU thread pools follow the process's CPU set)."""
+    threads, as the reference is (XLA's CPU thread pools follow the process's CPU set),
+    with ``xla_flags`` added to ``XLA_FLAGS``."""
     cmd = [sys.executable, "-m", "experiments.bench", "--models", name, "--steps", str(steps),
            "--batch", str(batch), "--frames", str(frames)]
+    env = dict(os.environ)
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     if hasattr(os, "sched_getaffinity") and threads < len(os.sched_getaffinity(0)):
         cpus = sorted(os.sched_getaffinity(0))[:threads]
         cmd = ["taskset", "-c", ",".join(map(str, cpus))] + cmd
-    proc = subprocess.run(cmd, capture_output=True, text=True,
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                           cwd=str(Path(__file__).resolve().parents[1]))
     if proc.returncode != 0:
         raise RuntimeError(f"our benchmark of {name} failed: {proc.stderr.strip()[-800:]}")
     return json.loads(proc.stdout)["models"][name]
 
 
-def side_by_side(folder: str | Path, names, steps: int, batch: int, frames: int,
-                 threads: int) -> dict:
-    """For each reference model in ``names``: the reference, then ours, back to back."""
+def parse_variants(text: str) -> dict[str, str]:
+    """``"default;xnn=--xla_cpu_experimental_xnn_fusion_type=dot"`` -> {name: XLA flags}:
+    the XLA settings our side is measured under (``default``: none)."""
     out = {}
-    for name in names:
-        if not MODELS[name].reference:
+    for item in (t.strip() for t in text.split(";")):
+        if not item:
             continue
-        ref = run_reference(folder, name, steps, batch, frames, threads)
-        ours = run_ours(name, steps, batch, frames, threads)
-        out[name] = {"reference": ref, "ours": ours, **compare(ours, ref)}
+        name, _, flags = item.partition("=")
+        if not name.strip() or name.strip() in out:
+            raise ValueError(f"--variants: {item!r}: each needs a new name (name=FLAGS)")
+        out[name.strip()] = flags.strip()
+    if not out:
+        raise ValueError("--variants: no variant given")
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+            "values": [float(x) for x in v]}
+
+
+def side_by_side(folder: str | Path, names, steps: int, batch: int, frames: int,
+                 threads: int, rounds: int = 1, variants: Mapping[str, str] | None = None,
+                 log: Callable[[str], None] | None = None) -> dict:
+    """For each reference model in ``names``, ``rounds`` times: the reference, then ours
+    under each XLA variant, back to back (so each ratio is taken against the reference
+    run just before it). Per model and variant: every round's ratios and their median,
+    min and max; the first variant's also at the top level, as with one round."""
+    variants = dict(variants or {"default": ""})
+    out: dict = {}
+    for r in range(rounds):
+        for name in names:
+            if not MODELS[name].reference:
+                continue
+            ref = run_reference(folder, name, steps, batch, frames, threads)
+            entry = out.setdefault(name, {"rounds": []})
+            got = {"reference": ref}
+            for variant, flags in variants.items():
+                ours = run_ours(name, steps, batch, frames, threads, flags)
+                got[variant] = {"ours": ours, **compare(ours, ref)}
+                if log:
+                    log(f"round {r + 1}/{rounds} {name} {variant}: train "
+                        f"{got[variant]['train_speed_ratio']:.2f}x")
+            entry["rounds"].append(got)
+    for name, entry in out.items():
+        entry["variants"] = {}
+        for variant in variants:
+            per = [rd[variant] for rd in entry["rounds"]]
+            entry["variants"][variant] = {
+                "xla_flags": variants[variant],
+                **{key: _spread([p[key] for p in per]) for key in
+                   ("train_speed_ratio", "infer_speed_ratio", "train_peak_rss_ratio")}}
+        first = next(iter(variants))
+        last = entry["rounds"][-1]
+        entry.update(reference=last["reference"], ours=last[first]["ours"],
+                     **{k: v for k, v in last[first].items() if k != "ours"})
+        if rounds > 1:   # the medians, not one round, are what to read
+            for key in ("train_speed_ratio", "infer_speed_ratio", "train_peak_rss_ratio"):
+                entry[key] = entry["variants"][first][key]["median"]
+            entry["target_met"] = bool(entry["train_speed_ratio"] >= TARGET_SPEEDUP
+                                       and entry["train_peak_rss_ratio"] <= 1.0)
     return out
 
 
@@ -575,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="instead of throughput: where each model's training step spends "
                              "its time (forward, backward, optimiser, rest; XLA's flops)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="with --reference: N alternated rounds (reference, ours); "
+                             "ratios as medians with their spread")
+    parser.add_argument("--variants", default="default", metavar="NAME=FLAGS;...",
+                        help="with --reference: XLA settings our side runs under, each "
+                             "measured after the same reference run (default: none)")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for each side of --reference (default 2)")
     args = parser.parse_args(argv)
@@ -595,8 +658,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     if args.reference:
-        report["side_by_side"] = side_by_side(args.reference, names, steps, args.batch,
-                                              args.frames, args.threads)
+        if args.rounds < 1:
+            parser.error(f"--rounds {args.rounds}: must be at least 1")
+        try:
+            variants = parse_variants(args.variants)
+        except ValueError as err:
+            parser.error(str(err))
+        report["side_by_side"] = side_by_side(
+            args.reference, names, steps, args.batch, args.frames, args.threads, args.rounds,
+            variants, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        report["rounds"] = args.rounds
         report["threads"] = args.threads
         report["load_average_after"] = list(os.getloadavg())
         names = [n for n in names if not MODELS[n].reference]   # measured above

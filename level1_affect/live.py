@@ -152,6 +152,8 @@ class AsrWorker(threading.Thread):
         super().__init__(daemon=True, name="ahjax-asr")
         self.asr, self.every_s = asr, every_s
         self.seconds = 0.0
+        self.last_pass_s = 0.0     # how long the latest pass took
+        self.last_buffer_s = 0.0   # and the audio it read (seconds)
         self.settled_s = 0.0   # no word collected later starts before this stream time
         self.error: BaseException | None = None
         self._inbox: queue.Queue = queue.Queue()
@@ -180,8 +182,11 @@ class AsrWorker(threading.Thread):
                     return
                 if self.asr.heard_s - heard >= self.every_s:
                     heard = self.asr.heard_s
+                    buffer_s = len(self.asr.buffer) / SAMPLE_RATE
                     self._out.put((self.asr.step(), self.asr.settled_s))
-                    self.seconds += time.perf_counter() - t0
+                    took = time.perf_counter() - t0
+                    self.seconds += took
+                    self.last_pass_s, self.last_buffer_s = took, buffer_s
         except BaseException as err:   # noqa: BLE001 - reported by collect/finish
             self.error = err
             self._out.put(([], self.settled_s))
@@ -346,6 +351,16 @@ class LiveLevel1:
     def asr_every_s(self, value: float) -> None:
         if self._worker is not None:
             self._worker.every_s = value
+
+    def asr_status(self) -> dict | None:
+        """Whisper's thread now: passes so far, the latest pass's seconds and audio seconds,
+        and how far the confirmed words lag the audio received (None without speech)."""
+        if self._worker is None:
+            return None
+        w = self._worker
+        heard = self._audio_start / SAMPLE_RATE + len(self._audio) / SAMPLE_RATE
+        return {"passes": self.asr.passes, "pass_s": w.last_pass_s, "buffer_s": w.last_buffer_s,
+                "words_lag_s": max(0.0, heard - w.settled_s)}
 
     def _add_face(self, face: dict) -> None:
         for k in self._FACE:

@@ -166,6 +166,37 @@ def test_bench_runs_the_reference_script_with_our_settings(tmp_path, monkeypatch
         bench.run_reference(tmp_path / "nowhere", "lfan", 2, 4, 696, 2)
 
 
+def test_bench_rounds_alternate_and_report_medians(monkeypatch):
+    """``--rounds N --variants``: per round the reference, then ours under each XLA
+    setting, in that order; ratios per round and their median and spread."""
+    calls = []
+
+    def ref(folder, name, *a):
+        calls.append(("ref", name))
+        return {"train_frames_per_s": next(speeds), "infer_frames_per_s": 10.0,
+                "params": 1, "train_peak_rss_mb": 100.0}
+
+    def ours(name, steps, batch, frames, threads, flags=""):
+        calls.append(("ours", name, flags))
+        return {"train_frames_per_s": next(speeds), "infer_frames_per_s": 20.0,
+                "params": 1, "train_peak_rss_mb": 150.0}
+    monkeypatch.setattr(bench, "run_reference", ref)
+    monkeypatch.setattr(bench, "run_ours", ours)
+    variants = bench.parse_variants("default;xnn=--xla_cpu_experimental_xnn_fusion_type=dot")
+    assert variants == {"default": "", "xnn": "--xla_cpu_experimental_xnn_fusion_type=dot"}
+    speeds = iter([1000.0, 900.0, 800.0, 1000.0, 1100.0, 1200.0])   # ref, ours x 2, per round
+    got = bench.side_by_side("ref", ["lfan"], 2, 4, 696, 2, rounds=2, variants=variants)["lfan"]
+    assert calls == [("ref", "lfan"), ("ours", "lfan", ""), ("ours", "lfan", variants["xnn"])] * 2
+    train = got["variants"]["default"]["train_speed_ratio"]
+    assert train["values"] == pytest.approx([0.9, 1.1]) and train["median"] == pytest.approx(1.0)
+    assert got["variants"]["xnn"]["train_speed_ratio"]["min"] == pytest.approx(0.8)
+    assert got["train_speed_ratio"] == pytest.approx(1.0)   # the first variant's median
+    assert got["variants"]["xnn"]["infer_speed_ratio"]["median"] == pytest.approx(2.0)
+    for bad in ("", "a=1;a=2", "=--flag"):
+        with pytest.raises(ValueError, match="--variants"):
+            bench.parse_variants(bad)
+
+
 @pytest.fixture
 def tiny(monkeypatch):
     """A tiny model registered the way any family registers: paper-size models take tens of

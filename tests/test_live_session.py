@@ -72,9 +72,12 @@ def test_stateful_level2_equals_the_whole_prefix_in_uneven_chunks(demo_tracks, r
     whole = trained.scores({k: v[:n] for k, v in arrays.items()}, fps)
     np.testing.assert_allclose(np.concatenate([g["prob"] for g in got]), whole["prob"],
                                atol=1e-5)
+    # The terms of the score before the sigmoid, values up to about 1: float32 sums of the
+    # running statistics taken in another order round differently (seen: 1.4e-5 on 0.43,
+    # depending on the programs XLA compiled earlier in the process), so relative here.
     for g, c in whole["contributions"].items():
         np.testing.assert_allclose(np.concatenate([o["contributions"][g] for o in got]), c,
-                                   atol=1e-5, err_msg=g)
+                                   rtol=1e-4, atol=1e-5, err_msg=g)
 
 
 def test_stateful_level2_resumes_where_late_rows_were_revised(demo_tracks):

@@ -120,7 +120,9 @@ def test_a_stream_left_early_stops_its_threads(causal_dir, face_encoder):
             return Transcript("en", "", [], [])
     gen = live_stream.stream(src, causal_dir, live_stream.StreamConfig(asr=True, asr_every_s=0.5),
                              face_encoder=face_encoder, whisper=Quiet())
-    next(gen)
+    line = next(gen)
+    assert set(line["asr"]) == {"passes", "pass_s", "buffer_s", "words_lag_s"}
+    assert line["asr"]["words_lag_s"] >= 0 and line["asr"]["passes"] >= 0
     before = len(calls)
     gen.close()
     assert not any(t.name in ("ahjax-asr", "ahjax-stream-reader") and t.is_alive()
@@ -273,6 +275,10 @@ def test_realtime_play_reports_latency_and_degrades_when_behind(causal_dir, face
     assert 0 <= s["latency_median_s"] <= s["latency_p95_s"]
     assert s["wall_s"] >= 2.0 - 0.1   # played at its own pace, not faster
     assert all(ln["behind_s"] is not None for ln in lines[:-1])
+    # Where each chunk's time went, and no Whisper without speech recognition.
+    assert all(set(ln["cost_s"]) == {"face", "voice", "text", "level2", "output"}
+               and min(ln["cost_s"].values()) >= 0 for ln in lines)
+    assert sum(ln["cost_s"]["face"] for ln in lines) > 0 and lines[0]["asr"] is None
 
     # The degradation ladder: behind by more than behind_s -> one level lighter, at most
     # the last level; three calm chunks -> one level back.
