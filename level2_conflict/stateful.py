@@ -160,6 +160,7 @@ class LiveScorer:
         # (frame, state after frames < frame): the first is settled (rows before it final).
         self.snaps = [(0, init_state(model, history))]
         self.resumed = 0   # chunks that went back to recompute revised frames
+        self.computed = 0  # frames the last call stepped through
 
     @property
     def settled(self) -> int:
@@ -184,13 +185,23 @@ class LiveScorer:
             self.snaps.pop()
         start, state = self.snaps[-1]
         self.resumed += int(start < latest)
+        self.computed = n - start
         parts = []
-        for a in range(start, n, self.block):
-            m = min(self.block, n - a)
+        a = start
+        while a < n:
+            b = min(a + self.block, n)
+            if a < final < b:   # stop at ``final``: the state there is never revised
+                b = final
+            m = b - a
             block = {k: np.pad(np.asarray(rows[k][a - base:a - base + m], np.float32),
                                ((0, self.block - m), (0, 0))) for k in TRACKS}
             state, out = _step(self.graphdef, self.params, state, block, np.int32(m), self.half)
             parts.append(jax.tree.map(lambda x: np.asarray(x)[:m], jax.device_get(out)))
+            if b == final < n:
+                # Without this state, a revision that reaches behind the newest chunk end
+                # goes back to an ever older state, and each chunk recomputes more.
+                self.snaps.append((b, state))
+            a = b
         if n > start:
             self.snaps.append((n, state))
         keep = max(i for i, (f, _) in enumerate(self.snaps) if f <= max(final, base))

@@ -107,6 +107,26 @@ def test_stateful_level2_resumes_where_late_rows_were_revised(demo_tracks):
     assert scorer.resumed > 0
 
 
+def test_stateful_level2_work_stays_bounded_when_text_arrives_late(demo_tracks):
+    """Words confirmed seconds after their frames revise rows behind the newest chunk in
+    every call: each call resumes from the state at the last final frame, so its work and
+    the rows it keeps stay within the text's lag, however long the stream (before, every
+    call resumed from an ever older state)."""
+    arrays, fps = demo_tracks
+    trained = _trained(False, fps)
+    scorer = LiveScorer(trained.model, fps, block=16)
+    chunk, lag, late = 12, 60, 30   # rows final 60 frames behind; words revise 30 back
+    total = len(arrays["face_present"])
+    for n in range(chunk, total + 1, chunk):
+        final = max(0, n - lag)
+        start, out = scorer.scores({k: v[scorer.settled:n] for k, v in arrays.items()}, n,
+                                   final=final, revised_from=max(0, n - chunk - late))
+        assert n - start <= lag + chunk and scorer.computed == n - start
+        assert scorer.settled == final
+    whole = trained.scores({k: v[:n] for k, v in arrays.items()}, fps)
+    np.testing.assert_allclose(out["prob"], whole["prob"][start:], atol=1e-5)
+
+
 def test_bounded_decoder_commits_what_the_whole_decoding_says():
     log_dur = np.asarray(hsmm.DurationPrior((2.0, 3.0), (2.0, 0.5), 8.0).log_pmf(12.0))
     log_prior = np.log([0.7, 0.3])
