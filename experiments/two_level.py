@@ -96,10 +96,10 @@ def get_config(quick: bool = False) -> Config:
         reuse_two_level=False)
 
 
-# Rough seconds on an idle 2-core CPU for the default config (issue 29's first-run log):
-# the 13-run two-level programs about 5 min, the four baselines about 5 min; scaled by
-# runs x epochs x video seconds, plus a compilation per program.
-TWO_LEVEL_S, BASELINES_S, COMPILE_S = 300.0, 300.0, 8.0
+# Rough seconds on an idle 2-core CPU for the default config (a fresh-clone run,
+# 2026-12-07: the five two-level programs with their evaluation 350 s, the four baselines
+# 200 s); scaled by runs x epochs x video seconds, plus a compilation per program.
+TWO_LEVEL_S, BASELINES_S, COMPILE_S = 350.0, 200.0, 8.0
 
 
 def _video_seconds(data: DataConfig) -> float:

@@ -281,14 +281,15 @@ def data_root(data: DataConfig, progress: bool = False) -> Path:
     return Path(data.root).expanduser() if data.root else demo_root(data, progress)
 
 
-# Rough seconds on an idle 2-core CPU, from the first-run log of issue 29 (56 demo videos,
-# 13 min of video): the demo 3.5 min, extraction 8.5 min with the landmarker on every
-# frame. The face track is most of extraction when transcripts come with the data.
-DEMO_S_PER_VIDEO_S = 0.27
-EXTRACT_S_PER_VIDEO = 4.0          # opening, writing, per-length compilation
-EXTRACT_S_PER_VIDEO_S = 0.37       # at detect_every=1; the face share shrinks with k
+# Rough seconds on an idle 2-core CPU, from a fresh-clone run of the default config
+# (2026-12-07, experiments/results/first_run.md: 56 demo videos; the demo 120 s, loading
+# the level-1 models 26 s, extraction 203 s with the landmarker on every 3rd frame). The
+# face track is most of extraction when transcripts come with the data.
+DEMO_S_PER_VIDEO_S = 0.13
+EXTRACT_S_PER_VIDEO = 1.0          # opening, writing, per-length compilation
+EXTRACT_S_PER_VIDEO_S = 0.27       # at detect_every=1; the face share shrinks with k
 EXTRACT_FACE_SHARE = 0.65
-EXTRACT_LOAD_S = 20.0
+EXTRACT_LOAD_S = 25.0
 
 
 def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> list:
@@ -307,7 +308,10 @@ def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> l
     else:   # as prepare_store: the demo tree, extracted into data.store when named
         root = demo_path(data)
         n = data.demo_participants * len(demo_questions(data))
-        video_s = n * (data.demo_min_duration + data.demo_max_duration) / 2
+        # The demo's answers run to about 3/4 of the way from the shortest to the longest
+        # (the default's 56 videos: 954 s, 8 to 20 s each).
+        video_s = n * (data.demo_min_duration
+                       + 0.75 * (data.demo_max_duration - data.demo_min_duration))
         ids = None
         cached = (root / "ground_truth.json").is_file()
         stages.append(Stage("demo dataset", f"{n} synthetic videos, "
