@@ -115,6 +115,7 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
             cap = np.asarray(src.capture[a:b], np.float64)
             m["latency"] += list(now - cap[np.isfinite(cap)])
             m["rss_mb"] = _rss_mb()
+            m["rss"] = m.get("rss", []) + [m["rss_mb"]]
             m["levels"] = m.get("levels", []) + [line["level"]]
             for k, v in (line.get("cost_s") or {}).items():   # absent in older revisions
                 m.setdefault("cost", {}).setdefault(k, []).append(v)
@@ -130,6 +131,9 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
                      "latency_median_s": float(np.median(lat)) if len(lat) else None,
                      "latency_p95_s": float(np.percentile(lat, 95)) if len(lat) else None,
                      "rss_mb": m["rss_mb"],
+                     # The minute's lowest and highest reading: a Whisper pass holds its
+                     # audio and buffers for a moment, so one reading a minute is noisy.
+                     "rss_min_mb": min(m["rss"]), "rss_max_mb": max(m["rss"]),
                      "levels": {str(v): m["levels"].count(v) for v in sorted(set(m["levels"]))},
                      # Mean seconds per chunk of each part of the main thread's work.
                      "cost_s": {k: float(np.mean(v)) for k, v in m.get("cost", {}).items()},
@@ -204,6 +208,8 @@ def growth(result: dict) -> dict:
             "last_process_s": last["process_s_mean"],
             "process_ratio": last["process_s_mean"] / two["process_s_mean"],
             "rss_growth_mb": last["rss_mb"] - two["rss_mb"],
+            "rss_min_growth_mb": (last["rss_min_mb"] - two["rss_min_mb"]
+                                  if "rss_min_mb" in two else None),
             "last_latency_p95_s": last["latency_p95_s"]}
 
 

@@ -313,3 +313,17 @@ def test_cli_refuses_bad_sources_and_settings_in_one_line(tmp_path, capsys):
     assert res.returncode == 2 and "chunk_s=0.0: must be positive" in res.stderr
     res = cli(bad, "--detect-every", "0")
     assert res.returncode == 2 and "detect_every=0: must be at least 1" in res.stderr
+
+
+def test_session_growth_compares_minute_two_with_the_last_full_minute():
+    from ahjax.session_bench import growth
+
+    def minute(k, chunks, s, rss, lo, p95=None):
+        return {"minute": k, "chunks": chunks, "process_s_mean": s, "rss_mb": rss,
+                "rss_min_mb": lo, "latency_p95_s": p95}
+    rows = [minute(1, 60, 0.9, 3000, 2900), minute(2, 60, 0.5, 3100, 2950),
+            minute(3, 60, 0.55, 3400, 3000, 1.4), minute(4, 12, 0.8, 3500, 3490)]
+    got = growth({"per_minute": rows})   # minute 4 holds 12 chunks: minute 3 is the last
+    assert got["last_minute"] == 3 and got["process_ratio"] == pytest.approx(1.1)
+    assert got["rss_growth_mb"] == 300 and got["rss_min_growth_mb"] == 50
+    assert got["last_latency_p95_s"] == 1.4
