@@ -160,7 +160,6 @@ class LiveScorer:
         # (frame, state after frames < frame): the first is settled (rows before it final).
         self.snaps = [(0, init_state(model, history))]
         self.resumed = 0   # chunks that went back to recompute revised frames
-        self.computed = 0  # frames the last call stepped through
 
     @property
     def settled(self) -> int:
@@ -185,7 +184,6 @@ class LiveScorer:
             self.snaps.pop()
         start, state = self.snaps[-1]
         self.resumed += int(start < latest)
-        self.computed = n - start
         parts = []
         a = start
         while a < n:
