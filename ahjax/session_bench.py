@@ -114,9 +114,8 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
             prev = now
             cap = np.asarray(src.capture[a:b], np.float64)
             m["latency"] += list(now - cap[np.isfinite(cap)])
-            m["rss_mb"] = _rss_mb()
-            m["rss"] = m.get("rss", []) + [m["rss_mb"]]
-            m["levels"] = m.get("levels", []) + [line["level"]]
+            m.setdefault("rss", []).append(_rss_mb())
+            m.setdefault("levels", []).append(line["level"])
             for k, v in (line.get("cost_s") or {}).items():   # absent in older revisions
                 m.setdefault("cost", {}).setdefault(k, []).append(v)
             for k, v in (line.get("asr") or {}).items():
@@ -130,7 +129,7 @@ def measure(path: str | Path, checkpoint: str | Path, realtime: bool) -> dict:
                      "process_s_max": float(iv.max()) if len(iv) else None,
                      "latency_median_s": float(np.median(lat)) if len(lat) else None,
                      "latency_p95_s": float(np.percentile(lat, 95)) if len(lat) else None,
-                     "rss_mb": m["rss_mb"],
+                     "rss_mb": m["rss"][-1],
                      # The minute's lowest and highest reading: a Whisper pass holds its
                      # audio and buffers for a moment, so one reading a minute is noisy.
                      "rss_min_mb": min(m["rss"]), "rss_max_mb": max(m["rss"]),

@@ -158,15 +158,20 @@ def _timed(fn: Callable[[], object], steps: int) -> tuple[float, float, int]:
 def compare(ours: Mapping[str, float], reference: Mapping[str, float]) -> dict:
     """Ratios of one side-by-side run, each ours / reference (> 1: faster, or more memory),
     and whether the target is met."""
-    speed = ours["train_frames_per_s"] / reference["train_frames_per_s"]
-    memory = ours["train_peak_rss_mb"] / reference["train_peak_rss_mb"]
-    out = {"train_speed_ratio": speed, "train_peak_rss_ratio": memory,
-           "params_ratio": ours["params"] / reference["params"],
-           "target": f">= {TARGET_SPEEDUP}x train frames/s and train peak RSS <= reference",
-           "target_met": bool(speed >= TARGET_SPEEDUP and memory <= 1.0)}
+    out = {"train_speed_ratio": ours["train_frames_per_s"] / reference["train_frames_per_s"],
+           "train_peak_rss_ratio": ours["train_peak_rss_mb"] / reference["train_peak_rss_mb"],
+           "params_ratio": ours["params"] / reference["params"]}
     if "infer_frames_per_s" in reference:
         out["infer_speed_ratio"] = ours["infer_frames_per_s"] / reference["infer_frames_per_s"]
-    return out
+    return _with_target(out)
+
+
+def _with_target(ratios: dict) -> dict:
+    """``ratios`` with the issue's target and whether its speed and memory ratios meet it."""
+    return {**ratios,
+            "target": f">= {TARGET_SPEEDUP}x train frames/s and train peak RSS <= reference",
+            "target_met": bool(ratios["train_speed_ratio"] >= TARGET_SPEEDUP
+                               and ratios["train_peak_rss_ratio"] <= 1.0)}
 
 
 def run_reference(folder: str | Path, name: str, steps: int, batch: int, frames: int,
@@ -236,7 +241,8 @@ def side_by_side(folder: str | Path, names, steps: int, batch: int, frames: int,
     """For each reference model in ``names``, ``rounds`` times: the reference, then ours
     under each XLA variant, back to back (so each ratio is taken against the reference
     run just before it). Per model and variant: every round's ratios and their median,
-    min and max; the first variant's also at the top level, as with one round."""
+    min and max; at the top level the first variant's medians (one round: its ratios) and
+    the last round's figures."""
     variants = dict(variants or {"default": ""})
     out: dict = {}
     for r in range(rounds):
@@ -263,13 +269,10 @@ def side_by_side(folder: str | Path, names, steps: int, batch: int, frames: int,
                    ("train_speed_ratio", "infer_speed_ratio", "train_peak_rss_ratio")}}
         first = next(iter(variants))
         last = entry["rounds"][-1]
+        medians = {key: spread["median"] for key, spread in entry["variants"][first].items()
+                   if key != "xla_flags"}
         entry.update(reference=last["reference"], ours=last[first]["ours"],
-                     **{k: v for k, v in last[first].items() if k != "ours"})
-        if rounds > 1:   # the medians, not one round, are what to read
-            for key in ("train_speed_ratio", "infer_speed_ratio", "train_peak_rss_ratio"):
-                entry[key] = entry["variants"][first][key]["median"]
-            entry["target_met"] = bool(entry["train_speed_ratio"] >= TARGET_SPEEDUP
-                                       and entry["train_peak_rss_ratio"] <= 1.0)
+                     **_with_target({**medians, "params_ratio": last[first]["params_ratio"]}))
     return out
 
 
