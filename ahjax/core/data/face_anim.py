@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -281,26 +282,14 @@ def head_motion(n: int, rng: np.random.Generator, amount: float = 1.0, fps: floa
 
 
 def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Sample ``img`` (H, W, C) at float coordinates (any shape S) with edge clamping;
-    returns (*S, C). ``np.take`` on the flattened image is several times faster than fancy
-    indexing or ``ndimage.map_coordinates`` per channel."""
-    h, w, c = img.shape
-    shape = x.shape
-    x = np.clip(x, 0, w - 1.001).ravel()
-    y = np.clip(y, 0, h - 1.001).ravel()
-    x0 = x.astype(np.int32)
-    y0 = y.astype(np.int32)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
-    flat = img.reshape(h * w, c)
-    i00 = y0 * w + x0
-    a = np.take(flat, i00, axis=0)
-    b = np.take(flat, i00 + 1, axis=0)
-    cc = np.take(flat, i00 + w, axis=0)
-    d = np.take(flat, i00 + w + 1, axis=0)
-    top = a + (b - a) * fx
-    bot = cc + (d - cc) * fx
-    return (top + (bot - top) * fy).reshape(*shape, c)
+    """Sample ``img`` (H, W, C) float32 at float coordinates (H', W') with edge clamping;
+    returns (H', W', C). OpenCV's ``remap`` (bilinear, 1/32-pixel weights) is about ten
+    times faster than gathering the four neighbours with NumPy."""
+    h, w, _ = img.shape
+    x = np.clip(x, 0, w - 1.001).astype(np.float32, copy=False)
+    y = np.clip(y, 0, h - 1.001).astype(np.float32, copy=False)
+    out = cv2.remap(img, x, y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(*x.shape, img.shape[2])
 
 
 class FaceAnimator:
