@@ -92,7 +92,8 @@ class Layer(nnx.Module):
         self.up = nnx.Linear(dim, hidden, rngs=rngs)
         self.down = nnx.Linear(hidden, dim, rngs=rngs)
         self.out_norm = nnx.LayerNorm(dim, epsilon=eps, rngs=rngs)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        # No random stream without dropout: a frozen encoder's state is its weights only.
+        self.drop = nnx.Dropout(dropout, rngs=rngs if dropout > 0 else None)
 
     def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None = None) -> jax.Array:
         b, n, d = x.shape
@@ -226,6 +227,11 @@ def load_weights(model: EncoderNet, path: Path) -> None:
             raise ValueError(f"{path}: {name} has shape {array.shape}, expected "
                              f"{param.get_value().shape}")
         param.set_value(jnp.asarray(array))
+    unset = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+             if isinstance(v, jax.ShapeDtypeStruct)]
+    if unset:
+        raise ValueError(f"{path}: no weights for {len(unset)} arrays of the "
+                         f"{model.config.kind} encoder, e.g. {unset[:3]}")
 
 
 def check_folder(path: str | os.PathLike) -> Path:
@@ -259,7 +265,9 @@ class PretrainedEncoder:
                  max_length: int | None = None):
         self.path = check_folder(path)
         self.config = EncoderConfig.from_file(self.path / "config.json")
-        self.model = EncoderNet(self.config, nnx.Rngs(0))
+        # Built abstract (shapes only), then filled from the file: no random initialisation
+        # of ~100M parameters that the weights would overwrite (6 s of a first load).
+        self.model = nnx.eval_shape(lambda: EncoderNet(self.config, nnx.Rngs(0)))
         load_weights(self.model, self.path / "model.safetensors")
         self.dim = self.config.hidden_size
         self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
