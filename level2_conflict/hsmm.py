@@ -135,16 +135,21 @@ def log_post_from_prob(prob: Array, eps: float = 1e-6) -> Array:
 
 
 def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
-                log_init: Array | None = None, emission_weight: float = 1.0) -> Array:
+                log_init: Array | None = None, emission_weight: float = 1.0,
+                length: Array | int | None = None) -> Array:
     """Most probable alternating segmentation under the module's model -> labels ``(n,)``.
     ``log_post`` (n, 2) frame log posteriors; ``log_dur`` (2, max_d) duration log-pmfs;
     ``log_prior`` (2,) log class priors (also the initial distribution unless ``log_init``).
+    ``length`` (may be traced): only the first ``length`` frames are the sequence, the rest
+    padding (labelled 0), so videos padded to a few lengths share one compiled decoder;
+    their labels equal those of the unpadded call.
     Explicit-duration Viterbi in one ``lax.scan``: O(n max_d) time; jit-able."""
     log_post = jnp.asarray(log_post, jnp.float32)
     log_dur = jnp.asarray(log_dur, jnp.float32)
     log_prior = jnp.asarray(log_prior, jnp.float32)
     log_init = log_prior if log_init is None else jnp.asarray(log_init, jnp.float32)
     n, max_d = log_post.shape[0], log_dur.shape[1]
+    end = jnp.asarray(n if length is None else length, jnp.int32) - 1     # the last frame
     emis = emission_weight * (log_post - log_prior)
     cum = jnp.concatenate([jnp.zeros((1, 2)), jnp.cumsum(emis, 0)], 0)       # (n+1, 2)
     log_surv = log_survival(log_dur)
@@ -155,7 +160,7 @@ def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
         start = t + 1 - durs                                              # (max_d,)
         seg = cum[t + 1][None, :] - cum[jnp.clip(start, 0, n)]            # (max_d, 2)
         prev = jnp.where((start == 0)[:, None], log_init[None, :], buf[:, ::-1])
-        dur = jnp.where(t == n - 1, log_surv, log_dur).T                  # censor the last
+        dur = jnp.where(t == end, log_surv, log_dur).T                    # censor the last
         cand = jnp.where((start >= 0)[:, None], prev + dur + seg, -jnp.inf)
         best = jnp.max(cand, 0)
         arg = jnp.argmax(cand, 0).astype(jnp.int32) + 1
@@ -163,14 +168,16 @@ def hsmm_decode(log_post: Array, log_dur: Array, log_prior: Array, *,
 
     buf0 = jnp.full((max_d, 2), -jnp.inf)
     _, (delta, back) = jax.lax.scan(forward, buf0, jnp.arange(n))
-    last = jnp.argmax(delta[n - 1]).astype(jnp.int32)
+    last = jnp.argmax(delta[end]).astype(jnp.int32)
 
     def backward(carry, t):
         state, left = carry
         switch = left == 0
-        state = jnp.where(switch, 1 - state, state)
-        left = jnp.where(switch, back[t, state], left)
-        return (state, left - 1), state
+        new_state = jnp.where(switch, 1 - state, state)
+        new_left = jnp.where(switch, back[t, new_state], left) - 1
+        real = t <= end                      # padding keeps the carry and is labelled 0
+        return ((jnp.where(real, new_state, state), jnp.where(real, new_left, left)),
+                jnp.where(real, new_state, 0))
 
     _, labels = jax.lax.scan(backward, (1 - last, jnp.int32(0)), jnp.arange(n), reverse=True)
     return labels

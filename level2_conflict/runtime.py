@@ -106,10 +106,10 @@ class DecodeConfig:
 
 
 @jax.jit
-def _decode_one(prob, log_dur, log_prior, emission_weight):
-    # One jitted function for every call (compiled once per video length and prior size).
+def _decode_one(prob, log_dur, log_prior, emission_weight, length):
+    # One jitted function for every call, compiled once per padded length and prior size.
     return hsmm.hsmm_decode(hsmm.log_post_from_prob(prob), log_dur, log_prior,
-                            emission_weight=emission_weight)
+                            emission_weight=emission_weight, length=length)
 
 
 class Durations:
@@ -154,8 +154,11 @@ def fit_durations(store_labels: dict, fps: dict, max_s: float) -> tuple[Duration
 def decode_hsmm(prob: np.ndarray, fps: float, durations: Durations, rate: float) -> np.ndarray:
     """0/1 per frame: semi-Markov decoding with evidence ``rate`` per second."""
     log_prior = jnp.log(jnp.asarray(durations.class_prior, jnp.float32))
-    return np.asarray(_decode_one(jnp.asarray(prob, jnp.float32), durations.log_pmf(fps),
-                                  log_prior, jnp.float32(rate / fps)))
+    n = len(prob)
+    padded = np.zeros(padded_length(max(n, 1)), np.float32)
+    padded[:n] = prob
+    return np.asarray(_decode_one(jnp.asarray(padded), durations.log_pmf(fps), log_prior,
+                                  jnp.float32(rate / fps), jnp.int32(n)))[:n]
 
 
 class TrainedTwoLevel:

@@ -339,6 +339,23 @@ def test_hsmm_matches_brute_force():
             assert got == best
 
 
+def test_hsmm_padded_to_a_shared_length_equals_the_unpadded_decode():
+    """``length``: videos padded to one length share a compiled decoder and get the
+    labels of their own unpadded decode (brute force above), the padding labelled 0."""
+    rng = np.random.default_rng(1)
+    decode = jax.jit(hsmm.hsmm_decode)
+    for n, max_d in ((1, 1), (6, 2), (9, 4), (9, 9), (37, 12)):
+        for _ in range(4):
+            log_post = np.asarray(jax.nn.log_softmax(2 * rng.normal(size=(n, 2))), np.float32)
+            log_dur = np.asarray(jax.nn.log_softmax(rng.normal(size=(2, max_d))), np.float32)
+            log_prior = np.log(np.array([0.6, 0.4], np.float32))
+            alone = np.asarray(decode(log_post, log_dur, log_prior))
+            padded = np.concatenate([log_post, np.log(np.full((40 - n, 2), 0.5, np.float32))])
+            got = np.asarray(decode(padded, log_dur, log_prior, length=np.int32(n)))
+            np.testing.assert_array_equal(got[:n], alone)
+            assert not got[n:].any()
+
+
 def test_hsmm_removes_forbidden_flicker_and_jits():
     log_dur = hsmm.fit_durations([8, 10, 12, 9], [10, 14, 12], max_d=30)
     assert log_dur.shape == (2, 30)
