@@ -47,10 +47,10 @@ class ExtractConfig:
     voice_embeddings: bool = True
     text_embeddings: bool = True
     # Run the face landmarker every k-th frame and interpolate between (1 = every frame).
-    # 3: face tracks within a measured tolerance of every frame's (expression probabilities
-    # 0.0016 mean |diff|, the same top expression on every frame) for about half the face
-    # time (experiments/results/extract_speed.md).
-    detect_every: int = 3
+    # 5: face tracks within a measured tolerance of every frame's (expression probabilities
+    # 0.004 mean |diff|, the same top expression on 99.7% of frames) for 0.38x the face time
+    # of every frame (docs/performance.md, "The first run").
+    detect_every: int = 5
     # Tolerated difference between annotated and decoded frame counts (containers round).
     label_slack: int = 3
     # Change/sustain talk on frames: "learned" (the talk-type model trained on AnnoMI),
