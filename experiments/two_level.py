@@ -16,6 +16,7 @@ curves under ``models/<row>/``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from baselines import fusion
 from baselines.tcn import ConcatTCN, TCNConfig
 from level1_affect.dataset import (QUICK_DATA, QUICK_EXTRACT, DataConfig, data_root, data_stages,
                                    frame_labels, prepare_store, video_labels)
-from level1_affect.extract import ExtractConfig
+from level1_affect.extract import ExtractConfig, Extractor
 from level1_affect.schema import MODALITIES
 from level2_conflict import evaluation, multirun, plots, report
 from level2_conflict.evaluation import VARIANTS
@@ -268,11 +269,21 @@ def run(config: Config, workdir: Path) -> dict:
     plan.announce()
     n_data = len(plan.stages) - 2
     root = None
-    if n_data == 2:
-        with plan.stage(1):
-            root = data_root(config.data, progress=True)
-    with plan.stage(n_data):
-        store, root, extraction = prepare_store(config.data, config.extract, root=root)
+    # While the demo's videos are made (in child processes), this process loads the
+    # level-1 models the extraction will use: the two overlap on the two cores. The
+    # extraction waits for what is still loading (the loads are once, under a lock).
+    extractor = Extractor(config.extract) if n_data == 2 and not plan.stages[0].cached \
+        and not plan.stages[1].cached else None
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahjax-load") as pool:
+        loading = pool.submit(extractor.load, asr=False) if extractor else None
+        if n_data == 2:
+            with plan.stage(1):
+                root = data_root(config.data, progress=True)
+        with plan.stage(n_data):
+            store, root, extraction = prepare_store(config.data, config.extract, root=root,
+                                                    extractor=extractor)
+        if loading is not None:
+            loading.result()   # a failed load raised in the extraction already, or here
     timings: dict = {"data_seconds": time.time() - t_start}
     test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
     if not test_ids:

@@ -12,6 +12,7 @@ are the small configs every quick run shares. The top of level 1: the core never
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -190,23 +191,30 @@ def _add(summary: dict, res: dict, progress: bool) -> None:
 
 #: How many failed videos ``extract_dataset`` names as they fail (all go to failures.json).
 SHOW_FAILURES = 5
+#: Videos ``extract_dataset`` works on at once in one process (Ray spreads wider).
+VIDEOS_IN_FLIGHT = 2
 
 
 def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = ExtractConfig(),
                     splits: Sequence[str] = ("train", "val", "test"),
                     progress: bool = True, only: Sequence[str] | None = None,
-                    workers: int = 1, ray_address: str | None = None) -> dict:
+                    workers: int = 1, ray_address: str | None = None,
+                    extractor: Extractor | None = None) -> dict:
     """Extract every video of ``root`` (a BAH tree or a folder of videos; ``only``: those
     ids) into the feature store ``out``; videos stored and sound are skipped, a failing one
     is reported and the rest go on. Returns ``{"done", "skipped", "failed": {id: message},
     "reextracted": {id: why}, "seconds"}`` (failures also in ``out/failures.json``).
-    ``workers > 1`` or ``ray_address``: on Ray, same results (docs/distributed.md)."""
+    ``workers > 1`` or ``ray_address``: on Ray, same results (docs/distributed.md).
+    ``extractor``: an :class:`Extractor` of ``config`` whose models may already be loaded
+    (or be loading in another thread: its loads are once, under a lock)."""
     records = dataset_records(root, splits, only)
     store = FeatureStore(out)
     summary = {"done": 0, "skipped": 0, "failed": {}, "seconds": {}, "video_seconds": 0.0,
                "reextracted": {}}
     if workers < 1:
         raise ValueError(f"workers={workers}: must be at least 1")
+    if extractor is not None and extractor.config != config:
+        raise ValueError("extract_dataset: the extractor was made for another ExtractConfig")
     desc = f"extracting level 1 of {Path(root).name}"
     if workers > 1 or ray_address:
         for res in extract_on_ray(records, out, config, root, workers=workers,
@@ -223,7 +231,7 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
             else:
                 todo.append(rec)
         if todo:
-            extractor = Extractor(config)
+            extractor = extractor or Extractor(config)
             if progress and summary["skipped"]:
                 print(f"{summary['skipped']} of {len(records)} videos already extracted",
                       file=sys.stderr, flush=True)
@@ -237,10 +245,18 @@ def extract_dataset(root: str | Path, out: str | Path, config: ExtractConfig = E
                 if progress:
                     print(f"level-1 models loaded in {fmt_seconds(summary['seconds']['load'])}",
                           file=sys.stderr, flush=True)
-            bar = tqdm(todo, desc=desc, unit="video", disable=not progress)
-            for rec in bar:
-                bar.set_postfix_str(Path(rec.video_id).name[-40:])
-                _add(summary, extract_record(extractor, rec, store, config, root), progress)
+            # Two videos in flight: each one's face track and its voice and text leave a
+            # core idle part of the time, which the other video's work fills. Results are
+            # those of one video at a time (each video's arrays are its own).
+            with concurrent.futures.ThreadPoolExecutor(
+                    VIDEOS_IN_FLIGHT, thread_name_prefix="ahjax-video") as pool, tqdm(
+                    total=len(todo), desc=desc, unit="video", disable=not progress) as bar:
+                results = pool.map(lambda rec: extract_record(extractor, rec, store, config,
+                                                              root), todo)
+                for rec, res in zip(todo, results):
+                    bar.set_postfix_str(Path(rec.video_id).name[-40:])
+                    _add(summary, res, progress)
+                    bar.update(1)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "failures.json").write_text(json.dumps(summary["failed"], indent=1))
     if len(summary["failed"]) > SHOW_FAILURES:
@@ -255,17 +271,18 @@ def store_dir(root: Path, extract: ExtractConfig) -> Path:
 
 
 def prepare_store(data: DataConfig, extract: ExtractConfig = ExtractConfig(),
-                  progress: bool = True, root: Path | None = None
-                  ) -> tuple[FeatureStore, Path, dict]:
+                  progress: bool = True, root: Path | None = None,
+                  extractor: Extractor | None = None) -> tuple[FeatureStore, Path, dict]:
     """(feature store, dataset root, extraction summary) for ``data``; ``root``: the
-    dataset root when the caller resolved it already (:func:`data_root`).
+    dataset root when the caller resolved it already (:func:`data_root`); ``extractor``:
+    as :func:`extract_dataset` takes it.
 
     Videos already extracted are skipped, so a second run costs only the index build.
     Raises RuntimeError when no video could be extracted at all.
     """
     root = data_root(data, progress) if root is None else Path(root)
     out = Path(data.store).expanduser() if data.store else store_dir(root, extract)
-    summary = extract_dataset(root, out, extract, progress=progress)
+    summary = extract_dataset(root, out, extract, progress=progress, extractor=extractor)
     if summary["failed"]:
         print(f"{len(summary['failed'])} video(s) failed extraction; see {out}/failures.json",
               flush=True)
