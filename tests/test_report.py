@@ -103,6 +103,14 @@ def test_plan_stage_lines():
     assert lines[1] == "[2/2] training (2 runs): about 2 min, less when cached"
     assert lines[2].startswith("[2/2] training: done in ") and "training" in plan.took
     assert [fmt_seconds(s) for s in (3, 42, 150, 3900)] == ["3 s", "40 s", "2 min", "1 h 5 min"]
+    # A stage beside another says so, and the total counts only what it adds.
+    out = io.StringIO()
+    plan = Plan([Stage("training", "2 runs", 240.0),
+                 Stage("baselines", "4 trainings", 180.0, beside="training", adds=120.0)],
+                stream=out)
+    assert plan.seconds == 360.0
+    assert plan.line() == ("plan: 1. training (2 runs): about 4 min; 2. baselines "
+                           "(4 trainings): about 3 min beside the training. In all about 6 min.")
 
 
 def test_report_notes_faithfulness_and_folds():

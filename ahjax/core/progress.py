@@ -38,12 +38,18 @@ class Stage:
     seconds: float = 0.0
     cached: bool = False
     note: str = ""
+    # A stage that runs beside another (its name): ``adds`` is what it adds to the run's
+    # total, less than its own ``seconds`` because the two share the machine.
+    beside: str = ""
+    adds: float | None = None
 
     def estimate(self) -> str:
         """``cached``, or ``about 3 min`` (with the note, when there is one)."""
         if self.cached:
             return "cached" + (f" ({self.note})" if self.note else "")
         text = f"about {fmt_seconds(self.seconds)}"
+        if self.beside:
+            text += f" beside the {self.beside}"
         return text + (f", {self.note}" if self.note else "")
 
 
@@ -59,8 +65,9 @@ class Plan:
 
     @property
     def seconds(self) -> float:
-        """The estimated total in seconds."""
-        return float(sum(s.seconds for s in self.stages if not s.cached))
+        """The estimated total in seconds (a stage beside another counts what it adds)."""
+        return float(sum(s.seconds if s.adds is None else s.adds
+                         for s in self.stages if not s.cached))
 
     def line(self) -> str:
         """One line: every stage with its estimate, then the total."""
