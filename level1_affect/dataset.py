@@ -299,12 +299,13 @@ def data_root(data: DataConfig, progress: bool = False) -> Path:
 
 
 # Rough seconds on an idle 2-core CPU, from a fresh-clone run of the default config
-# (2026-12-07, experiments/results/first_run.md: 56 demo videos; the demo 120 s, loading
-# the level-1 models 26 s, extraction 203 s with the landmarker on every 3rd frame). The
-# face track is most of extraction when transcripts come with the data.
-DEMO_S_PER_VIDEO_S = 0.13
+# (2026-12-07, experiments/results/first_run.md: 56 demo videos, 954 s of video; the demo
+# 80 s with the level-1 models loading beside it, extraction 154 s with the landmarker on
+# every 5th frame and two videos in flight). The face track is most of extraction when
+# transcripts come with the data.
+DEMO_S_PER_VIDEO_S = 0.084
 EXTRACT_S_PER_VIDEO = 1.0          # opening, writing, per-length compilation
-EXTRACT_S_PER_VIDEO_S = 0.27       # at detect_every=1; the face share shrinks with k
+EXTRACT_S_PER_VIDEO_S = 0.21       # at detect_every=1; the face share shrinks with k
 EXTRACT_FACE_SHARE = 0.65
 EXTRACT_LOAD_S = 25.0
 
