@@ -110,6 +110,17 @@ def test_bad_folders_are_named(tmp_path):
         encoders.PretrainedEncoder(tmp_path)
 
 
+def test_an_encoder_built_abstract_must_be_filled_whole(monkeypatch):
+    """The network is built from shapes only and filled from the weight file; an array
+    the file's names do not reach is named, never left abstract."""
+    names = encoders._torch_names
+    monkeypatch.setattr(encoders, "_torch_names", lambda config: {
+        k: v for k, v in names(config).items() if k != "embeddings.LayerNorm.bias"})
+    with pytest.raises(ValueError, match=r"no weights for 1 arrays of the bert encoder, "
+                                         r"e.g. \[\"\['emb_norm'\]\['bias'\]"):
+        encoders.PretrainedEncoder(encoders.resolve("minilm"))
+
+
 def test_the_main_job_never_imports_transformers():
     """Our encoders and Whisper stand alone: the modules of the main job import no
     transformers (whose Flax classes are deprecated), and no module outside the tests
