@@ -16,7 +16,6 @@ curves under ``models/<row>/``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -35,7 +34,8 @@ from ahjax.core.train.trainer import TrainConfig
 from baselines import fusion
 from baselines.tcn import ConcatTCN, TCNConfig
 from level1_affect.dataset import (QUICK_DATA, QUICK_EXTRACT, DataConfig, data_root, data_stages,
-                                   frame_labels, prepare_store, video_labels)
+                                   demo_video_seconds, frame_labels, prepare_store,
+                                   video_labels)
 from level1_affect.extract import ExtractConfig, Extractor
 from level1_affect.schema import MODALITIES
 from level2_conflict import evaluation, multirun, plots, report
@@ -109,12 +109,6 @@ TWO_LEVEL_S, BASELINES_S, COMPILE_S = 350.0, 200.0, 8.0
 BESIDE_SHARE = 0.65
 
 
-def _video_seconds(data: DataConfig) -> float:
-    qs = data.demo_questions
-    n = data.demo_participants * (qs if isinstance(qs, int) else len(qs))
-    return n * (data.demo_min_duration + data.demo_max_duration) / 2
-
-
 def _variants(config: Config) -> list[tuple[str, dict, bool]]:
     """The rows of :data:`~level2_conflict.evaluation.VARIANTS` this config trains."""
     skip = {"two_level/with_remainder": not config.remainder_evidence,
@@ -130,7 +124,7 @@ def _two_level_work(config: Config) -> tuple[int, float]:
     n_all = n_def + (config.folds * config.fold_seeds if config.folds >= 2 else 0)
     rows = [on_folds for _, _, on_folds in _variants(config)]
     runs = sum(n_all if on_folds else n_def for on_folds in rows)
-    return len(rows), runs * config.multi.train.epochs * _video_seconds(config.data)
+    return len(rows), runs * config.multi.train.epochs * demo_video_seconds(config.data)
 
 
 def make_plan(config: Config) -> Plan:
@@ -142,8 +136,8 @@ def make_plan(config: Config) -> Plan:
     two_level_s = COMPILE_S * programs + (TWO_LEVEL_S - COMPILE_S * ref_programs) * (
         work / ref_work)
     n_base = 2 + len(config.fusions)
-    base_work = n_base * config.baseline_train.epochs * _video_seconds(config.data)
-    ref_base = (2 + len(ref.fusions)) * ref.baseline_train.epochs * _video_seconds(ref.data)
+    base_work = n_base * config.baseline_train.epochs * demo_video_seconds(config.data)
+    ref_base = (2 + len(ref.fusions)) * ref.baseline_train.epochs * demo_video_seconds(ref.data)
     base_s = COMPILE_S * n_base + (BASELINES_S - COMPILE_S * 4) * base_work / ref_base
     runs = config.seeds + (config.folds * config.fold_seeds if config.folds >= 2 else 0)
     stages = data_stages(config.data, config.extract) + [
@@ -301,16 +295,17 @@ def run(config: Config, workdir: Path) -> dict:
     # extraction waits for what is still loading (the loads are once, under a lock).
     extractor = Extractor(config.extract) if n_data == 2 and not plan.stages[0].cached \
         and not plan.stages[1].cached else None
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahjax-load") as pool:
-        loading = pool.submit(extractor.load, asr=False) if extractor else None
-        if n_data == 2:
-            with plan.stage(1):
-                root = data_root(config.data, progress=True)
-        with plan.stage(n_data):
-            store, root, extraction = prepare_store(config.data, config.extract, root=root,
-                                                    extractor=extractor)
-        if loading is not None:
-            loading.result()   # a failed load raised in the extraction already, or here
+    loading = _Beside(lambda: extractor.load(asr=False)) if extractor else None
+    if loading is not None:
+        loading.start()
+    if n_data == 2:
+        with plan.stage(1):
+            root = data_root(config.data, progress=True)
+    with plan.stage(n_data):
+        store, root, extraction = prepare_store(config.data, config.extract, root=root,
+                                                extractor=extractor)
+    if loading is not None:
+        loading.result()   # a failed load raised in the extraction already, or here
     timings: dict = {"data_seconds": time.time() - t_start}
     test_ids, val_ids = store.video_ids("test"), store.video_ids("val")
     if not test_ids:

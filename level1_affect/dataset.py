@@ -310,6 +310,14 @@ EXTRACT_FACE_SHARE = 0.65
 EXTRACT_LOAD_S = 25.0
 
 
+def demo_video_seconds(data: DataConfig) -> float:
+    """About how many seconds of video ``data``'s demo holds: its answers run to about 3/4
+    of the way from the shortest to the longest (the default's 56 videos: 954 s, 8 to 20 s
+    each)."""
+    n = data.demo_participants * len(demo_questions(data))
+    return n * (data.demo_min_duration + 0.75 * (data.demo_max_duration - data.demo_min_duration))
+
+
 def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> list:
     """The plan's data stages for ``data`` (:class:`ahjax.core.progress.Stage`): the demo
     dataset (unless ``data.root`` is given) and the level-1 extraction, each with a rough
@@ -326,10 +334,7 @@ def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> l
     else:   # as prepare_store: the demo tree, extracted into data.store when named
         root = demo_path(data)
         n = data.demo_participants * len(demo_questions(data))
-        # The demo's answers run to about 3/4 of the way from the shortest to the longest
-        # (the default's 56 videos: 954 s, 8 to 20 s each).
-        video_s = n * (data.demo_min_duration
-                       + 0.75 * (data.demo_max_duration - data.demo_min_duration))
+        video_s = demo_video_seconds(data)
         ids = None
         cached = (root / "ground_truth.json").is_file()
         stages.append(Stage("demo dataset", f"{n} synthetic videos, "
