@@ -17,7 +17,6 @@ curves under ``models/<row>/``.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ahjax.core import metrics as metrics_lib
 from ahjax.core.assets import cache_dir
 from ahjax.core.data.store import FeatureStore
 from ahjax.core.data.windows import WindowConfig
+from ahjax.core.lanes import Beside
 from ahjax.core.progress import Plan, Stage
 from ahjax.core.results import to_markdown
 from ahjax.core.train import trainer as trainer_lib
@@ -66,6 +66,10 @@ class Config:
     # Train the two_level/causal row (the past only: causal convolutions and conflict
     # features, for live use; default split), deployed beside the offline model.
     causal_row: bool = True
+    # Two-level rows trained at once (threads; each row's numbers are those it gives
+    # alone). Two programs side by side kept the 2-core machine busier than one: 4.0
+    # against 4.5 s per epoch of the 13-run program (docs/performance.md).
+    lanes: int = 2
     # The paper's supervised recipe for the baselines (SGD, Nesterov) at the paper's widths,
     # with fewer epochs: on the demo their validation AP peaks within the first few epochs
     # and they dominate the run's time on a CPU; so training also stops after 2 epochs
@@ -230,8 +234,9 @@ def _fusion_builder(name: str, quick: bool):
 
 def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir: Path,
                      timings: dict):
-    """Level-2 inputs, every two-level row trained and evaluated, the deployed models saved;
-    returns (results, per-run metrics, selections, runs, folds, deployed run)."""
+    """Level-2 inputs, every two-level row trained and evaluated, the deployed models saved
+    and the test videos' figures drawn; returns (results, per-run metrics, selections,
+    runs, folds, deployed run, reused rows, figure paths)."""
     t0 = time.time()
     bank = multirun.build_bank(store, all_ids, min_block=config.multi.window,
                                use_cues=config.model.use_cues,
@@ -241,10 +246,28 @@ def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir:
                                       causal=True) if config.causal_row else None
     timings["level2_features_seconds"] = time.time() - t0
     runs, folds = multirun.make_runs(store, config.seeds, config.folds, config.fold_seeds)
+    test_ids = store.video_ids("test")[: config.max_figures]
+    drawing: dict = {}
+
+    def deploy_and_draw(record):
+        # The deployed model: the default split's run with the best val AP; its figures.
+        deploy = evaluation.deploy_best(record, workdir / "deploy")
+        paths = plots.video_figures(store, test_ids, deploy["outputs"], deploy["test_decoded"],
+                                    fps, labels, workdir / "plots")
+        return deploy, paths
+
+    def on_row(row, record):
+        # The full model is the first row: its figures are drawn while the others train.
+        if row == "two_level":
+            drawing["job"] = Beside(lambda: deploy_and_draw(record))
+            drawing["job"].start()
+
     records = evaluation.train_variants(
         _variants(config), config.model, bank, runs, labels, vlab, fps, config.multi,
         config.decode, workdir / "models", timings, causal_bank,
-        cache_dir=cache_dir() / "trained_two_level" if config.reuse_two_level else None)
+        cache_dir=cache_dir() / "trained_two_level" if config.reuse_two_level else None,
+        on_row=on_row, lanes=config.lanes)
+    deploy, figures = drawing["job"].result()
     reused = {row: str(r["reused_from"]) for row, r in records.items() if r["reused_from"]}
     if reused:
         print(f"reused trained two-level rows from the cache: {', '.join(reused)} "
@@ -254,33 +277,10 @@ def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir:
     for key in ("test_folds", "val_folds"):
         if tables[key]:
             results[key] = tables[key]
-    # The deployed models: the default split's run with the best val AP, of the full
-    # model and (when trained) of its causal twin for live use.
-    deploy = evaluation.deploy_best(records["two_level"], workdir / "deploy")
+    # Its causal twin (when trained) is deployed for live use.
     if "two_level/causal" in records:
         evaluation.deploy_best(records["two_level/causal"], workdir / "deploy_causal")
-    return results, per_run, selected, runs, folds, deploy, reused
-
-
-class _Beside(threading.Thread):
-    """``fn()`` in a daemon thread (a signal ending the process does not wait for it);
-    :meth:`result` joins it and returns its value or raises its exception."""
-
-    def __init__(self, fn):
-        super().__init__(name="ahjax-beside", daemon=True)
-        self._fn, self._value, self._error = fn, None, None
-
-    def run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as err:   # re-raised in the caller's thread by result()
-            self._error = err
-
-    def result(self):
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+    return results, per_run, selected, runs, folds, deploy, reused, figures
 
 
 def run(config: Config, workdir: Path) -> dict:
@@ -295,7 +295,7 @@ def run(config: Config, workdir: Path) -> dict:
     # extraction waits for what is still loading (the loads are once, under a lock).
     extractor = Extractor(config.extract) if n_data == 2 and not plan.stages[0].cached \
         and not plan.stages[1].cached else None
-    loading = _Beside(lambda: extractor.load(asr=False)) if extractor else None
+    loading = Beside(lambda: extractor.load(asr=False)) if extractor else None
     if loading is not None:
         loading.start()
     if n_data == 2:
@@ -326,11 +326,11 @@ def run(config: Config, workdir: Path) -> dict:
         with plan.stage(n_data + 2):
             return _baselines(config, store, test_ids, val_ids, labels, vlab, workdir, timings)
 
-    baselines = _Beside(baseline_stage)
+    baselines = Beside(baseline_stage)
     with plan.stage(n_data + 1):
         baselines.start()
-        results, per_run, selected, runs, folds, deploy, reused_two_level = _two_level_stage(
-            config, store, all_ids, labels, vlab, fps, workdir, timings)
+        (results, per_run, selected, runs, folds, deploy, reused_two_level,
+         figures) = _two_level_stage(config, store, all_ids, labels, vlab, fps, workdir, timings)
     baseline_rows, reused = baselines.result()
     timings["baselines_seconds"] = plan.took["baselines"]
     for split in ("test", "val"):
@@ -341,8 +341,6 @@ def run(config: Config, workdir: Path) -> dict:
             results[f"paired_{key}"] = evaluation.paired(per_run[key])
     results["verdict"] = report.verdict(results)
     results["faithfulness"] = report.faithfulness(results["test"])
-    figures = plots.video_figures(store, test_ids[: config.max_figures], deploy["outputs"],
-                                  deploy["test_decoded"], fps, labels, workdir / "plots")
     results["deployed_run"] = {"run": deploy["run"].name, "best_epoch": deploy["best_epoch"],
                                "selected_on_val": deploy["selected"]}
     results["decoding_selected_on_val"] = selected

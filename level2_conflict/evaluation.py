@@ -5,11 +5,14 @@ deployed (docs/two_level.md, "Evidence over seeds and participants")."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ahjax.core.lanes import in_lanes
 from level2_conflict import multirun
 from level2_conflict.model import TwoLevelConfig
 from level2_conflict.multirun import Bank, MultiConfig, Run
@@ -75,17 +78,23 @@ def evaluate_run(run: Run, out: dict, labels: dict, vlab: dict, fps: dict,
 def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[Run],
                    labels: dict, vlab: dict, fps: dict, multi: MultiConfig,
                    decode: DecodeConfig, folder: Path, timings: dict,
-                   causal_bank: Bank | None = None, cache_dir: Path | None = None) -> dict:
+                   causal_bank: Bank | None = None, cache_dir: Path | None = None,
+                   on_row: Callable[[str, dict], None] | None = None,
+                   lanes: int = 1) -> dict:
     """Train (or, with ``cache_dir``, reuse identical earlier trainings of) and evaluate
     each ``(row, model change, on folds)`` of ``variants`` (training curves under
-    ``folder/<row>``); returns ``{row: {"trained", "evals", "config", "reused_from"}}``."""
+    ``folder/<row>``); returns ``{row: {"trained", "evals", "config", "reused_from"}}`` in
+    the order of ``variants``. ``on_row(row, record)`` is called as each row's record is
+    complete. ``lanes`` > 1 trains that many rows at once, in threads, in the order of
+    ``variants``: each row is its own program with its own seeds, so its record is the one
+    it has alone; a lone program leaves part of the cores idle that another one fills."""
     durations_by_train: dict = {}
     for run in runs:   # each run's duration prior, fitted on its own training videos
         if run.train not in durations_by_train:
             durations_by_train[run.train] = fit_durations(
                 {v: labels[v] for v in run.train}, fps, decode.max_duration_s)
-    records: dict = {}
-    for row, change, on_folds in variants:
+
+    def one_row(row, change, on_folds) -> dict:
         row_bank = causal_bank if change.get("causal") else bank
         mine = [r for r in runs if on_folds or r.name.startswith("default/")]
         mcfg = dataclasses.replace(model_cfg, **change)
@@ -104,10 +113,16 @@ def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[R
             ev.update(run=run, outputs=outs[r], durations=durations,
                       duration_stats=duration_stats, best_epoch=int(trained.best_epochs[r]))
             evals.append(ev)
-        records[row] = {"trained": trained, "evals": evals, "config": mcfg,
-                        "reused_from": reused}
+        record = {"trained": trained, "evals": evals, "config": mcfg, "reused_from": reused}
         timings[f"{row}_seconds"] = time.time() - t0
-    return records
+        if on_row is not None:
+            on_row(row, record)
+        return record
+
+    if lanes == 1:
+        return {row: one_row(row, change, on_folds) for row, change, on_folds in variants}
+    return in_lanes([(row, functools.partial(one_row, row, change, on_folds))
+                     for row, change, on_folds in variants], lanes)
 
 
 def _sd(xs) -> float:

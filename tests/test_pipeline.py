@@ -91,24 +91,23 @@ def test_extraction_is_resumable_and_survives_a_corrupt_video(tmp_path, demo_roo
     assert healed["done"] == 1 and np.isfinite(np.asarray(store.read(vid, "voice_prosody"))).all()
 
 
-def test_two_videos_in_flight_give_the_arrays_of_one_at_a_time(tmp_path, demo_root,
-                                                                monkeypatch):
+def test_videos_in_flight_give_the_arrays_of_one_at_a_time(tmp_path, demo_root, monkeypatch):
     from level1_affect import dataset as dataset_lib
     cfg = ExtractConfig(voice_embeddings=False, text_embeddings=False, detect_every=2)
     stores = {}
-    for k in (1, 2):
+    for k in (1, 3):
         monkeypatch.setattr(dataset_lib, "VIDEOS_IN_FLIGHT", k)
         summary = extract_dataset(demo_root, tmp_path / f"store{k}", cfg, splits=("test",),
                                   progress=False)
         assert summary["done"] == 2 and not summary["failed"]
         stores[k] = FeatureStore(tmp_path / f"store{k}")
-    one, two = stores[1], stores[2]
-    assert one.video_ids() == two.video_ids()
+    one, many = stores[1], stores[3]
+    assert one.video_ids() == many.video_ids()
     for vid in one.video_ids():
-        assert one.meta(vid)["shapes"] == two.meta(vid)["shapes"]
+        assert one.meta(vid)["shapes"] == many.meta(vid)["shapes"]
         for name in one.meta(vid)["shapes"]:
             np.testing.assert_array_equal(np.asarray(one.read(vid, name)),
-                                          np.asarray(two.read(vid, name)), err_msg=name)
+                                          np.asarray(many.read(vid, name)), err_msg=name)
 
 
 def test_two_level_quick_run_writes_tables_figures_report(quick_run):
