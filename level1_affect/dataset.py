@@ -300,13 +300,13 @@ def data_root(data: DataConfig, progress: bool = False) -> Path:
 
 
 # Rough seconds on an idle 2-core CPU, from a fresh-clone run of the default config
-# (2026-12-07, experiments/results/first_run.md: 56 demo videos, 954 s of video; the demo
-# 80 s with the level-1 models loading beside it, extraction 154 s with the landmarker on
-# every 5th frame and two videos in flight). The face track is most of extraction when
-# transcripts come with the data.
-DEMO_S_PER_VIDEO_S = 0.084
+# (2026-12-07 evening, experiments/results/first_run.md: 56 demo videos, 954 s of video;
+# the demo 70 s with the level-1 models loading beside it, extraction 131 s with the
+# landmarker on every 5th frame and three videos in flight). The face track is most of
+# extraction when transcripts come with the data.
+DEMO_S_PER_VIDEO_S = 0.073
 EXTRACT_S_PER_VIDEO = 1.0          # opening, writing, per-length compilation
-EXTRACT_S_PER_VIDEO_S = 0.21       # at detect_every=1; the face share shrinks with k
+EXTRACT_S_PER_VIDEO_S = 0.164      # at detect_every=1; the face share shrinks with k
 EXTRACT_FACE_SHARE = 0.65
 EXTRACT_LOAD_S = 25.0
 
@@ -319,10 +319,13 @@ def demo_video_seconds(data: DataConfig) -> float:
     return n * (data.demo_min_duration + 0.75 * (data.demo_max_duration - data.demo_min_duration))
 
 
-def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> list:
+def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig(), *,
+                load_beside_demo: bool = False) -> list:
     """The plan's data stages for ``data`` (:class:`ahjax.core.progress.Stage`): the demo
     dataset (unless ``data.root`` is given) and the level-1 extraction, each with a rough
-    estimate, or ``cached`` for what is already on disk. Reads no video."""
+    estimate, or ``cached`` for what is already on disk. ``load_beside_demo``: the caller
+    loads the level-1 models while the demo is made, so a demo made in this run hides
+    their loading. Reads no video."""
     stages = []
     if data.root:
         root = Path(data.root).expanduser()
@@ -348,8 +351,9 @@ def data_stages(data: DataConfig, extract: ExtractConfig = ExtractConfig()) -> l
     left = n - done
     per_s = EXTRACT_S_PER_VIDEO_S * (1 - EXTRACT_FACE_SHARE
                                     + EXTRACT_FACE_SHARE / extract.detect_every)
-    seconds = (EXTRACT_LOAD_S + left * EXTRACT_S_PER_VIDEO + per_s * video_s * left / max(n, 1)
-               ) if left else 0.0
+    hidden = load_beside_demo and bool(stages) and not stages[0].cached
+    seconds = ((0.0 if hidden else EXTRACT_LOAD_S) + left * EXTRACT_S_PER_VIDEO
+               + per_s * video_s * left / max(n, 1)) if left else 0.0
     what = f"{n} videos, face landmarker every " + (
         "frame" if extract.detect_every == 1 else f"{extract.detect_every} frames")
     stages.append(Stage("level-1 extraction", what, seconds, cached=n > 0 and not left,

@@ -6,9 +6,10 @@ import io
 import re
 
 import numpy as np
+import pytest
 
 from ahjax.core.data.store import FeatureStore
-from level1_affect.dataset import demo_path, store_dir
+from level1_affect.dataset import EXTRACT_LOAD_S, data_stages, demo_path, store_dir
 from ahjax.core.progress import Plan, Stage, fmt_seconds
 from ahjax.core.results import to_markdown
 from experiments import two_level
@@ -75,6 +76,9 @@ def test_plan_says_what_is_cached(tmp_path, monkeypatch):
     line = plan.line()
     assert line.startswith("two_level plan: 1. demo dataset (8 synthetic videos")
     assert "In all about" in line
+    # The models load while the demo is made: the extraction's estimate leaves that out.
+    alone = data_stages(config.data, config.extract)[1].seconds
+    assert plan.stages[1].seconds == pytest.approx(alone - EXTRACT_LOAD_S)
     # The demo on disk and 3 of its 8 videos extracted: said so, and no time for the demo.
     root = demo_path(config.data)
     root.mkdir(parents=True)
@@ -85,6 +89,8 @@ def test_plan_says_what_is_cached(tmp_path, monkeypatch):
     demo, extraction = two_level.make_plan(config).stages[:2]
     assert demo.cached and demo.estimate() == "cached"
     assert not extraction.cached and extraction.note == "3 of 8 videos cached"
+    # No demo to make: the extraction loads its models itself.
+    assert extraction.seconds == pytest.approx(data_stages(config.data, config.extract)[1].seconds)
     # With a BAH root given there is no demo stage.
     bah = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(tmp_path)))
     assert [s.name for s in two_level.make_plan(bah).stages][0] == "level-1 extraction"
