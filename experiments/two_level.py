@@ -259,7 +259,7 @@ def _two_level_stage(config: Config, store, all_ids, labels, vlab, fps, workdir:
         return deploy, paths
 
     def on_row(row, record):
-        # The full model is the first row: its figures are drawn while the others train.
+        # The full model's figures are drawn while the other rows train.
         if row == "two_level":
             drawing["job"] = Beside(lambda: deploy_and_draw(record))
             drawing["job"].start()
