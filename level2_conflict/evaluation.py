@@ -85,8 +85,8 @@ def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[R
     each ``(row, model change, on folds)`` of ``variants`` (training curves under
     ``folder/<row>``); returns ``{row: {"trained", "evals", "config", "reused_from"}}`` in
     the order of ``variants``. ``on_row(row, record)`` is called as each row's record is
-    complete. ``lanes`` > 1 trains that many rows at once, in threads, in the order of
-    ``variants``: each row is its own program with its own seeds, so its record is the one
+    complete. ``lanes`` rows train at once, in threads, started in the order of
+    ``variants`` (1: one after the other): each row is its own program with its own seeds, so its record is the one
     it has alone; a lone program leaves part of the cores idle that another one fills."""
     durations_by_train: dict = {}
     for run in runs:   # each run's duration prior, fitted on its own training videos
@@ -119,8 +119,6 @@ def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[R
             on_row(row, record)
         return record
 
-    if lanes == 1:
-        return {row: one_row(row, change, on_folds) for row, change, on_folds in variants}
     return in_lanes([(row, functools.partial(one_row, row, change, on_folds))
                      for row, change, on_folds in variants], lanes)
 

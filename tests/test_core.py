@@ -1,7 +1,8 @@
-"""Configs, feature store, results tables, runner CLI and offline assets."""
+"""Configs, feature store, results tables, runner CLI, offline assets and work side by side."""
 
 import dataclasses
 import json
+import threading
 import zipfile
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from ahjax.core import assets, config as config_lib, results
 from ahjax.core.data.store import FeatureStore, StoreError, video_key
+from ahjax.core.lanes import Beside, in_lanes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +133,6 @@ def test_asset_real_wheel_is_fetched_and_verified(tmp_path, monkeypatch):
 
 
 def test_lanes_run_jobs_side_by_side_in_their_order():
-    import threading
-    from ahjax.core.lanes import in_lanes
     # Two jobs that each wait for the other: they finish only if two lanes run at once.
     meet = threading.Barrier(2, timeout=30)
     jobs = [(k, lambda k=k: (meet.wait(), k * 10)[1]) for k in (1, 2)]
@@ -147,8 +147,6 @@ def test_lanes_run_jobs_side_by_side_in_their_order():
 
 
 def test_lanes_raise_the_first_error_without_waiting_for_the_others():
-    import threading
-    from ahjax.core.lanes import Beside, in_lanes
     never = threading.Event()   # the second job would run until the process ends
 
     def fails():
