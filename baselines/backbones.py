@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ahjax.core.dropout import Dropout
+
 # ImageNet statistics: a common normalisation so user weights trained with it fit.
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -162,7 +164,7 @@ class EncoderBlock(nnx.Module):
         hidden = int(dim * mlp_ratio)
         self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.drop = Dropout(dropout, rngs=rngs)
 
     def __call__(self, x, train: bool):
         b, n, d = x.shape

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ahjax.core.dropout import Dropout
 from baselines.tcn import TCN, TCNConfig
 
 # Canonical modality order: fixes parameter layout, token order and LFAN's leader.
@@ -190,7 +191,7 @@ class LFAN(_Base):
         self.qkv = nnx.Dict({m: _linear(self.widths[m], 3 * md, rngs)
                              for m in self.modalities})
         self.out = _linear(k * md, k * md, rngs)
-        self.drop = nnx.Dropout(cfg.lfan_dropout, rngs=rngs)
+        self.drop = Dropout(cfg.lfan_dropout, rngs=rngs)
         self.norm = nnx.LayerNorm(k * md, epsilon=1e-5, rngs=rngs)
         self.head = nnx.Linear(self.widths[self.leader] + k * md, 2, rngs=rngs)
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ahjax.core.dropout import Dropout
 from ahjax.core.data.windows import Windows
 from ahjax.core.train import trainer as trainer_lib
 
@@ -87,8 +88,8 @@ class TemporalBlock(nnx.Module):
                  dropout: float, negative_slope: float, *, rngs: nnx.Rngs):
         self.conv1 = WeightNormConv1D(in_features, out_features, kernel_size, dilation, rngs=rngs)
         self.conv2 = WeightNormConv1D(out_features, out_features, kernel_size, dilation, rngs=rngs)
-        self.drop1 = nnx.Dropout(dropout, rngs=rngs)
-        self.drop2 = nnx.Dropout(dropout, rngs=rngs)
+        self.drop1 = Dropout(dropout, rngs=rngs)
+        self.drop2 = Dropout(dropout, rngs=rngs)
         self.down = (nnx.Conv(in_features, out_features, kernel_size=(1,), rngs=rngs)
                      if in_features != out_features else None)
         self.negative_slope = negative_slope

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ahjax.core.dropout import Dropout
 from baselines.backbones import EncoderBlock
 from level1_affect import minilm
 
@@ -133,7 +134,7 @@ class FocalBlock(nnx.Module):
         self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
         # Dropout broadcast over every axis but the batch drops whole residual branches per
         # sample and rescales by 1/(1-p): exactly stochastic depth.
-        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
+        self.drop_path = Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
 
     def __call__(self, x, train: bool):
         x = x + self.drop_path(self.mod(self.ln1(x)), deterministic=not train)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ahjax.core.dropout import Dropout
 from level1_affect.schema import ARRAYS
 from level2_conflict import features as feats
 from level2_conflict import hsmm
@@ -144,7 +145,7 @@ class TCN(nnx.Module):
             for i in range(cfg.n_blocks)])
         self.mixes = nnx.List([nnx.Linear(h, h, use_bias=use_bias, rngs=rngs)
                                for _ in range(cfg.n_blocks)])
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = Dropout(cfg.dropout, rngs=rngs)
         self.out = nnx.Linear(h, 1, use_bias=False, rngs=rngs)
 
     def hidden(self, x: Array, mask: Array, *, train: bool) -> Array:
@@ -212,7 +213,7 @@ class TwoLevelModel(nnx.Module):
         self.remainder = TCN(n_rem, cfg, rngs=rngs) if cfg.use_remainder else None
         self.bias = nnx.Param(jnp.zeros(()))
         # One keep/drop draw per (window, group), shared by the window's frames.
-        self.group_drop = nnx.Dropout(cfg.group_dropout, broadcast_dims=(1,), rngs=rngs)
+        self.group_drop = Dropout(cfg.group_dropout, broadcast_dims=(1,), rngs=rngs)
         self.cue_scale = nnx.Param(jnp.zeros((len(CUES),)))
         self.cue_offset = nnx.Param(jnp.zeros((len(CUES),)))
 

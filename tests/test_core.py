@@ -1,14 +1,19 @@
-"""Configs, feature store, results tables, runner CLI, offline assets and work side by side."""
+"""Configs, feature store, results tables, runner CLI, offline assets, work side by side and
+the shared dropout."""
 
 import dataclasses
 import json
 import threading
 import zipfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ahjax.core import assets, config as config_lib, results
+from ahjax.core.dropout import Dropout, drop_threshold, keep_mask
 from ahjax.core.data.store import FeatureStore, StoreError, video_key
 from ahjax.core.lanes import Beside, in_lanes
 
@@ -166,3 +171,58 @@ def test_lanes_raise_the_first_error_without_waiting_for_the_others():
     ok = Beside(lambda: 42)
     ok.start()
     assert ok.result() == 42
+
+
+def test_dropout_masks_keep_their_rate_and_are_uncorrelated():
+    assert drop_threshold(0.1) == 6554 and drop_threshold(0.5) == 32768
+    assert drop_threshold(0.0) == 0 and drop_threshold(1.0) == 65536
+    for rate in (0.1, 0.5):
+        m = np.asarray(keep_mask(jax.random.key(0), rate, (4, 696, 129))).reshape(-1)
+        n, keep = m.size, 1 - drop_threshold(rate) / 65536
+        assert abs(m.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+        f = m.astype(np.float64)
+        half = (n + 1) // 2   # element j and j + half come from one hashed word
+        for a, b in ((f[:-1], f[1:]), (f[:n - half], f[half:]), (f[:-696], f[696:])):
+            assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+        other = np.asarray(keep_mask(jax.random.key(1), rate, (4, 696, 129))).reshape(-1)
+        assert abs(np.corrcoef(f, other.astype(np.float64))[0, 1]) < 0.01
+    again = keep_mask(jax.random.key(0), 0.1, (3, 5))
+    assert again.shape == (3, 5)
+    np.testing.assert_array_equal(again, keep_mask(jax.random.key(0), 0.1, (3, 5)))
+
+
+def test_dropout_is_flax_dropout_with_its_modes_streams_and_gradient():
+    x = jnp.ones((8, 64, 32))
+    layer = Dropout(0.1, rngs=nnx.Rngs(dropout=3))
+    assert isinstance(layer, nnx.Dropout)
+    a, b = layer(x), layer(x)          # the layer's stream advances between calls
+    assert not np.array_equal(a, b)
+    kept = np.asarray(a) > 0
+    np.testing.assert_allclose(np.asarray(a)[kept], 65536 / (65536 - 6554), rtol=1e-6)
+    assert abs(float(a.mean()) - 1.0) < 0.02   # the scale keeps the expected output
+    layer.eval()
+    np.testing.assert_array_equal(layer(x), x)
+    layer.train()
+    np.testing.assert_array_equal(layer(x, deterministic=True), x)
+    np.testing.assert_array_equal(Dropout(0.0)(x), x)
+    np.testing.assert_array_equal(Dropout(1.0, rngs=nnx.Rngs(0))(x), jnp.zeros_like(x))
+    # reseeding reproduces a stream
+    c, d = Dropout(0.1, rngs=nnx.Rngs(dropout=0)), Dropout(0.1, rngs=nnx.Rngs(dropout=1))
+    nnx.reseed(d, dropout=0)
+    np.testing.assert_array_equal(c(x), d(x))
+    # a broadcast dimension shares its mask
+    shared = np.asarray(Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(0))(x))
+    assert (shared == shared[:, :1]).all() and 0 < (shared > 0).mean() < 1
+    # the gradient is the mask times the scale
+    key = jax.random.key(5)
+    grad = jax.grad(lambda v: layer(v, rngs=key).sum())(x)
+    np.testing.assert_array_equal(grad, layer(x, rngs=key))
+
+
+def test_dropout_bad_rate_and_missing_key_are_named():
+    with pytest.raises(ValueError, match=r"dropout rate 1.5: must be in \[0, 1\]"):
+        Dropout(1.5)
+    with pytest.raises(ValueError, match="must be in"):
+        Dropout(-0.1)
+    with pytest.raises(TypeError, match="training .* needs rngs"):
+        Dropout(0.1)(jnp.ones(4))

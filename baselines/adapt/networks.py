@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ahjax.core.dropout import Dropout
 from baselines.adapt.config import AdaptConfig
 from baselines.adapt.domains import Domain, Inputs
 from baselines.tcn import TCN  # the frame-level baseline's TCN, shared, not copied
@@ -32,7 +33,7 @@ class MLPBackbone(nnx.Module):
         width = sum(int(dims[m]) for m in self.modalities)
         self.fc1 = nnx.Linear(width, cfg.hidden, rngs=rngs)
         self.norm1 = nnx.BatchNorm(cfg.hidden, momentum=0.9, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = Dropout(cfg.dropout, rngs=rngs)
         self.fc2 = nnx.Linear(cfg.hidden, cfg.feature_dim, rngs=rngs)
         self.norm2 = nnx.BatchNorm(cfg.feature_dim, momentum=0.9, rngs=rngs)
 
