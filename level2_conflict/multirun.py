@@ -30,9 +30,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ahjax.core import metrics as metrics_lib
+from ahjax.core import dropout as dropout_lib, metrics as metrics_lib
 from ahjax.core.data.store import FeatureStore
 from ahjax.core.data.windows import window_starts
+from ahjax.core.train import trainer as trainer_lib
 from ahjax.core.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
                                       masked_cross_entropy)
 from level2_conflict import hsmm
@@ -373,22 +374,27 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     return Trained(graphdef, best[0], best[1], runs, keys, history, best_epochs)
 
 
-# Sources whose change changes what a training gives: part of every cache key.
+# Sources whose change changes what a training gives: part of every cache key. Besides the
+# level-2 code, the core's that it trains with: the dropout, the optimiser and loss
+# (trainer) and the val AP that picks each run's best epoch (metrics).
 _KEY_SOURCES = ("multirun.py", "model.py", "features.py", "hsmm.py")
+_KEY_CORE = (dropout_lib, trainer_lib, metrics_lib)
 
 
 def training_key(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
                  cfg: MultiConfig, durations: Sequence[DurationPrior] | None = None) -> str:
     """sha256 of everything :func:`train_runs` reads: the configs, the runs, the duration
-    priors, the bank's arrays and the level-2 training code."""
+    priors, the bank's arrays, the level-2 training code, the core code it trains with and
+    the libraries' versions."""
     h = hashlib.sha256()
     cfg = dataclasses.replace(cfg, progress=False)
     h.update(repr((model_cfg, cfg, [dataclasses.astuple(r) for r in runs],
                    None if durations is None else list(durations))).encode())
     h.update(bank.digest.encode())
     here = Path(__file__).parent
-    for name in _KEY_SOURCES:
-        h.update((here / name).read_bytes())
+    for path in [here / name for name in _KEY_SOURCES] + [m.__file__ for m in _KEY_CORE]:
+        h.update(Path(path).read_bytes())
+    h.update(repr(trainer_lib.library_versions()).encode())
     return h.hexdigest()
 
 

@@ -2,6 +2,7 @@
 its runs over seeds are one vmapped program, and its duration prior lives in seconds."""
 
 import dataclasses
+from pathlib import Path
 
 import chex
 import jax
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ahjax.core import dropout
+from ahjax.core.train import trainer as trainer_lib
 from level1_affect.schema import FACE_DESC
 from level2_conflict import features as feats
 from level2_conflict import hsmm, multirun, runtime, selection
@@ -481,7 +484,7 @@ def test_rows_aggregate_over_runs_and_pair_by_run():
     assert d["dAVGF1_mean"] == pytest.approx(0.0) and d["n_runs"] == 2
 
 
-def test_an_identical_training_is_reused_and_a_changed_one_retrained(tmp_path):
+def test_an_identical_training_is_reused_and_a_changed_one_retrained(tmp_path, monkeypatch):
     bank = _bank(n_videos=4, n=60)
     run = multirun.Run("a", 0, ("v0", "v1"), ("v2",), ("v3",))
     first, reused = multirun.train_runs_or_reuse(SMALL, bank, [run], MULTI, cache_dir=tmp_path)
@@ -501,3 +504,15 @@ def test_an_identical_training_is_reused_and_a_changed_one_retrained(tmp_path):
         SMALL, bank, [run], MULTI)
     assert multirun.training_key(dataclasses.replace(SMALL, hidden=8), bank, [run], MULTI) != \
         multirun.training_key(SMALL, bank, [run], MULTI)
+    # So is one under other library versions, or with other core code it trains with.
+    key = multirun.training_key(SMALL, bank, [run], MULTI)
+    versions = trainer_lib.library_versions()
+    with monkeypatch.context() as mp:
+        mp.setattr(trainer_lib, "library_versions", lambda: versions[:-1] + [versions[-1] + 1])
+        assert multirun.training_key(SMALL, bank, [run], MULTI) != key
+    moved = tmp_path / "dropout.py"
+    moved.write_text(Path(dropout.__file__).read_text() + "\n# changed\n")
+    with monkeypatch.context() as mp:
+        mp.setattr(dropout, "__file__", str(moved))
+        assert multirun.training_key(SMALL, bank, [run], MULTI) != key
+    assert multirun.training_key(SMALL, bank, [run], MULTI) == key

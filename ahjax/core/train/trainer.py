@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import flax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
@@ -541,18 +542,22 @@ def epochs_without_gain(history: Sequence[Mapping]) -> int:
     return len(aps) - 1 - int(np.argmax(aps)) if aps else 0
 
 
+def library_versions() -> list:
+    """The libraries and backend a training's numbers depend on: part of every reuse key."""
+    return [jax.__version__, flax.__version__, optax.__version__, np.__version__,
+            jax.default_backend(), jax.device_count()]
+
+
 def training_key(store: FeatureStore, spec: win.Spec, windows_cfg: win.WindowConfig,
                  cfg: TrainConfig, describe: Mapping, splits: Sequence[str],
                  model: nnx.Module) -> str:
     """Content hash of everything a :func:`train` result depends on (docs/training.md, "Reuse")."""
-    import flax
     h = hashlib.blake2b(digest_size=16)
     blob = {"spec": {m: list(a) for m, a in spec.items()},
             "windows": dataclasses.asdict(windows_cfg), "train": dataclasses.asdict(cfg),
             "describe": describe,
             "code": _source_digest(("ahjax", type(model).__module__.split(".")[0])),
-            "versions": [jax.__version__, flax.__version__, optax.__version__, np.__version__,
-                         jax.default_backend(), jax.device_count()]}
+            "versions": library_versions()}
     # Bookkeeping that cannot change the trained parameters stays out of the key.
     for k in ("progress", "log_every", "checkpoint_every", "keep_checkpoints"):
         blob["train"].pop(k)
