@@ -103,12 +103,13 @@ def get_config(quick: bool = False) -> Config:
         reuse_two_level=False)
 
 
-# Rough seconds on an idle 2-core CPU for the default config (fresh-clone runs,
-# 2026-12-07: the four baselines 200 s alone; the five two-level programs on two lanes,
-# set so that with the baselines beside them the two stages take the 433 s measured in
-# the evening's fresh run); scaled by runs x epochs x video seconds, plus a compilation
-# per program.
-TWO_LEVEL_S, BASELINES_S, COMPILE_S = 300.0, 200.0, 8.0
+# Rough seconds on an idle 2-core CPU for the default config, from fresh-clone runs of
+# 2026-12-07 (the four baselines 200 s alone in the afternoon; the two-level programs on two
+# lanes with the baselines beside them 433 s together in the early evening, and 359 s in the
+# late evening with the hashed dropout, 406 s for the code before it in that sitting: both
+# scaled by 359/433);
+# scaled by runs x epochs x video seconds, plus a compilation per program.
+TWO_LEVEL_S, BASELINES_S, COMPILE_S = 250.0, 165.0, 8.0
 # The share of the baselines' seconds that running them beside the two-level models adds
 # to the run, the rest overlapping with the two-level programs (measured: 132 of 200 s).
 BESIDE_SHARE = 0.65
