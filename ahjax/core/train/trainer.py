@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import flax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
