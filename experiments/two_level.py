@@ -107,8 +107,8 @@ def get_config(quick: bool = False) -> Config:
 # 2026-12-07 (the four baselines 200 s alone in the afternoon; the two-level programs on two
 # lanes with the baselines beside them 433 s together in the early evening, and 359 s in the
 # late evening with the hashed dropout, 406 s for the code before it in that sitting: both
-# scaled by 359/433);
-# scaled by runs x epochs x video seconds, plus a compilation per program.
+# taken as 359/433 of their earlier values). A config's estimate scales these by runs x
+# epochs x video seconds, plus a compilation per program.
 TWO_LEVEL_S, BASELINES_S, COMPILE_S = 250.0, 165.0, 8.0
 # The share of the baselines' seconds that running them beside the two-level models adds
 # to the run, the rest overlapping with the two-level programs (measured: 132 of 200 s).

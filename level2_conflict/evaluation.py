@@ -86,8 +86,9 @@ def train_variants(variants, model_cfg: TwoLevelConfig, bank: Bank, runs: list[R
     ``folder/<row>``); returns ``{row: {"trained", "evals", "config", "reused_from"}}`` in
     the order of ``variants``. ``on_row(row, record)`` is called as each row's record is
     complete. ``lanes`` rows train at once, in threads, started in the order of
-    ``variants`` (1: one after the other): each row is its own program with its own seeds, so its record is the one
-    it has alone; a lone program leaves part of the cores idle that another one fills."""
+    ``variants`` (1: one after the other): each row is its own program with its own seeds,
+    so its record is the one it has alone; a lone program leaves part of the cores idle
+    that another one fills."""
     durations_by_train: dict = {}
     for run in runs:   # each run's duration prior, fitted on its own training videos
         if run.train not in durations_by_train:

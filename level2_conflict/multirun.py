@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -36,7 +37,7 @@ from ahjax.core.data.windows import window_starts
 from ahjax.core.train import trainer as trainer_lib
 from ahjax.core.train.trainer import (NonFiniteLossError, TrainConfig, make_optimizer,
                                       masked_cross_entropy)
-from level2_conflict import hsmm
+from level2_conflict import features as features_lib, hsmm, model as model_lib
 from level2_conflict.features import TRACKS
 from level2_conflict.hsmm import DurationPrior
 from level2_conflict.model import AFFECT_KEYS, REMAINDER, TwoLevelConfig, TwoLevelModel
@@ -374,11 +375,10 @@ def train_runs(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     return Trained(graphdef, best[0], best[1], runs, keys, history, best_epochs)
 
 
-# Sources whose change changes what a training gives: part of every cache key. Besides the
-# level-2 code, the core's that it trains with: the dropout, the optimiser and loss
-# (trainer) and the val AP that picks each run's best epoch (metrics).
-_KEY_SOURCES = ("multirun.py", "model.py", "features.py", "hsmm.py")
-_KEY_CORE = (dropout_lib, trainer_lib, metrics_lib)
+# Modules whose change changes what a training gives (this one besides): part of every
+# cache key. The level-2 code, and the core's that it trains with: the dropout, the
+# optimiser and loss (trainer) and the val AP that picks each run's best epoch (metrics).
+_KEY_MODULES = (model_lib, features_lib, hsmm, dropout_lib, trainer_lib, metrics_lib)
 
 
 def training_key(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
@@ -391,9 +391,7 @@ def training_key(model_cfg: TwoLevelConfig, bank: Bank, runs: Sequence[Run],
     h.update(repr((model_cfg, cfg, [dataclasses.astuple(r) for r in runs],
                    None if durations is None else list(durations))).encode())
     h.update(bank.digest.encode())
-    here = Path(__file__).parent
-    for path in [here / name for name in _KEY_SOURCES] + [m.__file__ for m in _KEY_CORE]:
-        h.update(Path(path).read_bytes())
+    h.update(trainer_lib.source_digest((sys.modules[__name__], *_KEY_MODULES)).encode())
     h.update(repr(trainer_lib.library_versions()).encode())
     return h.hexdigest()
 

@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import chex
 import flax
@@ -519,20 +520,27 @@ REUSE_RESULT = "result.json"
 REUSE_KEEP = 3   # entries kept per method description; older ones are stale code or data
 
 
+def source_digest(modules: Iterable[ModuleType]) -> str:
+    """Hash of the names and sources of ``modules`` (those loaded from ``.py`` files): the
+    code part of a reuse key."""
+    h = hashlib.blake2b(digest_size=16)
+    for module in sorted(modules, key=lambda m: m.__name__):
+        path = getattr(module, "__file__", None)
+        if path and path.endswith(".py"):
+            h.update(module.__name__.encode())
+            h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
 def _source_digest(packages: Sequence[str]) -> str:
-    """Hash of the source of every loaded module of the named top-level packages.
+    """:func:`source_digest` of every loaded module of the named top-level packages.
 
     Loaded rather than all modules: the code a training can depend on has been imported
     by the time its key is computed, and unrelated files of the same package (another
     experiment's baseline, say) then do not invalidate it.
     """
-    h = hashlib.blake2b(digest_size=16)
-    for name, module in sorted(list(sys.modules.items()), key=lambda kv: kv[0]):
-        path = getattr(module, "__file__", None)
-        if name.split(".")[0] in packages and path and path.endswith(".py"):
-            h.update(name.encode())
-            h.update(Path(path).read_bytes())
-    return h.hexdigest()
+    return source_digest(m for name, m in list(sys.modules.items())
+                         if name.split(".")[0] in packages)
 
 
 def epochs_without_gain(history: Sequence[Mapping]) -> int:
